@@ -1,0 +1,165 @@
+//! Types shared by the BPF programs (`eci-ebpf`) and the userspace agent.
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of pointers, so the same
+//! bytes mean the same thing on both sides of a map or the ring buffer.
+#![no_std]
+
+/// Names of the pinned maps (their pin file is `<pin dir>/maps/<name>`).
+pub mod map_names {
+    pub const PROTECTED_CGROUPS: &str = "ECI_PROT_CGROUPS";
+    pub const PROTECTED_SOCKETS: &str = "ECI_PROT_SOCKETS";
+    pub const EVENTS: &str = "ECI_EVENTS";
+    pub const DENIALS: &str = "ECI_DENIALS";
+    pub const EVENT_DROPS: &str = "ECI_EVENT_DROPS";
+    pub const PROBE_HITS: &str = "ECI_PROBE_HITS";
+}
+
+/// Name of the global that carries the kernel struct offsets into the programs.
+pub const KERNEL_OFFSETS_GLOBAL: &str = "ECI_KERNEL_OFFSETS";
+/// Name of the global that tells the probe program which process to count.
+pub const PROBE_TGID_GLOBAL: &str = "ECI_PROBE_TGID";
+
+/// Capacity of the protected-cgroup map.
+pub const MAX_PROTECTED_CGROUPS: u32 = 16384;
+/// Capacity of the protected-socket map.
+pub const MAX_PROTECTED_SOCKETS: u32 = 1024;
+/// Size of the audit ring buffer in bytes (a power of two, multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+
+/// An LSM hook eci attaches to. The value indexes the per-hook counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    UnixStreamConnect = 0,
+    UnixMaySend = 1,
+}
+
+impl Hook {
+    /// Every hook, in index order.
+    pub const ALL: [Hook; 2] = [Hook::UnixStreamConnect, Hook::UnixMaySend];
+    /// Number of counter slots (room for the hooks later issues add).
+    pub const SLOTS: u32 = 32;
+
+    /// The kernel's name of the hook (`lsm/<name>`), also the program name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::UnixStreamConnect => "unix_stream_connect",
+            Hook::UnixMaySend => "unix_may_send",
+        }
+    }
+
+    pub const fn from_u32(v: u32) -> Option<Hook> {
+        match v {
+            0 => Some(Hook::UnixStreamConnect),
+            1 => Some(Hook::UnixMaySend),
+            _ => None,
+        }
+    }
+}
+
+/// Why a cgroup is in the protected map (bit flags, the map's value).
+pub mod protect_reason {
+    /// Registered over the control socket (`eci-agent protect`, eci-runc).
+    pub const REGISTERED: u32 = 1 << 0;
+    /// Named by the policy as a protected parent.
+    pub const POLICY_PARENT: u32 = 1 << 1;
+}
+
+/// Identity of a file: the kernel's `dev_t` of its superblock and its inode
+/// number. A bind mount, a hard link, a rename or a `/proc/<pid>/root/...`
+/// path all reach the same identity.
+///
+/// `dev` is the kernel's internal encoding (`MAJOR << 20 | MINOR`), not the
+/// `st_dev` userspace sees; [`FileId::from_stat_dev`] converts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// Kernel `dev_t` from userspace major/minor numbers.
+    pub const fn kernel_dev(major: u32, minor: u32) -> u64 {
+        ((major as u64) << 20) | (minor as u64 & 0xfffff)
+    }
+}
+
+/// Byte offsets of the few kernel struct fields the programs read.
+///
+/// Layouts differ between kernels (e.g. `file.f_inode`), so the agent takes
+/// them from the running kernel's BTF at load time and writes them into a
+/// read-only global of the BPF object; nothing is compiled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct unix_sock.path`
+    pub unix_sock_path: u32,
+    /// `struct path.dentry`
+    pub path_dentry: u32,
+    /// `struct dentry.d_inode`
+    pub dentry_inode: u32,
+    /// `struct inode.i_ino`
+    pub inode_ino: u32,
+    /// `struct inode.i_sb`
+    pub inode_sb: u32,
+    /// `struct super_block.s_dev`
+    pub super_block_dev: u32,
+    /// `struct socket.sk`
+    pub socket_sk: u32,
+    /// Non-zero once filled in by the agent; the programs deny nothing
+    /// on objects they cannot identify without it.
+    pub valid: u32,
+}
+
+/// What kind of object an audit event is about.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectKind {
+    None = 0,
+    UnixSocket = 1,
+}
+
+/// Verdict values carried in events (the hook's return value).
+pub mod verdict {
+    pub const ALLOW: i32 = 0;
+    /// -EPERM
+    pub const DENY: i32 = -1;
+}
+
+pub const COMM_LEN: usize = 16;
+
+/// One decision reported through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AuditEvent {
+    /// `bpf_ktime_get_boot_ns()` at the decision (CLOCK_BOOTTIME).
+    pub boot_time_ns: u64,
+    /// cgroup v2 id of the task (inode number of its cgroup directory).
+    pub cgroup_id: u64,
+    /// The object the decision was about.
+    pub object: FileId,
+    /// Thread id (kernel pid).
+    pub pid: u32,
+    /// Process id (kernel tgid).
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// A [`Hook`] value.
+    pub hook: u32,
+    /// An [`ObjectKind`] value.
+    pub object_kind: u32,
+    /// Returned to the kernel: 0 allows, negative errno denies.
+    pub verdict: i32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, contain no pointers and every
+    // bit pattern is a valid value.
+    unsafe impl aya::Pod for super::FileId {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::AuditEvent {}
+}

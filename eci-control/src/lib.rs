@@ -1,0 +1,175 @@
+//! The agent's control protocol.
+//!
+//! One request per connection: the client writes one JSON line, the agent
+//! answers with one JSON line and closes. The socket is root-only (mode 0600
+//! in a 0700 directory) and the agent also checks the peer's credentials.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the agent listens unless told otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/eci/agent.sock";
+
+/// A request to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// Is the agent alive? Answered with its pid and mode.
+    Ping,
+    /// Protect a cgroup (a cgroup2 path, absolute on disk or relative to the
+    /// cgroup2 mount).
+    Protect { cgroup: String },
+    /// Stop protecting a cgroup that was registered with `Protect`.
+    Unprotect { cgroup: String },
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Ok {
+        message: String,
+        /// The cgroup id a protect/unprotect acted on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cgroup_id: Option<u64>,
+    },
+    Pong {
+        pid: u32,
+        /// `kernel` when rules are enforced by BPF-LSM, `unenforced` in the
+        /// test-only mode without kernel enforcement.
+        mode: String,
+    },
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "cannot reach the eci agent at {path}: {source}; is it running? (start it with `eci-agent run`, or check `systemctl status eci-agent`)"
+    )]
+    Unreachable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talking to the eci agent at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the eci agent at {path} sent an answer that is not valid: {source}")]
+    BadAnswer {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("the eci agent closed the connection at {path} without answering")]
+    NoAnswer { path: PathBuf },
+    #[error("the eci agent refused: {0}")]
+    Refused(String),
+}
+
+/// A blocking client for the control socket.
+#[derive(Debug, Clone)]
+pub struct Client {
+    path: PathBuf,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self {
+            path: path.as_ref().to_owned(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Send one request and read the answer. An `Error` answer is returned
+    /// as `Ok(Response::Error)`; use [`Client::call_ok`] to turn it into an error.
+    pub fn call(&self, request: &Request) -> Result<Response, ControlError> {
+        let io = |source| ControlError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut stream =
+            UnixStream::connect(&self.path).map_err(|source| ControlError::Unreachable {
+                path: self.path.clone(),
+                source,
+            })?;
+        stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
+        let mut line =
+            serde_json::to_string(request).map_err(|source| ControlError::BadAnswer {
+                path: self.path.clone(),
+                source,
+            })?;
+        line.push('\n');
+        stream.write_all(line.as_bytes()).map_err(io)?;
+        let mut answer = String::new();
+        BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+        if answer.trim().is_empty() {
+            return Err(ControlError::NoAnswer {
+                path: self.path.clone(),
+            });
+        }
+        serde_json::from_str(answer.trim()).map_err(|source| ControlError::BadAnswer {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Like [`Client::call`], with an `Error` answer as `Err(Refused)`.
+    pub fn call_ok(&self, request: &Request) -> Result<Response, ControlError> {
+        match self.call(request)? {
+            Response::Error { message } => Err(ControlError::Refused(message)),
+            other => Ok(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json() {
+        let text = serde_json::to_string(&Request::Protect {
+            cgroup: "/docker/abc".into(),
+        })
+        .unwrap();
+        assert_eq!(text, r#"{"request":"protect","cgroup":"/docker/abc"}"#);
+        let back: Request = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            back,
+            Request::Protect {
+                cgroup: "/docker/abc".into()
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_requests_are_rejected() {
+        assert!(serde_json::from_str::<Request>(r#"{"request":"format_disk"}"#).is_err());
+    }
+
+    #[test]
+    fn unreachable_agent_says_what_to_do() {
+        let dir = std::env::temp_dir().join(format!("eci-control-test-{}", std::process::id()));
+        let err = Client::new(dir.join("none.sock"))
+            .call(&Request::Ping)
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("is it running?"), "{text}");
+        assert!(text.contains("eci-agent run"), "{text}");
+    }
+}

@@ -1,0 +1,35 @@
+//! eci's BPF-LSM programs.
+//!
+//! One file per concern: `sockets` (protected Unix sockets), `probe` (the
+//! start-up self test). `protection` answers the one question every hook asks
+//! first ("is the current task protected?"), `kernel` holds every read of a
+//! kernel struct, `audit` reports decisions.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod audit;
+#[cfg(target_arch = "bpf")]
+mod kernel;
+#[cfg(target_arch = "bpf")]
+mod probe;
+#[cfg(target_arch = "bpf")]
+mod protection;
+#[cfg(target_arch = "bpf")]
+mod sockets;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("eci-ebpf is built for the BPF target by eci-agent's build script");
+}

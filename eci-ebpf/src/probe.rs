@@ -1,0 +1,33 @@
+//! Start-up self test: proves that BPF-LSM programs really run in this
+//! kernel. `lsm=` without `bpf` lets programs attach and then never calls
+//! them, so the agent triggers this hook from its own process and checks the
+//! counter moved.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{lsm, map},
+    maps::Array,
+    programs::LsmContext,
+};
+
+#[unsafe(no_mangle)]
+static ECI_PROBE_TGID: u32 = 0;
+
+/// Index 0: times the hook ran in the agent's process.
+#[map]
+static ECI_PROBE_HITS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// `socket_create(int family, int type, int protocol, int kern)`; never denies.
+#[lsm(hook = "socket_create")]
+pub fn eci_probe(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    // SAFETY: reading a global; volatile so the loader's value is used.
+    let target = unsafe { core::ptr::read_volatile(&ECI_PROBE_TGID) };
+    if (bpf_get_current_pid_tgid() >> 32) as u32 == target {
+        if let Some(hits) = ECI_PROBE_HITS.get_ptr_mut(0) {
+            // SAFETY: single slot; a lost increment only delays the probe.
+            unsafe { *hits += 1 };
+        }
+    }
+    previous
+}

@@ -1,0 +1,1 @@
+//! Helpers shared by eci's integration tests.
