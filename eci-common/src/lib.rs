@@ -72,7 +72,7 @@ pub mod protect_reason {
 /// `dev` is the kernel's internal encoding (`MAJOR << 20 | MINOR`), not the
 /// `st_dev` userspace sees; [`FileId::from_stat_dev`] converts.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileId {
     pub dev: u64,
     pub ino: u64,

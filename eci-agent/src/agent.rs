@@ -1,0 +1,333 @@
+//! `eci-agent run`: probe, load and pin, then serve until told to stop.
+//! The rules stay pinned in the kernel when the agent exits.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use aya::maps::{MapData, PerCpuArray};
+use serde::{Deserialize, Serialize};
+use tokio::{io::unix::AsyncFd, sync::Mutex};
+
+use crate::{
+    audit::{self, AuditLog, Names},
+    cgroups, control, enforcement,
+    pins::PinLayout,
+    rules::{KernelRules, RuleStore, UnenforcedRules},
+    sockets::SocketSet,
+};
+
+/// Everything `run` is told.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub pin_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub audit_log: PathBuf,
+    pub protected_socket_paths: Vec<PathBuf>,
+    pub unenforced_for_testing: bool,
+}
+
+/// State shared by the control server and the background tasks.
+pub struct Shared {
+    pub rules: Box<dyn RuleStore>,
+    pub names: Names,
+    /// The agent's own cgroup2 path: never protectable.
+    pub own_cgroup: String,
+}
+
+/// What the running agent tells `status` (written next to the control socket).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentState {
+    pub pid: u32,
+    pub mode: String,
+    pub pin_dir: PathBuf,
+    pub audit_log: PathBuf,
+    pub sockets: Vec<ProtectedSocket>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProtectedSocket {
+    pub path: PathBuf,
+    pub dev: String,
+    pub ino: u64,
+}
+
+pub fn state_file(control_socket: &Path) -> PathBuf {
+    control::run_dir(control_socket).join("agent-state.json")
+}
+
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("eci-agent run must run as root (it loads BPF programs and owns /run/eci)");
+    }
+    let layout = PinLayout::new(&config.pin_dir);
+    let own_cgroup = cgroups::cgroup_of("self").unwrap_or_else(|_| "/".into());
+
+    let (rules, kernel): (Box<dyn RuleStore>, Option<KernelParts>) = if config
+        .unenforced_for_testing
+    {
+        let banner = "RUNNING WITHOUT KERNEL ENFORCEMENT (--unenforced-for-testing): containers are registered but NOTHING is enforced. For host-side tests only.";
+        eprintln!("eci-agent: WARNING: {banner}");
+        tracing::error!("{banner}");
+        (Box::new(UnenforcedRules::default()), None)
+    } else {
+        let started = std::time::Instant::now();
+        let ebpf = enforcement::probe_lsm(&layout)?;
+        let mut enforcement = enforcement::attach_all(ebpf, &layout)?;
+        let logger = match aya_log::EbpfLogger::init(&mut enforcement.ebpf) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                tracing::warn!("BPF log forwarding unavailable: {err}");
+                None
+            }
+        };
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, pin_dir = %layout.root().display(), "BPF-LSM probe passed; programs attached and pinned");
+        let drops: PerCpuArray<MapData, u64> = enforcement
+            .ebpf
+            .take_map(eci_common::map_names::EVENT_DROPS)
+            .ok_or_else(|| anyhow::anyhow!("the BPF object has no drop counter"))
+            .and_then(|m| PerCpuArray::try_from(m).map_err(anyhow::Error::from))?;
+        let rules = KernelRules {
+            cgroups: enforcement.protected_cgroups,
+            sockets: enforcement.protected_sockets,
+        };
+        (
+            Box::new(rules),
+            Some(KernelParts {
+                events: enforcement.events,
+                drops,
+                logger,
+                _ebpf: enforcement.ebpf,
+            }),
+        )
+    };
+
+    let mut names = Names::default();
+    for (id, _) in rules.protected_cgroups() {
+        if let Some(path) = cgroups::path_of_id(id) {
+            names.cgroups.insert(id, path);
+        }
+    }
+    let shared = Arc::new(Mutex::new(Shared {
+        rules,
+        names,
+        own_cgroup,
+    }));
+    let audit = Arc::new(Mutex::new(AuditLog::open(&config.audit_log)?));
+
+    let listener = control::bind(&config.control_socket)?;
+    let mut socket_paths = config.protected_socket_paths.clone();
+    socket_paths.push(config.control_socket.clone());
+    let socket_set = SocketSet::new(socket_paths);
+    refresh_sockets(&socket_set, &shared, &config).await?;
+    tracing::info!(socket = %config.control_socket.display(), "control socket ready");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(control::serve(listener, shared.clone()));
+    {
+        let shared = shared.clone();
+        let config = config.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(err) = refresh_sockets(&socket_set, &shared, &config).await {
+                    tracing::error!("refreshing protected sockets: {err:#}");
+                }
+            }
+        });
+    }
+    if let Some(kernel) = kernel {
+        let KernelParts {
+            events,
+            drops,
+            logger,
+            _ebpf,
+        } = kernel;
+        tasks.spawn(read_events(events, shared.clone(), audit.clone()));
+        tasks.spawn(watch_drops(drops, audit.clone()));
+        if let Some(logger) = logger {
+            tasks.spawn(forward_bpf_logs(logger));
+        }
+        // The object must live as long as the agent.
+        std::mem::forget(_ebpf);
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        Some(done) = tasks.join_next() => {
+            tracing::error!("an agent task ended unexpectedly: {done:?}");
+        }
+    }
+    let _ = std::fs::remove_file(&config.control_socket);
+    let _ = std::fs::remove_file(state_file(&config.control_socket));
+    tracing::info!(
+        "agent stopping; kernel rules stay in force (pinned under {})",
+        config.pin_dir.display()
+    );
+    Ok(())
+}
+
+struct KernelParts {
+    events: aya::maps::RingBuf<MapData>,
+    drops: PerCpuArray<MapData, u64>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    _ebpf: aya::Ebpf,
+}
+
+async fn refresh_sockets(
+    set: &SocketSet,
+    shared: &Arc<Mutex<Shared>>,
+    config: &AgentConfig,
+) -> anyhow::Result<()> {
+    let found = set.scan();
+    let wanted: BTreeSet<_> = found.keys().copied().collect();
+    let mut guard = shared.lock().await;
+    if guard.names.sockets != found {
+        guard.rules.sync_sockets(&wanted)?;
+        for (id, path) in &found {
+            if !guard.names.sockets.contains_key(id) {
+                tracing::info!(path = %path.display(), ino = id.ino, "socket protected");
+            }
+        }
+        guard.names.sockets = found.clone();
+    }
+    drop(guard);
+    let state = AgentState {
+        pid: std::process::id(),
+        mode: if config.unenforced_for_testing {
+            "unenforced".into()
+        } else {
+            "kernel".into()
+        },
+        pin_dir: config.pin_dir.clone(),
+        audit_log: config.audit_log.clone(),
+        sockets: found
+            .iter()
+            .map(|(id, path)| {
+                let (major, minor) = audit::kernel_dev_parts(id.dev);
+                ProtectedSocket {
+                    path: path.clone(),
+                    dev: format!("{major}:{minor}"),
+                    ino: id.ino,
+                }
+            })
+            .collect(),
+    };
+    let text = serde_json::to_string_pretty(&state)?;
+    let path = state_file(&config.control_socket);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+async fn read_events(
+    events: aya::maps::RingBuf<MapData>,
+    shared: Arc<Mutex<Shared>>,
+    audit: Arc<Mutex<AuditLog>>,
+) {
+    // SAFETY: the ring buffer owns its fd, which stays open while registered.
+    let mut ring = match unsafe { AsyncFd::register(events) } {
+        Ok(ring) => ring,
+        Err(err) => {
+            tracing::error!("cannot poll the audit ring buffer: {err}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(guard) => guard,
+            Err(err) => {
+                tracing::error!("polling the audit ring buffer: {err}");
+                return;
+            }
+        };
+        let mut batch = Vec::new();
+        while let Some(record) = guard.get_inner_mut().next() {
+            match audit::decode(&record) {
+                Ok(event) => batch.push(event),
+                Err(err) => tracing::error!("{err}"),
+            }
+        }
+        guard.clear_ready();
+        if batch.is_empty() {
+            continue;
+        }
+        let names = shared.lock().await.names.clone();
+        let mut log = audit.lock().await;
+        for event in batch {
+            let line = audit::to_line(&event, &names, audit::wall_clock_of(event.boot_time_ns));
+            tracing::warn!(
+                hook = line.hook,
+                verdict = line.verdict,
+                pid = line.pid,
+                comm = %line.comm,
+                cgroup_id = line.cgroup_id,
+                object = ?line.object.path,
+                "denied"
+            );
+            if let Err(err) = log.write(&line) {
+                tracing::error!("{err}");
+            }
+        }
+    }
+}
+
+/// Report ring-buffer drops: never silent.
+async fn watch_drops(drops: PerCpuArray<MapData, u64>, audit: Arc<Mutex<AuditLog>>) {
+    let mut reported = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let total: u64 = drops.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        if total > reported {
+            tracing::error!(
+                dropped = total - reported,
+                total,
+                "audit events dropped: the ring buffer was full"
+            );
+            let line = serde_json::json!({
+                "time": audit::rfc3339(audit::wall_clock_of(0) + boot_now_ns()),
+                "event": "audit_events_dropped",
+                "dropped": total - reported,
+                "total_dropped": total,
+            });
+            if let Err(err) = audit.lock().await.write(&line) {
+                tracing::error!("{err}");
+            }
+            reported = total;
+        }
+    }
+}
+
+fn boot_now_ns() -> i128 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+        .unwrap_or(0)
+}
+
+async fn forward_bpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its fd, which stays open while registered.
+    let mut fd = match unsafe { AsyncFd::register(logger) } {
+        Ok(fd) => fd,
+        Err(err) => {
+            tracing::warn!("BPF log forwarding unavailable: {err}");
+            return;
+        }
+    };
+    loop {
+        match fd.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(_) => return,
+        }
+    }
+}

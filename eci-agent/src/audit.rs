@@ -1,0 +1,281 @@
+//! The audit log: every decision the kernel reports becomes one JSON line.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use eci_common::{AuditEvent, FileId, Hook, ObjectKind};
+use serde::Serialize;
+
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/eci/audit.jsonl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(
+        "cannot open the audit log {path}: {source}; check the directory exists and is writable, or pass --audit-log"
+    )]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("writing the audit log {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("a ring-buffer record of {0} bytes is not an audit event")]
+    BadRecord(usize),
+}
+
+/// What the agent knows that the kernel event does not carry: names.
+#[derive(Debug, Default, Clone)]
+pub struct Names {
+    pub sockets: BTreeMap<FileId, PathBuf>,
+    pub cgroups: BTreeMap<u64, String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct AuditObject {
+    pub kind: &'static str,
+    /// `major:minor` of the file's device.
+    pub dev: String,
+    pub ino: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct AuditLine {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub hook: &'static str,
+    pub verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    pub object: AuditObject,
+}
+
+/// Decode one ring-buffer record.
+pub fn decode(record: &[u8]) -> Result<AuditEvent, AuditError> {
+    if record.len() < std::mem::size_of::<AuditEvent>() {
+        return Err(AuditError::BadRecord(record.len()));
+    }
+    // SAFETY: AuditEvent is repr(C) plain data, any bit pattern is valid, and
+    // the length was checked; read_unaligned copes with any alignment.
+    Ok(unsafe { std::ptr::read_unaligned(record.as_ptr() as *const AuditEvent) })
+}
+
+/// Userspace major/minor of a kernel `dev_t`.
+pub fn kernel_dev_parts(dev: u64) -> (u64, u64) {
+    (dev >> 20, dev & 0xfffff)
+}
+
+pub fn to_line(event: &AuditEvent, names: &Names, wall_clock_ns: i128) -> AuditLine {
+    let comm_end = event
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(event.comm.len());
+    let (major, minor) = kernel_dev_parts(event.object.dev);
+    let kind = if event.object_kind == ObjectKind::UnixSocket as u32 {
+        "unix_socket"
+    } else {
+        "none"
+    };
+    AuditLine {
+        time: rfc3339(wall_clock_ns),
+        hook: Hook::from_u32(event.hook).map_or("unknown", Hook::name),
+        verdict: if event.verdict == 0 { "allow" } else { "deny" },
+        errno: (event.verdict != 0).then_some(-event.verdict),
+        pid: event.pid,
+        tgid: event.tgid,
+        uid: event.uid,
+        gid: event.gid,
+        comm: String::from_utf8_lossy(&event.comm[..comm_end]).into_owned(),
+        cgroup_id: event.cgroup_id,
+        cgroup: names.cgroups.get(&event.cgroup_id).cloned(),
+        object: AuditObject {
+            kind,
+            dev: format!("{major}:{minor}"),
+            ino: event.object.ino,
+            path: names
+                .sockets
+                .get(&event.object)
+                .map(|p| p.display().to_string()),
+        },
+    }
+}
+
+/// Wall-clock time of an event stamped with CLOCK_BOOTTIME.
+pub fn wall_clock_of(boot_time_ns: u64) -> i128 {
+    let now = |clock| {
+        nix::time::clock_gettime(clock)
+            .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+            .unwrap_or(0)
+    };
+    let real = now(nix::time::ClockId::CLOCK_REALTIME);
+    let boot = now(nix::time::ClockId::CLOCK_BOOTTIME);
+    real - (boot - boot_time_ns as i128)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` from nanoseconds since the epoch.
+pub fn rfc3339(ns: i128) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i128::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Append-only JSON-lines writer.
+pub struct AuditLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl AuditLog {
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let open_err = |source| AuditError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(open_err)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| AuditError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+        })
+    }
+
+    pub fn write<T: Serialize>(&mut self, line: &T) -> Result<(), AuditError> {
+        let mut text = serde_json::to_string(line).map_err(|e| AuditError::Write {
+            path: self.path.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        text.push('\n');
+        self.file
+            .write_all(text.as_bytes())
+            .map_err(|source| AuditError::Write {
+                path: self.path.display().to_string(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339(951_782_400_000_000_001),
+            "2000-02-29T00:00:00.000000001Z"
+        );
+        assert_eq!(
+            rfc3339(1_795_824_000_500_000_000),
+            "2026-11-28T00:00:00.500000000Z"
+        );
+    }
+
+    fn event() -> AuditEvent {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"evil");
+        AuditEvent {
+            boot_time_ns: 1,
+            cgroup_id: 77,
+            object: FileId {
+                dev: FileId::kernel_dev(0, 25),
+                ino: 4242,
+            },
+            pid: 10,
+            tgid: 9,
+            uid: 0,
+            gid: 0,
+            hook: Hook::UnixStreamConnect as u32,
+            object_kind: ObjectKind::UnixSocket as u32,
+            verdict: -1,
+            _pad: 0,
+            comm,
+        }
+    }
+
+    #[test]
+    fn a_denial_becomes_a_named_json_line() {
+        let ev = event();
+        let mut names = Names::default();
+        names
+            .sockets
+            .insert(ev.object, PathBuf::from("/run/docker.sock"));
+        names.cgroups.insert(77, "/docker/abc".into());
+        let line = to_line(&ev, &names, 0);
+        let json = serde_json::to_value(&line).unwrap();
+        assert_eq!(json["hook"], "unix_stream_connect");
+        assert_eq!(json["verdict"], "deny");
+        assert_eq!(json["errno"], 1);
+        assert_eq!(json["comm"], "evil");
+        assert_eq!(json["pid"], 10);
+        assert_eq!(json["tgid"], 9);
+        assert_eq!(json["cgroup"], "/docker/abc");
+        assert_eq!(json["object"]["dev"], "0:25");
+        assert_eq!(json["object"]["path"], "/run/docker.sock");
+    }
+
+    #[test]
+    fn short_records_are_rejected() {
+        assert!(decode(&[0u8; 8]).is_err());
+        let ev = event();
+        // SAFETY: viewing a repr(C) value as bytes for the round trip.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                &ev as *const AuditEvent as *const u8,
+                std::mem::size_of::<AuditEvent>(),
+            )
+        };
+        assert_eq!(decode(bytes).unwrap().ino_for_test(), 4242);
+    }
+
+    trait InoForTest {
+        fn ino_for_test(&self) -> u64;
+    }
+    impl InoForTest for AuditEvent {
+        fn ino_for_test(&self) -> u64 {
+            self.object.ino
+        }
+    }
+}

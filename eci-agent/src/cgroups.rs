@@ -1,0 +1,214 @@
+//! cgroup v2 paths and ids.
+//!
+//! `bpf_get_current_cgroup_id()` returns the id of the task's cgroup v2,
+//! which is the inode number of its directory in the cgroup2 file system.
+
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Component, Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "no cgroup2 file system is mounted (looked in /proc/self/mountinfo); mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup`"
+    )]
+    NoCgroup2,
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cgroup {0:?} does not exist (looked for {1}); create it first or check the path")]
+    NotFound(String, String),
+    #[error("cgroup path {0:?} is not valid: {1}")]
+    BadPath(String, &'static str),
+    #[error("{path} is not a cgroup2 directory")]
+    NotCgroup { path: String },
+}
+
+/// Where cgroup2 is mounted (the last cgroup2 mount in our mount namespace).
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| CgroupError::Read {
+            path: "/proc/self/mountinfo".into(),
+            source,
+        })?;
+    parse_cgroup2_mount(&text).ok_or(CgroupError::NoCgroup2)
+}
+
+fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // `<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> ...`
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let root = left.split_whitespace().nth(3)?;
+            (fstype == "cgroup2" && root == "/")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .next_back()
+}
+
+/// A resolved cgroup: its directory and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    pub dir: PathBuf,
+    pub id: u64,
+    /// Path relative to the cgroup2 root, starting with `/`.
+    pub path: String,
+}
+
+/// Resolve a cgroup given as a path relative to the cgroup2 root
+/// (`/docker/<id>`) or as its absolute directory under the mount.
+pub fn resolve(spec: &str) -> Result<Cgroup, CgroupError> {
+    resolve_under(&cgroup2_mount()?, spec)
+}
+
+pub fn resolve_under(mount: &Path, spec: &str) -> Result<Cgroup, CgroupError> {
+    if spec.is_empty() {
+        return Err(CgroupError::BadPath(spec.into(), "empty"));
+    }
+    let given = Path::new(spec);
+    if given
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
+        return Err(CgroupError::BadPath(spec.into(), "`..` is not allowed"));
+    }
+    let relative = match given.strip_prefix(mount) {
+        Ok(rest) => rest.to_path_buf(),
+        Err(_) => given.strip_prefix("/").unwrap_or(given).to_path_buf(),
+    };
+    let dir = mount.join(&relative);
+    let meta = std::fs::metadata(&dir)
+        .map_err(|_| CgroupError::NotFound(spec.into(), dir.display().to_string()))?;
+    if !meta.is_dir() || !dir.join("cgroup.procs").exists() {
+        return Err(CgroupError::NotCgroup {
+            path: dir.display().to_string(),
+        });
+    }
+    let path = format!("/{}", relative.display());
+    Ok(Cgroup {
+        id: meta.ino(),
+        dir,
+        path,
+    })
+}
+
+/// The path of the cgroup with this id, found by walking the cgroup2 tree
+/// (ids are inode numbers; the tree is small).
+pub fn path_of_id(id: u64) -> Option<String> {
+    let mount = cgroup2_mount().ok()?;
+    let mut stack = vec![mount.clone()];
+    let mut visited = 0usize;
+    while let Some(dir) = stack.pop() {
+        visited += 1;
+        if visited > 100_000 {
+            return None;
+        }
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        if meta.ino() == id {
+            let rel = dir.strip_prefix(&mount).ok()?;
+            return Some(format!("/{}", rel.display()));
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    None
+}
+
+/// The cgroup2 path of a process (`0::<path>` in /proc/<pid>/cgroup).
+pub fn cgroup_of(pid: &str) -> Result<String, CgroupError> {
+    let file = format!("/proc/{pid}/cgroup");
+    let text = std::fs::read_to_string(&file).map_err(|source| CgroupError::Read {
+        path: file.clone(),
+        source,
+    })?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+        .ok_or(CgroupError::NoCgroup2)
+}
+
+/// True when `inner` is `outer` or below it (cgroup2 paths relative to the root).
+pub fn is_same_or_below(inner: &str, outer: &str) -> bool {
+    let outer = outer.trim_end_matches('/');
+    outer.is_empty()
+        || inner == outer
+        || inner
+            .strip_prefix(outer)
+            .is_some_and(|r| r.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_mountinfo() {
+        let text = "\
+24 30 0:22 / /sys rw - sysfs sysfs rw
+35 24 0:30 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+36 24 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+        assert_eq!(
+            parse_cgroup2_mount(text),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("24 30 0:22 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn nested_cgroup2_bind_mounts_are_not_the_root() {
+        let text = "35 24 0:30 /docker/abc /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(parse_cgroup2_mount(text), None);
+    }
+
+    #[test]
+    fn resolves_relative_and_absolute_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = dir.path().join("docker/abc");
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::write(cg.join("cgroup.procs"), "").unwrap();
+        let by_rel = resolve_under(dir.path(), "/docker/abc").unwrap();
+        let by_abs = resolve_under(dir.path(), cg.to_str().unwrap()).unwrap();
+        assert_eq!(by_rel, by_abs);
+        assert_eq!(by_rel.path, "/docker/abc");
+        assert_eq!(by_rel.id, std::fs::metadata(&cg).unwrap().ino());
+    }
+
+    #[test]
+    fn missing_and_sneaky_paths_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = resolve_under(dir.path(), "/nope").unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        let err = resolve_under(dir.path(), "/a/../..")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`..`"), "{err}");
+        std::fs::create_dir(dir.path().join("plain")).unwrap();
+        let err = resolve_under(dir.path(), "/plain").unwrap_err().to_string();
+        assert!(err.contains("not a cgroup2"), "{err}");
+    }
+
+    #[test]
+    fn ancestry() {
+        assert!(is_same_or_below("/docker/abc", "/docker"));
+        assert!(is_same_or_below("/docker", "/docker"));
+        assert!(!is_same_or_below("/dockerx", "/docker"));
+        assert!(is_same_or_below("/anything", "/"));
+    }
+}

@@ -1,0 +1,182 @@
+//! The control socket: root-only, one JSON request per connection.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use eci_common::protect_reason;
+use eci_control::{Request, Response};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::Mutex,
+};
+
+use crate::{agent::Shared, cgroups};
+
+/// Requests are small; anything longer is refused.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlServerError {
+    #[error("cannot create the control socket directory {dir}: {source}")]
+    Dir { dir: String, source: std::io::Error },
+    #[error(
+        "another eci agent is already serving {0}; stop it first (or use another --control-socket)"
+    )]
+    AlreadyRunning(String),
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Bind the control socket: directory 0700, socket 0600. A stale socket file
+/// from a killed agent is replaced; a live agent is not.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlServerError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let dir_err = |source| ControlServerError::Dir {
+        dir: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(dir_err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ControlServerError::AlreadyRunning(
+                path.display().to_string(),
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let bind_err = |source| ControlServerError::Bind {
+        path: path.display().to_string(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = handle(stream, shared).await {
+                        tracing::warn!("control connection: {err}");
+                    }
+                });
+            }
+            Err(err) => {
+                tracing::error!("control socket accept failed: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> std::io::Result<()> {
+    let peer = stream.peer_cred()?;
+    let (read, mut write) = stream.into_split();
+    let response = if peer.uid() != 0 {
+        tracing::warn!(uid = peer.uid(), pid = ?peer.pid(), "control request from non-root refused");
+        Response::Error {
+            message: "only root may talk to the eci agent".into(),
+        }
+    } else {
+        let mut line = String::new();
+        let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES));
+        reader.read_line(&mut line).await?;
+        match serde_json::from_str::<Request>(line.trim()) {
+            Ok(request) => {
+                tracing::debug!(?request, pid = ?peer.pid(), "control request");
+                answer(request, &shared).await
+            }
+            Err(err) => Response::Error {
+                message: format!("malformed request: {err}"),
+            },
+        }
+    };
+    let mut text = serde_json::to_string(&response).map_err(std::io::Error::other)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    write.shutdown().await
+}
+
+async fn answer(request: Request, shared: &Arc<Mutex<Shared>>) -> Response {
+    let mut shared = shared.lock().await;
+    match request {
+        Request::Ping => Response::Pong {
+            pid: std::process::id(),
+            mode: if shared.rules.enforced_in_kernel() {
+                "kernel".into()
+            } else {
+                "unenforced".into()
+            },
+        },
+        Request::Protect { cgroup } => match protect(&mut shared, &cgroup) {
+            Ok((id, path)) => {
+                tracing::info!(cgroup = %path, id, "cgroup protected");
+                Response::Ok {
+                    message: format!("cgroup {path} (id {id}) is protected"),
+                    cgroup_id: Some(id),
+                }
+            }
+            Err(message) => Response::Error { message },
+        },
+        Request::Unprotect { cgroup } => match unprotect(&mut shared, &cgroup) {
+            Ok((id, path)) => {
+                tracing::info!(cgroup = %path, id, "cgroup no longer protected");
+                Response::Ok {
+                    message: format!("cgroup {path} (id {id}) is no longer protected"),
+                    cgroup_id: Some(id),
+                }
+            }
+            Err(message) => Response::Error { message },
+        },
+    }
+}
+
+fn protect(shared: &mut Shared, spec: &str) -> Result<(u64, String), String> {
+    let cgroup = cgroups::resolve(spec).map_err(|e| e.to_string())?;
+    if cgroups::is_same_or_below(&shared.own_cgroup, &cgroup.path) {
+        return Err(format!(
+            "refusing to protect cgroup {}: the eci agent itself runs in {} and would lock itself out",
+            cgroup.path, shared.own_cgroup
+        ));
+    }
+    shared
+        .rules
+        .protect_cgroup(cgroup.id, protect_reason::REGISTERED)
+        .map_err(|e| e.to_string())?;
+    shared.names.cgroups.insert(cgroup.id, cgroup.path.clone());
+    Ok((cgroup.id, cgroup.path))
+}
+
+fn unprotect(shared: &mut Shared, spec: &str) -> Result<(u64, String), String> {
+    let cgroup = cgroups::resolve(spec).map_err(|e| e.to_string())?;
+    match shared.rules.unprotect_cgroup(cgroup.id) {
+        Ok(true) => {
+            shared.names.cgroups.remove(&cgroup.id);
+            Ok((cgroup.id, cgroup.path))
+        }
+        Ok(false) => Err(format!(
+            "cgroup {} (id {}) is not protected",
+            cgroup.path, cgroup.id
+        )),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// Directory holding the control socket and the agent's state file.
+pub fn run_dir(control_socket: &Path) -> PathBuf {
+    control_socket
+        .parent()
+        .unwrap_or(Path::new("/run/eci"))
+        .to_owned()
+}

@@ -1,0 +1,248 @@
+//! Loading, attaching and pinning the BPF-LSM programs.
+//!
+//! Persistence follows Tetragon: links and maps are pinned under the pin
+//! directory, so the rules stay in force when the agent exits or is killed.
+//! A starting agent reuses the pinned maps (rules, counters, ring buffer),
+//! attaches a fresh set of programs while the old set still holds, and only
+//! then drops the old links: no gap, and no duplicate attachment afterwards.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, RingBuf},
+    programs::{Lsm, links::FdLink},
+};
+use eci_common::{
+    FileId, Hook, KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROBE_TGID_GLOBAL, map_names,
+};
+
+use crate::{btf, lsm, pins::PinLayout};
+
+/// The programs eci attaches, by program name (= hook name).
+pub const PROGRAMS: [Hook; 2] = Hook::ALL;
+const PROBE_PROGRAM: &str = "eci_probe";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforcementError {
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error(transparent)]
+    Pins(#[from] crate::pins::PinError),
+    #[error(transparent)]
+    Unavailable(#[from] lsm::LsmUnavailable),
+    #[error("loading the BPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the BPF object has no {0} (build mismatch)")]
+    Missing(String),
+    #[error("BPF program {name}: {source}")]
+    Program {
+        name: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("pinning {what}: {source}")]
+    Pin {
+        what: String,
+        source: aya::pin::PinError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: String,
+        source: aya::maps::MapError,
+    },
+    #[error("replacing the pinned link {path}: {source}")]
+    Replace {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The BPF object, built for the BPF target by build.rs.
+fn object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eci-ebpf"))
+}
+
+fn load_object(layout: &PinLayout, offsets: KernelOffsets) -> Result<Ebpf, EnforcementError> {
+    let tgid = std::process::id();
+    let kernel_btf = aya::Btf::from_sys_fs().ok();
+    EbpfLoader::new()
+        .btf(kernel_btf.as_ref())
+        .default_map_pin_directory(layout.maps_dir())
+        .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
+        .override_global(PROBE_TGID_GLOBAL, &tgid, true)
+        .load(object())
+        .map_err(EnforcementError::Load)
+}
+
+fn lsm_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Lsm, EnforcementError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| EnforcementError::Missing(format!("program {name}")))?
+        .try_into()
+        .map_err(|source| EnforcementError::Program {
+            name: name.into(),
+            source,
+        })
+}
+
+/// Prove that BPF-LSM programs load and run here: load the probe program,
+/// attach it, trigger its hook from this process, and check it counted.
+pub fn probe_lsm(layout: &PinLayout) -> Result<Ebpf, EnforcementError> {
+    let active = lsm::active_lsms();
+    let btf = aya::Btf::from_sys_fs().map_err(|e| lsm::LsmUnavailable::NoBtf(e.to_string()))?;
+    let offsets = btf::Btf::from_sys_fs()?.kernel_offsets()?;
+    let existed = layout.exists();
+    layout.create()?;
+    let result = probe_with(layout, offsets, &btf, active);
+    if result.is_err() && !existed {
+        // Leave nothing behind on a kernel that cannot enforce.
+        let _ = unload(layout);
+    }
+    result
+}
+
+fn probe_with(
+    layout: &PinLayout,
+    offsets: KernelOffsets,
+    btf: &aya::Btf,
+    active: Option<String>,
+) -> Result<Ebpf, EnforcementError> {
+    let mut ebpf = load_object(layout, offsets)?;
+    let program = lsm_program(&mut ebpf, PROBE_PROGRAM)?;
+    if let Err(err) = program.load("socket_create", btf) {
+        return Err(lsm::LsmUnavailable::LoadRefused {
+            error: lsm::describe_program_error(&err),
+            active,
+        }
+        .into());
+    }
+    let link = match program.attach() {
+        Ok(link) => link,
+        Err(err) => {
+            return Err(lsm::LsmUnavailable::AttachRefused {
+                error: lsm::describe_program_error(&err),
+                active,
+            }
+            .into());
+        }
+    };
+    // Trigger `socket_create` in this process.
+    let _ = std::os::unix::net::UnixDatagram::unbound();
+    let hits: u64 = {
+        let map = ebpf
+            .map(map_names::PROBE_HITS)
+            .ok_or_else(|| EnforcementError::Missing(map_names::PROBE_HITS.into()))?;
+        let array: Array<&MapData, u64> =
+            Array::try_from(map).map_err(|source| EnforcementError::Map {
+                name: map_names::PROBE_HITS.into(),
+                source,
+            })?;
+        array.get(&0, 0).unwrap_or(0)
+    };
+    let program = lsm_program(&mut ebpf, PROBE_PROGRAM)?;
+    let _ = program.detach(link);
+    let _ = program.unload();
+    if hits == 0 {
+        return Err(lsm::LsmUnavailable::NeverRuns { active }.into());
+    }
+    Ok(ebpf)
+}
+
+/// Handles to the maps the agent writes and reads while it runs.
+pub struct Enforcement {
+    pub protected_cgroups: HashMap<MapData, u64, u32>,
+    pub protected_sockets: HashMap<MapData, FileId, u32>,
+    pub events: RingBuf<MapData>,
+    /// Keeps the object (and its aya-log buffer) alive.
+    pub ebpf: Ebpf,
+}
+
+/// Attach every program and pin its link, replacing links a previous
+/// agent pinned (the new link is attached before the old one is dropped).
+pub fn attach_all(mut ebpf: Ebpf, layout: &PinLayout) -> Result<Enforcement, EnforcementError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| lsm::LsmUnavailable::NoBtf(e.to_string()))?;
+    for hook in PROGRAMS {
+        let name = hook.name();
+        let program = lsm_program(&mut ebpf, name)?;
+        program
+            .load(name, &btf)
+            .map_err(|source| EnforcementError::Program {
+                name: name.into(),
+                source,
+            })?;
+        let link_id = program
+            .attach()
+            .map_err(|source| EnforcementError::Program {
+                name: name.into(),
+                source,
+            })?;
+        let link: FdLink = program
+            .take_link(link_id)
+            .map_err(|source| EnforcementError::Program {
+                name: name.into(),
+                source,
+            })?
+            .into();
+        replace_pinned_link(&layout.link(name), link)?;
+        tracing::info!(program = name, "attached and pinned");
+    }
+    let protected_cgroups = take_map(&mut ebpf, map_names::PROTECTED_CGROUPS, HashMap::try_from)?;
+    let protected_sockets = take_map(&mut ebpf, map_names::PROTECTED_SOCKETS, HashMap::try_from)?;
+    let events = take_map(&mut ebpf, map_names::EVENTS, RingBuf::try_from)?;
+    Ok(Enforcement {
+        protected_cgroups,
+        protected_sockets,
+        events,
+        ebpf,
+    })
+}
+
+fn take_map<T>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, EnforcementError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| EnforcementError::Missing(format!("map {name}")))?;
+    convert(map).map_err(|source| EnforcementError::Map {
+        name: name.into(),
+        source,
+    })
+}
+
+/// The new link is attached already; dropping the old pin afterwards
+/// detaches the previous program without a window in between.
+fn replace_pinned_link(path: &Path, link: FdLink) -> Result<(), EnforcementError> {
+    if path.exists() {
+        std::fs::remove_file(path).map_err(|source| EnforcementError::Replace {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    let pinned = link.pin(path).map_err(|source| EnforcementError::Pin {
+        what: path.display().to_string(),
+        source,
+    })?;
+    // The pin holds the link now; our fd may go.
+    drop(pinned);
+    Ok(())
+}
+
+/// Remove every pinned link and map: enforcement ends.
+pub fn unload(layout: &PinLayout) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for dir in [layout.links_dir(), layout.maps_dir()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path().display().to_string());
+        }
+        std::fs::remove_dir(&dir)?;
+    }
+    if layout.root().is_dir() {
+        std::fs::remove_dir(layout.root())?;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,275 @@
+//! `eci-agent status`: read the pinned state (no programs are loaded) and
+//! ask the agent, if it answers, who it is.
+
+use std::{collections::BTreeMap, path::Path};
+
+use aya::{
+    maps::{HashMap, Map, MapData, PerCpuArray},
+    programs::links::{FdLink, PinnedLink},
+};
+use eci_common::{FileId, Hook, map_names};
+use eci_control::{Client, Request, Response};
+use serde::Serialize;
+
+use crate::{agent, audit, cgroups, lsm, pins::PinLayout};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub agent: AgentStatus,
+    pub bpf_lsm_active: bool,
+    pub active_lsms: Option<String>,
+    pub pin_dir: String,
+    pub programs: Vec<ProgramStatus>,
+    /// bpf is an active LSM and every program is attached.
+    pub enforcing: bool,
+    pub protected_cgroups: Vec<CgroupStatus>,
+    pub protected_sockets: Vec<SocketStatus>,
+    pub denials: BTreeMap<String, u64>,
+    pub event_drops: u64,
+    /// Pinned objects that could not be read, with why.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AgentStatus {
+    pub running: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgramStatus {
+    pub hook: String,
+    pub attached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program_id: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CgroupStatus {
+    pub id: u64,
+    pub reasons: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SocketStatus {
+    pub dev: String,
+    pub ino: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+fn open_map(layout: &PinLayout, name: &str) -> Result<Map, String> {
+    let path = layout.map(name);
+    let data = MapData::from_pin(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Map::from_map_data(data).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
+    let mut problems = Vec::new();
+    let active_lsms = lsm::active_lsms();
+    let agent = match Client::new(control_socket).call(&Request::Ping) {
+        Ok(Response::Pong { pid, mode }) => AgentStatus {
+            running: true,
+            pid: Some(pid),
+            mode: Some(mode),
+            error: None,
+        },
+        Ok(other) => AgentStatus {
+            running: false,
+            pid: None,
+            mode: None,
+            error: Some(format!("unexpected answer {other:?}")),
+        },
+        Err(err) => AgentStatus {
+            running: false,
+            pid: None,
+            mode: None,
+            error: Some(err.to_string()),
+        },
+    };
+    let state: Option<agent::AgentState> =
+        std::fs::read_to_string(agent::state_file(control_socket))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+
+    let programs: Vec<ProgramStatus> = Hook::ALL
+        .iter()
+        .map(|hook| {
+            let path = layout.link(hook.name());
+            let info = PinnedLink::from_pin(&path)
+                .ok()
+                .and_then(|p| FdLink::from(p).info().ok());
+            ProgramStatus {
+                hook: hook.name().into(),
+                attached: info.is_some(),
+                link_id: info.as_ref().map(|i| i.id()),
+                program_id: info.as_ref().map(|i| i.program_id()),
+            }
+        })
+        .collect();
+
+    let mut protected_cgroups = Vec::new();
+    let mut protected_sockets = Vec::new();
+    let mut denials = BTreeMap::new();
+    let mut event_drops = 0;
+    if layout.exists() {
+        match open_map(layout, map_names::PROTECTED_CGROUPS)
+            .and_then(|m| HashMap::<MapData, u64, u32>::try_from(m).map_err(|e| e.to_string()))
+        {
+            Ok(map) => {
+                for (id, reasons) in map.iter().filter_map(Result::ok) {
+                    protected_cgroups.push(CgroupStatus {
+                        id,
+                        reasons,
+                        path: cgroups::path_of_id(id),
+                    });
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+        match open_map(layout, map_names::PROTECTED_SOCKETS)
+            .and_then(|m| HashMap::<MapData, FileId, u32>::try_from(m).map_err(|e| e.to_string()))
+        {
+            Ok(map) => {
+                for id in map.keys().filter_map(Result::ok) {
+                    let (major, minor) = audit::kernel_dev_parts(id.dev);
+                    let dev = format!("{major}:{minor}");
+                    let path = state.as_ref().and_then(|s| {
+                        s.sockets
+                            .iter()
+                            .find(|p| p.dev == dev && p.ino == id.ino)
+                            .map(|p| p.path.display().to_string())
+                    });
+                    protected_sockets.push(SocketStatus {
+                        dev,
+                        ino: id.ino,
+                        path,
+                    });
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+        match open_map(layout, map_names::DENIALS)
+            .and_then(|m| PerCpuArray::<MapData, u64>::try_from(m).map_err(|e| e.to_string()))
+        {
+            Ok(map) => {
+                for hook in Hook::ALL {
+                    let count = map
+                        .get(&(hook as u32), 0)
+                        .map(|v| v.iter().sum())
+                        .unwrap_or(0);
+                    denials.insert(hook.name().to_owned(), count);
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+        match open_map(layout, map_names::EVENT_DROPS)
+            .and_then(|m| PerCpuArray::<MapData, u64>::try_from(m).map_err(|e| e.to_string()))
+        {
+            Ok(map) => event_drops = map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0),
+            Err(e) => problems.push(e),
+        }
+    }
+    let bpf_lsm_active = lsm::bpf_listed(active_lsms.as_deref());
+    Status {
+        agent,
+        enforcing: bpf_lsm_active && programs.iter().all(|p| p.attached),
+        bpf_lsm_active,
+        active_lsms,
+        pin_dir: layout.root().display().to_string(),
+        programs,
+        protected_cgroups,
+        protected_sockets,
+        denials,
+        event_drops,
+        problems,
+    }
+}
+
+pub fn render(status: &Status) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = match (&status.agent.running, &status.agent.pid, &status.agent.mode) {
+        (true, Some(pid), Some(mode)) => {
+            writeln!(out, "agent:            running (pid {pid}, mode {mode})")
+        }
+        _ => writeln!(
+            out,
+            "agent:            NOT RUNNING ({})",
+            status.agent.error.as_deref().unwrap_or("no answer")
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "BPF-LSM:          {} (active LSMs: {})",
+        if status.bpf_lsm_active {
+            "bpf is an active LSM"
+        } else {
+            "NOT active (bpf is not in the LSM list)"
+        },
+        status.active_lsms.as_deref().unwrap_or("unknown")
+    );
+    let attached = status.programs.iter().filter(|p| p.attached).count();
+    let _ = writeln!(
+        out,
+        "enforcing:        {}",
+        if status.enforcing {
+            "yes (every program attached)"
+        } else {
+            "NO"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "programs:         {attached}/{} attached (pinned under {})",
+        status.programs.len(),
+        status.pin_dir
+    );
+    for p in &status.programs {
+        let _ = match (p.link_id, p.program_id) {
+            (Some(link), Some(prog)) => writeln!(
+                out,
+                "  {:<22} attached (link {link}, program {prog})",
+                p.hook
+            ),
+            _ => writeln!(out, "  {:<22} NOT attached", p.hook),
+        };
+    }
+    let _ = writeln!(out, "protected cgroups: {}", status.protected_cgroups.len());
+    for c in &status.protected_cgroups {
+        let _ = writeln!(
+            out,
+            "  {:<10} {}",
+            c.id,
+            c.path.as_deref().unwrap_or("(path unknown)")
+        );
+    }
+    let _ = writeln!(out, "protected sockets: {}", status.protected_sockets.len());
+    for s in &status.protected_sockets {
+        let _ = writeln!(
+            out,
+            "  dev {} ino {:<10} {}",
+            s.dev,
+            s.ino,
+            s.path.as_deref().unwrap_or("")
+        );
+    }
+    let _ = writeln!(out, "denials:");
+    for (hook, count) in &status.denials {
+        let _ = writeln!(out, "  {hook:<22} {count}");
+    }
+    let _ = writeln!(out, "audit events dropped: {}", status.event_drops);
+    for p in &status.problems {
+        let _ = writeln!(out, "problem: {p}");
+    }
+    out
+}
