@@ -189,7 +189,7 @@ fn lsm_unavailable_agent_refuses_to_run_and_says_what_to_do() {
 fn unenforced_mode_says_so_loudly_and_registers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("agent.sock");
-    let mut child = Command::new(agent_bin())
+    let child = Command::new(agent_bin())
         .args([
             "run",
             "--unenforced-for-testing",
