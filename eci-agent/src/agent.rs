@@ -16,8 +16,9 @@ use crate::{
     audit::{self, AuditLog, Names},
     cgroups, control, enforcement,
     pins::PinLayout,
-    rules::{KernelRules, RuleStore, UnenforcedRules},
+    rules::{RuleStore, UnenforcedRules},
     sockets::SocketSet,
+    vm,
 };
 
 /// Everything `run` is told.
@@ -28,6 +29,9 @@ pub struct AgentConfig {
     pub audit_log: PathBuf,
     pub protected_socket_paths: Vec<PathBuf>,
     pub unenforced_for_testing: bool,
+    /// cgroup2 paths whose every descendant is protected; the last segment
+    /// may hold `*` (e.g. `/system.slice/docker-*.scope`).
+    pub protected_parents: Vec<String>,
 }
 
 /// State shared by the control server and the background tasks.
@@ -90,12 +94,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             .take_map(eci_common::map_names::EVENT_DROPS)
             .ok_or_else(|| anyhow::anyhow!("the BPF object has no drop counter"))
             .and_then(|m| PerCpuArray::try_from(m).map_err(anyhow::Error::from))?;
-        let rules = KernelRules {
-            cgroups: enforcement.protected_cgroups,
-            sockets: enforcement.protected_sockets,
-        };
         (
-            Box::new(rules),
+            Box::new(enforcement.rules),
             Some(KernelParts {
                 events: enforcement.events,
                 drops,
@@ -116,6 +116,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         names,
         own_cgroup,
     }));
+    {
+        let mut guard = shared.lock().await;
+        let magics = vm::DENIED_FILESYSTEM_MAGICS.iter().copied().collect();
+        guard.rules.sync_denied_filesystems(&magics)?;
+        let namespaces = vm::vm_namespaces();
+        guard.rules.sync_vm_namespaces(&namespaces)?;
+        tracing::info!(count = namespaces.len(), "VM namespaces learned");
+    }
+    refresh_parents(&config.protected_parents, &shared).await;
     let audit = Arc::new(Mutex::new(AuditLog::open(&config.audit_log)?));
 
     let listener = control::bind(&config.control_socket)?;
@@ -136,6 +145,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 tick.tick().await;
                 if let Err(err) = refresh_sockets(&socket_set, &shared, &config).await {
                     tracing::error!("refreshing protected sockets: {err:#}");
+                }
+                refresh_parents(&config.protected_parents, &shared).await;
+                let namespaces = vm::vm_namespaces();
+                if let Err(err) = shared.lock().await.rules.sync_vm_namespaces(&namespaces) {
+                    tracing::error!("refreshing VM namespaces: {err:#}");
                 }
             }
         });
@@ -178,6 +192,50 @@ struct KernelParts {
     drops: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     _ebpf: aya::Ebpf,
+}
+
+/// Protect the cgroups the policy names as parents (with their whole
+/// subtree) and stop protecting ones that went away.
+async fn refresh_parents(patterns: &[String], shared: &Arc<Mutex<Shared>>) {
+    let mut guard = shared.lock().await;
+    let own = guard.own_cgroup.clone();
+    let mut wanted = std::collections::BTreeMap::new();
+    for pattern in patterns {
+        for cgroup in cgroups::expand(pattern) {
+            if cgroups::is_same_or_below(&own, &cgroup.path) {
+                tracing::error!(parent = %cgroup.path, agent = %own, "not protecting a parent that holds the agent itself");
+                continue;
+            }
+            wanted.insert(cgroup.id, cgroup.path);
+        }
+    }
+    let current: Vec<u64> = guard
+        .rules
+        .protected_cgroups()
+        .into_iter()
+        .filter(|(_, r)| r & eci_common::protect_reason::POLICY_PARENT != 0)
+        .map(|(id, _)| id)
+        .collect();
+    for (id, path) in &wanted {
+        if !current.contains(id) {
+            match guard
+                .rules
+                .protect_cgroup(*id, eci_common::protect_reason::POLICY_PARENT)
+            {
+                Ok(()) => tracing::info!(parent = %path, id, "protected parent cgroup"),
+                Err(err) => tracing::error!(parent = %path, "protecting parent: {err}"),
+            }
+            guard.names.cgroups.insert(*id, path.clone());
+        }
+    }
+    for id in current.into_iter().filter(|id| !wanted.contains_key(id)) {
+        if let Err(err) = guard
+            .rules
+            .unprotect_cgroup(id, eci_common::protect_reason::POLICY_PARENT)
+        {
+            tracing::error!(id, "unprotecting a vanished parent: {err}");
+        }
+    }
 }
 
 async fn refresh_sockets(

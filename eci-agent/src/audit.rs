@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use eci_common::{AuditEvent, FileId, Hook, ObjectKind};
+use eci_common::{AuditEvent, FileId, Hook, NS_KIND_NAMES, ObjectKind};
 use serde::Serialize;
 
 pub const DEFAULT_AUDIT_LOG: &str = "/var/log/eci/audit.jsonl";
@@ -44,6 +44,10 @@ pub struct AuditObject {
     pub ino: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// What the numbers mean for this kind: the namespace kind shared with
+    /// the VM, a file system's magic, a mount id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -87,10 +91,19 @@ pub fn to_line(event: &AuditEvent, names: &Names, wall_clock_ns: i128) -> AuditL
         .position(|&b| b == 0)
         .unwrap_or(event.comm.len());
     let (major, minor) = kernel_dev_parts(event.object.dev);
-    let kind = if event.object_kind == ObjectKind::UnixSocket as u32 {
-        "unix_socket"
-    } else {
-        "none"
+    let kind = ObjectKind::name(event.object_kind);
+    let detail = match kind {
+        "shared_namespace" => Some(format!(
+            "shares the VM's {} namespace",
+            NS_KIND_NAMES
+                .get(event.object.dev as usize)
+                .copied()
+                .unwrap_or("unknown")
+        )),
+        "namespace" => Some(format!("VM namespace inode {}", event.object.ino)),
+        "filesystem" => Some(format!("file system magic {:#x}", event.object.ino)),
+        "mount" => Some(format!("mount id {}", event.object.ino)),
+        _ => None,
     };
     AuditLine {
         time: rfc3339(wall_clock_ns),
@@ -112,6 +125,7 @@ pub fn to_line(event: &AuditEvent, names: &Names, wall_clock_ns: i128) -> AuditL
                 .sockets
                 .get(&event.object)
                 .map(|p| p.display().to_string()),
+            detail,
         },
     }
 }

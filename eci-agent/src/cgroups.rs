@@ -127,6 +127,71 @@ pub fn path_of_id(id: u64) -> Option<String> {
     None
 }
 
+/// The cgroups a policy pattern names: an exact path, or a path whose last
+/// segment holds `*` wildcards. Missing cgroups yield nothing.
+pub fn expand(pattern: &str) -> Vec<Cgroup> {
+    let Ok(mount) = cgroup2_mount() else {
+        return Vec::new();
+    };
+    let (parent, last) = match pattern.rsplit_once('/') {
+        Some((parent, last)) => (parent, last),
+        None => return Vec::new(),
+    };
+    if !last.contains('*') {
+        return resolve_under(&mount, pattern).into_iter().collect();
+    }
+    let dir = mount.join(parent.trim_start_matches('/'));
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Cgroup> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| glob_match(last, name))
+        .filter_map(|name| resolve_under(&mount, &format!("{parent}/{name}")).ok())
+        .collect();
+    found.sort_by_key(|c| c.id);
+    found
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first)
+        || !name[first.len()..].ends_with(last)
+        || name.len() < first.len() + last.len()
+    {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Mount ids in the mount namespace of the first process of a cgroup: the
+/// mounts a container starts with.
+pub fn initial_mount_ids(cgroup: &Cgroup) -> Vec<u32> {
+    let procs = std::fs::read_to_string(cgroup.dir.join("cgroup.procs")).unwrap_or_default();
+    let Some(pid) = procs.lines().next() else {
+        return Vec::new();
+    };
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 /// The cgroup2 path of a process (`0::<path>` in /proc/<pid>/cgroup).
 pub fn cgroup_of(pid: &str) -> Result<String, CgroupError> {
     let file = format!("/proc/{pid}/cgroup");
@@ -202,6 +267,17 @@ mod tests {
         std::fs::create_dir(dir.path().join("plain")).unwrap();
         let err = resolve_under(dir.path(), "/plain").unwrap_err().to_string();
         assert!(err.contains("not a cgroup2"), "{err}");
+    }
+
+    #[test]
+    fn globs_match_the_last_segment() {
+        assert!(glob_match("docker-*.scope", "docker-abc.scope"));
+        assert!(!glob_match("docker-*.scope", "docker-abc.service"));
+        assert!(!glob_match("docker-*.scope", "docker.scope"));
+        assert!(glob_match("*", "x"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXcYYb"));
+        assert!(glob_match("docker", "docker"));
     }
 
     #[test]

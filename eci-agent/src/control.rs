@@ -150,23 +150,41 @@ fn protect(shared: &mut Shared, spec: &str) -> Result<(u64, String), String> {
             cgroup.path, shared.own_cgroup
         ));
     }
+    // The mounts the container starts with become immutable. They are read
+    // before the cgroup is protected, while the runtime still holds the
+    // container's init process before its first exec.
+    let mounts = cgroups::initial_mount_ids(&cgroup);
     shared
         .rules
-        .protect_cgroup(cgroup.id, protect_reason::REGISTERED)
+        .set_immutable_mounts(cgroup.id, &mounts)
         .map_err(|e| e.to_string())?;
+    if let Err(err) = shared
+        .rules
+        .protect_cgroup(cgroup.id, protect_reason::REGISTERED)
+    {
+        let _ = shared.rules.clear_immutable_mounts(cgroup.id);
+        return Err(err.to_string());
+    }
     shared.names.cgroups.insert(cgroup.id, cgroup.path.clone());
+    tracing::info!(cgroup = %cgroup.path, immutable_mounts = mounts.len(), "initial mounts recorded");
     Ok((cgroup.id, cgroup.path))
 }
 
 fn unprotect(shared: &mut Shared, spec: &str) -> Result<(u64, String), String> {
     let cgroup = cgroups::resolve(spec).map_err(|e| e.to_string())?;
-    match shared.rules.unprotect_cgroup(cgroup.id) {
-        Ok(true) => {
-            shared.names.cgroups.remove(&cgroup.id);
+    match shared
+        .rules
+        .unprotect_cgroup(cgroup.id, protect_reason::REGISTERED)
+    {
+        Ok(Some(left)) => {
+            let _ = shared.rules.clear_immutable_mounts(cgroup.id);
+            if left == 0 {
+                shared.names.cgroups.remove(&cgroup.id);
+            }
             Ok((cgroup.id, cgroup.path))
         }
-        Ok(false) => Err(format!(
-            "cgroup {} (id {}) is not protected",
+        Ok(None) => Err(format!(
+            "cgroup {} (id {}) was not registered",
             cgroup.path, cgroup.id
         )),
         Err(err) => Err(err.to_string()),

@@ -13,14 +13,12 @@ use aya::{
     maps::{Array, HashMap, MapData, RingBuf},
     programs::{Lsm, links::FdLink},
 };
-use eci_common::{
-    FileId, Hook, KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROBE_TGID_GLOBAL, map_names,
-};
+use eci_common::{Hook, KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROBE_TGID_GLOBAL, map_names};
 
-use crate::{btf, lsm, pins::PinLayout};
+use crate::{btf, lsm, pins::PinLayout, rules::KernelRules};
 
 /// The programs eci attaches, by program name (= hook name).
-pub const PROGRAMS: [Hook; 2] = Hook::ALL;
+pub const PROGRAMS: [Hook; Hook::ALL.len()] = Hook::ALL;
 const PROBE_PROGRAM: &str = "eci_probe";
 
 #[derive(Debug, thiserror::Error)]
@@ -149,8 +147,7 @@ fn probe_with(
 
 /// Handles to the maps the agent writes and reads while it runs.
 pub struct Enforcement {
-    pub protected_cgroups: HashMap<MapData, u64, u32>,
-    pub protected_sockets: HashMap<MapData, FileId, u32>,
+    pub rules: KernelRules,
     pub events: RingBuf<MapData>,
     /// Keeps the object (and its aya-log buffer) alive.
     pub ebpf: Ebpf,
@@ -185,12 +182,17 @@ pub fn attach_all(mut ebpf: Ebpf, layout: &PinLayout) -> Result<Enforcement, Enf
         replace_pinned_link(&layout.link(name), link)?;
         tracing::info!(program = name, "attached and pinned");
     }
-    let protected_cgroups = take_map(&mut ebpf, map_names::PROTECTED_CGROUPS, HashMap::try_from)?;
-    let protected_sockets = take_map(&mut ebpf, map_names::PROTECTED_SOCKETS, HashMap::try_from)?;
+    let rules = KernelRules {
+        cgroups: take_map(&mut ebpf, map_names::PROTECTED_CGROUPS, HashMap::try_from)?,
+        generation: take_map(&mut ebpf, map_names::PROTECTION_GENERATION, Array::try_from)?,
+        sockets: take_map(&mut ebpf, map_names::PROTECTED_SOCKETS, HashMap::try_from)?,
+        vm_namespaces: take_map(&mut ebpf, map_names::VM_NAMESPACES, HashMap::try_from)?,
+        denied_filesystems: take_map(&mut ebpf, map_names::DENIED_FS_MAGIC, HashMap::try_from)?,
+        immutable_mounts: take_map(&mut ebpf, map_names::IMMUTABLE_MOUNTS, HashMap::try_from)?,
+    };
     let events = take_map(&mut ebpf, map_names::EVENTS, RingBuf::try_from)?;
     Ok(Enforcement {
-        protected_cgroups,
-        protected_sockets,
+        rules,
         events,
         ebpf,
     })

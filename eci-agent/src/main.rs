@@ -12,6 +12,7 @@ mod pins;
 mod rules;
 mod sockets;
 mod status;
+mod vm;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -54,6 +55,10 @@ enum Command {
         /// Do not protect the default sockets (Docker Engine, containerd).
         #[arg(long)]
         no_default_sockets: bool,
+        /// Protect every cgroup below this one (repeatable; the last segment
+        /// may hold `*`). Default: Docker's, Kubernetes' and systemd's parents.
+        #[arg(long = "protected-parent", value_name = "CGROUP")]
+        protected_parents: Vec<String>,
         /// Serve registrations WITHOUT kernel enforcement. Only for tests on
         /// kernels that refuse BPF-LSM; nothing is protected in this mode.
         #[arg(long)]
@@ -93,6 +98,16 @@ enum Command {
     },
 }
 
+/// cgroup parents of containers: Docker (cgroupfs driver), Kubernetes, and
+/// Docker and containerd under systemd.
+const DEFAULT_PROTECTED_PARENTS: &[&str] = &[
+    "/docker",
+    "/kubepods",
+    "/kubepods.slice",
+    "/system.slice/docker-*.scope",
+    "/system.slice/cri-containerd-*.scope",
+];
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -117,6 +132,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             audit_log,
             protect_sockets,
             no_default_sockets,
+            protected_parents,
             unenforced_for_testing,
         } => {
             let mut protected_socket_paths = protect_sockets;
@@ -130,6 +146,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 audit_log,
                 protected_socket_paths,
                 unenforced_for_testing,
+                protected_parents: if protected_parents.is_empty() {
+                    DEFAULT_PROTECTED_PARENTS
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                } else {
+                    protected_parents
+                },
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -12,6 +12,11 @@ pub mod map_names {
     pub const DENIALS: &str = "ECI_DENIALS";
     pub const EVENT_DROPS: &str = "ECI_EVENT_DROPS";
     pub const PROBE_HITS: &str = "ECI_PROBE_HITS";
+    pub const VERDICT_CACHE: &str = "ECI_VERDICTS";
+    pub const PROTECTION_GENERATION: &str = "ECI_PROT_GEN";
+    pub const VM_NAMESPACES: &str = "ECI_VM_NS";
+    pub const DENIED_FS_MAGIC: &str = "ECI_DENIED_FS";
+    pub const IMMUTABLE_MOUNTS: &str = "ECI_IMMUT_MNTS";
 }
 
 /// Name of the global that carries the kernel struct offsets into the programs.
@@ -25,6 +30,26 @@ pub const MAX_PROTECTED_CGROUPS: u32 = 16384;
 pub const MAX_PROTECTED_SOCKETS: u32 = 1024;
 /// Size of the audit ring buffer in bytes (a power of two, multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+/// Capacity of the per-cgroup verdict cache (LRU).
+pub const VERDICT_CACHE_ENTRIES: u32 = 65536;
+/// How many cgroup levels below the root the ancestor walk looks at.
+pub const MAX_CGROUP_DEPTH: i32 = 16;
+/// Capacity of the VM-namespace map.
+pub const MAX_VM_NAMESPACES: u32 = 1024;
+/// Capacity of the immutable-mount map.
+pub const MAX_IMMUTABLE_MOUNTS: u32 = 65536;
+
+/// `statfs` magic of nsfs, the file system of `/proc/<pid>/ns/*`.
+pub const NSFS_MAGIC: u64 = 0x6e73_6673;
+
+/// A cached protection verdict: the generation it was computed in and
+/// whether the cgroup is protected. Stale generations are recomputed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedVerdict {
+    pub generation: u64,
+    pub protected: u64,
+}
 
 /// An LSM hook eci attaches to. The value indexes the per-hook counters.
 #[repr(u32)]
@@ -32,11 +57,26 @@ pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 pub enum Hook {
     UnixStreamConnect = 0,
     UnixMaySend = 1,
+    FileOpen = 2,
+    BprmCheckSecurity = 3,
+    SbKernMount = 4,
+    MoveMount = 5,
+    SbUmount = 6,
+    SbMount = 7,
 }
 
 impl Hook {
     /// Every hook, in index order.
-    pub const ALL: [Hook; 2] = [Hook::UnixStreamConnect, Hook::UnixMaySend];
+    pub const ALL: [Hook; 8] = [
+        Hook::UnixStreamConnect,
+        Hook::UnixMaySend,
+        Hook::FileOpen,
+        Hook::BprmCheckSecurity,
+        Hook::SbKernMount,
+        Hook::MoveMount,
+        Hook::SbUmount,
+        Hook::SbMount,
+    ];
     /// Number of counter slots (room for the hooks later issues add).
     pub const SLOTS: u32 = 32;
 
@@ -45,6 +85,12 @@ impl Hook {
         match self {
             Hook::UnixStreamConnect => "unix_stream_connect",
             Hook::UnixMaySend => "unix_may_send",
+            Hook::FileOpen => "file_open",
+            Hook::BprmCheckSecurity => "bprm_check_security",
+            Hook::SbKernMount => "sb_kern_mount",
+            Hook::MoveMount => "move_mount",
+            Hook::SbUmount => "sb_umount",
+            Hook::SbMount => "sb_mount",
         }
     }
 
@@ -52,6 +98,12 @@ impl Hook {
         match v {
             0 => Some(Hook::UnixStreamConnect),
             1 => Some(Hook::UnixMaySend),
+            2 => Some(Hook::FileOpen),
+            3 => Some(Hook::BprmCheckSecurity),
+            4 => Some(Hook::SbKernMount),
+            5 => Some(Hook::MoveMount),
+            6 => Some(Hook::SbUmount),
+            7 => Some(Hook::SbMount),
             _ => None,
         }
     }
@@ -107,17 +159,71 @@ pub struct KernelOffsets {
     pub super_block_dev: u32,
     /// `struct socket.sk`
     pub socket_sk: u32,
+    /// `struct file.f_inode`
+    pub file_inode: u32,
+    /// `struct super_block.s_magic`
+    pub super_block_magic: u32,
+    /// `struct super_block.s_bdev`
+    pub super_block_bdev: u32,
+    /// `struct task_struct.nsproxy`
+    pub task_nsproxy: u32,
+    /// `struct nsproxy.{uts_ns, ipc_ns, mnt_ns, pid_ns_for_children, net_ns}`
+    pub nsproxy_ns: [u32; NS_KINDS],
+    /// Offset of `struct ns_common ns` in each namespace struct, same order.
+    pub ns_common: [u32; NS_KINDS],
+    /// `struct ns_common.inum`
+    pub ns_common_inum: u32,
+    /// `struct path.mnt`
+    pub path_mnt: u32,
+    /// `struct vfsmount.mnt_sb`
+    pub vfsmount_sb: u32,
+    /// `struct vfsmount.mnt_flags`
+    pub vfsmount_flags: u32,
+    /// `struct mount.mnt` (the vfsmount embedded in a mount)
+    pub mount_mnt: u32,
+    /// `struct mount.mnt_id`
+    pub mount_id: u32,
     /// Non-zero once filled in by the agent; the programs deny nothing
     /// on objects they cannot identify without it.
     pub valid: u32,
 }
 
-/// What kind of object an audit event is about.
+/// Namespaces a task must not share with the VM to exec, in the order of
+/// `KernelOffsets::nsproxy_ns`. (User, cgroup and time namespaces are not
+/// here: a container without a user namespace shares the VM's, and that is
+/// closed by eci-runc, not by refusing every exec.)
+pub const NS_KINDS: usize = 5;
+pub const NS_KIND_NAMES: [&str; NS_KINDS] = ["uts", "ipc", "mnt", "pid", "net"];
+
+/// What kind of object an audit event is about, and how to read
+/// `AuditEvent::object` for it.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ObjectKind {
     None = 0,
+    /// dev/ino of the socket file.
     UnixSocket = 1,
+    /// dev of nsfs / inode number of the namespace (its `inum`).
+    Namespace = 2,
+    /// dev of the superblock / its `s_magic`.
+    Filesystem = 3,
+    /// dev 0 / the mount id.
+    Mount = 4,
+    /// dev: index into `NS_KIND_NAMES` of the shared namespace / its inode number.
+    SharedNamespace = 5,
+}
+
+impl ObjectKind {
+    pub const fn name(v: u32) -> &'static str {
+        match v {
+            1 => "unix_socket",
+            2 => "namespace",
+            3 => "filesystem",
+            4 => "mount",
+            5 => "shared_namespace",
+            _ => "none",
+        }
+    }
 }
 
 /// Verdict values carried in events (the hook's return value).
@@ -162,4 +268,5 @@ mod pod {
     unsafe impl aya::Pod for super::FileId {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::AuditEvent {}
+    unsafe impl aya::Pod for super::CachedVerdict {}
 }

@@ -5,8 +5,8 @@
 //! object serves every kernel. Reads go through `bpf_probe_read_kernel`, which
 //! the verifier accepts whatever the layout.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
-use eci_common::{FileId, KernelOffsets};
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task};
+use eci_common::{FileId, KernelOffsets, NS_KINDS};
 
 #[unsafe(no_mangle)]
 static ECI_KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
@@ -17,8 +17,36 @@ static ECI_KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     inode_sb: 0,
     super_block_dev: 0,
     socket_sk: 0,
+    file_inode: 0,
+    super_block_magic: 0,
+    super_block_bdev: 0,
+    task_nsproxy: 0,
+    nsproxy_ns: [0; NS_KINDS],
+    ns_common: [0; NS_KINDS],
+    ns_common_inum: 0,
+    path_mnt: 0,
+    vfsmount_sb: 0,
+    vfsmount_flags: 0,
+    mount_mnt: 0,
+    mount_id: 0,
     valid: 0,
 };
+
+/// What the mount rules need to know about a superblock.
+#[derive(Clone, Copy)]
+pub struct SuperBlock {
+    pub dev: u64,
+    pub magic: u64,
+    /// Backed by a block device (the VM's disks).
+    pub has_block_device: bool,
+}
+
+/// What the immutable-mount rule needs to know about a mount.
+#[derive(Clone, Copy)]
+pub struct Mount {
+    pub id: u32,
+    pub flags: i32,
+}
 
 #[inline(always)]
 fn offsets() -> KernelOffsets {
@@ -67,5 +95,124 @@ pub unsafe fn unix_socket_file(sk: *const u8) -> Option<FileId> {
             dev: dev as u64,
             ino,
         })
+    }
+}
+
+#[inline(always)]
+unsafe fn read<T>(base: *const u8, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an Err.
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T) }.ok()
+}
+
+/// Superblock facts from a `struct super_block *`.
+#[inline(always)]
+pub unsafe fn super_block(sb: *const u8) -> Option<SuperBlock> {
+    let off = offsets();
+    if off.valid == 0 || sb.is_null() {
+        return None;
+    }
+    // SAFETY: probe reads.
+    unsafe {
+        let dev: u32 = read(sb, off.super_block_dev)?;
+        let magic: u64 = read(sb, off.super_block_magic)?;
+        let bdev: u64 = read(sb, off.super_block_bdev)?;
+        Some(SuperBlock {
+            dev: dev as u64,
+            magic,
+            has_block_device: bdev != 0,
+        })
+    }
+}
+
+/// The inode identity and superblock magic of an open `struct file *`.
+#[inline(always)]
+pub unsafe fn file_identity(file: *const u8) -> Option<(FileId, u64)> {
+    let off = offsets();
+    if off.valid == 0 || file.is_null() {
+        return None;
+    }
+    // SAFETY: probe reads.
+    unsafe {
+        let inode = read_ptr(file, off.file_inode)?;
+        let ino: u64 = read(inode, off.inode_ino)?;
+        let sb = read_ptr(inode, off.inode_sb)?;
+        let dev: u32 = read(sb, off.super_block_dev)?;
+        let magic: u64 = read(sb, off.super_block_magic)?;
+        Some((
+            FileId {
+                dev: dev as u64,
+                ino,
+            },
+            magic,
+        ))
+    }
+}
+
+/// The superblock under a `struct path *` (`path->mnt->mnt_sb`).
+#[inline(always)]
+pub unsafe fn path_super_block(path: *const u8) -> Option<SuperBlock> {
+    let off = offsets();
+    if off.valid == 0 || path.is_null() {
+        return None;
+    }
+    // SAFETY: probe reads.
+    unsafe {
+        let mnt = read_ptr(path, off.path_mnt)?;
+        let sb = read_ptr(mnt, off.vfsmount_sb)?;
+        super_block(sb)
+    }
+}
+
+/// Id and flags of the mount a `struct vfsmount *` belongs to.
+#[inline(always)]
+pub unsafe fn vfsmount(mnt: *const u8) -> Option<Mount> {
+    let off = offsets();
+    if off.valid == 0 || mnt.is_null() {
+        return None;
+    }
+    // SAFETY: `struct mount` embeds the vfsmount at `mount_mnt`; probe reads.
+    unsafe {
+        let mount = mnt.sub(off.mount_mnt as usize);
+        let id: i32 = read(mount, off.mount_id)?;
+        let flags: i32 = read(mnt, off.vfsmount_flags)?;
+        Some(Mount {
+            id: id as u32,
+            flags,
+        })
+    }
+}
+
+/// The mount of a `struct path *` (`path->mnt`).
+#[inline(always)]
+pub unsafe fn path_mount(path: *const u8) -> Option<Mount> {
+    let off = offsets();
+    if off.valid == 0 || path.is_null() {
+        return None;
+    }
+    // SAFETY: probe reads.
+    unsafe { vfsmount(read_ptr(path, off.path_mnt)?) }
+}
+
+/// Inode numbers of the current task's namespaces, in `NS_KIND_NAMES` order
+/// (0 where one could not be read).
+#[inline(always)]
+pub fn current_namespaces() -> Option<[u32; NS_KINDS]> {
+    let off = offsets();
+    if off.valid == 0 {
+        return None;
+    }
+    // SAFETY: helper without arguments; then probe reads only.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let nsproxy = read_ptr(task, off.task_nsproxy)?;
+        let mut inums = [0u32; NS_KINDS];
+        let mut i = 0;
+        while i < NS_KINDS {
+            if let Some(ns) = read_ptr(nsproxy, off.nsproxy_ns[i]) {
+                inums[i] = read(ns, off.ns_common[i] + off.ns_common_inum).unwrap_or(0);
+            }
+            i += 1;
+        }
+        Some(inums)
     }
 }

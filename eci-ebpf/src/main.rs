@@ -1,7 +1,8 @@
 //! eci's BPF-LSM programs.
 //!
-//! One file per concern: `sockets` (protected Unix sockets), `probe` (the
-//! start-up self test). `protection` answers the one question every hook asks
+//! One file per concern: `sockets` (protected Unix sockets), `mounts` (VM
+//! file systems, immutable mounts), `namespaces` (the VM's namespaces),
+//! `probe` (the start-up self test). `protection` answers the one question every hook asks
 //! first ("is the current task protected?"), `kernel` holds every read of a
 //! kernel struct, `audit` reports decisions.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -11,6 +12,10 @@
 mod audit;
 #[cfg(target_arch = "bpf")]
 mod kernel;
+#[cfg(target_arch = "bpf")]
+mod mounts;
+#[cfg(target_arch = "bpf")]
+mod namespaces;
 #[cfg(target_arch = "bpf")]
 mod probe;
 #[cfg(target_arch = "bpf")]

@@ -293,8 +293,43 @@ impl TestCgroup {
         }
     }
 
-    /// A command that moves itself into this cgroup before exec.
+    /// Adopt an existing cgroup directory (removed on drop like the others).
+    pub fn at(dir: PathBuf, path: String, id: u64) -> Self {
+        Self { dir, path, id }
+    }
+
+    /// A command that runs `program` inside this cgroup *as a container
+    /// would*: in new uts, ipc, net, mount and pid namespaces (made before it
+    /// joins the cgroup, as a runtime does). Arguments added by the caller
+    /// go to `program`.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--fork",
+            "--pid",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+        ])
+        .args([
+            "/bin/sh",
+            "-c",
+            r#"echo 0 > "$1/cgroup.procs" && shift && exec "$@""#,
+            "sh",
+        ])
+        .arg(&self.dir)
+        .arg(program);
+        cmd
+    }
+
+    /// A command that joins this cgroup while still sharing every namespace
+    /// with the VM (what `--network=host --pid=host` with a runtime that
+    /// bypassed eci-runc would give).
+    pub fn command_sharing_vm_namespaces(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let procs = std::ffi::CString::new(self.dir.join("cgroup.procs").display().to_string())
             .expect("path");
         let mut cmd = Command::new(program);
@@ -336,27 +371,29 @@ pub enum Attempt {
     Failed(i32),
 }
 
-/// Run `eci-test-client MODE PATH` inside `cgroup`.
+/// Run `eci-test-client MODE PATH` inside `cgroup`; returns the result, the
+/// client's pid as the VM sees it, and what it printed.
 pub fn attempt(
     client: &Path,
     cgroup: &TestCgroup,
     mode: &str,
     path: &Path,
 ) -> (Attempt, u32, String) {
-    let child = cgroup
+    let out = cgroup
         .command(client)
         .args([mode, &path.display().to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn eci-test-client");
-    let pid = child.id();
-    let out = child.wait_with_output().expect("wait eci-test-client");
+        .output()
+        .expect("run eci-test-client");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let pid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pid="))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0);
     let result = match out.status.code() {
         Some(0) => Attempt::Allowed,
         Some(13) => Attempt::Denied,

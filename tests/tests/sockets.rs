@@ -200,6 +200,7 @@ fn denial_is_audited_with_time_pid_uid_comm_cgroup_hook_verdict_and_object() {
     let (result, pid, _) = attempt(&client(), &protected, "stream", &sockets.stream);
     assert_eq!(result, Attempt::Denied);
     let meta = std::fs::metadata(&sockets.stream).expect("stat socket");
+    assert_ne!(pid, 0, "the client did not report its pid");
     let line = agent.wait_audit(|l| l["tgid"] == pid && l["hook"] == "unix_stream_connect");
     assert_eq!(line["verdict"], "deny", "{line}");
     assert_eq!(line["errno"], libc::EPERM, "{line}");

@@ -1,0 +1,81 @@
+//! The VM's namespaces: a task in a protected cgroup cannot open their
+//! nsfs files (so `setns`/`nsenter` into the VM has nothing to work with),
+//! and a protected task that shares a namespace with the VM — a container
+//! started with `--network=host` or `--pid=host` by a runtime that bypassed
+//! eci-runc — cannot exec anything.
+
+use aya_ebpf::{
+    macros::{lsm, map},
+    maps::HashMap,
+    programs::LsmContext,
+};
+use eci_common::{FileId, Hook, MAX_VM_NAMESPACES, NS_KINDS, NSFS_MAGIC, ObjectKind, verdict};
+
+use crate::{audit, kernel, protection};
+
+/// Inode numbers (`ns.inum`) of the VM's and the engine's namespaces.
+#[map]
+static ECI_VM_NS: HashMap<u64, u32> = HashMap::pinned(MAX_VM_NAMESPACES, 0);
+
+/// `file_open(struct file *file)`
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(cgroup_id) = protection::protected_cgroup() else {
+        return verdict::ALLOW;
+    };
+    let file: *const u8 = ctx.arg(0);
+    // SAFETY: the hook's `struct file *`; probe reads only.
+    let Some((id, magic)) = (unsafe { kernel::file_identity(file) }) else {
+        return verdict::ALLOW;
+    };
+    // SAFETY: presence check only.
+    if magic != NSFS_MAGIC || unsafe { ECI_VM_NS.get(&id.ino) }.is_none() {
+        return verdict::ALLOW;
+    }
+    audit::report(
+        Hook::FileOpen,
+        cgroup_id,
+        ObjectKind::Namespace,
+        id,
+        verdict::DENY,
+    )
+}
+
+/// `bprm_check_security(struct linux_binprm *bprm)`
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(cgroup_id) = protection::protected_cgroup() else {
+        return verdict::ALLOW;
+    };
+    let Some(inums) = kernel::current_namespaces() else {
+        return verdict::ALLOW;
+    };
+    let mut kind = 0;
+    while kind < NS_KINDS {
+        let inum = inums[kind] as u64;
+        // SAFETY: presence check only.
+        if inum != 0 && unsafe { ECI_VM_NS.get(&inum) }.is_some() {
+            let object = FileId {
+                dev: kind as u64,
+                ino: inum,
+            };
+            return audit::report(
+                Hook::BprmCheckSecurity,
+                cgroup_id,
+                ObjectKind::SharedNamespace,
+                object,
+                verdict::DENY,
+            );
+        }
+        kind += 1;
+    }
+    verdict::ALLOW
+}

@@ -1,0 +1,153 @@
+//! Which tasks are protected: registered cgroups, and everything below a
+//! protected parent, whoever created it and whenever; and the rules survive
+//! the agent.
+
+use std::path::PathBuf;
+
+use eci_integration_tests::{
+    Attempt, TestAgent, TestCgroup, TestSockets, attempt, bpf_lsm_or_skip, cgroup2_mount, unique,
+};
+
+fn client() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_eci-test-client"))
+}
+
+/// A cgroup at a fixed path below the cgroup2 root, removed on drop.
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn nested(parent: &std::path::Path, name: &str) -> (Dir, TestCgroup) {
+    let dir = parent.join(name);
+    std::fs::create_dir(&dir).expect("create cgroup");
+    let mount = cgroup2_mount();
+    let rel = format!(
+        "/{}",
+        dir.strip_prefix(&mount).expect("below cgroup2").display()
+    );
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).expect("stat"));
+    (Dir(dir.clone()), TestCgroup::at(dir, rel, id))
+}
+
+#[test]
+fn every_descendant_of_a_protected_parent_is_protected_whenever_it_was_made() {
+    if !bpf_lsm_or_skip("every_descendant_of_a_protected_parent_is_protected_whenever_it_was_made")
+    {
+        return;
+    }
+    let sockets = TestSockets::new();
+    let parent_name = unique("eci-parent");
+    let parent = Dir(cgroup2_mount().join(&parent_name));
+    std::fs::create_dir(&parent.0).expect("parent cgroup");
+    // A "container" that existed before the agent started.
+    let (_before_dir, before) = nested(&parent.0, "before");
+    let agent = TestAgent::start(&[
+        "--protect-socket",
+        &sockets.stream.display().to_string(),
+        "--protected-parent",
+        &format!("/{parent_name}"),
+    ]);
+    // Containers made after, at any depth, by anyone.
+    let (_after_dir, after) = nested(&parent.0, "after");
+    let (_deep_dir, deep) = nested(&after.dir, "deep");
+    for cgroup in [&before, &after, &deep] {
+        let (result, _, text) = attempt(&client(), cgroup, "stream", &sockets.stream);
+        assert_eq!(
+            result,
+            Attempt::Denied,
+            "{} is below a protected parent: {text}",
+            cgroup.path
+        );
+    }
+    let outside = TestCgroup::new("eci-free");
+    assert_eq!(
+        attempt(&client(), &outside, "stream", &sockets.stream).0,
+        Attempt::Allowed
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&agent.cli(&["status", "--json"]).stdout).expect("status JSON");
+    let listed = status["protected_cgroups"].as_array().expect("cgroups");
+    assert!(
+        listed
+            .iter()
+            .any(|c| c["path"] == format!("/{parent_name}").as_str()),
+        "{status}"
+    );
+    drop(agent);
+    drop((_deep_dir, deep));
+    drop((_after_dir, after));
+    drop((_before_dir, before));
+}
+
+#[test]
+fn glob_parents_protect_matching_cgroups_only() {
+    if !bpf_lsm_or_skip("glob_parents_protect_matching_cgroups_only") {
+        return;
+    }
+    let sockets = TestSockets::new();
+    let slice_name = unique("eci-slice");
+    let slice = Dir(cgroup2_mount().join(&slice_name));
+    std::fs::create_dir(&slice.0).expect("slice");
+    let (_a, matching) = nested(&slice.0, "docker-abc123.scope");
+    let (_b, other) = nested(&slice.0, "other.service");
+    let _agent = TestAgent::start(&[
+        "--protect-socket",
+        &sockets.stream.display().to_string(),
+        "--protected-parent",
+        &format!("/{slice_name}/docker-*.scope"),
+    ]);
+    assert_eq!(
+        attempt(&client(), &matching, "stream", &sockets.stream).0,
+        Attempt::Denied
+    );
+    assert_eq!(
+        attempt(&client(), &other, "stream", &sockets.stream).0,
+        Attempt::Allowed
+    );
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_pinned_rules_and_loses_no_audit_event() {
+    if !bpf_lsm_or_skip("a_restarted_agent_adopts_the_pinned_rules_and_loses_no_audit_event") {
+        return;
+    }
+    let sockets = TestSockets::new();
+    let socket_arg = sockets.stream.display().to_string();
+    let mut agent = TestAgent::start(&["--protect-socket", &socket_arg]);
+    let cgroup = TestCgroup::new("eci-prot");
+    agent.protect(&cgroup);
+    agent.kill_hard();
+    // While no agent runs: still denied, and the event waits in the pinned ring buffer.
+    let (result, pid_while_down, _) = attempt(&client(), &cgroup, "stream", &sockets.stream);
+    assert_eq!(result, Attempt::Denied);
+    agent.spawn(&["--protect-socket", &socket_arg]);
+    let (result, pid_after, _) = attempt(&client(), &cgroup, "stream", &sockets.stream);
+    assert_eq!(result, Attempt::Denied, "the restarted agent lost the rule");
+    agent.wait_audit(|l| l["tgid"] == pid_while_down);
+    agent.wait_audit(|l| l["tgid"] == pid_after);
+    let status: serde_json::Value =
+        serde_json::from_slice(&agent.cli(&["status", "--json"]).stdout).expect("status JSON");
+    assert_eq!(status["enforcing"], true, "{status}");
+    assert!(
+        status["protected_cgroups"]
+            .as_array()
+            .expect("cgroups")
+            .iter()
+            .any(|c| c["id"] == cgroup.id),
+        "{status}"
+    );
+    // One link per hook: the restart replaced, not duplicated, the attachments.
+    let links = std::fs::read_dir(agent.pin_dir.join("links"))
+        .expect("links")
+        .count();
+    assert_eq!(
+        links,
+        status["programs"].as_array().expect("programs").len(),
+        "{status}"
+    );
+    assert_eq!(status["event_drops"], 0, "{status}");
+}
