@@ -1,0 +1,166 @@
+//! Hook-cost benchmark, run as root on a kernel with BPF-LSM (in the test
+//! VM through `cargo xtask bench`). For each operation it measures ns/op
+//! without eci's programs, with them for an unprotected task, and with them
+//! for a protected task, alternating rounds so drift hits all three alike,
+//! and reports medians and ratios. Absolute numbers under emulation mean
+//! little; the ratios measured in one run are the result.
+//!
+//! `eci-bench [--rounds N] [--iterations N] [--json PATH]`
+//! `eci-bench worker OP ITERATIONS` (internal: one measurement)
+
+use std::{
+    os::unix::net::{UnixListener, UnixStream},
+    path::PathBuf,
+    process::ExitCode,
+    time::Instant,
+};
+
+use eci_integration_tests::{TestAgent, TestCgroup};
+
+const OPS: [&str; 3] = ["connect", "open", "getppid"];
+
+fn worker(op: &str, iterations: u64, dir: &str) -> Result<f64, String> {
+    let socket = PathBuf::from(dir).join("bench.sock");
+    let file = PathBuf::from(dir).join("bench.file");
+    let start = Instant::now();
+    for _ in 0..iterations {
+        match op {
+            "connect" => drop(UnixStream::connect(&socket).map_err(|e| format!("connect: {e}"))?),
+            "open" => drop(std::fs::File::open(&file).map_err(|e| format!("open: {e}"))?),
+            // SAFETY: no arguments, no side effects.
+            "getppid" => drop(unsafe { libc::getppid() }),
+            other => return Err(format!("unknown op {other}")),
+        }
+    }
+    Ok(start.elapsed().as_nanos() as f64 / iterations as f64)
+}
+
+fn measure(cgroup: &TestCgroup, op: &str, iterations: u64, dir: &str) -> f64 {
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = cgroup
+        .command(exe)
+        .args(["worker", op, &iterations.to_string(), dir])
+        .output()
+        .expect("run worker");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("ns_per_op="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "worker {op} failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("worker") {
+        let (Some(op), Some(n), Some(dir)) = (
+            args.get(2),
+            args.get(3).and_then(|n| n.parse().ok()),
+            args.get(4),
+        ) else {
+            eprintln!("usage: eci-bench worker OP ITERATIONS DIR");
+            return ExitCode::from(2);
+        };
+        return match worker(op, n, dir) {
+            Ok(ns) => {
+                println!("ns_per_op={ns}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let rounds: usize = flag("--rounds").and_then(|v| v.parse().ok()).unwrap_or(5);
+    let iterations: u64 = flag("--iterations")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let json_path = flag("--json");
+
+    let dir = tempfile::Builder::new()
+        .prefix("eci-bench")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let dir_s = dir.path().display().to_string();
+    let listener = UnixListener::bind(dir.path().join("bench.sock")).expect("bind");
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    std::fs::write(dir.path().join("bench.file"), "x").expect("bench file");
+    let free = TestCgroup::new("eci-bench-free");
+    let prot = TestCgroup::new("eci-bench-prot");
+
+    let mut without = vec![Vec::new(); OPS.len()];
+    let mut unprotected = vec![Vec::new(); OPS.len()];
+    let mut protected = vec![Vec::new(); OPS.len()];
+    let started = Instant::now();
+    for round in 0..rounds {
+        for (i, op) in OPS.iter().enumerate() {
+            without[i].push(measure(&free, op, iterations, &dir_s));
+        }
+        let agent = TestAgent::start(&[]);
+        agent.protect(&prot);
+        for (i, op) in OPS.iter().enumerate() {
+            unprotected[i].push(measure(&free, op, iterations, &dir_s));
+            protected[i].push(measure(&prot, op, iterations, &dir_s));
+        }
+        drop(agent);
+        eprintln!(
+            "round {}/{rounds} done ({:.0?})",
+            round + 1,
+            started.elapsed()
+        );
+    }
+    println!(
+        "hook cost, ns/op (median of {rounds} rounds x {iterations} iterations; ratios against no programs)"
+    );
+    println!(
+        "{:<10} {:>12} {:>16} {:>8} {:>14} {:>8}",
+        "op", "no programs", "unprotected", "ratio", "protected", "ratio"
+    );
+    let mut rows = Vec::new();
+    for (i, op) in OPS.iter().enumerate() {
+        let base = median(without[i].clone());
+        let unp = median(unprotected[i].clone());
+        let pro = median(protected[i].clone());
+        println!(
+            "{op:<10} {base:>12.0} {unp:>16.0} {:>8.3} {pro:>14.0} {:>8.3}",
+            unp / base,
+            pro / base
+        );
+        rows.push(serde_json::json!({
+            "op": op, "ns_no_programs": base, "ns_unprotected": unp, "ns_protected": pro,
+            "ratio_unprotected": unp / base, "ratio_protected": pro / base,
+        }));
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let report = serde_json::json!({
+        "benchmark": "hook_cost", "kernel": kernel.trim(), "rounds": rounds, "iterations": iterations, "results": rows,
+    });
+    if let Some(path) = json_path {
+        if let Err(e) = std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        ) {
+            eprintln!("cannot write {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    } else {
+        println!("{report}");
+    }
+    ExitCode::SUCCESS
+}
