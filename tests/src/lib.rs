@@ -25,13 +25,14 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// `target/<profile>/<name>`: the workspace's binaries sit next to `deps/`.
+/// `target/<profile>/<name>`: the workspace's binaries sit next to `deps/`
+/// (test binaries) or next to this one (the crate's own binaries).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary in target/<profile>/deps");
+    let mut dir = exe.parent().expect("binary in target/<profile>");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target/<profile>/deps has a parent");
+    }
     let bin = dir.join(name);
     assert!(
         bin.exists(),
