@@ -1,1 +1,115 @@
-fn main() {}
+//! eci's workflows beyond `cargo build`: set-up, VM tests, the full test
+//! run, the demo and the benchmarks.
+
+mod docker;
+mod kernels;
+mod setup;
+mod showcase;
+mod test;
+mod util;
+mod vm;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "eci's build, test, demo and benchmark workflows"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks (apt packages, pinned nightly,
+    /// bpf-linker, the VM kernels). Idempotent.
+    Setup,
+    /// Every test: host tests, Docker tests, kernel tests natively or in the VM matrix.
+    Test,
+    /// The integration tests in QEMU on each kernel of the matrix.
+    VmTest {
+        /// 6.1, 6.12 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Test name filter passed to the test binaries.
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
+    /// Boot a matrix kernel and run a shell command in it (a debugging aid).
+    VmRun {
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// `lsm=` list for the kernel command line.
+        #[arg(long, default_value = vm::DEFAULT_LSM)]
+        lsm: String,
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show eci denying a container in a real kernel (in the VM).
+    Demo,
+    /// Hook-cost benchmark in the VM; figures as ratios, JSON in build/bench/.
+    Bench {
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        #[arg(long, default_value_t = 20_000)]
+        iterations: u64,
+    },
+    /// Start dockerd/containerd if needed and import the test image.
+    DockerUp,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Test => test::test_all(),
+        Cmd::VmTest { kernel, filter } => {
+            let mut tally = test::Tally::default();
+            let ok = test::vm_test(&kernel, &filter, &mut tally)?;
+            println!(
+                "vm-test: {} passed, {} failed, {} skipped",
+                tally.passed, tally.failed, tally.ignored
+            );
+            if !ok {
+                anyhow::bail!("VM tests failed");
+            }
+            Ok(())
+        }
+        Cmd::VmRun {
+            kernel,
+            lsm,
+            timeout_secs,
+            command,
+        } => {
+            let opts = vm::VmOptions {
+                lsm,
+                timeout: Duration::from_secs(timeout_secs),
+                label: "vm-run".into(),
+                ..vm::VmOptions::default()
+            };
+            let mut last = None;
+            for k in kernels::select(&kernel)? {
+                let outcome = vm::run_in_vm(&k, &command.join(" "), &opts)?;
+                println!("vm-run: {}: {}", k.name, outcome.result);
+                last = Some(outcome);
+            }
+            match last.and_then(|o| o.exit_code()) {
+                Some(0) => Ok(()),
+                Some(code) => std::process::exit(code),
+                None => anyhow::bail!("the guest did not finish"),
+            }
+        }
+        Cmd::Demo => showcase::demo(),
+        Cmd::Bench { rounds, iterations } => showcase::bench(rounds, iterations),
+        Cmd::DockerUp => {
+            docker::ensure_docker()?;
+            docker::ensure_test_image()
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! `cargo xtask test` and `cargo xtask vm-test`: every test, with the kernel
+//! tests run natively where the host kernel allows BPF-LSM programs and in
+//! the VM matrix where it does not.
+
+use std::{path::PathBuf, process::Command, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{docker, kernels, util, vm};
+
+/// Totals parsed from libtest's `test result:` lines.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+    pub skipped: u64,
+}
+
+impl Tally {
+    pub fn add_output(&mut self, lines: &[String]) {
+        for raw in lines {
+            let line = strip_ansi(raw);
+            if line.trim_start().starts_with("SKIP:") || line.contains(" ... SKIP:") {
+                self.skipped += 1;
+            }
+            let Some(rest) = line.split("test result:").nth(1) else {
+                continue;
+            };
+            let number = |label: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(label).map(str::trim))
+                    .and_then(|n| n.rsplit(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            self.passed += number("passed");
+            self.failed += number("failed");
+            self.ignored += number("ignored");
+        }
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for n in chars.by_ref() {
+                if n.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Build the agent and the integration-test binaries; return the test
+/// executables (absolute paths).
+pub fn build_test_binaries() -> Result<Vec<PathBuf>> {
+    util::run(Command::new("cargo").args([
+        "build",
+        "-p",
+        "eci-agent",
+        "-p",
+        "eci-integration-tests",
+        "--bins",
+    ]))?;
+    let text = util::output(Command::new("cargo").args([
+        "test",
+        "-p",
+        "eci-integration-tests",
+        "--no-run",
+        "--message-format=json",
+    ]))?;
+    let mut bins = Vec::new();
+    for line in text.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+            continue;
+        }
+        let kinds = msg["target"]["kind"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !kinds.iter().any(|k| k == "test") {
+            continue;
+        }
+        if let Some(exe) = msg["executable"].as_str() {
+            bins.push(PathBuf::from(exe));
+        }
+    }
+    bins.sort();
+    if bins.is_empty() {
+        bail!("no integration test binaries were built");
+    }
+    Ok(bins)
+}
+
+fn guest_script(bins: &[PathBuf], filter: &[String]) -> String {
+    let mut s = String::from("rc=0\n");
+    let filter: Vec<String> = filter.iter().map(|f| util::shell_quote(f)).collect();
+    for bin in bins {
+        s.push_str(&format!(
+            "{} --test-threads=1 --nocapture {} || rc=1\n",
+            util::shell_quote(&bin.to_string_lossy()),
+            filter.join(" ")
+        ));
+    }
+    s.push_str("exit $rc\n");
+    s
+}
+
+/// Run the integration tests in each kernel of the matrix, plus one boot
+/// without `bpf` in `lsm=` for the refusal test.
+pub fn vm_test(kernel_spec: &str, filter: &[String], tally: &mut Tally) -> Result<bool> {
+    let kernels = kernels::select(kernel_spec)?;
+    let bins = build_test_binaries()?;
+    let mut ok = true;
+    for kernel in &kernels {
+        let opts = vm::VmOptions {
+            env: vec![
+                ("ECI_REQUIRE_LSM".into(), "1".into()),
+                ("ECI_LSM_EXPECTED".into(), "present".into()),
+                ("RUST_BACKTRACE".into(), "1".into()),
+            ],
+            label: "vm-test".into(),
+            ..vm::VmOptions::default()
+        };
+        println!("vm-test: kernel {} ({})", kernel.name, kernel.release);
+        let outcome = vm::run_in_vm(kernel, &guest_script(&bins, filter), &opts)?;
+        tally.add_output(&outcome.output);
+        println!(
+            "vm-test: kernel {}: {} in {:.0}s (boot to tests {:.1}s)",
+            kernel.name,
+            outcome.result,
+            outcome.duration.as_secs_f64(),
+            outcome
+                .boot_to_script
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(f64::NAN)
+        );
+        ok &= outcome.success();
+    }
+    if filter.is_empty()
+        && let Some(kernel) = kernels
+            .iter()
+            .find(|k| k.name == "6.12")
+            .or(kernels.first())
+    {
+        let opts = vm::VmOptions {
+            lsm: "lockdown,capability,landlock,yama".into(),
+            env: vec![("ECI_LSM_EXPECTED".into(), "absent".into())],
+            label: "vm-test-no-bpf-lsm".into(),
+            ..vm::VmOptions::default()
+        };
+        println!("vm-test: kernel {} booted WITHOUT bpf in lsm=", kernel.name);
+        let outcome = vm::run_in_vm(
+            kernel,
+            &guest_script(&bins, &["lsm_unavailable".into()]),
+            &opts,
+        )?;
+        tally.add_output(&outcome.output);
+        println!("vm-test: no-bpf-lsm boot: {}", outcome.result);
+        ok &= outcome.success();
+    }
+    Ok(ok)
+}
+
+fn host_accepts_bpf_lsm() -> bool {
+    let agent = util::repo_root().join("target/debug/eci-agent");
+    let pin_dir = format!("/sys/fs/bpf/eci-xtask-probe-{}", std::process::id());
+    let ok = Command::new(&agent)
+        .args(["probe", "--pin-dir", &pin_dir])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let _ = Command::new(&agent)
+        .args(["unload", "--pin-dir", &pin_dir])
+        .output();
+    ok
+}
+
+/// Everything: the README's test command.
+pub fn test_all() -> Result<()> {
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut stages = Vec::new();
+    let mut ok = true;
+
+    docker::ensure_docker()?;
+    docker::ensure_test_image()?;
+    util::run(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
+    let native = host_accepts_bpf_lsm();
+
+    let mut host = Command::new("cargo");
+    host.args([
+        "test",
+        "--workspace",
+        "--",
+        "--test-threads=1",
+        "--nocapture",
+    ])
+    .env("ECI_REQUIRE_DOCKER", "1");
+    if native {
+        host.env("ECI_REQUIRE_LSM", "1")
+            .env("ECI_LSM_EXPECTED", "present");
+    } else {
+        host.env("ECI_LSM_EXPECTED", "absent");
+    }
+    let (status, lines) = util::run_streamed(&mut host)?;
+    tally.add_output(&lines);
+    ok &= status.success();
+    stages.push(format!(
+        "host ({}): {}",
+        if native {
+            "kernel enforcement native"
+        } else {
+            "kernel refuses BPF-LSM"
+        },
+        if status.success() { "ok" } else { "FAILED" }
+    ));
+
+    if !native {
+        let vm_ok = vm_test("all", &[], &mut tally).context("VM tests")?;
+        ok &= vm_ok;
+        stages.push(format!(
+            "VM matrix: {}",
+            if vm_ok { "ok" } else { "FAILED" }
+        ));
+    }
+    println!("stages: {}", stages.join("; "));
+    println!(
+        "{} tests printed SKIP (they run elsewhere: kernel tests in the VM, or need what this machine lacks); total {:.0}s",
+        tally.skipped,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "eci: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    if !ok {
+        bail!("some tests failed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_reads_libtest_lines_with_colour() {
+        let mut t = Tally::default();
+        t.add_output(&[
+            "test result: \u{1b}[32mok\u{1b}[m. 7 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1s"
+                .into(),
+            "test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out".into(),
+            "test x ... SKIP: reason".into(),
+        ]);
+        assert_eq!((t.passed, t.failed, t.ignored, t.skipped), (9, 3, 1, 1));
+    }
+}
