@@ -188,6 +188,7 @@ fn host_accepts_bpf_lsm() -> bool {
 /// Everything: the README's test command.
 pub fn test_all() -> Result<()> {
     let started = Instant::now();
+    let _ = std::fs::remove_file(util::build_dir().join("test-summary.txt"));
     let mut tally = Tally::default();
     let mut stages = Vec::new();
     let mut ok = true;
