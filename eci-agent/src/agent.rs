@@ -16,6 +16,7 @@ use crate::{
     audit::{self, AuditLog, Names},
     cgroups, control, enforcement,
     pins::PinLayout,
+    policy::{self, Policy},
     rules::{RuleStore, UnenforcedRules},
     sockets::SocketSet,
     vm,
@@ -26,12 +27,41 @@ use crate::{
 pub struct AgentConfig {
     pub pin_dir: PathBuf,
     pub control_socket: PathBuf,
-    pub audit_log: PathBuf,
-    pub protected_socket_paths: Vec<PathBuf>,
+    pub policy_path: PathBuf,
+    /// From the command line: overrides the policy's audit log.
+    pub audit_log: Option<PathBuf>,
+    /// From the command line: protected on top of the policy's sockets.
+    pub extra_sockets: Vec<PathBuf>,
+    /// From the command line: ignore the policy's protected sockets.
+    pub no_policy_sockets: bool,
+    /// From the command line: replace the policy's protected parents.
+    pub parents: Option<Vec<String>>,
     pub unenforced_for_testing: bool,
-    /// cgroup2 paths whose every descendant is protected; the last segment
-    /// may hold `*` (e.g. `/system.slice/docker-*.scope`).
-    pub protected_parents: Vec<String>,
+}
+
+impl AgentConfig {
+    /// What to protect under `policy`, after the command line's overrides.
+    /// The control socket is always protected.
+    pub fn effective(&self, policy: &Policy) -> (Vec<String>, SocketSet) {
+        let enforcing = policy.enforcement;
+        let parents = match &self.parents {
+            Some(p) => p.clone(),
+            None if enforcing => policy.protected_cgroup_parents.clone(),
+            None => Vec::new(),
+        };
+        let mut sockets = self.extra_sockets.clone();
+        if enforcing && !self.no_policy_sockets {
+            sockets.extend(policy.protected_sockets.iter().cloned());
+        }
+        sockets.push(self.control_socket.clone());
+        (parents, SocketSet::new(sockets))
+    }
+
+    pub fn audit_log(&self, policy: &Policy) -> PathBuf {
+        self.audit_log
+            .clone()
+            .unwrap_or_else(|| policy.audit_log.clone())
+    }
 }
 
 /// State shared by the control server and the background tasks.
@@ -40,6 +70,9 @@ pub struct Shared {
     pub names: Names,
     /// The agent's own cgroup2 path: never protectable.
     pub own_cgroup: String,
+    pub policy: Policy,
+    pub parents: Vec<String>,
+    pub sockets: SocketSet,
 }
 
 /// What the running agent tells `status` (written next to the control socket).
@@ -66,6 +99,23 @@ pub fn state_file(control_socket: &Path) -> PathBuf {
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("eci-agent run must run as root (it loads BPF programs and owns /run/eci)");
+    }
+    let (policy, source) = policy::load(&config.policy_path)?;
+    match &source {
+        policy::Source::File(path) => {
+            tracing::info!(file = %path.display(), "policy: {}", policy.summary())
+        }
+        policy::Source::BuiltInDefaults => tracing::info!(
+            file = %config.policy_path.display(),
+            "no policy file; built-in defaults: {}",
+            policy.summary()
+        ),
+    }
+    if config.unenforced_for_testing && policy.locked {
+        anyhow::bail!(
+            "the policy {} is locked: enforcement cannot be turned off, so --unenforced-for-testing is refused",
+            config.policy_path.display()
+        );
     }
     let layout = PinLayout::new(&config.pin_dir);
     let own_cgroup = cgroups::cgroup_of("self").unwrap_or_else(|_| "/".into());
@@ -111,10 +161,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             names.cgroups.insert(id, path);
         }
     }
+    let (parents, sockets) = config.effective(&policy);
     let shared = Arc::new(Mutex::new(Shared {
         rules,
         names,
         own_cgroup,
+        policy: policy.clone(),
+        parents,
+        sockets,
     }));
     {
         let mut guard = shared.lock().await;
@@ -124,18 +178,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         guard.rules.sync_vm_namespaces(&namespaces)?;
         tracing::info!(count = namespaces.len(), "VM namespaces learned");
     }
-    refresh_parents(&config.protected_parents, &shared).await;
-    let audit = Arc::new(Mutex::new(AuditLog::open(&config.audit_log)?));
+    refresh_parents(&shared).await;
+    let audit = Arc::new(Mutex::new(AuditLog::open(&config.audit_log(&policy))?));
 
     let listener = control::bind(&config.control_socket)?;
-    let mut socket_paths = config.protected_socket_paths.clone();
-    socket_paths.push(config.control_socket.clone());
-    let socket_set = SocketSet::new(socket_paths);
-    refresh_sockets(&socket_set, &shared, &config).await?;
+    refresh_sockets(&shared, &config).await?;
     tracing::info!(socket = %config.control_socket.display(), "control socket ready");
+    crate::install::notify_ready();
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(control::serve(listener, shared.clone()));
+    tasks.spawn(control::serve(listener, shared.clone(), config.clone()));
     {
         let shared = shared.clone();
         let config = config.clone();
@@ -143,10 +195,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if let Err(err) = refresh_sockets(&socket_set, &shared, &config).await {
+                if let Err(err) = refresh_sockets(&shared, &config).await {
                     tracing::error!("refreshing protected sockets: {err:#}");
                 }
-                refresh_parents(&config.protected_parents, &shared).await;
+                refresh_parents(&shared).await;
                 let namespaces = vm::vm_namespaces();
                 if let Err(err) = shared.lock().await.rules.sync_vm_namespaces(&namespaces) {
                     tracing::error!("refreshing VM namespaces: {err:#}");
@@ -170,6 +222,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         std::mem::forget(_ebpf);
     }
 
+    {
+        let shared = shared.clone();
+        let config = config.clone();
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tasks.spawn(async move {
+            while hangup.recv().await.is_some() {
+                match reload(&shared, &config).await {
+                    Ok(message) => tracing::info!("SIGHUP: {message}"),
+                    Err(message) => tracing::error!("SIGHUP: {message}"),
+                }
+            }
+        });
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -194,13 +259,39 @@ struct KernelParts {
     _ebpf: aya::Ebpf,
 }
 
+/// Re-read the policy. A bad file changes nothing (the last good policy
+/// stays); a locked policy cannot be turned off or unlocked at runtime.
+pub async fn reload(shared: &Arc<Mutex<Shared>>, config: &AgentConfig) -> Result<String, String> {
+    let (new, _) = policy::load(&config.policy_path)
+        .map_err(|e| format!("policy not reloaded, the last good one stays in force: {e}"))?;
+    let mut guard = shared.lock().await;
+    if guard.policy.locked && (!new.enforcement || !new.locked) {
+        return Err(format!(
+            "policy not reloaded: the policy in force is locked, and {} would turn enforcement off or unlock it; restart the agent to apply an administrator's change",
+            config.policy_path.display()
+        ));
+    }
+    let (parents, sockets) = config.effective(&new);
+    guard.parents = parents;
+    guard.sockets = sockets;
+    let summary = new.summary();
+    guard.policy = new;
+    drop(guard);
+    refresh_parents(shared).await;
+    refresh_sockets(shared, config)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!("policy reloaded: {summary}"))
+}
+
 /// Protect the cgroups the policy names as parents (with their whole
 /// subtree) and stop protecting ones that went away.
-async fn refresh_parents(patterns: &[String], shared: &Arc<Mutex<Shared>>) {
+async fn refresh_parents(shared: &Arc<Mutex<Shared>>) {
     let mut guard = shared.lock().await;
+    let patterns = guard.parents.clone();
     let own = guard.own_cgroup.clone();
     let mut wanted = std::collections::BTreeMap::new();
-    for pattern in patterns {
+    for pattern in &patterns {
         for cgroup in cgroups::expand(pattern) {
             if cgroups::is_same_or_below(&own, &cgroup.path) {
                 tracing::error!(parent = %cgroup.path, agent = %own, "not protecting a parent that holds the agent itself");
@@ -238,14 +329,11 @@ async fn refresh_parents(patterns: &[String], shared: &Arc<Mutex<Shared>>) {
     }
 }
 
-async fn refresh_sockets(
-    set: &SocketSet,
-    shared: &Arc<Mutex<Shared>>,
-    config: &AgentConfig,
-) -> anyhow::Result<()> {
-    let found = set.scan();
-    let wanted: BTreeSet<_> = found.keys().copied().collect();
+async fn refresh_sockets(shared: &Arc<Mutex<Shared>>, config: &AgentConfig) -> anyhow::Result<()> {
     let mut guard = shared.lock().await;
+    let found = guard.sockets.scan();
+    let wanted: BTreeSet<_> = found.keys().copied().collect();
+    let audit_log = config.audit_log(&guard.policy);
     if guard.names.sockets != found {
         guard.rules.sync_sockets(&wanted)?;
         for (id, path) in &found {
@@ -264,7 +352,7 @@ async fn refresh_sockets(
             "kernel".into()
         },
         pin_dir: config.pin_dir.clone(),
-        audit_log: config.audit_log.clone(),
+        audit_log,
         sockets: found
             .iter()
             .map(|(id, path)| {

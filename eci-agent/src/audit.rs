@@ -9,8 +9,6 @@ use std::{
 use eci_common::{AuditEvent, FileId, Hook, NS_KIND_NAMES, ObjectKind};
 use serde::Serialize;
 
-pub const DEFAULT_AUDIT_LOG: &str = "/var/log/eci/audit.jsonl";
-
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error(

@@ -14,7 +14,10 @@ use tokio::{
     sync::Mutex,
 };
 
-use crate::{agent::Shared, cgroups};
+use crate::{
+    agent::{AgentConfig, Shared},
+    cgroups,
+};
 
 /// Requests are small; anything longer is refused.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -61,13 +64,14 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlServerError> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>) {
+pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>, config: AgentConfig) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let shared = shared.clone();
+                let config = config.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = handle(stream, shared).await {
+                    if let Err(err) = handle(stream, shared, &config).await {
                         tracing::warn!("control connection: {err}");
                     }
                 });
@@ -80,7 +84,11 @@ pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>) {
     }
 }
 
-async fn handle(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    shared: Arc<Mutex<Shared>>,
+    config: &AgentConfig,
+) -> std::io::Result<()> {
     let peer = stream.peer_cred()?;
     let (read, mut write) = stream.into_split();
     let response = if peer.uid() != 0 {
@@ -95,7 +103,7 @@ async fn handle(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> std::io::Resu
         match serde_json::from_str::<Request>(line.trim()) {
             Ok(request) => {
                 tracing::debug!(?request, pid = ?peer.pid(), "control request");
-                answer(request, &shared).await
+                answer(request, &shared, config).await
             }
             Err(err) => Response::Error {
                 message: format!("malformed request: {err}"),
@@ -108,8 +116,21 @@ async fn handle(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> std::io::Resu
     write.shutdown().await
 }
 
-async fn answer(request: Request, shared: &Arc<Mutex<Shared>>) -> Response {
-    let mut shared = shared.lock().await;
+async fn answer(
+    request: Request,
+    shared_lock: &Arc<Mutex<Shared>>,
+    config: &AgentConfig,
+) -> Response {
+    if request == Request::Reload {
+        return match crate::agent::reload(shared_lock, config).await {
+            Ok(message) => Response::Ok {
+                message,
+                cgroup_id: None,
+            },
+            Err(message) => Response::Error { message },
+        };
+    }
+    let mut shared = shared_lock.lock().await;
     match request {
         Request::Ping => Response::Pong {
             pid: std::process::id(),
@@ -138,6 +159,9 @@ async fn answer(request: Request, shared: &Arc<Mutex<Shared>>) -> Response {
                 }
             }
             Err(message) => Response::Error { message },
+        },
+        Request::Reload => Response::Error {
+            message: "reload is answered above".into(),
         },
     }
 }

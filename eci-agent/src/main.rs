@@ -7,8 +7,10 @@ mod btf;
 mod cgroups;
 mod control;
 mod enforcement;
+mod install;
 mod lsm;
 mod pins;
+mod policy;
 mod rules;
 mod sockets;
 mod status;
@@ -38,29 +40,33 @@ struct Locations {
     /// Where programs and maps are pinned (on bpffs).
     #[arg(long, default_value = pins::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// The policy file (built-in secure defaults when it does not exist).
+    #[arg(long, default_value = policy::DEFAULT_POLICY_PATH)]
+    policy: PathBuf,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Probe BPF-LSM, attach and pin the programs, and serve until stopped.
+    /// SIGHUP re-reads the policy.
     Run {
         #[command(flatten)]
         at: Locations,
-        /// The audit log (JSON lines).
-        #[arg(long, default_value = audit::DEFAULT_AUDIT_LOG)]
-        audit_log: PathBuf,
+        /// The audit log (JSON lines); overrides the policy's.
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
         /// Protect this Unix socket too (repeatable).
         #[arg(long = "protect-socket", value_name = "PATH")]
         protect_sockets: Vec<PathBuf>,
-        /// Do not protect the default sockets (Docker Engine, containerd).
+        /// Do not protect the policy's sockets (Docker Engine, containerd by default).
         #[arg(long)]
         no_default_sockets: bool,
         /// Protect every cgroup below this one (repeatable; the last segment
-        /// may hold `*`). Default: Docker's, Kubernetes' and systemd's parents.
+        /// may hold `*`); replaces the policy's protected parents.
         #[arg(long = "protected-parent", value_name = "CGROUP")]
         protected_parents: Vec<String>,
         /// Serve registrations WITHOUT kernel enforcement. Only for tests on
-        /// kernels that refuse BPF-LSM; nothing is protected in this mode.
+        /// kernels that refuse BPF-LSM; refused when the policy is locked.
         #[arg(long)]
         unenforced_for_testing: bool,
     },
@@ -71,10 +77,15 @@ enum Command {
         #[command(flatten)]
         at: Locations,
     },
-    /// Stop protecting a cgroup.
+    /// Stop protecting a registered cgroup.
     Unprotect {
         #[arg(long)]
         cgroup: String,
+        #[command(flatten)]
+        at: Locations,
+    },
+    /// Ask the running agent to re-read the policy (same as SIGHUP).
+    Reload {
         #[command(flatten)]
         at: Locations,
     },
@@ -91,22 +102,40 @@ enum Command {
         #[command(flatten)]
         at: Locations,
     },
-    /// Remove every pinned program and map: enforcement ends.
+    /// Remove every pinned program and map: enforcement ends. Refused when
+    /// the policy is locked.
     Unload {
         #[command(flatten)]
         at: Locations,
     },
+    /// Install the boot service, register eci-runc with Docker and install
+    /// the default policy if there is none.
+    Install {
+        #[command(flatten)]
+        at: Locations,
+        /// Path of eci-runc to register (default: next to this binary).
+        #[arg(long)]
+        runtime: Option<PathBuf>,
+        #[arg(long, default_value = install::DEFAULT_DAEMON_JSON)]
+        daemon_json: PathBuf,
+        #[arg(long, default_value = install::DEFAULT_UNIT_DIR)]
+        unit_dir: PathBuf,
+        /// Write the files only; do not call systemctl.
+        #[arg(long)]
+        no_systemctl: bool,
+    },
+    /// Reverse `install` (refused when the policy is locked).
+    Uninstall {
+        #[command(flatten)]
+        at: Locations,
+        #[arg(long, default_value = install::DEFAULT_DAEMON_JSON)]
+        daemon_json: PathBuf,
+        #[arg(long, default_value = install::DEFAULT_UNIT_DIR)]
+        unit_dir: PathBuf,
+        #[arg(long)]
+        no_systemctl: bool,
+    },
 }
-
-/// cgroup parents of containers: Docker (cgroupfs driver), Kubernetes, and
-/// Docker and containerd under systemd.
-const DEFAULT_PROTECTED_PARENTS: &[&str] = &[
-    "/docker",
-    "/kubepods",
-    "/kubepods.slice",
-    "/system.slice/docker-*.scope",
-    "/system.slice/cri-containerd-*.scope",
-];
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -115,6 +144,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match dispatch(Cli::parse().command) {
         Ok(code) => code,
@@ -123,6 +153,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn install_plan(
+    at: &Locations,
+    runtime: Option<PathBuf>,
+    daemon_json: PathBuf,
+    unit_dir: PathBuf,
+    no_systemctl: bool,
+) -> anyhow::Result<install::InstallPlan> {
+    let (policy, _) = policy::load(&at.policy)?;
+    let agent = std::env::current_exe()?;
+    let runtime = runtime.unwrap_or_else(|| agent.with_file_name("eci-runc"));
+    Ok(install::InstallPlan {
+        agent,
+        runtime,
+        unit_dir,
+        daemon_json,
+        policy_path: at.policy.clone(),
+        default_policy: policy::Policy::default_file_text(),
+        locked: policy.locked,
+        run_systemctl: !no_systemctl,
+    })
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
@@ -135,25 +187,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             protected_parents,
             unenforced_for_testing,
         } => {
-            let mut protected_socket_paths = protect_sockets;
-            if !no_default_sockets {
-                protected_socket_paths
-                    .extend(sockets::DEFAULT_PROTECTED_SOCKETS.iter().map(PathBuf::from));
-            }
             let config = agent::AgentConfig {
                 pin_dir: at.pin_dir,
                 control_socket: at.control_socket,
+                policy_path: at.policy,
                 audit_log,
-                protected_socket_paths,
+                extra_sockets: protect_sockets,
+                no_policy_sockets: no_default_sockets,
+                parents: (!protected_parents.is_empty()).then_some(protected_parents),
                 unenforced_for_testing,
-                protected_parents: if protected_parents.is_empty() {
-                    DEFAULT_PROTECTED_PARENTS
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect()
-                } else {
-                    protected_parents
-                },
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -163,6 +205,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Protect { cgroup, at } => control_call(&at, Request::Protect { cgroup }),
         Command::Unprotect { cgroup, at } => control_call(&at, Request::Unprotect { cgroup }),
+        Command::Reload { at } => control_call(&at, Request::Reload),
         Command::Status { json, at } => {
             let status = status::collect(&pins::PinLayout::new(&at.pin_dir), &at.control_socket);
             if json {
@@ -183,11 +226,40 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Unload { at } => {
+            let (policy, _) = policy::load(&at.policy)?;
+            if policy.locked {
+                return Err(install::InstallError::Locked(at.policy.display().to_string()).into());
+            }
             let removed = enforcement::unload(&pins::PinLayout::new(&at.pin_dir))?;
             println!(
                 "removed {} pinned objects; eci enforces nothing now",
                 removed.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Install {
+            at,
+            runtime,
+            daemon_json,
+            unit_dir,
+            no_systemctl,
+        } => {
+            let plan = install_plan(&at, runtime, daemon_json, unit_dir, no_systemctl)?;
+            for line in install::install(&plan)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Uninstall {
+            at,
+            daemon_json,
+            unit_dir,
+            no_systemctl,
+        } => {
+            let plan = install_plan(&at, None, daemon_json, unit_dir, no_systemctl)?;
+            for line in install::uninstall(&plan)? {
+                println!("{line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

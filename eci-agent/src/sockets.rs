@@ -12,16 +12,6 @@ use std::{
 
 use eci_common::FileId;
 
-/// Sockets protected unless the policy says otherwise: the Docker Engine's
-/// and containerd's API sockets (the agent adds its own control socket).
-pub const DEFAULT_PROTECTED_SOCKETS: &[&str] = &[
-    "/run/docker.sock",
-    "/var/run/docker.sock",
-    "/run/containerd/containerd.sock",
-    "/run/docker/containerd/containerd.sock",
-    "/run/buildkit/buildkitd.sock",
-];
-
 /// Identity of the socket file at `path`, or `None` when there is none
 /// (yet) or it is not a socket.
 pub fn socket_file_id(path: &Path) -> Option<FileId> {

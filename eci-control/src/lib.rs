@@ -27,6 +27,8 @@ pub enum Request {
     Protect { cgroup: String },
     /// Stop protecting a cgroup that was registered with `Protect`.
     Unprotect { cgroup: String },
+    /// Re-read the policy file (a bad file keeps the last good policy).
+    Reload,
 }
 
 /// The agent's answer.

@@ -130,6 +130,14 @@ impl TestAgent {
             self.pin_dir.display().to_string(),
             "--control-socket".into(),
             self.control_socket.display().to_string(),
+            // Isolated from any policy on the machine: built-in defaults
+            // unless a test writes this file.
+            "--policy".into(),
+            self.dir
+                .path()
+                .join("admin-settings.json")
+                .display()
+                .to_string(),
         ]
     }
 
