@@ -195,22 +195,33 @@ fn protect(shared: &mut Shared, spec: &str) -> Result<(u64, String), String> {
 }
 
 fn unprotect(shared: &mut Shared, spec: &str) -> Result<(u64, String), String> {
-    let cgroup = cgroups::resolve(spec).map_err(|e| e.to_string())?;
+    // A runtime may unregister after the cgroup is gone: the registry still
+    // knows its id.
+    let (id, path) = match cgroups::resolve(spec) {
+        Ok(cgroup) => (cgroup.id, cgroup.path),
+        Err(err) => {
+            let wanted = format!("/{}", spec.trim_start_matches('/'));
+            shared
+                .names
+                .cgroups
+                .iter()
+                .find(|(_, p)| **p == wanted)
+                .map(|(id, p)| (*id, p.clone()))
+                .ok_or_else(|| err.to_string())?
+        }
+    };
     match shared
         .rules
-        .unprotect_cgroup(cgroup.id, protect_reason::REGISTERED)
+        .unprotect_cgroup(id, protect_reason::REGISTERED)
     {
         Ok(Some(left)) => {
-            let _ = shared.rules.clear_immutable_mounts(cgroup.id);
+            let _ = shared.rules.clear_immutable_mounts(id);
             if left == 0 {
-                shared.names.cgroups.remove(&cgroup.id);
+                shared.names.cgroups.remove(&id);
             }
-            Ok((cgroup.id, cgroup.path))
+            Ok((id, path))
         }
-        Ok(None) => Err(format!(
-            "cgroup {} (id {}) was not registered",
-            cgroup.path, cgroup.id
-        )),
+        Ok(None) => Err(format!("cgroup {path} (id {id}) was not registered")),
         Err(err) => Err(err.to_string()),
     }
 }

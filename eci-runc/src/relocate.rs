@@ -1,0 +1,224 @@
+//! Making the container's files reachable from inside its user namespace.
+//!
+//! Docker keeps the rootfs and the container's files under /var/lib/docker,
+//! whose directories are 0710 root: the container's mapped root cannot even
+//! traverse them. eci-runc binds each of them under a private, traversable
+//! directory (`/run/eci-runc/<id>/`) and points the spec there. Bind sources
+//! (volumes, hosts, resolv.conf, shareable paths) are bound *ID-mapped* with
+//! the container's user namespace, so a file owned by 0 on the VM side is
+//! owned by the container's root inside, and what the container writes is
+//! owned by 0..65535 on the VM side again: a volume stays usable by the next
+//! container whatever its range. Where the file system cannot be ID-mapped
+//! (overlayfs, tmpfs before 6.3) the bind is plain and the note says so.
+
+use std::{
+    ffi::CString,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::unix::{ffi::OsStrExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelocateError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("making the user namespace for ID-mapped mounts: {0}")]
+    UserNamespace(std::io::Error),
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("ECI_RUNC_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/run/eci-runc".into())
+}
+
+pub fn container_dir(container_id: &str) -> PathBuf {
+    run_dir().join(container_id)
+}
+
+fn cstr(path: &Path) -> Result<CString, RelocateError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| RelocateError::Io {
+        what: "path with a NUL byte",
+        path: path.display().to_string(),
+        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+    })
+}
+
+/// A user namespace with `0 <base> 65536` for uids and gids, held by an fd.
+pub fn user_namespace(base: u32) -> Result<OwnedFd, RelocateError> {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: unshare is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(RelocateError::UserNamespace)?;
+    let pid = child.id();
+    let result = (|| {
+        let map = format!("0 {base} 65536\n");
+        std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), &map)?;
+        let file = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
+        Ok::<OwnedFd, std::io::Error>(file.into())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result.map_err(RelocateError::UserNamespace)
+}
+
+/// Bind `source` onto `target` (created as a file or directory to match),
+/// ID-mapped with `userns` when given and supported. Returns whether the
+/// bind is ID-mapped.
+pub fn bind(source: &Path, target: &Path, userns: Option<&OwnedFd>) -> Result<bool, RelocateError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |source| RelocateError::Io { what, path, source }
+    };
+    let meta = std::fs::metadata(source).map_err(io("stat", source))?;
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+    }
+    if meta.is_dir() {
+        std::fs::create_dir_all(target).map_err(io("creating", target))?;
+    } else if !target.exists() {
+        std::fs::write(target, b"").map_err(io("creating", target))?;
+    }
+    let src = cstr(source)?;
+    // SAFETY: plain syscalls with valid C strings; the returned fd is owned.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        return Err(io("open_tree", source)(std::io::Error::last_os_error()));
+    }
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let mut idmapped = false;
+    if let Some(ns) = userns {
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: ns.as_raw_fd() as u64,
+        };
+        let empty = CString::default();
+        // SAFETY: attr is a valid mount_attr of the size passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        idmapped = rc == 0;
+    }
+    let dst = cstr(target)?;
+    let empty = CString::default();
+    // SAFETY: valid fds and C strings.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(io("move_mount onto", target)(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(idmapped)
+}
+
+/// Unmount everything under the container's directory and remove it.
+pub fn cleanup(container_id: &str) {
+    let dir = container_dir(container_id);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(PathBuf::from))
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        if let Ok(c) = cstr(&p) {
+            // SAFETY: valid C string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Create the mount points a spec needs inside the rootfs, as the VM's root:
+/// inside its user namespace the container's root does not own the image's
+/// directories, so runc could not make them. Symlinks in the way are left
+/// alone (runc resolves them safely, or fails).
+pub fn create_mount_points(
+    rootfs: &Path,
+    destinations: &[(PathBuf, bool)],
+) -> Result<(), RelocateError> {
+    for (destination, is_file) in destinations {
+        let mut current = rootfs.to_path_buf();
+        let parts: Vec<_> = destination
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect();
+        for (i, part) in parts.iter().enumerate() {
+            current.push(part);
+            match std::fs::symlink_metadata(&current) {
+                Ok(meta) if meta.file_type().is_symlink() => break,
+                Ok(_) => continue,
+                Err(_) => {
+                    let last = i + 1 == parts.len();
+                    let result = if last && *is_file {
+                        std::fs::write(&current, b"")
+                    } else {
+                        std::fs::create_dir(&current)
+                    };
+                    result.map_err(|source| RelocateError::Io {
+                        what: "creating the mount point",
+                        path: current.display().to_string(),
+                        source,
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,539 @@
+//! The spec rewrite and the refusals. Everything here works on oci-spec
+//! types; nothing touches the system, so it is all unit-tested.
+
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Component, Path, PathBuf},
+};
+
+use oci_spec::runtime::{
+    LinuxIdMappingBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Mount, Spec,
+};
+
+use crate::ranges::RANGE_SIZE;
+
+/// Masked for every container, `--privileged` too.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/kallsyms",
+    "/proc/sysrq-trigger",
+    "/sys/firmware",
+    "/sys/kernel/security",
+    "/sys/kernel/debug",
+    "/sys/kernel/tracing",
+    "/sys/fs/bpf",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Read-only for every container, `--privileged` too.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Sockets no container may have mounted (unless a trusted-image proxy
+/// stands in, which is not built yet).
+pub const ENGINE_SOCKETS: &[&str] = &[
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/run/docker/containerd/containerd.sock",
+    "/run/buildkit/buildkitd.sock",
+    "/run/eci/agent.sock",
+];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error(
+        "enhanced container isolation: the container would share the VM's {0} namespace ({1}); eci gives every container its own namespaces. Remove the option, or ask an administrator to run this workload outside eci"
+    )]
+    HostNamespace(String, &'static str),
+    #[error(
+        "enhanced container isolation: can't mount {from} at {destination}: it is a VM path, outside the container's own files, the engine's volumes and the policy's shareable host paths. Use a named volume, or ask an administrator to add the directory to eci.shareableHostPaths in /etc/eci/admin-settings.json"
+    )]
+    VmMount { from: String, destination: String },
+    #[error(
+        "enhanced container isolation: docker socket mount denied ({from} at {destination}): containers cannot reach the container engine. If this image must, an administrator can list it in enhancedContainerIsolation.dockerSocketMount.imageList in /etc/eci/admin-settings.json"
+    )]
+    EngineSocket { from: String, destination: String },
+    #[error("enhanced container isolation: invalid container spec: {0}")]
+    Invalid(String),
+}
+
+/// What the rewrite needs to know about this container and the VM.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub container_id: String,
+    pub bundle: PathBuf,
+    pub base: u32,
+    pub shareable_host_paths: Vec<PathBuf>,
+    /// Docker's volume directory and container directory.
+    pub engine_dirs: Vec<PathBuf>,
+    /// Inode numbers of the VM's namespaces, by kind name (`net`, `pid`...).
+    pub vm_namespaces: Vec<(String, u64)>,
+}
+
+impl Context {
+    pub fn docker_defaults(container_id: &str, bundle: &Path, base: u32) -> Self {
+        Self {
+            container_id: container_id.to_owned(),
+            bundle: bundle.to_owned(),
+            base,
+            shareable_host_paths: Vec::new(),
+            engine_dirs: vec![
+                PathBuf::from("/var/lib/docker/volumes"),
+                PathBuf::from("/var/lib/docker/containers").join(container_id),
+                PathBuf::from("/run/containerd/io.containerd.runtime.v2.task")
+                    .join("moby")
+                    .join(container_id),
+            ],
+            // PID 1's and our own: eci-runc runs in the engine's namespaces.
+            vm_namespaces: ["1", "self"]
+                .iter()
+                .flat_map(|pid| {
+                    ["net", "pid", "ipc", "uts", "mnt"]
+                        .iter()
+                        .filter_map(move |k| {
+                            std::fs::metadata(format!("/proc/{pid}/ns/{k}"))
+                                .ok()
+                                .map(|m| (k.to_string(), m.ino()))
+                        })
+                })
+                .collect(),
+        }
+    }
+}
+
+fn ns_name(t: LinuxNamespaceType) -> &'static str {
+    match t {
+        LinuxNamespaceType::Network => "network",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Mount => "mount",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+fn ns_proc_name(t: LinuxNamespaceType) -> &'static str {
+    match t {
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Mount => "mnt",
+        other => ns_name(other),
+    }
+}
+
+fn docker_flag(t: LinuxNamespaceType) -> &'static str {
+    match t {
+        LinuxNamespaceType::Network => "--network=host",
+        LinuxNamespaceType::Pid => "--pid=host",
+        LinuxNamespaceType::Ipc => "--ipc=host",
+        LinuxNamespaceType::Uts => "--uts=host",
+        _ => "a host namespace",
+    }
+}
+
+/// Lexically normalize an absolute path (`.` and `..` resolved).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn is_bind(mount: &Mount) -> bool {
+    mount.typ().as_deref() == Some("bind")
+        || mount
+            .options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// Refuse what eci does not allow. `resolve` turns a mount source into the
+/// path it really names (symlinks followed); tests pass a lexical one.
+pub fn check(
+    spec: &Spec,
+    ctx: &Context,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<(), Refusal> {
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| Refusal::Invalid("no linux section".into()))?;
+    let namespaces = linux.namespaces().clone().unwrap_or_default();
+    for kind in [
+        LinuxNamespaceType::Network,
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ] {
+        match namespaces.iter().find(|n| n.typ() == kind) {
+            None => {
+                return Err(Refusal::HostNamespace(
+                    ns_name(kind).into(),
+                    docker_flag(kind),
+                ));
+            }
+            Some(ns) => {
+                if let Some(path) = ns.path() {
+                    let ino = std::fs::metadata(path).map(|m| m.ino()).ok();
+                    let vm = ctx
+                        .vm_namespaces
+                        .iter()
+                        .any(|(k, i)| k == ns_proc_name(kind) && Some(*i) == ino);
+                    if vm {
+                        return Err(Refusal::HostNamespace(
+                            ns_name(kind).into(),
+                            docker_flag(kind),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let rootfs = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_default();
+    let rootfs = if rootfs.is_absolute() {
+        rootfs
+    } else {
+        ctx.bundle.join(rootfs)
+    };
+    for mount in spec.mounts().iter().flatten().filter(|m| is_bind(m)) {
+        let Some(source) = mount.source() else {
+            continue;
+        };
+        let destination = mount.destination().display().to_string();
+        let real = resolve(&if source.is_absolute() {
+            source.clone()
+        } else {
+            ctx.bundle.join(source)
+        });
+        if ENGINE_SOCKETS
+            .iter()
+            .any(|s| resolve(Path::new(s)) == real || Path::new(s) == real)
+        {
+            return Err(Refusal::EngineSocket {
+                from: source.display().to_string(),
+                destination,
+            });
+        }
+        let allowed = std::iter::once(&ctx.bundle)
+            .chain(std::iter::once(&rootfs))
+            .chain(ctx.engine_dirs.iter())
+            .chain(ctx.shareable_host_paths.iter())
+            .any(|dir| real.starts_with(resolve(dir)) || real.starts_with(dir));
+        if !allowed {
+            return Err(Refusal::VmMount {
+                from: source.display().to_string(),
+                destination,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Rewrite the spec for eci; returns a note for each adjustment made.
+pub fn rewrite(spec: &mut Spec, ctx: &Context) -> Result<Vec<String>, Refusal> {
+    let mut notes = Vec::new();
+    let mut linux = spec
+        .linux()
+        .clone()
+        .ok_or_else(|| Refusal::Invalid("no linux section".into()))?;
+
+    // A user namespace of its own, always (`--userns=host` is ignored).
+    let mut namespaces: Vec<LinuxNamespace> = linux.namespaces().clone().unwrap_or_default();
+    let had_user = namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    namespaces.retain(|n| n.typ() != LinuxNamespaceType::User);
+    let user = LinuxNamespaceBuilder::default()
+        .typ(LinuxNamespaceType::User)
+        .build()
+        .map_err(|e| Refusal::Invalid(e.to_string()))?;
+    namespaces.push(user);
+    if !had_user {
+        notes.push("added a user namespace".into());
+    }
+    if !namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::Cgroup)
+    {
+        let cgroup = LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Cgroup)
+            .build()
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        namespaces.push(cgroup);
+        notes.push("added a cgroup namespace".into());
+    }
+    linux.set_namespaces(Some(namespaces));
+    let mapping = LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(ctx.base)
+        .size(RANGE_SIZE)
+        .build()
+        .map_err(|e| Refusal::Invalid(e.to_string()))?;
+    linux.set_uid_mappings(Some(vec![mapping]));
+    linux.set_gid_mappings(Some(vec![mapping]));
+
+    // Masks, also for --privileged (Docker empties the lists then).
+    let mut masked = linux.masked_paths().clone().unwrap_or_default();
+    for p in MASKED_PATHS {
+        if !masked.iter().any(|m| m == p) {
+            masked.push((*p).to_owned());
+        }
+    }
+    linux.set_masked_paths(Some(masked));
+    let mut readonly = linux.readonly_paths().clone().unwrap_or_default();
+    for p in READONLY_PATHS {
+        if !readonly.iter().any(|m| m == p) {
+            readonly.push((*p).to_owned());
+        }
+    }
+    linux.set_readonly_paths(Some(readonly));
+
+    // Sysctls whose values must lie inside the user namespace.
+    if let Some(mut sysctls) = linux.sysctl().clone() {
+        if let Some(range) = sysctls.get("net.ipv4.ping_group_range").cloned() {
+            let max = RANGE_SIZE - 1;
+            let clamped: Vec<u32> = range
+                .split_whitespace()
+                .filter_map(|v| v.parse::<u64>().ok())
+                .map(|v| v.min(max as u64) as u32)
+                .collect();
+            if let [lo, hi] = clamped[..] {
+                let value = format!("{lo} {hi}");
+                if value != range {
+                    notes.push(format!("net.ipv4.ping_group_range {range:?} clamped to {value:?} (the container's id range)"));
+                    sysctls.insert("net.ipv4.ping_group_range".into(), value);
+                }
+            }
+        }
+        linux.set_sysctl(Some(sysctls));
+    }
+    spec.set_linux(Some(linux));
+    Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docker_like(namespaces: &str, mounts: &str) -> Spec {
+        let text = format!(
+            r#"{{
+  "ociVersion": "1.0.2",
+  "process": {{"user": {{"uid": 0, "gid": 0}}, "args": ["sh"], "cwd": "/"}},
+  "root": {{"path": "/var/lib/docker/overlay2/abc/merged"}},
+  "mounts": [
+    {{"destination": "/proc", "type": "proc", "source": "proc"}},
+    {{"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/docker/containers/c1/hosts", "options": ["rbind", "rprivate"]}}
+    {mounts}
+  ],
+  "linux": {{
+    "namespaces": [{namespaces}],
+    "sysctl": {{"net.ipv4.ping_group_range": "0 2147483647"}},
+    "maskedPaths": ["/proc/kcore"],
+    "cgroupsPath": "/docker/c1"
+  }}
+}}"#
+        );
+        serde_json::from_str(&text).unwrap()
+    }
+
+    const ALL_NS: &str = r#"{"type": "mount"}, {"type": "network"}, {"type": "uts"}, {"type": "pid"}, {"type": "ipc"}"#;
+
+    fn ctx() -> Context {
+        let mut c = Context::docker_defaults(
+            "c1",
+            Path::new("/run/containerd/io.containerd.runtime.v2.task/moby/c1"),
+            165536,
+        );
+        c.vm_namespaces.clear();
+        c.shareable_host_paths = vec![PathBuf::from("/home")];
+        c
+    }
+
+    fn lexical(p: &Path) -> PathBuf {
+        normalize(p)
+    }
+
+    #[test]
+    fn a_plain_container_passes_and_gets_its_user_namespace() {
+        let mut spec = docker_like(ALL_NS, "");
+        check(&spec, &ctx(), &lexical).unwrap();
+        let notes = rewrite(&mut spec, &ctx()).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let ns = linux.namespaces().as_ref().unwrap();
+        assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::User));
+        let m = &linux.uid_mappings().as_ref().unwrap()[0];
+        assert_eq!(
+            (m.container_id(), m.host_id(), m.size()),
+            (0, 165536, 65536)
+        );
+        assert!(
+            linux
+                .masked_paths()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|p| p == "/proc/kallsyms")
+        );
+        assert_eq!(
+            linux
+                .masked_paths()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter(|p| *p == "/proc/kcore")
+                .count(),
+            1
+        );
+        assert!(
+            linux
+                .readonly_paths()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|p| p == "/proc/sys")
+        );
+        assert_eq!(
+            linux.sysctl().as_ref().unwrap()["net.ipv4.ping_group_range"],
+            "0 65535"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("ping_group_range")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn host_namespaces_are_refused_with_the_docker_flag() {
+        let spec = docker_like(
+            r#"{"type": "mount"}, {"type": "uts"}, {"type": "pid"}, {"type": "ipc"}"#,
+            "",
+        );
+        let e = check(&spec, &ctx(), &lexical).unwrap_err();
+        assert_eq!(
+            e,
+            Refusal::HostNamespace("network".into(), "--network=host")
+        );
+        assert!(e.to_string().contains("--network=host"));
+        let spec = docker_like(
+            r#"{"type": "mount"}, {"type": "uts"}, {"type": "network"}, {"type": "ipc"}"#,
+            "",
+        );
+        assert!(
+            check(&spec, &ctx(), &lexical)
+                .unwrap_err()
+                .to_string()
+                .contains("--pid=host")
+        );
+    }
+
+    #[test]
+    fn a_namespace_path_of_the_vm_is_refused() {
+        let mut c = ctx();
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        c.vm_namespaces = vec![("net".into(), own)];
+        let ns = r#"{"type": "mount"}, {"type": "network", "path": "/proc/self/ns/net"}, {"type": "uts"}, {"type": "pid"}, {"type": "ipc"}"#;
+        let e = check(&docker_like(ns, ""), &c, &lexical).unwrap_err();
+        assert_eq!(
+            e,
+            Refusal::HostNamespace("network".into(), "--network=host"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn userns_host_is_ignored() {
+        let ns = format!(r#"{ALL_NS}, {{"type": "user", "path": "/proc/1/ns/user"}}"#);
+        let mut spec = docker_like(&ns, "");
+        rewrite(&mut spec, &ctx()).unwrap();
+        let user: Vec<_> = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|n| n.typ() == LinuxNamespaceType::User)
+            .cloned()
+            .collect();
+        assert_eq!(user.len(), 1);
+        assert!(
+            user[0].path().is_none(),
+            "the container gets its own user namespace"
+        );
+    }
+
+    #[test]
+    fn vm_directories_are_refused_and_allowed_places_pass() {
+        let bind = |src: &str| {
+            format!(
+                r#", {{"destination": "/x", "type": "bind", "source": "{src}", "options": ["rbind"]}}"#
+            )
+        };
+        for bad in [
+            "/etc",
+            "/var/lib/docker",
+            "/",
+            "/home/../etc",
+            "/var/lib/docker/volumes/../image",
+        ] {
+            let e = check(&docker_like(ALL_NS, &bind(bad)), &ctx(), &lexical).unwrap_err();
+            assert!(matches!(e, Refusal::VmMount { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains("can't mount"), "{e}");
+        }
+        for good in [
+            "/var/lib/docker/volumes/data/_data",
+            "/home/me/project",
+            "/var/lib/docker/containers/c1/resolv.conf",
+        ] {
+            check(&docker_like(ALL_NS, &bind(good)), &ctx(), &lexical)
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_docker_socket_is_refused_by_any_name() {
+        let bind = |src: &str| {
+            format!(
+                r#", {{"destination": "/var/run/docker.sock", "type": "bind", "source": "{src}", "options": ["rbind"]}}"#
+            )
+        };
+        for sock in [
+            "/var/run/docker.sock",
+            "/run/docker.sock",
+            "/run/containerd/containerd.sock",
+        ] {
+            let e = check(&docker_like(ALL_NS, &bind(sock)), &ctx(), &lexical).unwrap_err();
+            assert!(matches!(e, Refusal::EngineSocket { .. }), "{sock}: {e}");
+            assert!(e.to_string().contains("docker socket mount denied"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! eci-runc with the real Docker Engine (started by `cargo xtask test`), on
+//! the host kernel. The agent runs in its test-only unenforced mode here:
+//! registration is exercised for real, kernel enforcement is proven in the
+//! VM tests.
+
+use std::{
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        process::CommandExt,
+    },
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+const IMAGE: &str = "eci-test-busybox:latest";
+const RUNTIME: &str = "eci-test";
+const RUNTIME_NO_AGENT: &str = "eci-test-noagent";
+
+struct Fixture {
+    dir: PathBuf,
+}
+
+static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn wrapper(dir: &Path, name: &str, socket: &Path) -> PathBuf {
+    let path = dir.join(name);
+    let script = format!(
+        "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={} ECI_POLICY={} ECI_RUNC_RUN_DIR={}\nexec {} \"$@\"\n",
+        socket.display(),
+        dir.join("state").display(),
+        dir.join("admin-settings.json").display(),
+        dir.join("run").display(),
+        env!("CARGO_BIN_EXE_eci-runc")
+    );
+    std::fs::write(&path, script).expect("wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Docker, the runtimes and an agent, once per test process; `None` (with a
+/// printed reason) when Docker is not there and not required.
+fn fixture(test: &str) -> Option<&'static Fixture> {
+    let f = FIXTURE.get_or_init(|| {
+        if !docker(&["info"]).status.success() {
+            assert!(
+                std::env::var("ECI_REQUIRE_DOCKER").is_err(),
+                "Docker is required in this run (ECI_REQUIRE_DOCKER) but `docker info` fails; `cargo xtask docker-up` starts it"
+            );
+            return None;
+        }
+        assert!(docker(&["image", "inspect", IMAGE]).status.success(), "{IMAGE} is missing: `cargo xtask docker-up`");
+        let dir = PathBuf::from(format!("/tmp/eci-runc-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("shared")).expect("fixture dir");
+        std::fs::write(dir.join("shared/hello"), "hello from the VM\n").expect("shared file");
+        std::fs::write(
+            dir.join("admin-settings.json"),
+            format!(r#"{{"eci": {{"shareableHostPaths": ["{}"]}}}}"#, dir.join("shared").display()),
+        )
+        .expect("policy");
+        let socket = dir.join("agent/agent.sock");
+        let with_agent = wrapper(&dir, "eci-runc", &socket);
+        let without = wrapper(&dir, "eci-runc-noagent", &dir.join("nowhere/agent.sock"));
+        // The agent: next to eci-runc in target/<profile>.
+        let agent = Path::new(env!("CARGO_BIN_EXE_eci-runc")).with_file_name("eci-agent");
+        assert!(agent.exists(), "{} is missing: `cargo build -p eci-agent`", agent.display());
+        let mut cmd = Command::new(&agent);
+        cmd.args(["run", "--unenforced-for-testing", "--no-default-sockets", "--control-socket"])
+            .arg(&socket)
+            .arg("--audit-log")
+            .arg(dir.join("audit.jsonl"))
+            .arg("--policy")
+            .arg(dir.join("admin-settings.json"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe. The parent-death signal follows
+        // the spawning *thread*, so a thread that lives as long as this
+        // process spawns the agent: the agent ends with the test process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let (started, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let child = cmd.spawn();
+            let _ = started.send(child.is_ok());
+            loop {
+                std::thread::park();
+            }
+        });
+        assert!(ready.recv().unwrap_or(false), "start the agent");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while eci_control::Client::new(&socket).call(&eci_control::Request::Ping).is_err() {
+            assert!(Instant::now() < deadline, "the agent did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        register_runtimes(&[(RUNTIME, &with_agent), (RUNTIME_NO_AGENT, &without)]);
+        Some(Fixture { dir })
+    });
+    if f.is_none() {
+        println!("SKIP: {test}: Docker is not running here (`cargo xtask docker-up` starts it)");
+    }
+    f.as_ref()
+}
+
+/// Merge the runtimes into /etc/docker/daemon.json and make dockerd reload.
+fn register_runtimes(runtimes: &[(&str, &PathBuf)]) {
+    let path = Path::new("/etc/docker/daemon.json");
+    let mut config: serde_json::Value = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    for (name, bin) in runtimes {
+        config["runtimes"][*name] = serde_json::json!({ "path": bin.display().to_string() });
+    }
+    std::fs::create_dir_all("/etc/docker").expect("/etc/docker");
+    std::fs::write(path, serde_json::to_string_pretty(&config).expect("json"))
+        .expect("daemon.json");
+    let pid = String::from_utf8_lossy(
+        &Command::new("pidof")
+            .arg("dockerd")
+            .output()
+            .expect("pidof")
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success(),
+        "SIGHUP dockerd"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let known = text(&docker(&["info", "--format", "{{json .Runtimes}}"]));
+        if runtimes.iter().all(|(name, _)| known.contains(name)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dockerd did not pick up the runtimes: {known}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn uid_map_base(map: &str) -> u64 {
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "uid_map: {map:?}");
+    assert_eq!(fields[0], "0");
+    assert_eq!(fields[2], "65536");
+    fields[1].parse().expect("base")
+}
+
+fn allocations(f: &Fixture) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(f.dir.join("state/ranges.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["allocations"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn leftovers(f: &Fixture, id: &str) -> bool {
+    allocations(f).iter().any(|a| {
+        a["container_id"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(id))
+    }) || std::fs::read_dir(f.dir.join("run"))
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(id))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn each_container_gets_its_own_user_namespace_and_shows_runtime_eci() {
+    let Some(_) = fixture("each_container_gets_its_own_user_namespace_and_shows_runtime_eci")
+    else {
+        return;
+    };
+    let out = docker(&[
+        "run",
+        "--rm",
+        &format!("--runtime={RUNTIME}"),
+        IMAGE,
+        "cat",
+        "/proc/self/uid_map",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(uid_map_base(&String::from_utf8_lossy(&out.stdout)) >= 100_000);
+    let out = docker(&[
+        "run",
+        "--rm",
+        &format!("--runtime={RUNTIME}"),
+        IMAGE,
+        "cat",
+        "/proc/self/gid_map",
+    ]);
+    assert!(uid_map_base(&String::from_utf8_lossy(&out.stdout)) >= 100_000);
+    let id = String::from_utf8_lossy(
+        &docker(&["create", &format!("--runtime={RUNTIME}"), IMAGE, "true"]).stdout,
+    )
+    .trim()
+    .to_owned();
+    let runtime = docker(&["inspect", "--format", "{{.HostConfig.Runtime}}", &id]);
+    assert_eq!(String::from_utf8_lossy(&runtime.stdout).trim(), RUNTIME);
+    docker(&["rm", "-f", &id]);
+}
+
+#[test]
+fn concurrent_containers_get_disjoint_ranges_and_delete_frees_them() {
+    let Some(f) = fixture("concurrent_containers_get_disjoint_ranges_and_delete_frees_them") else {
+        return;
+    };
+    let mut ids = Vec::new();
+    let mut bases = Vec::new();
+    for _ in 0..3 {
+        let out = docker(&[
+            "run",
+            "-d",
+            &format!("--runtime={RUNTIME}"),
+            IMAGE,
+            "sleep",
+            "300",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let map = docker(&["exec", &id, "cat", "/proc/self/uid_map"]);
+        bases.push(uid_map_base(&String::from_utf8_lossy(&map.stdout)));
+        ids.push(id);
+    }
+    let mut unique = bases.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "ranges overlap: {bases:?}");
+    for pair in unique.windows(2) {
+        assert!(pair[1] - pair[0] >= 65536, "ranges overlap: {bases:?}");
+    }
+    for id in &ids {
+        assert!(docker(&["rm", "-f", id]).status.success());
+        assert!(!leftovers(f, &id[..12]), "{id} left state behind");
+    }
+}
+
+#[test]
+fn refusals_name_the_rule_and_the_fix_and_leave_nothing() {
+    let Some(f) = fixture("refusals_name_the_rule_and_the_fix_and_leave_nothing") else {
+        return;
+    };
+    let before = allocations(f).len();
+    let cases: [(&[&str], &str); 7] = [
+        (&["--network=host"], "--network=host"),
+        (&["--pid=host"], "--pid=host"),
+        (&["--ipc=host"], "--ipc=host"),
+        (&["--uts=host"], "--uts=host"),
+        (&["-v", "/etc:/vm-etc"], "can't mount /etc"),
+        (&["-v", "/var/lib/docker:/d"], "shareableHostPaths"),
+        (
+            &["-v", "/var/run/docker.sock:/var/run/docker.sock"],
+            "docker socket mount denied",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[IMAGE, "true"]);
+        let out = docker(&args);
+        let message = text(&out);
+        assert!(!out.status.success(), "{flags:?} was not refused");
+        assert!(
+            message.contains("enhanced container isolation"),
+            "{flags:?}: {message}"
+        );
+        assert!(message.contains(expected), "{flags:?}: {message}");
+    }
+    assert_eq!(allocations(f).len(), before, "a refusal left an allocation");
+}
+
+#[test]
+fn userns_host_is_ignored_and_the_container_still_gets_a_range() {
+    let Some(_) = fixture("userns_host_is_ignored_and_the_container_still_gets_a_range") else {
+        return;
+    };
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--userns=host",
+        &format!("--runtime={RUNTIME}"),
+        IMAGE,
+        "cat",
+        "/proc/self/uid_map",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(uid_map_base(&String::from_utf8_lossy(&out.stdout)) >= 100_000);
+}
+
+#[test]
+fn non_root_image_users_work() {
+    let Some(_) = fixture("non_root_image_users_work") else {
+        return;
+    };
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--user",
+        "1000:1000",
+        &format!("--runtime={RUNTIME}"),
+        IMAGE,
+        "sh",
+        "-c",
+        "id -u; echo x > /tmp/f && cat /tmp/f",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1000\nx\n");
+}
+
+#[test]
+fn a_named_volume_written_by_one_container_is_usable_by_the_next_with_another_range() {
+    let Some(_) =
+        fixture("a_named_volume_written_by_one_container_is_usable_by_the_next_with_another_range")
+    else {
+        return;
+    };
+    let volume = format!("eci-test-vol-{}", std::process::id());
+    let rt = format!("--runtime={RUNTIME}");
+    let mount = format!("{volume}:/data");
+    let holder =
+        String::from_utf8_lossy(&docker(&["run", "-d", &rt, IMAGE, "sleep", "300"]).stdout)
+            .trim()
+            .to_owned();
+    let writer = docker(&[
+        "run",
+        "--rm",
+        &rt,
+        "-v",
+        &mount,
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map; echo one > /data/f; ls -ln /data/f",
+    ]);
+    assert!(writer.status.success(), "{}", text(&writer));
+    let writer_base = uid_map_base(
+        String::from_utf8_lossy(&writer.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default(),
+    );
+    // Keep the writer's (now free) range busy so the reader gets another.
+    let holder2 =
+        String::from_utf8_lossy(&docker(&["run", "-d", &rt, IMAGE, "sleep", "300"]).stdout)
+            .trim()
+            .to_owned();
+    let reader = docker(&[
+        "run",
+        "--rm",
+        &rt,
+        "-v",
+        &mount,
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map; cat /data/f; echo two >> /data/f; cat /data/f; stat -c %u /data/f",
+    ]);
+    assert!(reader.status.success(), "{}", text(&reader));
+    let out = String::from_utf8_lossy(&reader.stdout).into_owned();
+    let mut lines = out.lines();
+    let reader_base = uid_map_base(lines.next().unwrap_or_default());
+    assert_ne!(
+        writer_base, reader_base,
+        "the test needs two different ranges"
+    );
+    assert_eq!(
+        lines.collect::<Vec<_>>(),
+        vec!["one", "one", "two", "0"],
+        "{out}"
+    );
+    // On the VM side the file belongs to 0, not to either container's range.
+    let data = String::from_utf8_lossy(
+        &docker(&["volume", "inspect", "--format", "{{.Mountpoint}}", &volume]).stdout,
+    )
+    .trim()
+    .to_owned();
+    assert_eq!(
+        std::fs::metadata(Path::new(&data).join("f"))
+            .expect("volume file")
+            .uid(),
+        0
+    );
+    docker(&["rm", "-f", &holder, &holder2]);
+    docker(&["volume", "rm", &volume]);
+}
+
+#[test]
+fn a_shareable_host_path_can_be_bind_mounted() {
+    let Some(f) = fixture("a_shareable_host_path_can_be_bind_mounted") else {
+        return;
+    };
+    let mount = format!("{}:/shared", f.dir.join("shared").display());
+    let out = docker(&[
+        "run",
+        "--rm",
+        &format!("--runtime={RUNTIME}"),
+        "-v",
+        &mount,
+        IMAGE,
+        "cat",
+        "/shared/hello",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the VM\n");
+}
+
+#[test]
+fn sensitive_proc_and_sys_entries_are_masked_or_read_only() {
+    let Some(_) = fixture("sensitive_proc_and_sys_entries_are_masked_or_read_only") else {
+        return;
+    };
+    let script = "wc -c < /proc/kallsyms; ls /sys/firmware | wc -l; echo 1 > /proc/sys/kernel/sysrq && echo WROTE-SYSCTL; echo done";
+    let out = docker(&[
+        "run",
+        "--rm",
+        &format!("--runtime={RUNTIME}"),
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.first().map(|l| l.trim()),
+        Some("0"),
+        "kallsyms not masked: {stdout}"
+    );
+    assert_eq!(
+        lines.get(1).map(|l| l.trim()),
+        Some("0"),
+        "/sys/firmware not masked: {stdout}"
+    );
+    assert!(
+        !stdout.contains("WROTE-SYSCTL"),
+        "/proc/sys is writable: {stdout}"
+    );
+}
+
+#[test]
+fn exec_stop_restart_and_rm_work_and_leave_nothing_behind() {
+    let Some(f) = fixture("exec_stop_restart_and_rm_work_and_leave_nothing_behind") else {
+        return;
+    };
+    let out = docker(&[
+        "run",
+        "-d",
+        &format!("--runtime={RUNTIME}"),
+        IMAGE,
+        "sleep",
+        "300",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(
+        String::from_utf8_lossy(&docker(&["exec", &id, "echo", "in"]).stdout),
+        "in\n"
+    );
+    assert!(docker(&["stop", "-t", "1", &id]).status.success());
+    assert!(
+        !leftovers(f, &id[..12]),
+        "a stopped container kept its range"
+    );
+    assert!(docker(&["start", &id]).status.success());
+    let map = docker(&["exec", &id, "cat", "/proc/self/uid_map"]);
+    uid_map_base(&String::from_utf8_lossy(&map.stdout));
+    assert!(docker(&["restart", "-t", "1", &id]).status.success());
+    assert!(docker(&["rm", "-f", &id]).status.success());
+    assert!(!leftovers(f, &id[..12]), "{id} left state behind");
+}
+
+#[test]
+fn without_the_agent_containers_do_not_start_and_nothing_is_left() {
+    let Some(f) = fixture("without_the_agent_containers_do_not_start_and_nothing_is_left") else {
+        return;
+    };
+    let before = allocations(f).len();
+    let out = docker(&[
+        "run",
+        "--rm",
+        &format!("--runtime={RUNTIME_NO_AGENT}"),
+        IMAGE,
+        "true",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a container started without the agent"
+    );
+    let message = text(&out);
+    assert!(
+        message.contains("could not be registered with the eci agent"),
+        "{message}"
+    );
+    assert!(message.contains("eci-agent run"), "{message}");
+    assert_eq!(allocations(f).len(), before);
+}
