@@ -203,7 +203,7 @@ fn relocate_files(
             bundle.join(root.path())
         };
         let target = dir.join("rootfs");
-        relocate::bind(&path, &target, None).map_err(|e| e.to_string())?;
+        relocate::bind(&path, &target, None, false).map_err(|e| e.to_string())?;
         root.set_path(target);
         oci.set_root(Some(root));
     }
@@ -232,8 +232,12 @@ fn relocate_files(
             continue;
         }
         let target = dir.join(format!("mount-{n}"));
-        let idmapped =
-            relocate::bind(&source, &target, Some(&userns)).map_err(|e| e.to_string())?;
+        let recursive = mount
+            .options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "rbind"));
+        let idmapped = relocate::bind(&source, &target, Some(&userns), recursive)
+            .map_err(|e| e.to_string())?;
         if !idmapped {
             plain.push(source.display().to_string());
         }

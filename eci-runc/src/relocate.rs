@@ -92,9 +92,14 @@ pub fn user_namespace(base: u32) -> Result<OwnedFd, RelocateError> {
 }
 
 /// Bind `source` onto `target` (created as a file or directory to match),
-/// ID-mapped with `userns` when given and supported. Returns whether the
-/// bind is ID-mapped.
-pub fn bind(source: &Path, target: &Path, userns: Option<&OwnedFd>) -> Result<bool, RelocateError> {
+/// with the mounts below it when `recursive` (`rbind`), ID-mapped with
+/// `userns` when given and supported. Returns whether the bind is ID-mapped.
+pub fn bind(
+    source: &Path,
+    target: &Path,
+    userns: Option<&OwnedFd>,
+    recursive: bool,
+) -> Result<bool, RelocateError> {
     let io = |what: &'static str, path: &Path| {
         let path = path.display().to_string();
         move |source| RelocateError::Io { what, path, source }
@@ -115,7 +120,13 @@ pub fn bind(source: &Path, target: &Path, userns: Option<&OwnedFd>) -> Result<bo
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             src.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            OPEN_TREE_CLONE
+                | libc::O_CLOEXEC as libc::c_uint
+                | if recursive {
+                    libc::AT_RECURSIVE as libc::c_uint
+                } else {
+                    0
+                },
         )
     };
     if tree < 0 {
@@ -138,7 +149,7 @@ pub fn bind(source: &Path, target: &Path, userns: Option<&OwnedFd>) -> Result<bo
                 libc::SYS_mount_setattr,
                 tree.as_raw_fd(),
                 empty.as_ptr(),
-                libc::AT_EMPTY_PATH,
+                libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 },
                 &attr as *const MountAttr,
                 std::mem::size_of::<MountAttr>(),
             )

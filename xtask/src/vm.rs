@@ -245,6 +245,7 @@ fn boot(kernel: &Kernel, guest_script: &str, opts: &VmOptions, accel: Accel) -> 
         format!("eci_stage={}", stage.display()),
         format!("eci_release={}", kernel.release),
         format!("eci_modules={}", kernel.modules_dir().display()),
+        format!("eci_repo={}", util::repo_root().display()),
     ];
     cmdline.extend(opts.extra_cmdline.iter().cloned());
 
@@ -442,6 +443,11 @@ modules=$(arg eci_modules)
 mkdir -p /newroot /hostvarlib
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /newroot \
     || fail "mounting the host root over 9p"
+# The repository may live below a directory that gets a tmpfs (a CI clone
+# in /tmp, say): hold it aside and put it back on top afterwards.
+repo=$(arg eci_repo)
+mkdir -p /repo-hold
+[ -n "$repo" ] && [ -d "/newroot$repo" ] && mount --bind "/newroot$repo" /repo-hold
 for d in /tmp /run /var/log; do
     mount -t tmpfs -o mode=0755 tmpfs "/newroot$d" || fail "tmpfs on $d"
 done
@@ -456,6 +462,10 @@ for d in /hostvarlib/*; do
 done
 umount /hostvarlib
 for n in {fresh}; do mkdir -p "/newroot/var/lib/$n"; done
+if grep -q " /repo-hold " /proc/mounts; then
+    mkdir -p "/newroot$repo" 2>/dev/null
+    mount --move /repo-hold "/newroot$repo" || fail "putting the repository back at $repo"
+fi
 if [ -d /newroot/lib/modules ] && [ -d "/newroot$modules" ]; then
     mount -t tmpfs -o mode=0755 tmpfs /newroot/lib/modules
     mkdir -p "/newroot/lib/modules/$release"
