@@ -2,7 +2,8 @@
 //! nsfs files (so `setns`/`nsenter` into the VM has nothing to work with),
 //! and a protected task that shares a namespace with the VM — a container
 //! started with `--network=host` or `--pid=host` by a runtime that bypassed
-//! eci-runc — cannot exec anything.
+//! eci-runc — cannot exec anything once it is in a mount namespace of its
+//! own (before that, it is the runtime's own set-up).
 
 use aya_ebpf::{
     macros::{lsm, map},
@@ -12,6 +13,9 @@ use aya_ebpf::{
 use eci_common::{FileId, Hook, MAX_VM_NAMESPACES, NS_KINDS, NSFS_MAGIC, ObjectKind, verdict};
 
 use crate::{audit, kernel, protection};
+
+/// Index of the mount namespace in `NS_KIND_NAMES`.
+const MNT_KIND: usize = 2;
 
 /// Inode numbers (`ns.inum`) of the VM's and the engine's namespaces.
 #[map]
@@ -58,6 +62,16 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Some(inums) = kernel::current_namespaces() else {
         return verdict::ALLOW;
     };
+    // Still in the VM's mount namespace: this is the runtime setting the
+    // container up (runc re-executes itself from a sealed copy after it has
+    // joined the cgroup, before it unshares). Every container has a mount
+    // namespace of its own by the time its workload runs, and a container
+    // cannot get back into the VM's (its nsfs file is refused above).
+    let vm_mount_namespace = inums[MNT_KIND] as u64;
+    // SAFETY: presence check only.
+    if unsafe { ECI_VM_NS.get(&vm_mount_namespace) }.is_some() {
+        return verdict::ALLOW;
+    }
     let mut kind = 0;
     while kind < NS_KINDS {
         let inum = inums[kind] as u64;

@@ -335,9 +335,10 @@ impl TestCgroup {
         cmd
     }
 
-    /// A command that joins this cgroup while still sharing every namespace
-    /// with the VM (what `--network=host --pid=host` with a runtime that
-    /// bypassed eci-runc would give).
+    /// A command that joins this cgroup while sharing the VM's uts, ipc,
+    /// net and pid namespaces, in a mount namespace of its own (what
+    /// `--network=host --pid=host --ipc=host --uts=host` with a runtime that
+    /// bypassed eci-runc gives).
     pub fn command_sharing_vm_namespaces(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let procs = std::ffi::CString::new(self.dir.join("cgroup.procs").display().to_string())
             .expect("path");
@@ -352,6 +353,9 @@ impl TestCgroup {
                 let n = libc::write(fd, b"0".as_ptr().cast(), 1);
                 libc::close(fd);
                 if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

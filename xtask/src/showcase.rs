@@ -1,8 +1,6 @@
 //! `cargo xtask demo` and `cargo xtask bench`: both run in the test VM (or
 //! natively on a host whose kernel accepts BPF-LSM programs).
 
-use std::process::Command;
-
 use anyhow::{Context as _, Result, bail};
 
 use crate::{kernels, util, vm};
@@ -10,14 +8,7 @@ use crate::{kernels, util, vm};
 const DEMO_SCRIPT: &str = include_str!("demo.sh");
 
 fn build() -> Result<()> {
-    util::run(Command::new("cargo").args([
-        "build",
-        "-p",
-        "eci-agent",
-        "-p",
-        "eci-integration-tests",
-        "--bins",
-    ]))
+    util::build_binaries()
 }
 
 fn demo_kernel() -> Result<kernels::Kernel> {

@@ -61,14 +61,7 @@ fn strip_ansi(s: &str) -> String {
 /// Build the agent and the integration-test binaries; return the test
 /// executables (absolute paths).
 pub fn build_test_binaries() -> Result<Vec<PathBuf>> {
-    util::run(Command::new("cargo").args([
-        "build",
-        "-p",
-        "eci-agent",
-        "-p",
-        "eci-integration-tests",
-        "--bins",
-    ]))?;
+    util::build_binaries()?;
     let text = util::output(Command::new("cargo").args([
         "test",
         "-p",

@@ -159,3 +159,9 @@ pub fn line_channel(reader: impl Read + Send + 'static) -> mpsc::Receiver<Line> 
     pump(reader, tx, false);
     rx
 }
+
+/// Every binary of the workspace (the tests run the agent, eci-runc and
+/// the test helpers from target/debug).
+pub fn build_binaries() -> Result<()> {
+    run(Command::new("cargo").args(["build", "--workspace", "--bins"]))
+}
