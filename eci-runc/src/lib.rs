@@ -2,14 +2,21 @@
 //! the bundle's spec; every other command passes through unchanged.
 //!
 //! - [`args`]: runc's command line, as Docker and containerd pass it.
+//! - [`lifecycle`]: one function per runc command eci-runc looks into.
+//! - [`report`]: messages for the caller (stderr and runc's `--log`).
 //! - [`ranges`]: the persistent, crash-safe allocator of exclusive id ranges.
 //! - [`spec`]: the rewrite (user namespace, masks) and the refusals.
 //! - [`settings`]: what eci-runc reads of the policy file.
+//! - [`rootfs`]: the root file system, owned by the container's root (ID-mapped
+//!   layers, shifted upper layer).
 //! - [`relocate`]: binds that make the container's files reachable (and
 //!   ID-mapped) from inside its user namespace.
 
 pub mod args;
+pub mod lifecycle;
 pub mod ranges;
 pub mod relocate;
+pub mod report;
+pub mod rootfs;
 pub mod settings;
 pub mod spec;

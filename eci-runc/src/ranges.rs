@@ -21,6 +21,72 @@ pub const RANGE_SIZE: u32 = 65536;
 pub const FIRST_BASE: u32 = 100_000;
 /// Default number of ranges (100000 + 4096 * 65536 stays below 2^32).
 pub const DEFAULT_MAX_RANGES: u32 = 4096;
+
+/// Where the ranges lie: `first_base`, `first_base + step`, ... (`max` of
+/// them), each `RANGE_SIZE` ids long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub first_base: u32,
+    pub step: u32,
+    pub max: u32,
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        Self {
+            first_base: FIRST_BASE,
+            step: RANGE_SIZE,
+            max: DEFAULT_MAX_RANGES,
+        }
+    }
+}
+
+impl Geometry {
+    /// `ECI_FIRST_BASE`, `ECI_RANGE_STEP` (at least 65536) and
+    /// `ECI_MAX_RANGES`; the defaults for what is unset.
+    pub fn from_env() -> Result<Self, RangeError> {
+        let read = |name: &'static str, default: u32| match std::env::var(name) {
+            Ok(v) => v.trim().parse::<u32>().map_err(|_| RangeError::Setting {
+                name,
+                value: v.clone(),
+            }),
+            Err(_) => Ok(default),
+        };
+        let geometry = Self {
+            first_base: read("ECI_FIRST_BASE", FIRST_BASE)?,
+            step: read("ECI_RANGE_STEP", RANGE_SIZE)?,
+            max: read("ECI_MAX_RANGES", DEFAULT_MAX_RANGES)?,
+        };
+        geometry.check()?;
+        Ok(geometry)
+    }
+
+    fn check(&self) -> Result<(), RangeError> {
+        let last_end = u64::from(self.first_base)
+            + u64::from(self.step) * u64::from(self.max.saturating_sub(1))
+            + u64::from(RANGE_SIZE);
+        if self.step < RANGE_SIZE
+            || self.first_base < RANGE_SIZE
+            || self.max == 0
+            || last_end > u64::from(u32::MAX)
+        {
+            return Err(RangeError::Geometry(*self));
+        }
+        Ok(())
+    }
+
+    pub fn base(&self, index: u32) -> u32 {
+        self.first_base + index * self.step
+    }
+
+    /// The id inside its container of a VM-side id that lies in one of the
+    /// ranges (`None` outside every range).
+    pub fn container_id_of(&self, vm_id: u32) -> Option<u32> {
+        let offset = vm_id.checked_sub(self.first_base)?;
+        let (index, inner) = (offset / self.step, offset % self.step);
+        (index < self.max && inner < RANGE_SIZE).then_some(inner)
+    }
+}
 /// An allocation younger than this is never reclaimed (runc may not have
 /// written its state yet).
 pub const GRACE_SECONDS: u64 = 120;
@@ -36,6 +102,12 @@ pub enum RangeError {
         path: String,
         source: serde_json::Error,
     },
+    #[error("{name}={value:?} is not a number")]
+    Setting { name: &'static str, value: String },
+    #[error(
+        "bad id-range settings {0:?}: the step must be at least 65536, the first base at least 65536 (ids 0-65535 are the VM's), and the last range must end below 2^32; fix ECI_FIRST_BASE, ECI_RANGE_STEP or ECI_MAX_RANGES"
+    )]
+    Geometry(Geometry),
     #[error(
         "no free user-id range: all {max} ranges of 65536 ids are in use by running containers; remove stopped containers (`docker container prune`) or raise ECI_MAX_RANGES"
     )]
@@ -52,6 +124,21 @@ pub struct Allocation {
     /// The cgroup registered with the agent, once it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// The overlay upper layer shifted into this range, to shift back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shifted_upper: Option<PathBuf>,
+    /// The bundle whose config.json was rewritten (the original is kept
+    /// next to it and put back at release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<PathBuf>,
+}
+
+/// A new allocation, and the stale ones it reclaimed: their mounts, agent
+/// registration and shifted layers are the caller's to release.
+#[derive(Debug)]
+pub struct Allocated {
+    pub allocation: Allocation,
+    pub reclaimed: Vec<Allocation>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -61,7 +148,7 @@ struct State {
 
 pub struct Ranges {
     dir: PathBuf,
-    max: u32,
+    geometry: Geometry,
 }
 
 fn now() -> u64 {
@@ -72,23 +159,23 @@ fn now() -> u64 {
 }
 
 impl Ranges {
-    pub fn new(dir: impl Into<PathBuf>, max: u32) -> Self {
+    pub fn new(dir: impl Into<PathBuf>, geometry: Geometry) -> Self {
         Self {
             dir: dir.into(),
-            max,
+            geometry,
         }
     }
 
-    /// `ECI_STATE_DIR` (default /var/lib/eci) and `ECI_MAX_RANGES`.
-    pub fn from_env() -> Self {
+    /// `ECI_STATE_DIR` (default /var/lib/eci) and [`Geometry::from_env`].
+    pub fn from_env() -> Result<Self, RangeError> {
         let dir = std::env::var_os("ECI_STATE_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| "/var/lib/eci".into());
-        let max = std::env::var("ECI_MAX_RANGES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_MAX_RANGES);
-        Self::new(dir, max)
+        Ok(Self::new(dir, Geometry::from_env()?))
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
     }
 
     fn path(&self) -> PathBuf {
@@ -135,47 +222,64 @@ impl Ranges {
     }
 
     /// The container's range, allocating one if it has none.
-    pub fn allocate(&self, container_id: &str, runc_root: &Path) -> Result<Allocation, RangeError> {
-        let max = self.max;
+    pub fn allocate(&self, container_id: &str, runc_root: &Path) -> Result<Allocated, RangeError> {
+        let geometry = self.geometry;
         self.locked(|state| {
             if let Some(a) = state
                 .allocations
                 .iter()
                 .find(|a| a.container_id == container_id)
             {
-                return Ok(a.clone());
+                return Ok(Allocated {
+                    allocation: a.clone(),
+                    reclaimed: Vec::new(),
+                });
             }
             let now = now();
-            state.allocations.retain(|a| {
-                let young = now.saturating_sub(a.created_unix) < GRACE_SECONDS;
-                young || a.runc_root.join(&a.container_id).exists()
-            });
+            let (kept, reclaimed): (Vec<Allocation>, Vec<Allocation>) =
+                std::mem::take(&mut state.allocations)
+                    .into_iter()
+                    .partition(|a| {
+                        let young = now.saturating_sub(a.created_unix) < GRACE_SECONDS;
+                        young || a.runc_root.join(&a.container_id).exists()
+                    });
+            state.allocations = kept;
             let used: std::collections::BTreeSet<u32> =
                 state.allocations.iter().map(|a| a.base).collect();
-            let base = (0..max)
-                .map(|i| FIRST_BASE + i * RANGE_SIZE)
+            let base = (0..geometry.max)
+                .map(|i| geometry.base(i))
                 .find(|b| !used.contains(b))
-                .ok_or(RangeError::Exhausted { max })?;
+                .ok_or(RangeError::Exhausted { max: geometry.max })?;
             let allocation = Allocation {
                 container_id: container_id.to_owned(),
                 base,
                 runc_root: runc_root.to_owned(),
                 created_unix: now,
                 cgroup: None,
+                shifted_upper: None,
+                bundle: None,
             };
             state.allocations.push(allocation.clone());
-            Ok(allocation)
+            Ok(Allocated {
+                allocation,
+                reclaimed,
+            })
         })
     }
 
-    pub fn set_cgroup(&self, container_id: &str, cgroup: &str) -> Result<(), RangeError> {
+    /// Change the container's allocation (if it has one) under the lock.
+    pub fn update(
+        &self,
+        container_id: &str,
+        change: impl FnOnce(&mut Allocation),
+    ) -> Result<(), RangeError> {
         self.locked(|state| {
-            for a in state
+            if let Some(a) = state
                 .allocations
                 .iter_mut()
-                .filter(|a| a.container_id == container_id)
+                .find(|a| a.container_id == container_id)
             {
-                a.cgroup = Some(cgroup.to_owned());
+                change(a);
             }
             Ok(())
         })
@@ -211,27 +315,37 @@ impl Ranges {
 mod tests {
     use super::*;
 
+    fn geometry(max: u32) -> Geometry {
+        Geometry {
+            max,
+            ..Geometry::default()
+        }
+    }
+
     #[test]
     fn ranges_are_exclusive_and_reused_after_free() {
         let dir = tempfile::tempdir().unwrap();
-        let r = Ranges::new(dir.path(), 8);
-        let a = r.allocate("a", dir.path()).unwrap();
-        let b = r.allocate("b", dir.path()).unwrap();
+        let r = Ranges::new(dir.path(), geometry(8));
+        let a = r.allocate("a", dir.path()).unwrap().allocation;
+        let b = r.allocate("b", dir.path()).unwrap().allocation;
         assert_eq!(a.base, FIRST_BASE);
         assert_eq!(b.base, FIRST_BASE + RANGE_SIZE);
         assert_eq!(
-            r.allocate("a", dir.path()).unwrap(),
+            r.allocate("a", dir.path()).unwrap().allocation,
             a,
             "allocation is idempotent"
         );
         r.free("a").unwrap();
-        assert_eq!(r.allocate("c", dir.path()).unwrap().base, FIRST_BASE);
+        assert_eq!(
+            r.allocate("c", dir.path()).unwrap().allocation.base,
+            FIRST_BASE
+        );
     }
 
     #[test]
     fn exhaustion_is_a_clear_refusal() {
         let dir = tempfile::tempdir().unwrap();
-        let r = Ranges::new(dir.path(), 2);
+        let r = Ranges::new(dir.path(), geometry(2));
         r.allocate("a", dir.path()).unwrap();
         r.allocate("b", dir.path()).unwrap();
         let e = r.allocate("c", dir.path()).unwrap_err().to_string();
@@ -246,7 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runc_root = dir.path().join("runc");
         std::fs::create_dir_all(runc_root.join("alive")).unwrap();
-        let r = Ranges::new(dir.path().join("state"), 2);
+        let r = Ranges::new(dir.path().join("state"), geometry(2));
         r.allocate("alive", &runc_root).unwrap();
         r.allocate("crashed", &runc_root).unwrap();
         // Age both beyond the grace period.
@@ -258,8 +372,18 @@ mod tests {
         })
         .unwrap();
         let c = r.allocate("new", &runc_root).unwrap();
+        let reclaimed: Vec<&str> = c
+            .reclaimed
+            .iter()
+            .map(|a| a.container_id.as_str())
+            .collect();
         assert_eq!(
-            c.base,
+            reclaimed,
+            vec!["crashed"],
+            "the caller gets what to release"
+        );
+        assert_eq!(
+            c.allocation.base,
             FIRST_BASE + RANGE_SIZE,
             "the crashed container's range was reclaimed"
         );
@@ -280,9 +404,10 @@ mod tests {
             .map(|i| {
                 let path = path.clone();
                 std::thread::spawn(move || {
-                    Ranges::new(&path, 64)
+                    Ranges::new(&path, geometry(64))
                         .allocate(&format!("c{i}"), &path)
                         .unwrap()
+                        .allocation
                         .base
                 })
             })
@@ -297,7 +422,7 @@ mod tests {
     fn a_corrupt_state_file_is_reported_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ranges.json"), "{not json").unwrap();
-        let e = Ranges::new(dir.path(), 4)
+        let e = Ranges::new(dir.path(), geometry(4))
             .allocate("a", dir.path())
             .unwrap_err()
             .to_string();
@@ -306,5 +431,61 @@ mod tests {
             std::fs::read_to_string(dir.path().join("ranges.json")).unwrap(),
             "{not json"
         );
+    }
+
+    #[test]
+    fn young_allocations_of_containers_not_yet_in_runc_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Ranges::new(dir.path(), geometry(4));
+        r.allocate("being-created", &dir.path().join("runc"))
+            .unwrap();
+        let next = r.allocate("other", &dir.path().join("runc")).unwrap();
+        assert!(next.reclaimed.is_empty());
+        assert_eq!(next.allocation.base, FIRST_BASE + RANGE_SIZE);
+    }
+
+    #[test]
+    fn geometry_is_configurable_and_checked() {
+        let g = Geometry {
+            first_base: 200_000,
+            step: 100_000,
+            max: 3,
+        };
+        g.check().unwrap();
+        assert_eq!(g.base(2), 400_000);
+        assert_eq!(g.container_id_of(300_005), Some(5));
+        assert_eq!(g.container_id_of(300_000 + 70_000), None, "in the gap");
+        assert_eq!(g.container_id_of(500_000), None, "past the last range");
+        assert_eq!(g.container_id_of(5), None);
+        let dir = tempfile::tempdir().unwrap();
+        let r = Ranges::new(dir.path(), g);
+        r.allocate("a", dir.path()).unwrap();
+        assert_eq!(
+            r.allocate("b", dir.path()).unwrap().allocation.base,
+            300_000
+        );
+        for bad in [
+            Geometry { step: 1000, ..g },
+            Geometry { first_base: 0, ..g },
+            Geometry { max: 100_000, ..g },
+        ] {
+            assert!(
+                matches!(bad.check(), Err(RangeError::Geometry(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_crash_mid_write_leaves_the_old_state() {
+        // The state is only ever replaced by rename: a leftover temporary
+        // file from a crash is ignored and overwritten.
+        let dir = tempfile::tempdir().unwrap();
+        let r = Ranges::new(dir.path(), geometry(4));
+        r.allocate("a", dir.path()).unwrap();
+        std::fs::write(dir.path().join("ranges.json.tmp"), "{half").unwrap();
+        let b = r.allocate("b", dir.path()).unwrap().allocation;
+        assert_eq!(b.base, FIRST_BASE + RANGE_SIZE);
+        assert_eq!(r.all().unwrap().len(), 2);
     }
 }

@@ -14,7 +14,7 @@
 use std::{
     ffi::CString,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    os::unix::{ffi::OsStrExt, process::CommandExt},
+    os::unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -51,6 +51,22 @@ pub fn run_dir() -> PathBuf {
 
 pub fn container_dir(container_id: &str) -> PathBuf {
     run_dir().join(container_id)
+}
+
+/// Create the container's private directory (and the run directory), both
+/// 0711: traversable by the container's root, listable by nobody else.
+pub fn prepare_container_dir(container_id: &str) -> Result<PathBuf, RelocateError> {
+    let dir = container_dir(container_id);
+    for d in [run_dir(), dir.clone()] {
+        let io = |source| RelocateError::Io {
+            what: "creating",
+            path: d.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&d).map_err(io)?;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711)).map_err(io)?;
+    }
+    Ok(dir)
 }
 
 fn cstr(path: &Path) -> Result<CString, RelocateError> {
@@ -180,20 +196,53 @@ pub fn bind(
 /// Unmount everything under the container's directory and remove it.
 pub fn cleanup(container_id: &str) {
     let dir = container_dir(container_id);
+    unmount_below(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space...).
+pub fn mountinfo_unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            out.push(
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'),
+            );
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmount every mount at or below `dir` (deepest first), lazily.
+pub fn unmount_below(dir: &Path) {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut points: Vec<PathBuf> = mountinfo
         .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(PathBuf::from))
-        .filter(|p| p.starts_with(&dir))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(4)
+                .map(|p| PathBuf::from(mountinfo_unescape(p)))
+        })
+        .filter(|p| p.starts_with(dir))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in points {
         if let Ok(c) = cstr(&p) {
-            // SAFETY: valid C string.
+            // SAFETY: a valid C string.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Create the mount points a spec needs inside the rootfs, as the VM's root:

@@ -161,7 +161,8 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-fn is_bind(mount: &Mount) -> bool {
+/// A bind mount (by type or by option).
+pub fn is_bind(mount: &Mount) -> bool {
     mount.typ().as_deref() == Some("bind")
         || mount
             .options()
@@ -336,6 +337,48 @@ pub fn rewrite(spec: &mut Spec, ctx: &Context) -> Result<Vec<String>, Refusal> {
     }
     spec.set_linux(Some(linux));
     Ok(notes)
+}
+
+/// A container-accurate view of a `/proc` file (e.g. `/proc/meminfo` from
+/// the container's memory limit, `/proc/uptime` from its start), served by
+/// a file eci provides and bound over the kernel's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcView {
+    /// e.g. `/proc/meminfo`.
+    pub destination: PathBuf,
+    /// The file that serves the view for this container.
+    pub source: PathBuf,
+}
+
+/// The hook for container-accurate /proc views: binds each view's source
+/// read-only over its /proc file. Nothing serves views yet (a later step,
+/// LXCFS-style), so eci-runc passes none; returns a note per view added.
+pub fn add_proc_views(spec: &mut Spec, views: &[ProcView]) -> Vec<String> {
+    let mut notes = Vec::new();
+    if views.is_empty() {
+        return notes;
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for view in views {
+        let mut mount = Mount::default();
+        mount.set_destination(view.destination.clone());
+        mount.set_typ(Some("bind".into()));
+        mount.set_source(Some(view.source.clone()));
+        mount.set_options(Some(vec![
+            "bind".into(),
+            "ro".into(),
+            "nosuid".into(),
+            "nodev".into(),
+            "noexec".into(),
+        ]));
+        mounts.push(mount);
+        notes.push(format!(
+            "{} is a container view",
+            view.destination.display()
+        ));
+    }
+    spec.set_mounts(Some(mounts));
+    notes
 }
 
 #[cfg(test)]
@@ -535,5 +578,26 @@ mod tests {
             assert!(matches!(e, Refusal::EngineSocket { .. }), "{sock}: {e}");
             assert!(e.to_string().contains("docker socket mount denied"), "{e}");
         }
+    }
+
+    #[test]
+    fn proc_views_are_read_only_binds_over_proc_files() {
+        let mut spec = docker_like(ALL_NS, "");
+        assert!(add_proc_views(&mut spec, &[]).is_empty());
+        let before = spec.mounts().as_ref().map(Vec::len);
+        let notes = add_proc_views(
+            &mut spec,
+            &[ProcView {
+                destination: "/proc/meminfo".into(),
+                source: "/run/eci/views/c1/meminfo".into(),
+            }],
+        );
+        assert_eq!(notes.len(), 1);
+        let mounts = spec.mounts().as_ref().unwrap();
+        assert_eq!(Some(mounts.len()), before.map(|n| n + 1));
+        let view = mounts.last().unwrap();
+        assert_eq!(view.destination(), Path::new("/proc/meminfo"));
+        assert!(is_bind(view));
+        assert!(view.options().as_ref().unwrap().iter().any(|o| o == "ro"));
     }
 }

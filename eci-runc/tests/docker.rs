@@ -181,6 +181,22 @@ fn allocations(f: &Fixture) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// Allocations of containers Docker no longer has: leaks. (Tests run in
+/// parallel, so counting allocations before and after would race; Docker
+/// records a container before the runtime creates it and forgets it only
+/// after the runtime deleted it.)
+fn leaked_allocations(f: &Fixture) -> Vec<String> {
+    let allocated: Vec<String> = allocations(f)
+        .iter()
+        .filter_map(|a| a["container_id"].as_str().map(String::from))
+        .collect();
+    let known = String::from_utf8_lossy(&docker(&["ps", "-aq", "--no-trunc"]).stdout).into_owned();
+    allocated
+        .into_iter()
+        .filter(|id| !known.lines().any(|k| k == id))
+        .collect()
+}
+
 fn leftovers(f: &Fixture, id: &str) -> bool {
     allocations(f).iter().any(|a| {
         a["container_id"]
@@ -269,7 +285,6 @@ fn refusals_name_the_rule_and_the_fix_and_leave_nothing() {
     let Some(f) = fixture("refusals_name_the_rule_and_the_fix_and_leave_nothing") else {
         return;
     };
-    let before = allocations(f).len();
     let cases: [(&[&str], &str); 7] = [
         (&["--network=host"], "--network=host"),
         (&["--pid=host"], "--pid=host"),
@@ -295,7 +310,11 @@ fn refusals_name_the_rule_and_the_fix_and_leave_nothing() {
         );
         assert!(message.contains(expected), "{flags:?}: {message}");
     }
-    assert_eq!(allocations(f).len(), before, "a refusal left an allocation");
+    assert_eq!(
+        leaked_allocations(f),
+        Vec::<String>::new(),
+        "a refusal left an allocation"
+    );
 }
 
 #[test]
@@ -317,8 +336,9 @@ fn userns_host_is_ignored_and_the_container_still_gets_a_range() {
 }
 
 #[test]
-fn non_root_image_users_work() {
-    let Some(_) = fixture("non_root_image_users_work") else {
+fn non_root_image_users_own_their_files_and_image_files_belong_to_root() {
+    let Some(_) = fixture("non_root_image_users_own_their_files_and_image_files_belong_to_root")
+    else {
         return;
     };
     let out = docker(&[
@@ -330,10 +350,107 @@ fn non_root_image_users_work() {
         IMAGE,
         "sh",
         "-c",
-        "id -u; echo x > /tmp/f && cat /tmp/f",
+        "id -u; echo x > /home/user/f && stat -c %u:%g /home/user/f; echo y > /tmp/f && cat /tmp/f; stat -c %u /etc/passwd; echo no > /etc/passwd || echo refused",
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "1000\nx\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1000\n1000:1000\ny\n0\nrefused\n",
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_container_root_owns_its_image_files_and_the_layer_returns_to_vm_ids_when_stopped() {
+    let Some(f) = fixture(
+        "the_container_root_owns_its_image_files_and_the_layer_returns_to_vm_ids_when_stopped",
+    ) else {
+        return;
+    };
+    let out = docker(&[
+        "run",
+        "-d",
+        &format!("--runtime={RUNTIME}"),
+        IMAGE,
+        "sh",
+        "-c",
+        "echo made > /etc/made && mkdir -p /newdir && chown 1000:1000 /home/user/. && touch /home/user/g && chown 1000:1000 /home/user/g && sleep 300",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let wait = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let seen = docker(&[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "stat -c '%u %n' / /etc /etc/passwd /etc/made /newdir /home/user/g 2>&1",
+        ]);
+        let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
+        if seen.contains("/home/user/g") || Instant::now() > wait {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        seen, "0 /\n0 /etc\n0 /etc/passwd\n0 /etc/made\n0 /newdir\n1000 /home/user/g\n",
+        "inside, the image's files and the container's own belong to its root"
+    );
+    let base = uid_map_base(&String::from_utf8_lossy(
+        &docker(&["exec", &id, "cat", "/proc/self/uid_map"]).stdout,
+    ));
+    let upper = String::from_utf8_lossy(
+        &docker(&["inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", &id]).stdout,
+    )
+    .trim()
+    .to_owned();
+    let owner = |p: &str| {
+        std::fs::symlink_metadata(Path::new(&upper).join(p))
+            .map(|m| u64::from(m.uid()))
+            .unwrap_or(u64::MAX)
+    };
+    assert_eq!(
+        owner("etc/made"),
+        base,
+        "running: the upper layer is in the range"
+    );
+    assert_eq!(owner("home/user/g"), base + 1000);
+    assert!(docker(&["stop", "-t", "1", &id]).status.success());
+    assert_eq!(
+        owner("etc/made"),
+        0,
+        "stopped: the upper layer has the VM's ids again"
+    );
+    assert_eq!(owner("home/user/g"), 1000);
+    assert!(!leftovers(f, &id[..12]));
+    // Started again (maybe with another range), the files are still its own.
+    assert!(docker(&["start", &id]).status.success());
+    let again = docker(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo more >> /etc/made && cat /etc/made && stat -c %u /home/user/g",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        "made\nmore\n1000\n",
+        "{}",
+        text(&again)
+    );
+    assert!(docker(&["rm", "-f", &id]).status.success());
+    assert!(!leftovers(f, &id[..12]));
+    let overlays = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&upper))
+        .count();
+    assert_eq!(
+        overlays, 0,
+        "an overlay of the removed container is still mounted"
+    );
 }
 
 #[test]
@@ -503,7 +620,6 @@ fn without_the_agent_containers_do_not_start_and_nothing_is_left() {
     let Some(f) = fixture("without_the_agent_containers_do_not_start_and_nothing_is_left") else {
         return;
     };
-    let before = allocations(f).len();
     let out = docker(&[
         "run",
         "--rm",
@@ -521,5 +637,146 @@ fn without_the_agent_containers_do_not_start_and_nothing_is_left() {
         "{message}"
     );
     assert!(message.contains("eci-agent run"), "{message}");
-    assert_eq!(allocations(f).len(), before);
+    assert_eq!(leaked_allocations(f), Vec::<String>::new());
+}
+
+/// A runc bundle of the test image (rootfs exported from Docker) whose
+/// process runs `script`.
+fn bundle(f: &Fixture, name: &str, script: &str) -> PathBuf {
+    let dir = f.dir.join("bundles").join(name);
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&rootfs).expect("bundle dir");
+    let created = docker(&["create", IMAGE]);
+    let id = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    let export = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker export {id} | tar -C {} -x",
+            rootfs.display()
+        ))
+        .status()
+        .expect("export");
+    docker(&["rm", &id]);
+    assert!(export.success(), "docker export");
+    let spec = Command::new("runc")
+        .arg("spec")
+        .current_dir(&dir)
+        .status()
+        .expect("runc spec");
+    assert!(spec.success());
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+    config["process"]["terminal"] = serde_json::json!(false);
+    config["process"]["args"] = serde_json::json!(["sh", "-c", script]);
+    config["root"]["readonly"] = serde_json::json!(false);
+    std::fs::write(&path, config.to_string()).expect("config");
+    dir
+}
+
+fn eci_runc(f: &Fixture, socket: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_eci-runc"));
+    cmd.env("ECI_AGENT_SOCKET", socket)
+        .env("ECI_STATE_DIR", f.dir.join("state"))
+        .env("ECI_POLICY", f.dir.join("admin-settings.json"))
+        .env("ECI_RUNC_RUN_DIR", f.dir.join("run"));
+    cmd
+}
+
+#[test]
+fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
+    let Some(f) = fixture("eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was") else {
+        return;
+    };
+    let dir = bundle(
+        f,
+        "run",
+        "cat /proc/self/uid_map; echo x > /etc/w && stat -c %u /etc/w && rm /etc/w",
+    );
+    let original = std::fs::read(dir.join("config.json")).expect("config");
+    let root = f.dir.join("runc-root");
+    let id = format!("eci-run-{}", std::process::id());
+    for _ in 0..2 {
+        let out = eci_runc(f, &f.dir.join("agent/agent.sock"))
+            .arg("--root")
+            .arg(&root)
+            .args(["run", "--bundle"])
+            .arg(&dir)
+            .arg(&id)
+            .output()
+            .expect("eci-runc run");
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = stdout.lines();
+        assert!(uid_map_base(lines.next().unwrap_or_default()) >= 100_000);
+        assert_eq!(
+            lines.next(),
+            Some("0"),
+            "the rootfs belongs to the container's root"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("config.json")).expect("config"),
+            original
+        );
+        assert!(!leftovers(f, &id));
+    }
+    // Without the agent: refused by the registration hook, nothing left.
+    let out = eci_runc(f, &f.dir.join("nowhere/agent.sock"))
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "--bundle"])
+        .arg(&dir)
+        .arg(&id)
+        .output()
+        .expect("eci-runc run");
+    assert!(!out.status.success(), "ran without the agent");
+    assert!(
+        text(&out).contains("could not be registered with the eci agent"),
+        "{}",
+        text(&out)
+    );
+    assert!(!leftovers(f, &id), "a refused run left state");
+    assert!(!root.join(&id).exists(), "runc kept the refused container");
+    assert_eq!(
+        std::fs::read(dir.join("config.json")).expect("config"),
+        original
+    );
+}
+
+#[test]
+fn start_refuses_a_container_eci_runc_did_not_register() {
+    let Some(f) = fixture("start_refuses_a_container_eci_runc_did_not_register") else {
+        return;
+    };
+    let dir = bundle(f, "unregistered", "true");
+    let root = f.dir.join("runc-root");
+    let id = format!("eci-plain-{}", std::process::id());
+    let created = Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle"])
+        .arg(&dir)
+        .arg(&id)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("runc create");
+    assert!(created.success());
+    let out = eci_runc(f, &f.dir.join("agent/agent.sock"))
+        .arg("--root")
+        .arg(&root)
+        .args(["start", &id])
+        .output()
+        .expect("eci-runc start");
+    let _ = Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["delete", "--force", &id])
+        .status();
+    assert!(!out.status.success(), "an unregistered container started");
+    assert!(
+        text(&out).contains("was not created by eci-runc"),
+        "{}",
+        text(&out)
+    );
 }

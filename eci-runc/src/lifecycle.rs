@@ -1,0 +1,543 @@
+//! One function per runc command eci-runc looks into; everything else is
+//! handed to runc unchanged.
+//!
+//! - `create`: allocate a range (releasing stale ones), check and rewrite the
+//!   spec, make the container's files reachable and owned by its root, run
+//!   `runc create`, then register the container's cgroup with the agent.
+//!   Anything failing undoes all of it (fail closed).
+//! - `run`: the same preparation, with registration and release done by
+//!   runc itself through a `createRuntime` and a `poststop` hook that call
+//!   back into eci-runc, so `runc run`'s own terminal and signal handling
+//!   stay untouched (eci-runc execs it).
+//! - `start`: only a container eci-runc registered may start; the
+//!   registration is asserted again with the agent.
+//! - `delete`: runc's delete, then unregister, unmount, shift the upper layer
+//!   back and free the range.
+
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use eci_control::{Client, Request};
+use oci_spec::runtime::{HookBuilder, Hooks, Spec, State};
+
+use crate::{
+    args::Invocation,
+    ranges::{Allocation, RangeError, Ranges},
+    relocate::{self, RelocateError},
+    report::Reporter,
+    rootfs::{self, RootfsError, RootfsView},
+    settings::{self, SettingsError},
+    spec::{self, Refusal},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("`{0}` needs a container id")]
+    NoContainerId(String),
+    #[error("the bundle: {0}")]
+    Bundle(std::io::Error),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("invalid container spec {path}: {source}")]
+    Spec {
+        path: String,
+        source: oci_spec::OciSpecError,
+    },
+    #[error(transparent)]
+    Ranges(#[from] RangeError),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("preparing the container's files: {0}")]
+    Relocate(#[from] RelocateError),
+    #[error("preparing the container's root file system: {0}")]
+    Rootfs(#[from] RootfsError),
+    #[error("cannot run {runc}: {source}; set ECI_RUNC_BINARY to runc's path")]
+    Runc {
+        runc: String,
+        source: std::io::Error,
+    },
+    /// runc failed and said why itself (in the log); exit with its code.
+    #[error("runc exited with status {0}")]
+    RuncFailed(i32),
+    #[error(
+        "enhanced container isolation: the container was not started because it could not be registered with the eci agent ({0}). Start the agent (`systemctl start eci-agent`, or `eci-agent run`) and try again"
+    )]
+    Agent(String),
+    #[error(
+        "enhanced container isolation: container {0} was not created by eci-runc (or its registration was lost), so it may not start; remove it and create it again with the eci runtime"
+    )]
+    NotRegistered(String),
+    #[error("eci-runc hook: {0}")]
+    Hook(String),
+}
+
+/// The caller's config.json, kept while eci-runc's rewrite is in place.
+pub const ORIGINAL_CONFIG: &str = "config.json.eci-original";
+
+/// The command the hooks call back into eci-runc with.
+pub const HOOK_REGISTER: &str = "eci-hook-register";
+pub const HOOK_RELEASE: &str = "eci-hook-release";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Create,
+    Run,
+}
+
+pub struct Runtime {
+    pub runc: PathBuf,
+    pub agent_socket: PathBuf,
+    pub ranges: Ranges,
+}
+
+/// runc from `ECI_RUNC_BINARY`, else the usual places, else `runc` on PATH.
+pub fn runc_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ECI_RUNC_BINARY") {
+        return PathBuf::from(path);
+    }
+    [
+        "/usr/sbin/runc",
+        "/usr/bin/runc",
+        "/usr/local/sbin/runc",
+        "/usr/local/bin/runc",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .unwrap_or_else(|| PathBuf::from("runc"))
+}
+
+impl Runtime {
+    /// `ECI_RUNC_BINARY`, `ECI_AGENT_SOCKET` and the range settings.
+    pub fn from_env() -> Result<Self, LifecycleError> {
+        Ok(Self {
+            runc: runc_binary(),
+            agent_socket: std::env::var_os("ECI_AGENT_SOCKET")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| eci_control::DEFAULT_CONTROL_SOCKET.into()),
+            ranges: Ranges::from_env()?,
+        })
+    }
+
+    fn runc_error(&self, source: std::io::Error) -> LifecycleError {
+        LifecycleError::Runc {
+            runc: self.runc.display().to_string(),
+            source,
+        }
+    }
+
+    /// Hand the command to runc unchanged (returns only if that fails).
+    pub fn pass_through(&self, inv: &Invocation) -> LifecycleError {
+        self.runc_error(Command::new(&self.runc).args(&inv.argv).exec())
+    }
+
+    fn runc_with_root(&self, inv: &Invocation) -> Command {
+        let mut cmd = Command::new(&self.runc);
+        if let Some(root) = &inv.root {
+            cmd.arg("--root").arg(root);
+        }
+        cmd
+    }
+
+    pub fn create(&self, inv: &Invocation, report: &Reporter) -> Result<(), LifecycleError> {
+        let (id, allocation) = self.prepare(inv, report, Mode::Create)?;
+        let status = Command::new(&self.runc).args(&inv.argv).status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => {
+                self.release(&allocation, report);
+                return Err(LifecycleError::RuncFailed(s.code().unwrap_or(1)));
+            }
+            Err(e) => {
+                self.release(&allocation, report);
+                return Err(self.runc_error(e));
+            }
+        }
+        // Registration, before anything of the user's can run: fail closed.
+        let registered = init_pid(self, inv, &id).and_then(|pid| self.register(pid));
+        match registered {
+            Ok(cgroup) => {
+                self.ranges.update(&id, |a| a.cgroup = Some(cgroup))?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self
+                    .runc_with_root(inv)
+                    .args(["delete", "--force", &id])
+                    .status();
+                self.release(&allocation, report);
+                Err(e)
+            }
+        }
+    }
+
+    /// `run`: prepare, then exec runc; the hooks register and release.
+    pub fn run(&self, inv: &Invocation, report: &Reporter) -> LifecycleError {
+        let (_, allocation) = match self.prepare(inv, report, Mode::Run) {
+            Ok(prepared) => prepared,
+            Err(e) => return e,
+        };
+        let err = self.pass_through(inv);
+        self.release(&allocation, report);
+        err
+    }
+
+    pub fn start(&self, inv: &Invocation) -> Result<LifecycleError, LifecycleError> {
+        let id = inv
+            .container_id
+            .clone()
+            .ok_or_else(|| LifecycleError::NoContainerId("start".into()))?;
+        let cgroup = self
+            .ranges
+            .get(&id)?
+            .and_then(|a| a.cgroup)
+            .ok_or_else(|| LifecycleError::NotRegistered(id.clone()))?;
+        // Assert it again: the agent may have been restarted without state.
+        Client::new(&self.agent_socket)
+            .call_ok(&Request::Protect { cgroup })
+            .map_err(|e| LifecycleError::Agent(e.to_string()))?;
+        Ok(self.pass_through(inv))
+    }
+
+    /// runc's delete, then release what `create` took (also when runc no
+    /// longer knows the container). Returns runc's exit code.
+    pub fn delete(&self, inv: &Invocation, report: &Reporter) -> Result<i32, LifecycleError> {
+        let id = inv.container_id.clone().unwrap_or_default();
+        let status = Command::new(&self.runc)
+            .args(&inv.argv)
+            .status()
+            .map_err(|e| self.runc_error(e))?;
+        let gone = !runc_root(inv).join(&id).exists();
+        if (status.success() || gone)
+            && let Some(allocation) = self.ranges.get(&id)?
+        {
+            self.release(&allocation, report);
+        }
+        Ok(status.code().unwrap_or(1))
+    }
+
+    /// The `createRuntime` hook of `run`: register the container.
+    pub fn hook_register(&self, state: &State) -> Result<(), LifecycleError> {
+        let pid = state
+            .pid()
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(|| LifecycleError::Hook("the container state has no pid".into()))?;
+        let cgroup = self.register(pid)?;
+        self.ranges
+            .update(state.id(), |a| a.cgroup = Some(cgroup))?;
+        Ok(())
+    }
+
+    /// The `poststop` hook of `run`: release what `run` took.
+    pub fn hook_release(&self, state: &State, report: &Reporter) -> Result<(), LifecycleError> {
+        if let Some(allocation) = self.ranges.get(state.id())? {
+            self.release(&allocation, report);
+        }
+        Ok(())
+    }
+
+    /// Allocate, check, rewrite and save the spec, with the container's files
+    /// ready; on failure everything is undone.
+    fn prepare(
+        &self,
+        inv: &Invocation,
+        report: &Reporter,
+        mode: Mode,
+    ) -> Result<(String, Allocation), LifecycleError> {
+        let command = inv.command.clone().unwrap_or_default();
+        let id = inv
+            .container_id
+            .clone()
+            .ok_or(LifecycleError::NoContainerId(command))?;
+        let bundle = match inv.bundle.clone() {
+            Some(b) => b,
+            None => std::env::current_dir().map_err(|e| {
+                LifecycleError::Bundle(std::io::Error::new(
+                    e.kind(),
+                    format!("no --bundle given and no working directory: {e}"),
+                ))
+            })?,
+        };
+        let settings = settings::load()?;
+        let config = bundle.join("config.json");
+        // The caller's spec is kept, and put back at release: a bundle stays
+        // usable for the next `run` (engines write a fresh one each time).
+        // If a kept one is there already, the current one is ours, from a
+        // run that never released.
+        let original = bundle.join(ORIGINAL_CONFIG);
+        let source = if original.exists() {
+            &original
+        } else {
+            &config
+        };
+        let mut oci = Spec::load(source).map_err(|source_error| LifecycleError::Spec {
+            path: source.display().to_string(),
+            source: source_error,
+        })?;
+        let allocated = self.ranges.allocate(&id, &runc_root(inv))?;
+        for stale in &allocated.reclaimed {
+            report.info(&format!(
+                "eci: reclaimed the range {} of container {}, which no longer exists",
+                stale.base, stale.container_id
+            ));
+            self.release(stale, report);
+        }
+        let allocation = allocated.allocation;
+        let prepared = (|| {
+            let mut ctx = spec::Context::docker_defaults(&id, &bundle, allocation.base);
+            ctx.shareable_host_paths = settings.shareable_host_paths.clone();
+            let resolve =
+                |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| spec::normalize(p));
+            spec::check(&oci, &ctx, &resolve)?;
+            let mut notes = spec::rewrite(&mut oci, &ctx)?;
+            notes.extend(spec::add_proc_views(&mut oci, &[]));
+            for note in notes {
+                report.info(&format!("eci: {note}"));
+            }
+            self.relocate_files(&mut oci, &bundle, &id, allocation.base, report)?;
+            if mode == Mode::Run {
+                add_hooks(&mut oci)?;
+            }
+            if !original.exists() {
+                std::fs::copy(&config, &original).map_err(|e| {
+                    LifecycleError::Bundle(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "keeping {} as {}: {e}",
+                            config.display(),
+                            original.display()
+                        ),
+                    ))
+                })?;
+            }
+            self.ranges
+                .update(&id, |a| a.bundle = Some(bundle.clone()))?;
+            oci.save(&config).map_err(|source| LifecycleError::Spec {
+                path: config.display().to_string(),
+                source,
+            })
+        })();
+        match prepared {
+            Ok(()) => Ok((id, allocation)),
+            Err(e) => {
+                self.release(&allocation, report);
+                Err(e)
+            }
+        }
+    }
+
+    /// Mount the rootfs and every bind source under the container's private
+    /// directory, ID-mapped (and owned by the container's root) where the
+    /// file system allows.
+    fn relocate_files(
+        &self,
+        oci: &mut Spec,
+        bundle: &Path,
+        id: &str,
+        base: u32,
+        report: &Reporter,
+    ) -> Result<(), LifecycleError> {
+        let dir = relocate::prepare_container_dir(id)?;
+        let userns = relocate::user_namespace(base)?;
+        let mut view = None;
+        if let Some(mut root) = oci.root().clone() {
+            let path = if root.path().is_absolute() {
+                root.path().clone()
+            } else {
+                bundle.join(root.path())
+            };
+            let overlay = rootfs::overlay_of(&path)?;
+            if let Some(layers) = &overlay {
+                // Recorded first: a crash from here on is repaired by
+                // shifting it back.
+                let upper = layers.upper.clone();
+                self.ranges.update(id, |a| a.shifted_upper = Some(upper))?;
+            }
+            let target = dir.join("rootfs");
+            let shown = rootfs::prepare(
+                &path,
+                &target,
+                overlay.as_ref(),
+                &userns,
+                base,
+                self.ranges.geometry(),
+            )?;
+            match &shown {
+                RootfsView::IdmappedOverlay { layers, upper } => report.info(&format!(
+                    "eci: rootfs: {layers} ID-mapped layers, upper layer {} shifted to {base}",
+                    upper.display()
+                )),
+                RootfsView::IdmappedBind => report.info("eci: rootfs: ID-mapped bind"),
+                RootfsView::PlainBind { reason } => report.warning(&format!(
+                    "eci: the container's root file system keeps its VM owners (files show as nobody inside): {reason}"
+                )),
+            }
+            if !matches!(shown, RootfsView::IdmappedOverlay { .. }) {
+                self.ranges.update(id, |a| a.shifted_upper = None)?;
+            }
+            root.set_path(target);
+            oci.set_root(Some(root));
+            view = Some(shown);
+        }
+        let mut mounts = oci.mounts().clone().unwrap_or_default();
+        // Inside its user namespace the container's root cannot create mount
+        // points in files it does not own: only then are they made here.
+        if matches!(view, Some(RootfsView::PlainBind { .. })) {
+            let points: Vec<(PathBuf, bool)> = mounts
+                .iter()
+                .map(|m| {
+                    (
+                        m.destination().clone(),
+                        m.source().as_ref().is_some_and(|s| s.is_file()),
+                    )
+                })
+                .collect();
+            relocate::create_mount_points(&dir.join("rootfs"), &points)?;
+        }
+        let mut plain = Vec::new();
+        for (n, mount) in mounts.iter_mut().enumerate() {
+            let Some(source) = mount.source().clone() else {
+                continue;
+            };
+            if !spec::is_bind(mount) || !source.is_absolute() || source.starts_with(&dir) {
+                continue;
+            }
+            let target = dir.join(format!("mount-{n}"));
+            let recursive = mount
+                .options()
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|x| x == "rbind"));
+            if !relocate::bind(&source, &target, Some(&userns), recursive)? {
+                plain.push(source.display().to_string());
+            }
+            mount.set_source(Some(target));
+        }
+        oci.set_mounts(Some(mounts));
+        if !plain.is_empty() {
+            report.warning(&format!(
+                "eci: these mounts could not be ID-mapped (the file system does not support it); files in them keep their VM owners: {}",
+                plain.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Protect the cgroup of the container whose init is `pid`.
+    fn register(&self, pid: u32) -> Result<String, LifecycleError> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map_err(|e| LifecycleError::Agent(format!("reading the container's cgroup: {e}")))?;
+        let cgroup = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                LifecycleError::Agent(
+                    "the container has no cgroup v2 (eci needs cgroup2 mounted)".into(),
+                )
+            })?;
+        Client::new(&self.agent_socket)
+            .call_ok(&Request::Protect {
+                cgroup: cgroup.clone(),
+            })
+            .map_err(|e| LifecycleError::Agent(e.to_string()))?;
+        Ok(cgroup)
+    }
+
+    /// Undo everything `create` or `run` did for a container; what cannot be
+    /// undone is reported, never fatal (delete must go through).
+    pub fn release(&self, allocation: &Allocation, report: &Reporter) {
+        let id = &allocation.container_id;
+        if let Some(cgroup) = &allocation.cgroup {
+            let answer = Client::new(&self.agent_socket).call_ok(&Request::Unprotect {
+                cgroup: cgroup.clone(),
+            });
+            if let Err(e) = answer {
+                report.warning(&format!(
+                    "eci: unregistering {cgroup} of container {id}: {e}"
+                ));
+            }
+        }
+        relocate::cleanup(id);
+        if let Some(upper) = &allocation.shifted_upper
+            && upper.exists()
+            && let Err(e) = rootfs::shift_tree(upper, None, self.ranges.geometry())
+        {
+            report.warning(&format!(
+                "eci: shifting the upper layer {} of container {id} back to the VM's ids: {e}",
+                upper.display()
+            ));
+        }
+        if let Some(bundle) = &allocation.bundle {
+            let original = bundle.join(ORIGINAL_CONFIG);
+            if original.exists()
+                && let Err(e) = std::fs::rename(&original, bundle.join("config.json"))
+            {
+                report.warning(&format!(
+                    "eci: putting back the original spec {}: {e}",
+                    original.display()
+                ));
+            }
+        }
+        if let Err(e) = self.ranges.free(id) {
+            report.warning(&format!("eci: freeing the range of container {id}: {e}"));
+        }
+    }
+}
+
+fn runc_root(inv: &Invocation) -> PathBuf {
+    inv.root.clone().unwrap_or_else(|| "/run/runc".into())
+}
+
+fn init_pid(runtime: &Runtime, inv: &Invocation, id: &str) -> Result<u32, LifecycleError> {
+    if let Some(file) = &inv.pid_file
+        && let Ok(text) = std::fs::read_to_string(file)
+        && let Ok(pid) = text.trim().parse()
+    {
+        return Ok(pid);
+    }
+    let out = runtime
+        .runc_with_root(inv)
+        .args(["state", id])
+        .output()
+        .map_err(|e| runtime.runc_error(e))?;
+    let state: State = serde_json::from_slice(&out.stdout)
+        .map_err(|e| LifecycleError::Agent(format!("reading `runc state {id}`: {e}")))?;
+    state
+        .pid()
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or_else(|| LifecycleError::Agent(format!("`runc state {id}` has no pid")))
+}
+
+/// The environment the hooks need to find the same agent and state.
+fn hook_env() -> Vec<String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("ECI_") || k == "PATH")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+/// `run`: register from a `createRuntime` hook (after runc made the cgroup,
+/// before the user's process), release from a `poststop` hook.
+fn add_hooks(oci: &mut Spec) -> Result<(), LifecycleError> {
+    let exe = std::env::current_exe().map_err(|e| LifecycleError::Hook(e.to_string()))?;
+    let hook = |command: &str| {
+        HookBuilder::default()
+            .path(exe.clone())
+            .args(vec!["eci-runc".to_owned(), command.to_owned()])
+            .env(hook_env())
+            .build()
+            .map_err(|e| LifecycleError::Hook(e.to_string()))
+    };
+    let mut hooks: Hooks = oci.hooks().clone().unwrap_or_default();
+    let mut create_runtime = hooks.create_runtime().clone().unwrap_or_default();
+    create_runtime.insert(0, hook(HOOK_REGISTER)?);
+    hooks.set_create_runtime(Some(create_runtime));
+    let mut poststop = hooks.poststop().clone().unwrap_or_default();
+    poststop.push(hook(HOOK_RELEASE)?);
+    hooks.set_poststop(Some(poststop));
+    oci.set_hooks(Some(hooks));
+    Ok(())
+}

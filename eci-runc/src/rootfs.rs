@@ -1,0 +1,435 @@
+//! The container's root file system, owned by the container's root.
+//!
+//! Docker hands runc an overlay (`merged`) whose files belong to uid 0 of the
+//! VM; inside a user namespace with `0 <base> 65536` they would all show as
+//! `nobody` and the container's root could not write its own `/etc`. What
+//! eci-runc does instead, measured on 6.18 (see the crate README):
+//!
+//! - **Overlay rootfs** (Docker, containerd's overlay snapshotter): every
+//!   lower layer is bound *ID-mapped* with the container's user namespace
+//!   (no copy, no chown; image layers stay shared and untouched), the
+//!   container's own upper layer is *shifted* (`lchown` by `+base`, it is
+//!   small: only what this container wrote), and a new overlay of those is
+//!   mounted in place of the engine's, so the engine (`docker cp`, `docker
+//!   diff`) and the container see the same instance. `delete` shifts the
+//!   upper layer back to 0–65535, so a stopped container's layer and a
+//!   `docker commit` of it carry the image's ids. Overlayfs itself cannot be
+//!   ID-mapped on this kernel, and an ID-mapped upper layer makes the
+//!   overlay read-only: hence the shift of the (small) upper layer.
+//! - **Plain directory** (a runc bundle's `rootfs/`): one ID-mapped bind.
+//! - **Neither possible** (a file system without ID-mapped mounts): a plain
+//!   bind, reported as a warning: files keep their VM owners.
+//!
+//! A restarted container may get another range: the shift works from any
+//! range back to 0–65535 and on to the new one, so a crash between shift and
+//! unshift is repaired by the next `create`.
+
+use std::{
+    os::{
+        fd::OwnedFd,
+        unix::fs::{MetadataExt, PermissionsExt},
+    },
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    fcntl::AtFlags,
+    mount::{MntFlags, MsFlags},
+    unistd::{Gid, Uid},
+};
+
+use crate::{ranges::Geometry, relocate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{what} {path}: {source}")]
+    Sys {
+        what: &'static str,
+        path: String,
+        source: nix::Error,
+    },
+    #[error(transparent)]
+    Bind(#[from] relocate::RelocateError),
+}
+
+/// How the container sees its root file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootfsView {
+    /// ID-mapped lower layers, shifted upper layer, a new overlay.
+    IdmappedOverlay { layers: usize, upper: PathBuf },
+    /// One ID-mapped bind of a plain directory.
+    IdmappedBind,
+    /// A plain bind: files keep their VM owners (the reason says why).
+    PlainBind { reason: String },
+}
+
+/// The layers of an overlay mount, as the kernel shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayLayers {
+    pub lower: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// Options other than the layers and rw/ro (e.g. `index=off`).
+    pub other_options: Vec<String>,
+    /// The super options exactly as mounted, to put the engine's mount back.
+    pub original_options: String,
+}
+
+/// The overlay mounted (topmost) at `path`, from the text of
+/// `/proc/self/mountinfo`. Relative layer paths (Docker uses them when the
+/// absolute ones would not fit a page) are taken relative to `relative_to`.
+pub fn overlay_at(mountinfo: &str, path: &Path, relative_to: &Path) -> Option<OverlayLayers> {
+    let line = mountinfo.lines().rev().find(|l| {
+        l.split_whitespace()
+            .nth(4)
+            .is_some_and(|p| Path::new(&relocate::mountinfo_unescape(p)) == path)
+    })?;
+    let (_, after) = line.split_once(" - ")?;
+    let mut fields = after.split_whitespace();
+    if fields.next()? != "overlay" {
+        return None;
+    }
+    let _source = fields.next()?;
+    let options = fields.next()?;
+    let absolute = |p: &str| {
+        let p = PathBuf::from(relocate::mountinfo_unescape(p));
+        if p.is_absolute() {
+            p
+        } else {
+            relative_to.join(p)
+        }
+    };
+    let (mut lower, mut upper, mut work, mut other) = (Vec::new(), None, None, Vec::new());
+    for option in options.split(',') {
+        if let Some(v) = option.strip_prefix("lowerdir=") {
+            lower = v.split(':').map(absolute).collect();
+        } else if let Some(v) = option.strip_prefix("upperdir=") {
+            upper = Some(absolute(v));
+        } else if let Some(v) = option.strip_prefix("workdir=") {
+            work = Some(absolute(v));
+        } else if option != "rw" && option != "ro" {
+            other.push(option.to_owned());
+        }
+    }
+    Some(OverlayLayers {
+        lower,
+        upper: upper?,
+        work: work?,
+        other_options: other,
+        original_options: relocate::mountinfo_unescape(options),
+    })
+}
+
+/// The owner an id should have: inside `base`'s range (`Some`), or back in
+/// 0–65535 (`None`). Ids outside every range and above 65535 stay as they are.
+pub fn shifted_id(id: u32, base: Option<u32>, geometry: &Geometry) -> u32 {
+    let inner = geometry.container_id_of(id).unwrap_or(id);
+    match base {
+        _ if inner >= crate::ranges::RANGE_SIZE => id,
+        Some(base) => base + inner,
+        None => inner,
+    }
+}
+
+/// Shift the owners of every file under `root` (one file system, symlinks
+/// not followed); returns how many files changed owner.
+pub fn shift_tree(root: &Path, base: Option<u32>, geometry: &Geometry) -> Result<u64, RootfsError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |source| RootfsError::Io { what, path, source }
+    };
+    let top = std::fs::symlink_metadata(root).map_err(io("stat", root))?;
+    let mut changed = 0;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).map_err(io("stat", &path))?;
+        if meta.dev() != top.dev() {
+            continue;
+        }
+        let (uid, gid) = (
+            shifted_id(meta.uid(), base, geometry),
+            shifted_id(meta.gid(), base, geometry),
+        );
+        if (uid, gid) != (meta.uid(), meta.gid()) {
+            nix::unistd::fchownat(
+                None,
+                &path,
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|source| RootfsError::Sys {
+                what: "changing the owner of",
+                path: path.display().to_string(),
+                source,
+            })?;
+            // chown clears set-user-ID and set-group-ID: put them back.
+            if meta.is_file() && meta.mode() & 0o6000 != 0 {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(meta.mode()))
+                    .map_err(io("restoring the mode of", &path))?;
+            }
+            changed += 1;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(io("reading", &path))? {
+                pending.push(entry.map_err(io("reading", &path))?.path());
+            }
+        }
+    }
+    Ok(changed)
+}
+
+fn sys(what: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> RootfsError {
+    let path = path.display().to_string();
+    move |source| RootfsError::Sys { what, path, source }
+}
+
+/// The overlay the engine mounted at `root`, if it is one.
+pub fn overlay_of(root: &Path) -> Result<Option<OverlayLayers>, RootfsError> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| RootfsError::Io {
+            what: "reading",
+            path: "/proc/self/mountinfo".into(),
+            source,
+        })?;
+    // Docker's layout: <store>/<layer>/merged with layers named <store>/l/..
+    let relative_to = root
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("/"));
+    Ok(overlay_at(&mountinfo, root, relative_to))
+}
+
+/// Make `root` (the spec's root path; `overlay` is what [`overlay_of`] found
+/// there) usable by the container whose user namespace is `userns` (range
+/// `base`): the result is mounted at `target`, which the spec names from now
+/// on. Record `overlay.upper` as shifted *before* calling this: a crash in
+/// the middle is repaired by shifting it back.
+pub fn prepare(
+    root: &Path,
+    target: &Path,
+    overlay: Option<&OverlayLayers>,
+    userns: &OwnedFd,
+    base: u32,
+    geometry: &Geometry,
+) -> Result<RootfsView, RootfsError> {
+    if let Some(layers) = overlay {
+        let layer_dir = target.with_file_name("layers");
+        match idmapped_overlay(root, target, &layer_dir, layers, userns, base, geometry) {
+            Ok(()) => {
+                return Ok(RootfsView::IdmappedOverlay {
+                    layers: layers.lower.len(),
+                    upper: layers.upper.clone(),
+                });
+            }
+            Err(e) => {
+                relocate::unmount_below(&layer_dir);
+                let _ = std::fs::remove_dir_all(&layer_dir);
+                let reason = format!("the overlay's layers could not be ID-mapped ({e})");
+                relocate::bind(root, target, None, false)?;
+                return Ok(RootfsView::PlainBind { reason });
+            }
+        }
+    }
+    if relocate::bind(root, target, Some(userns), false)? {
+        Ok(RootfsView::IdmappedBind)
+    } else {
+        Ok(RootfsView::PlainBind {
+            reason: format!(
+                "{} cannot be ID-mapped (its file system does not support it)",
+                root.display()
+            ),
+        })
+    }
+}
+
+fn idmapped_overlay(
+    root: &Path,
+    target: &Path,
+    layer_dir: &Path,
+    layers: &OverlayLayers,
+    userns: &OwnedFd,
+    base: u32,
+    geometry: &Geometry,
+) -> Result<(), RootfsError> {
+    for (n, lower) in layers.lower.iter().enumerate() {
+        let real = std::fs::canonicalize(lower).map_err(|source| RootfsError::Io {
+            what: "resolving the layer",
+            path: lower.display().to_string(),
+            source,
+        })?;
+        if !relocate::bind(&real, &layer_dir.join(n.to_string()), Some(userns), false)? {
+            return Err(RootfsError::Io {
+                what: "ID-mapping the layer",
+                path: real.display().to_string(),
+                source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            });
+        }
+    }
+    shift_tree(&layers.upper, Some(base), geometry)?;
+    std::fs::create_dir_all(target).map_err(|source| RootfsError::Io {
+        what: "creating",
+        path: target.display().to_string(),
+        source,
+    })?;
+    // Layers by short relative names (the mount data must fit a page).
+    let mut options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        (0..layers.lower.len())
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(":"),
+        layers.upper.display(),
+        layers.work.display()
+    );
+    for other in &layers.other_options {
+        options.push(',');
+        options.push_str(other);
+    }
+    // The engine's overlay goes first: two overlays must not share an
+    // upper layer.
+    nix::mount::umount2(root, MntFlags::MNT_DETACH).map_err(sys("unmounting", root))?;
+    let mounted = mount_overlay_from(layer_dir, target, &options).and_then(|()| {
+        // The engine keeps seeing the container's files where it put them.
+        relocate::bind(target, root, None, false)
+            .map(|_| ())
+            .map_err(RootfsError::from)
+    });
+    if let Err(e) = mounted {
+        let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+        let _ = nix::mount::mount(
+            Some("overlay"),
+            root,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(layers.original_options.as_str()),
+        );
+        let _ = shift_tree(&layers.upper, None, geometry);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn mount_overlay_from(dir: &Path, target: &Path, options: &str) -> Result<(), RootfsError> {
+    let cwd = std::env::current_dir().map_err(|source| RootfsError::Io {
+        what: "reading the working directory",
+        path: ".".into(),
+        source,
+    })?;
+    nix::unistd::chdir(dir).map_err(sys("entering", dir))?;
+    let result = nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options),
+    )
+    .map_err(sys("mounting the ID-mapped overlay at", target));
+    let back = nix::unistd::chdir(&cwd).map_err(sys("returning to", &cwd));
+    result.and(back)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCKER: &str = "48 44 0:40 / /var/lib/docker/overlay2/d59c/merged rw,relatime shared:2 - overlay overlay rw,lowerdir=/var/lib/docker/overlay2/l/7OTF:/var/lib/docker/overlay2/l/CWYB,upperdir=/var/lib/docker/overlay2/d59c/diff,workdir=/var/lib/docker/overlay2/d59c/work\n";
+
+    #[test]
+    fn docker_overlay_layers_are_read_from_mountinfo() {
+        let merged = Path::new("/var/lib/docker/overlay2/d59c/merged");
+        let layers = overlay_at(DOCKER, merged, Path::new("/var/lib/docker/overlay2")).unwrap();
+        assert_eq!(
+            layers.lower,
+            vec![
+                PathBuf::from("/var/lib/docker/overlay2/l/7OTF"),
+                PathBuf::from("/var/lib/docker/overlay2/l/CWYB")
+            ]
+        );
+        assert_eq!(
+            layers.upper,
+            Path::new("/var/lib/docker/overlay2/d59c/diff")
+        );
+        assert_eq!(layers.work, Path::new("/var/lib/docker/overlay2/d59c/work"));
+        assert!(layers.other_options.is_empty());
+        assert!(overlay_at(DOCKER, Path::new("/elsewhere"), Path::new("/")).is_none());
+    }
+
+    #[test]
+    fn relative_layers_and_escapes_are_resolved() {
+        let info = "1 2 0:1 / /a\\040b rw - overlay overlay rw,lowerdir=l/A:l/B,upperdir=x/diff,workdir=x/work,index=off\n";
+        let layers = overlay_at(info, Path::new("/a b"), Path::new("/store")).unwrap();
+        assert_eq!(layers.lower[1], Path::new("/store/l/B"));
+        assert_eq!(layers.upper, Path::new("/store/x/diff"));
+        assert_eq!(layers.other_options, vec!["index=off"]);
+    }
+
+    #[test]
+    fn the_topmost_mount_wins_and_other_types_are_not_overlays() {
+        let info = format!(
+            "{DOCKER}49 48 0:41 / /var/lib/docker/overlay2/d59c/merged rw - ext4 /dev/vda rw\n"
+        );
+        let merged = Path::new("/var/lib/docker/overlay2/d59c/merged");
+        assert!(overlay_at(&info, merged, Path::new("/")).is_none());
+    }
+
+    #[test]
+    fn ids_shift_between_ranges_and_back() {
+        let g = Geometry::default();
+        assert_eq!(shifted_id(0, Some(165_536), &g), 165_536);
+        assert_eq!(shifted_id(1000, Some(165_536), &g), 166_536);
+        // From another range, straight to this one.
+        assert_eq!(shifted_id(100_000 + 1000, Some(165_536), &g), 166_536);
+        // Back to the VM's 0-65535.
+        assert_eq!(shifted_id(166_536, None, &g), 1000);
+        assert_eq!(shifted_id(1000, None, &g), 1000);
+        // Ids above 65535 that belong to no range are left alone.
+        assert_eq!(shifted_id(70_000, Some(165_536), &g), 70_000);
+    }
+
+    #[test]
+    fn a_tree_shifts_into_a_range_and_back_keeping_setuid_bits() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIP: shifting owners needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("upper");
+        std::fs::create_dir_all(root.join("home/user")).unwrap();
+        std::fs::write(root.join("home/user/f"), "x").unwrap();
+        std::fs::write(root.join("tool"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", root.join("link")).unwrap();
+        std::os::unix::fs::chown(root.join("home/user"), Some(1000), Some(1000)).unwrap();
+        std::os::unix::fs::chown(root.join("home/user/f"), Some(1000), Some(1000)).unwrap();
+        std::fs::set_permissions(root.join("tool"), std::fs::Permissions::from_mode(0o4755))
+            .unwrap();
+        let g = Geometry::default();
+        let uid = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap().uid();
+        assert_eq!(shift_tree(&root, Some(165_536), &g).unwrap(), 6);
+        assert_eq!(
+            (uid(""), uid("home/user/f"), uid("link")),
+            (165_536, 166_536, 165_536)
+        );
+        let mode = std::fs::metadata(root.join("tool")).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o4755, "set-user-ID survives the shift");
+        // Into another range directly (a restart), then back to the VM's.
+        shift_tree(&root, Some(100_000), &g).unwrap();
+        assert_eq!(uid("home/user/f"), 101_000);
+        shift_tree(&root, None, &g).unwrap();
+        assert_eq!((uid(""), uid("home/user/f"), uid("link")), (0, 1000, 0));
+        assert_eq!(shift_tree(&root, None, &g).unwrap(), 0, "idempotent");
+        assert_eq!(
+            std::fs::metadata("/etc/shadow")
+                .map(|m| m.uid())
+                .unwrap_or(0),
+            0,
+            "symlinks are not followed"
+        );
+    }
+}
