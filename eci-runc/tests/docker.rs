@@ -15,8 +15,20 @@ use std::{
 };
 
 const IMAGE: &str = "eci-test-busybox:latest";
-const RUNTIME: &str = "eci-test";
-const RUNTIME_NO_AGENT: &str = "eci-test-noagent";
+/// Runtime names of this test process: test runs in other trees (a CI
+/// clone, say) may share the Docker daemon at the same time.
+fn runtime() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| format!("{RUNTIME_PREFIX}{}", std::process::id()))
+}
+
+fn runtime_no_agent() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| format!("{RUNTIME_PREFIX}noagent-{}", std::process::id()))
+}
+
+const RUNTIME_PREFIX: &str = "eci-test-";
+const FIXTURE_PREFIX: &str = "/tmp/eci-runc-test-";
 
 struct Fixture {
     dir: PathBuf,
@@ -66,7 +78,8 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
             return None;
         }
         assert!(docker(&["image", "inspect", IMAGE]).status.success(), "{IMAGE} is missing: `cargo xtask docker-up`");
-        let dir = PathBuf::from(format!("/tmp/eci-runc-test-{}", std::process::id()));
+        forget_dead_test_runs();
+        let dir = PathBuf::from(format!("{FIXTURE_PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(dir.join("shared")).expect("fixture dir");
         std::fs::write(dir.join("shared/hello"), "hello from the VM\n").expect("shared file");
         std::fs::write(
@@ -112,7 +125,7 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
             assert!(Instant::now() < deadline, "the agent did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        register_runtimes(&[(RUNTIME, &with_agent), (RUNTIME_NO_AGENT, &without)]);
+        register_runtimes(&[(runtime(), &with_agent), (runtime_no_agent(), &without)]);
         Some(Fixture { dir })
     });
     if f.is_none() {
@@ -121,13 +134,49 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
     f.as_ref()
 }
 
-/// Merge the runtimes into /etc/docker/daemon.json and make dockerd reload.
+fn alive(pid: &str) -> bool {
+    Path::new("/proc").join(pid).exists()
+}
+
+/// Remove what test processes that are gone left: their fixture directory
+/// (state, wrappers, bundles) and their runtimes in daemon.json (registered
+/// again with this process's below, with one reload).
+fn forget_dead_test_runs() {
+    for entry in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Some(pid) = path.to_str().and_then(|p| p.strip_prefix(FIXTURE_PREFIX)) else {
+            continue;
+        };
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .contains(path.to_string_lossy().as_ref());
+        if !alive(pid) && !mounted {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// Merge the runtimes into /etc/docker/daemon.json (dropping those of dead
+/// test processes) and make dockerd reload.
 fn register_runtimes(runtimes: &[(&str, &PathBuf)]) {
     let path = Path::new("/etc/docker/daemon.json");
     let mut config: serde_json::Value = std::fs::read_to_string(path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_else(|| serde_json::json!({}));
+    if let Some(known) = config["runtimes"].as_object_mut() {
+        known.retain(|name, _| {
+            let pid = name
+                .strip_prefix(RUNTIME_PREFIX)
+                .map(|rest| rest.trim_start_matches("noagent-"));
+            // Unsuffixed names are from older test versions: drop them too.
+            match pid {
+                Some(pid) if pid.chars().all(|c| c.is_ascii_digit()) => alive(pid),
+                Some(_) => false,
+                None => name != "eci-test",
+            }
+        });
+    }
     for (name, bin) in runtimes {
         config["runtimes"][*name] = serde_json::json!({ "path": bin.display().to_string() });
     }
@@ -219,7 +268,7 @@ fn each_container_gets_its_own_user_namespace_and_shows_runtime_eci() {
     let out = docker(&[
         "run",
         "--rm",
-        &format!("--runtime={RUNTIME}"),
+        &format!("--runtime={}", runtime()),
         IMAGE,
         "cat",
         "/proc/self/uid_map",
@@ -229,19 +278,19 @@ fn each_container_gets_its_own_user_namespace_and_shows_runtime_eci() {
     let out = docker(&[
         "run",
         "--rm",
-        &format!("--runtime={RUNTIME}"),
+        &format!("--runtime={}", runtime()),
         IMAGE,
         "cat",
         "/proc/self/gid_map",
     ]);
     assert!(uid_map_base(&String::from_utf8_lossy(&out.stdout)) >= 100_000);
     let id = String::from_utf8_lossy(
-        &docker(&["create", &format!("--runtime={RUNTIME}"), IMAGE, "true"]).stdout,
+        &docker(&["create", &format!("--runtime={}", runtime()), IMAGE, "true"]).stdout,
     )
     .trim()
     .to_owned();
-    let runtime = docker(&["inspect", "--format", "{{.HostConfig.Runtime}}", &id]);
-    assert_eq!(String::from_utf8_lossy(&runtime.stdout).trim(), RUNTIME);
+    let shown = docker(&["inspect", "--format", "{{.HostConfig.Runtime}}", &id]);
+    assert_eq!(String::from_utf8_lossy(&shown.stdout).trim(), runtime());
     docker(&["rm", "-f", &id]);
 }
 
@@ -256,7 +305,7 @@ fn concurrent_containers_get_disjoint_ranges_and_delete_frees_them() {
         let out = docker(&[
             "run",
             "-d",
-            &format!("--runtime={RUNTIME}"),
+            &format!("--runtime={}", runtime()),
             IMAGE,
             "sleep",
             "300",
@@ -298,7 +347,7 @@ fn refusals_name_the_rule_and_the_fix_and_leave_nothing() {
         ),
     ];
     for (flags, expected) in cases {
-        let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
+        let mut args = vec!["run", "--rm", "--runtime", runtime()];
         args.extend_from_slice(flags);
         args.extend_from_slice(&[IMAGE, "true"]);
         let out = docker(&args);
@@ -326,7 +375,7 @@ fn userns_host_is_ignored_and_the_container_still_gets_a_range() {
         "run",
         "--rm",
         "--userns=host",
-        &format!("--runtime={RUNTIME}"),
+        &format!("--runtime={}", runtime()),
         IMAGE,
         "cat",
         "/proc/self/uid_map",
@@ -346,7 +395,7 @@ fn non_root_image_users_own_their_files_and_image_files_belong_to_root() {
         "--rm",
         "--user",
         "1000:1000",
-        &format!("--runtime={RUNTIME}"),
+        &format!("--runtime={}", runtime()),
         IMAGE,
         "sh",
         "-c",
@@ -371,7 +420,7 @@ fn the_container_root_owns_its_image_files_and_the_layer_returns_to_vm_ids_when_
     let out = docker(&[
         "run",
         "-d",
-        &format!("--runtime={RUNTIME}"),
+        &format!("--runtime={}", runtime()),
         IMAGE,
         "sh",
         "-c",
@@ -461,7 +510,7 @@ fn a_named_volume_written_by_one_container_is_usable_by_the_next_with_another_ra
         return;
     };
     let volume = format!("eci-test-vol-{}", std::process::id());
-    let rt = format!("--runtime={RUNTIME}");
+    let rt = format!("--runtime={}", runtime());
     let mount = format!("{volume}:/data");
     let holder =
         String::from_utf8_lossy(&docker(&["run", "-d", &rt, IMAGE, "sleep", "300"]).stdout)
@@ -539,7 +588,7 @@ fn a_shareable_host_path_can_be_bind_mounted() {
     let out = docker(&[
         "run",
         "--rm",
-        &format!("--runtime={RUNTIME}"),
+        &format!("--runtime={}", runtime()),
         "-v",
         &mount,
         IMAGE,
@@ -559,7 +608,7 @@ fn sensitive_proc_and_sys_entries_are_masked_or_read_only() {
     let out = docker(&[
         "run",
         "--rm",
-        &format!("--runtime={RUNTIME}"),
+        &format!("--runtime={}", runtime()),
         IMAGE,
         "sh",
         "-c",
@@ -591,7 +640,7 @@ fn exec_stop_restart_and_rm_work_and_leave_nothing_behind() {
     let out = docker(&[
         "run",
         "-d",
-        &format!("--runtime={RUNTIME}"),
+        &format!("--runtime={}", runtime()),
         IMAGE,
         "sleep",
         "300",
@@ -623,7 +672,7 @@ fn without_the_agent_containers_do_not_start_and_nothing_is_left() {
     let out = docker(&[
         "run",
         "--rm",
-        &format!("--runtime={RUNTIME_NO_AGENT}"),
+        &format!("--runtime={}", runtime_no_agent()),
         IMAGE,
         "true",
     ]);
