@@ -64,7 +64,7 @@ pub enum Refusal {
     )]
     VmMount { from: String, destination: String },
     #[error(
-        "enhanced container isolation: docker socket mount denied ({from} at {destination}): containers cannot reach the container engine. If this image must, an administrator can list it in enhancedContainerIsolation.dockerSocketMount.imageList in /etc/eci/admin-settings.json"
+        "enhanced container isolation: docker socket mount denied ({from} at {destination}): containers cannot reach the container engine. Remove the mount; this eci version does not yet give images on enhancedContainerIsolation.dockerSocketMount.imageList a filtered socket, so such a workload must run outside eci for now"
     )]
     EngineSocket { from: String, destination: String },
     #[error("enhanced container isolation: invalid container spec: {0}")]
