@@ -60,7 +60,7 @@ impl AgentConfig {
     pub fn audit_log(&self, policy: &Policy) -> PathBuf {
         self.audit_log
             .clone()
-            .unwrap_or_else(|| policy.audit_log.clone())
+            .unwrap_or_else(|| policy.audit.path.clone())
     }
 }
 
@@ -179,7 +179,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tracing::info!(count = namespaces.len(), "VM namespaces learned");
     }
     refresh_parents(&shared).await;
-    let audit = Arc::new(Mutex::new(AuditLog::open(&config.audit_log(&policy))?));
+    let audit = Arc::new(Mutex::new(AuditLog::open(
+        &config.audit_log(&policy),
+        policy.audit.max_bytes,
+        policy.audit.keep,
+    )?));
 
     let listener = control::bind(&config.control_socket)?;
     refresh_sockets(&shared, &config).await?;

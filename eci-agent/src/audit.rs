@@ -146,10 +146,14 @@ pub use eci_control::rfc3339;
 pub struct AuditLog {
     path: PathBuf,
     file: std::fs::File,
+    /// Rotate when the file grows past this many bytes (0: never).
+    max_bytes: u64,
+    /// Rotated files kept: `<path>.1` (newest) .. `<path>.<keep>`.
+    keep: u32,
 }
 
 impl AuditLog {
-    pub fn open(path: &Path) -> Result<Self, AuditError> {
+    pub fn open(path: &Path, max_bytes: u64, keep: u32) -> Result<Self, AuditError> {
         let open_err = |source| AuditError::Open {
             path: path.display().to_string(),
             source,
@@ -161,28 +165,42 @@ impl AuditLog {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| AuditError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+            .map_err(open_err)?;
         Ok(Self {
             path: path.to_owned(),
             file,
+            max_bytes,
+            keep,
         })
     }
 
+    fn rotate_if_full(&mut self) -> std::io::Result<()> {
+        if self.max_bytes == 0 || self.file.metadata()?.len() < self.max_bytes {
+            return Ok(());
+        }
+        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        let _ = std::fs::remove_file(numbered(self.keep.max(1)));
+        for n in (1..self.keep.max(1)).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        std::fs::rename(&self.path, numbered(1))?;
+        self.file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        Ok(())
+    }
+
     pub fn write<T: Serialize>(&mut self, line: &T) -> Result<(), AuditError> {
-        let mut text = serde_json::to_string(line).map_err(|e| AuditError::Write {
-            path: self.path.display().to_string(),
-            source: std::io::Error::other(e),
-        })?;
+        let path = self.path.display().to_string();
+        let err = |source| AuditError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut text = serde_json::to_string(line).map_err(|e| err(std::io::Error::other(e)))?;
         text.push('\n');
-        self.file
-            .write_all(text.as_bytes())
-            .map_err(|source| AuditError::Write {
-                path: self.path.display().to_string(),
-                source,
-            })
+        self.rotate_if_full().map_err(err)?;
+        self.file.write_all(text.as_bytes()).map_err(err)
     }
 }
 
@@ -244,6 +262,23 @@ mod tests {
         assert_eq!(json["cgroup"], "/docker/abc");
         assert_eq!(json["object"]["dev"], "0:25");
         assert_eq!(json["object"]["path"], "/run/docker.sock");
+    }
+
+    #[test]
+    fn the_log_rotates_and_keeps_the_configured_number_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path, 64, 2).unwrap();
+        for i in 0..20 {
+            log.write(&serde_json::json!({ "n": i, "pad": "xxxxxxxxxxxxxxxxxxxx" }))
+                .unwrap();
+        }
+        assert!(path.exists());
+        assert!(dir.path().join("audit.jsonl.1").exists());
+        assert!(dir.path().join("audit.jsonl.2").exists());
+        assert!(!dir.path().join("audit.jsonl.3").exists());
+        let newest = std::fs::read_to_string(&path).unwrap();
+        assert!(newest.contains("\"n\":19"), "{newest}");
     }
 
     #[test]

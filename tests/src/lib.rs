@@ -415,6 +415,35 @@ pub fn attempt(
     (result, pid, text)
 }
 
+/// The eci-test-client binary of this crate, for tests in other files.
+pub fn test_client() -> PathBuf {
+    workspace_bin("eci-test-client")
+}
+
+/// `mode` on `path` is denied from `protected` and allowed from `unprotected`.
+pub fn assert_denied_only_when_protected(
+    protected: &TestCgroup,
+    unprotected: &TestCgroup,
+    mode: &str,
+    path: &Path,
+) {
+    let client = test_client();
+    let (result, _, text) = attempt(&client, protected, mode, path);
+    assert_eq!(
+        result,
+        Attempt::Denied,
+        "{mode} {} from a protected cgroup: {text}",
+        path.display()
+    );
+    let (result, _, text) = attempt(&client, unprotected, mode, path);
+    assert_eq!(
+        result,
+        Attempt::Allowed,
+        "{mode} {} from an unprotected cgroup: {text}",
+        path.display()
+    );
+}
+
 /// A stream listener and a datagram socket on a tmpfs, accepting in the
 /// background so connects complete.
 pub struct TestSockets {

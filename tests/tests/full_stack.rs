@@ -207,6 +207,11 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
     // The agent protects a socket within a second of its appearing.
     std::thread::sleep(Duration::from_secs(2));
 
+    // World-writable, so file permissions never answer first (on kernels
+    // where tmpfs cannot be ID-mapped the container's root is "other"): any
+    // refusal below is the kernel rule's.
+    std::fs::set_permissions(&engine_socket, std::fs::Permissions::from_mode(0o666))
+        .expect("chmod socket");
     // A socket smuggled into an allowed (shareable) directory by a bind mount.
     let smuggled = engine.dir.path().join("share/innocent.sock");
     std::fs::write(&smuggled, "").expect("bind target");

@@ -151,3 +151,85 @@ fn a_restarted_agent_adopts_the_pinned_rules_and_loses_no_audit_event() {
     );
     assert_eq!(status["event_drops"], 0, "{status}");
 }
+
+#[test]
+fn denials_continue_through_agent_kill_and_restart_and_every_one_is_audited() {
+    if !bpf_lsm_or_skip("denials_continue_through_agent_kill_and_restart_and_every_one_is_audited")
+    {
+        return;
+    }
+    let sockets = TestSockets::new();
+    let socket_arg = sockets.stream.display().to_string();
+    let mut agent = TestAgent::start(&["--protect-socket", &socket_arg]);
+    let cgroup = TestCgroup::new("eci-prot");
+    agent.protect(&cgroup);
+    let dir = sockets.dir.path();
+    let results = dir.join("results");
+    let stop = dir.join("stop");
+    // A container that keeps trying until told to stop.
+    let script = format!(
+        "while [ ! -e {stop} ]; do {client} stream {sock} >/dev/null 2>&1; echo $? >> {results}; done",
+        stop = stop.display(),
+        client = client().display(),
+        sock = sockets.stream.display(),
+        results = results.display()
+    );
+    let mut looping = cgroup
+        .command("/bin/sh")
+        .args(["-c", &script])
+        .spawn()
+        .expect("loop");
+    let count = || {
+        std::fs::read_to_string(&results)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let wait_for = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while count() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the loop stalled at {}",
+                count()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for(3);
+    agent.kill_hard();
+    let during = count();
+    wait_for(during + 3);
+    agent.spawn(&["--protect-socket", &socket_arg]);
+    let after_restart = count();
+    wait_for(after_restart + 3);
+    std::fs::write(&stop, "").expect("stop");
+    let _ = looping.wait();
+    let outcomes = std::fs::read_to_string(&results).expect("results");
+    let attempts = outcomes.lines().count();
+    assert!(
+        outcomes.lines().all(|l| l == "13"),
+        "an attempt was not denied: {outcomes}"
+    );
+    // Every denial reaches the audit log, the ones made while no agent ran too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let audited = agent
+            .audit_lines()
+            .iter()
+            .filter(|l| l["hook"] == "unix_stream_connect" && l["cgroup_id"] == cgroup.id)
+            .count();
+        let status: serde_json::Value =
+            serde_json::from_slice(&agent.cli(&["status", "--json"]).stdout).expect("status JSON");
+        let dropped = status["event_drops"].as_u64().unwrap_or(0) as usize;
+        if audited + dropped >= attempts {
+            assert_eq!(dropped, 0, "the ring buffer dropped events in a short test");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{attempts} denials, {audited} audited, {dropped} dropped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -4,20 +4,35 @@
 use std::{os::unix::fs::MetadataExt, path::PathBuf, process::Command};
 
 use eci_integration_tests::{
-    Attempt, TestAgent, TestCgroup, TestSockets, attempt, bpf_lsm_or_skip,
+    Attempt, TestAgent, TestCgroup, TestSockets, assert_denied_only_when_protected, attempt,
+    bpf_lsm_or_skip, test_client,
 };
 
-fn client() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_eci-test-client"))
+/// Sockets, an agent protecting them, and a protected and a free cgroup.
+struct Setup {
+    sockets: TestSockets,
+    agent: TestAgent,
+    protected: TestCgroup,
+    free: TestCgroup,
 }
 
-fn agent_protecting(sockets: &TestSockets) -> TestAgent {
-    TestAgent::start(&[
+fn setup() -> Setup {
+    let sockets = TestSockets::new();
+    let agent = TestAgent::start(&[
         "--protect-socket",
         &sockets.stream.display().to_string(),
         "--protect-socket",
         &sockets.dgram.display().to_string(),
-    ])
+    ]);
+    let protected = TestCgroup::new("eci-prot");
+    let free = TestCgroup::new("eci-free");
+    agent.protect(&protected);
+    Setup {
+        sockets,
+        agent,
+        protected,
+        free,
+    }
 }
 
 #[test]
@@ -25,24 +40,8 @@ fn stream_connect_to_protected_socket_is_denied_only_from_protected_cgroup() {
     if !bpf_lsm_or_skip("stream_connect_to_protected_socket_is_denied_only_from_protected_cgroup") {
         return;
     }
-    let sockets = TestSockets::new();
-    let agent = agent_protecting(&sockets);
-    let protected = TestCgroup::new("eci-prot");
-    let unprotected = TestCgroup::new("eci-free");
-    agent.protect(&protected);
-
-    let (denied, _, text) = attempt(&client(), &protected, "stream", &sockets.stream);
-    assert_eq!(
-        denied,
-        Attempt::Denied,
-        "protected cgroup reached the socket: {text}"
-    );
-    let (allowed, _, text) = attempt(&client(), &unprotected, "stream", &sockets.stream);
-    assert_eq!(
-        allowed,
-        Attempt::Allowed,
-        "unprotected cgroup was refused: {text}"
-    );
+    let s = setup();
+    assert_denied_only_when_protected(&s.protected, &s.free, "stream", &s.sockets.stream);
 }
 
 #[test]
@@ -50,23 +49,16 @@ fn protected_cgroup_still_reaches_sockets_that_are_not_protected() {
     if !bpf_lsm_or_skip("protected_cgroup_still_reaches_sockets_that_are_not_protected") {
         return;
     }
-    let sockets = TestSockets::new();
+    let s = setup();
     let other = TestSockets::new();
-    let agent = agent_protecting(&sockets);
-    let protected = TestCgroup::new("eci-prot");
-    agent.protect(&protected);
-    let (result, _, text) = attempt(&client(), &protected, "stream", &other.stream);
-    assert_eq!(
-        result,
-        Attempt::Allowed,
-        "an unprotected socket was refused: {text}"
-    );
-    let (result, _, text) = attempt(&client(), &protected, "dgram", &other.dgram);
-    assert_eq!(
-        result,
-        Attempt::Allowed,
-        "an unprotected datagram socket was refused: {text}"
-    );
+    for (mode, path) in [("stream", &other.stream), ("dgram", &other.dgram)] {
+        let (result, _, text) = attempt(&test_client(), &s.protected, mode, path);
+        assert_eq!(
+            result,
+            Attempt::Allowed,
+            "an unprotected socket was refused ({mode}): {text}"
+        );
+    }
 }
 
 #[test]
@@ -76,47 +68,26 @@ fn protection_follows_the_socket_file_through_links_bind_mounts_renames_and_proc
     ) {
         return;
     }
-    let sockets = TestSockets::new();
-    let agent = agent_protecting(&sockets);
-    let protected = TestCgroup::new("eci-prot");
-    let unprotected = TestCgroup::new("eci-free");
-    agent.protect(&protected);
-
-    let dir = sockets.dir.path();
+    let s = setup();
+    let dir = s.sockets.dir.path();
     let hard_link = dir.join("hard-link.sock");
-    std::fs::hard_link(&sockets.stream, &hard_link).expect("hard link");
+    std::fs::hard_link(&s.sockets.stream, &hard_link).expect("hard link");
     let bind_target = dir.join("bind-target.sock");
     std::fs::write(&bind_target, "").expect("bind target");
     let status = Command::new("mount")
-        .args([
-            "--bind",
-            &sockets.stream.display().to_string(),
-            &bind_target.display().to_string(),
-        ])
+        .arg("--bind")
+        .arg(&s.sockets.stream)
+        .arg(&bind_target)
         .status()
-        .expect("mount --bind");
+        .expect("mount");
     assert!(status.success(), "mount --bind failed");
-    let via_proc_root = PathBuf::from(format!("/proc/self/root{}", sockets.stream.display()));
+    let via_proc_root = PathBuf::from(format!("/proc/self/root{}", s.sockets.stream.display()));
     // A rename after the agent started: the file keeps its identity.
     let renamed = dir.join("renamed.sock");
-    std::fs::hard_link(&sockets.stream, dir.join("keep.sock")).expect("second link");
+    std::fs::hard_link(&s.sockets.stream, dir.join("keep.sock")).expect("second link");
     std::fs::rename(dir.join("keep.sock"), &renamed).expect("rename");
-
     for path in [&hard_link, &bind_target, &via_proc_root, &renamed] {
-        let (result, _, text) = attempt(&client(), &protected, "stream", path);
-        assert_eq!(
-            result,
-            Attempt::Denied,
-            "{} reached the protected socket: {text}",
-            path.display()
-        );
-        let (result, _, text) = attempt(&client(), &unprotected, "stream", path);
-        assert_eq!(
-            result,
-            Attempt::Allowed,
-            "{} was refused to an unprotected cgroup: {text}",
-            path.display()
-        );
+        assert_denied_only_when_protected(&s.protected, &s.free, "stream", path);
     }
     let _ = Command::new("umount").arg(&bind_target).status();
 }
@@ -126,24 +97,9 @@ fn datagram_send_and_connect_to_protected_socket_are_denied() {
     if !bpf_lsm_or_skip("datagram_send_and_connect_to_protected_socket_are_denied") {
         return;
     }
-    let sockets = TestSockets::new();
-    let agent = agent_protecting(&sockets);
-    let protected = TestCgroup::new("eci-prot");
-    let unprotected = TestCgroup::new("eci-free");
-    agent.protect(&protected);
+    let s = setup();
     for mode in ["dgram", "dgram-connect"] {
-        let (result, _, text) = attempt(&client(), &protected, mode, &sockets.dgram);
-        assert_eq!(
-            result,
-            Attempt::Denied,
-            "{mode} from a protected cgroup: {text}"
-        );
-        let (result, _, text) = attempt(&client(), &unprotected, mode, &sockets.dgram);
-        assert_eq!(
-            result,
-            Attempt::Allowed,
-            "{mode} from an unprotected cgroup: {text}"
-        );
+        assert_denied_only_when_protected(&s.protected, &s.free, mode, &s.sockets.dgram);
     }
 }
 
@@ -152,15 +108,8 @@ fn the_agents_own_control_socket_is_protected() {
     if !bpf_lsm_or_skip("the_agents_own_control_socket_is_protected") {
         return;
     }
-    let agent = TestAgent::start(&[]);
-    let protected = TestCgroup::new("eci-prot");
-    agent.protect(&protected);
-    let (result, _, text) = attempt(&client(), &protected, "stream", &agent.control_socket);
-    assert_eq!(
-        result,
-        Attempt::Denied,
-        "a protected cgroup reached the agent: {text}"
-    );
+    let s = setup();
+    assert_denied_only_when_protected(&s.protected, &s.free, "stream", &s.agent.control_socket);
 }
 
 #[test]
@@ -168,22 +117,19 @@ fn unprotecting_a_cgroup_lifts_the_rule() {
     if !bpf_lsm_or_skip("unprotecting_a_cgroup_lifts_the_rule") {
         return;
     }
-    let sockets = TestSockets::new();
-    let agent = agent_protecting(&sockets);
-    let cgroup = TestCgroup::new("eci-prot");
-    agent.protect(&cgroup);
+    let s = setup();
     assert_eq!(
-        attempt(&client(), &cgroup, "stream", &sockets.stream).0,
+        attempt(&test_client(), &s.protected, "stream", &s.sockets.stream).0,
         Attempt::Denied
     );
-    let out = agent.cli(&["unprotect", "--cgroup", &cgroup.path]);
+    let out = s.agent.cli(&["unprotect", "--cgroup", &s.protected.path]);
     assert!(
         out.status.success(),
         "unprotect: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        attempt(&client(), &cgroup, "stream", &sockets.stream).0,
+        attempt(&test_client(), &s.protected, "stream", &s.sockets.stream).0,
         Attempt::Allowed
     );
 }
@@ -193,27 +139,26 @@ fn denial_is_audited_with_time_pid_uid_comm_cgroup_hook_verdict_and_object() {
     if !bpf_lsm_or_skip("denial_is_audited_with_time_pid_uid_comm_cgroup_hook_verdict_and_object") {
         return;
     }
-    let sockets = TestSockets::new();
-    let agent = agent_protecting(&sockets);
-    let protected = TestCgroup::new("eci-prot");
-    agent.protect(&protected);
-    let (result, pid, _) = attempt(&client(), &protected, "stream", &sockets.stream);
+    let s = setup();
+    let (result, pid, _) = attempt(&test_client(), &s.protected, "stream", &s.sockets.stream);
     assert_eq!(result, Attempt::Denied);
-    let meta = std::fs::metadata(&sockets.stream).expect("stat socket");
     assert_ne!(pid, 0, "the client did not report its pid");
-    let line = agent.wait_audit(|l| l["tgid"] == pid && l["hook"] == "unix_stream_connect");
+    let meta = std::fs::metadata(&s.sockets.stream).expect("stat socket");
+    let line = s
+        .agent
+        .wait_audit(|l| l["tgid"] == pid && l["hook"] == "unix_stream_connect");
     assert_eq!(line["verdict"], "deny", "{line}");
     assert_eq!(line["errno"], libc::EPERM, "{line}");
     assert_eq!(line["pid"], pid, "{line}");
     assert_eq!(line["uid"], 0, "{line}");
     assert_eq!(line["comm"], "eci-test-client", "{line}");
-    assert_eq!(line["cgroup_id"], protected.id, "{line}");
-    assert_eq!(line["cgroup"], protected.path.as_str(), "{line}");
+    assert_eq!(line["cgroup_id"], s.protected.id, "{line}");
+    assert_eq!(line["cgroup"], s.protected.path.as_str(), "{line}");
     assert_eq!(line["object"]["kind"], "unix_socket", "{line}");
     assert_eq!(line["object"]["ino"], meta.ino(), "{line}");
     assert_eq!(
         line["object"]["path"],
-        sockets.stream.display().to_string(),
+        s.sockets.stream.display().to_string(),
         "{line}"
     );
     let time = line["time"].as_str().expect("time is a string");
@@ -222,12 +167,14 @@ fn denial_is_audited_with_time_pid_uid_comm_cgroup_hook_verdict_and_object() {
         "time {time}"
     );
 
-    let (result, pid, _) = attempt(&client(), &protected, "dgram", &sockets.dgram);
+    let (result, pid, _) = attempt(&test_client(), &s.protected, "dgram", &s.sockets.dgram);
     assert_eq!(result, Attempt::Denied);
-    let line = agent.wait_audit(|l| l["tgid"] == pid && l["hook"] == "unix_may_send");
+    let line = s
+        .agent
+        .wait_audit(|l| l["tgid"] == pid && l["hook"] == "unix_may_send");
     assert_eq!(
         line["object"]["path"],
-        sockets.dgram.display().to_string(),
+        s.sockets.dgram.display().to_string(),
         "{line}"
     );
 }
@@ -237,12 +184,9 @@ fn rules_stay_in_force_after_the_agent_is_killed() {
     if !bpf_lsm_or_skip("rules_stay_in_force_after_the_agent_is_killed") {
         return;
     }
-    let sockets = TestSockets::new();
-    let mut agent = agent_protecting(&sockets);
-    let protected = TestCgroup::new("eci-prot");
-    agent.protect(&protected);
-    agent.kill_hard();
-    let (result, _, text) = attempt(&client(), &protected, "stream", &sockets.stream);
+    let mut s = setup();
+    s.agent.kill_hard();
+    let (result, _, text) = attempt(&test_client(), &s.protected, "stream", &s.sockets.stream);
     assert_eq!(
         result,
         Attempt::Denied,

@@ -61,5 +61,102 @@ pub fn bench(rounds: u32, iterations: u64) -> Result<()> {
     let path = dir.join("hook-cost.json");
     std::fs::write(&path, serde_json::to_string_pretty(&value)? + "\n")?;
     println!("bench: wrote {}", path.display());
+    let startup = bench_startup(10)?;
+    let path = dir.join("startup.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&startup)? + "\n")?;
+    println!("bench: wrote {}", path.display());
     Ok(())
+}
+
+/// Container start-up with eci-runc against plain runc, on this host's
+/// Docker Engine: the median of `runs` alternating `docker run --rm`s.
+/// The agent runs in its unenforced mode when this kernel refuses BPF-LSM
+/// (registration still happens; the kernel part is measured in the VM).
+pub fn bench_startup(runs: usize) -> Result<serde_json::Value> {
+    use std::process::{Command, Stdio};
+    crate::docker::ensure_docker()?;
+    crate::docker::ensure_test_image()?;
+    let dir = util::build_dir().join("bench/startup");
+    std::fs::create_dir_all(&dir)?;
+    let target = util::repo_root().join("target/debug");
+    let socket = dir.join("agent.sock");
+    let mut agent = Command::new(target.join("eci-agent"));
+    agent
+        .args([
+            "run",
+            "--no-default-sockets",
+            "--unenforced-for-testing",
+            "--control-socket",
+        ])
+        .arg(&socket)
+        .arg("--audit-log")
+        .arg(dir.join("audit.jsonl"))
+        .arg("--policy")
+        .arg(dir.join("none.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut agent = agent.spawn().context("starting the agent")?;
+    let wrapper = dir.join("eci-runc");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={}\nexec {} \"$@\"\n",
+            socket.display(),
+            dir.join("state").display(),
+            target.join("eci-runc").display()
+        ),
+    )?;
+    util::run(Command::new("chmod").arg("755").arg(&wrapper))?;
+    let daemon_json = std::path::Path::new("/etc/docker/daemon.json");
+    let mut config: serde_json::Value = std::fs::read_to_string(daemon_json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    config["runtimes"]["eci-bench"] = serde_json::json!({ "path": wrapper.display().to_string() });
+    std::fs::create_dir_all("/etc/docker")?;
+    std::fs::write(daemon_json, serde_json::to_string_pretty(&config)?)?;
+    util::run(Command::new("sh").args(["-c", "kill -HUP $(pidof dockerd)"]))?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let time = |runtime: &str| -> Result<f64> {
+        let started = std::time::Instant::now();
+        let out = Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--runtime",
+                runtime,
+                crate::docker::TEST_IMAGE,
+                "cat",
+                "/proc/self/uid_map",
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "docker run --runtime {runtime} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    };
+    let (mut eci, mut runc) = (Vec::new(), Vec::new());
+    time("runc")?;
+    time("eci-bench")?;
+    for _ in 0..runs {
+        runc.push(time("runc")?);
+        eci.push(time("eci-bench")?);
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (e, r) = (median(eci), median(runc));
+    println!(
+        "start-up, `docker run --rm` (median of {runs}): runc {r:.0} ms, eci {e:.0} ms, ratio {:.2}",
+        e / r
+    );
+    Ok(
+        serde_json::json!({ "benchmark": "docker_run_startup", "runs": runs, "ms_runc": r, "ms_eci": e, "ratio": e / r }),
+    )
 }
