@@ -78,7 +78,10 @@ impl Default for VmOptions {
             lsm: DEFAULT_LSM.to_string(),
             timeout: Duration::from_secs(20 * 60),
             memory_mb: 2048,
-            cpus: 2,
+            // One vCPU: with several, TCG can run a stale translation of kernel
+            // text that was just live-patched (BPF trampolines, static keys)
+            // and the guest oopses on a leftover int3 (seen on 6.12).
+            cpus: 1,
             env: Vec::new(),
             cwd: util::repo_root(),
             extra_cmdline: Vec::new(),
