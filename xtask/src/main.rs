@@ -96,7 +96,17 @@ fn main() -> Result<()> {
             let mut last = None;
             for k in kernels::select(&kernel)? {
                 let outcome = vm::run_in_vm(&k, &command.join(" "), &opts)?;
-                println!("vm-run: {}: {}", k.name, outcome.result);
+                println!(
+                    "vm-run: {}: {} (boot to script {}, total {:.1}s, log {})",
+                    k.name,
+                    outcome.result,
+                    outcome
+                        .boot_to_script
+                        .map(|d| format!("{:.1}s", d.as_secs_f64()))
+                        .unwrap_or_else(|| "-".into()),
+                    outcome.duration.as_secs_f64(),
+                    outcome.log.display()
+                );
                 last = Some(outcome);
             }
             match last.and_then(|o| o.exit_code()) {

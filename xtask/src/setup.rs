@@ -165,6 +165,7 @@ fn bpf_linker() -> Result<()> {
                 "install",
                 "bpf-linker",
                 "--locked",
+                "--force",
                 "--no-default-features",
                 "--features",
             ])
@@ -187,10 +188,25 @@ pub fn setup() -> Result<()> {
     nightly()?;
     bpf_linker()?;
     kernels::ensure()?;
+    modules_mount_point()?;
     println!("setup: done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
 fn nix_is_root() -> bool {
     util::output(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0")
+}
+
+/// The guest binds the VM kernel's extracted modules on
+/// /lib/modules/<release> (so `modprobe` works there), but the host root is
+/// read-only in the guest: the mount point must exist on the host.
+fn modules_mount_point() -> Result<()> {
+    let dir = std::path::Path::new("/lib/modules");
+    if dir.is_dir() {
+        println!("setup: /lib/modules: skipped (exists)");
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    println!("setup: /lib/modules: created (mount point for the VM kernel's modules)");
+    Ok(())
 }
