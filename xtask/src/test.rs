@@ -201,7 +201,17 @@ pub fn test_all() -> Result<()> {
     let docker = docker::ensure_docker().and_then(|()| docker::ensure_test_image());
     if let Err(e) = &docker {
         stage_failed("Docker", e, &mut tally);
-        stages.push("Docker: FAILED".to_string());
+        // The reason also goes on the stages line: CI shows the end of the log.
+        let reason: String = format!("{e:#}")
+            .lines()
+            .rev()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" | ")
+            .chars()
+            .take(400)
+            .collect();
+        stages.push(format!("Docker: FAILED ({reason})"));
         ok = false;
     }
     let built = util::build_binaries();
