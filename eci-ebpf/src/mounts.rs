@@ -4,6 +4,15 @@
 //! cannot unmount, move or remount read-write the mounts its container
 //! started with (the agent records their ids at registration). Mounts the
 //! container makes later stay its own to change.
+//!
+//! VM paths: a bind source must be in the caller's own mount namespace
+//! (the kernel's `check_mnt`, for mount(2) with MS_BIND, `open_tree` and
+//! `move_mount` alike: EINVAL otherwise), so a container — which has a
+//! mount namespace of its own and no VM path in it beyond what the runtime
+//! put there — cannot reach one through /proc/<pid>/root, a leaked
+//! descriptor, `..` or a symlink. What is left is a protected task still in
+//! the VM's mount namespace (a runtime that did not give it one): it may
+//! not mount, bind, move or unmount anything there.
 
 use aya_ebpf::{
     macros::{lsm, map},
@@ -12,7 +21,11 @@ use aya_ebpf::{
 };
 use eci_common::{FileId, Hook, MAX_IMMUTABLE_MOUNTS, ObjectKind, verdict};
 
-use crate::{audit, kernel, protection};
+use crate::{
+    audit, kernel,
+    namespaces::{self, MNT_KIND},
+    protection,
+};
 
 const MS_RDONLY: u64 = 1;
 const MS_REMOUNT: u64 = 32;
@@ -94,6 +107,9 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
     let Some(cgroup_id) = protection::protected_cgroup() else {
         return verdict::ALLOW;
     };
+    if let Some(inum) = namespaces::current_vm_mount_namespace() {
+        return namespaces::deny_shared(Hook::MoveMount, cgroup_id, MNT_KIND, inum);
+    }
     let from: *const u8 = ctx.arg(0);
     // SAFETY: the hook's paths; probe reads only.
     if let Some(info) = unsafe { kernel::path_super_block(from) }
@@ -120,6 +136,9 @@ pub fn sb_umount(ctx: LsmContext) -> i32 {
     let Some(cgroup_id) = protection::protected_cgroup() else {
         return verdict::ALLOW;
     };
+    if let Some(inum) = namespaces::current_vm_mount_namespace() {
+        return namespaces::deny_shared(Hook::SbUmount, cgroup_id, MNT_KIND, inum);
+    }
     let mnt: *const u8 = ctx.arg(0);
     // SAFETY: the hook's vfsmount; probe reads only.
     match unsafe { kernel::vfsmount(mnt) } {
@@ -129,21 +148,25 @@ pub fn sb_umount(ctx: LsmContext) -> i32 {
 }
 
 /// `sb_mount(const char *dev_name, const struct path *path, const char *type,
-/// unsigned long flags, void *data)`: here only remounts are judged (a
-/// read-only mount the container started with stays read-only).
+/// unsigned long flags, void *data)`: nothing in the VM's mount namespace;
+/// elsewhere only remounts are judged (a read-only mount the container
+/// started with stays read-only).
 #[lsm(hook = "sb_mount")]
 pub fn sb_mount(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(5);
     if previous != 0 {
         return previous;
     }
+    let Some(cgroup_id) = protection::protected_cgroup() else {
+        return verdict::ALLOW;
+    };
+    if let Some(inum) = namespaces::current_vm_mount_namespace() {
+        return namespaces::deny_shared(Hook::SbMount, cgroup_id, MNT_KIND, inum);
+    }
     let flags: u64 = ctx.arg(3);
     if flags & MS_REMOUNT == 0 || flags & MS_RDONLY != 0 {
         return verdict::ALLOW;
     }
-    let Some(cgroup_id) = protection::protected_cgroup() else {
-        return verdict::ALLOW;
-    };
     let path: *const u8 = ctx.arg(1);
     // SAFETY: the hook's path; probe reads only.
     match unsafe { kernel::path_mount(path) } {

@@ -3,7 +3,8 @@
 //! and a protected task that shares a namespace with the VM — a container
 //! started with `--network=host` or `--pid=host` by a runtime that bypassed
 //! eci-runc — cannot exec anything once it is in a mount namespace of its
-//! own (before that, it is the runtime's own set-up).
+//! own (before that, it is the runtime's own set-up), and cannot change the
+//! VM's mounts while it is still in the VM's mount namespace (see mounts.rs).
 
 use aya_ebpf::{
     macros::{lsm, map},
@@ -15,11 +16,36 @@ use eci_common::{FileId, Hook, MAX_VM_NAMESPACES, NS_KINDS, NSFS_MAGIC, ObjectKi
 use crate::{audit, kernel, protection};
 
 /// Index of the mount namespace in `NS_KIND_NAMES`.
-const MNT_KIND: usize = 2;
+pub const MNT_KIND: usize = 2;
 
 /// Inode numbers (`ns.inum`) of the VM's and the engine's namespaces.
 #[map]
 static ECI_VM_NS: HashMap<u64, u32> = HashMap::pinned(MAX_VM_NAMESPACES, 0);
+
+/// The inode number of the current task's mount namespace when it is the
+/// VM's (or the engine's): a protected task there must not change mounts.
+#[inline(always)]
+pub fn current_vm_mount_namespace() -> Option<u64> {
+    let inum = kernel::current_namespaces()?[MNT_KIND] as u64;
+    // SAFETY: presence check only.
+    unsafe { ECI_VM_NS.get(&inum) }.map(|_| inum)
+}
+
+/// Report a denial for sharing the VM's namespace of kind `kind`.
+#[inline(always)]
+pub fn deny_shared(hook: Hook, cgroup_id: u64, kind: usize, inum: u64) -> i32 {
+    let object = FileId {
+        dev: kind as u64,
+        ino: inum,
+    };
+    audit::report(
+        hook,
+        cgroup_id,
+        ObjectKind::SharedNamespace,
+        object,
+        verdict::DENY,
+    )
+}
 
 /// `file_open(struct file *file)`
 #[lsm(hook = "file_open")]
@@ -77,17 +103,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         let inum = inums[kind] as u64;
         // SAFETY: presence check only.
         if inum != 0 && unsafe { ECI_VM_NS.get(&inum) }.is_some() {
-            let object = FileId {
-                dev: kind as u64,
-                ino: inum,
-            };
-            return audit::report(
-                Hook::BprmCheckSecurity,
-                cgroup_id,
-                ObjectKind::SharedNamespace,
-                object,
-                verdict::DENY,
-            );
+            return deny_shared(Hook::BprmCheckSecurity, cgroup_id, kind, inum);
         }
         kind += 1;
     }

@@ -340,6 +340,16 @@ impl TestCgroup {
     /// `--network=host --pid=host --ipc=host --uts=host` with a runtime that
     /// bypassed eci-runc gives).
     pub fn command_sharing_vm_namespaces(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        self.command_joining(program, true)
+    }
+
+    /// A command that joins this cgroup and keeps every namespace of the
+    /// VM, its mount namespace included (a runtime that made none).
+    pub fn command_in_vm_namespaces(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        self.command_joining(program, false)
+    }
+
+    fn command_joining(&self, program: impl AsRef<std::ffi::OsStr>, own_mounts: bool) -> Command {
         let procs = std::ffi::CString::new(self.dir.join("cgroup.procs").display().to_string())
             .expect("path");
         let mut cmd = Command::new(program);
@@ -355,7 +365,7 @@ impl TestCgroup {
                 if n != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                if own_mounts && libc::unshare(libc::CLONE_NEWNS) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
