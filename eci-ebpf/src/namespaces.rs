@@ -1,5 +1,6 @@
 //! The VM's namespaces: a task in a protected cgroup cannot open their
-//! nsfs files (so `setns`/`nsenter` into the VM has nothing to work with),
+//! nsfs files (so `setns`/`nsenter` into the VM has nothing to work with)
+//! unless it is in that namespace already,
 //! and a protected task that shares a namespace with the VM — a container
 //! started with `--network=host` or `--pid=host` by a runtime that bypassed
 //! eci-runc — cannot exec anything once it is in a mount namespace of its
@@ -64,6 +65,15 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     };
     // SAFETY: presence check only.
     if magic != NSFS_MAGIC || unsafe { ECI_VM_NS.get(&id.ino) }.is_none() {
+        return verdict::ALLOW;
+    }
+    // A namespace the task is in already: its file grants nothing new. This
+    // is the runtime's own set-up (runc's first stage, in the container's
+    // cgroup, opens its current mount namespace to fetch bind sources from
+    // it later); a container, in namespaces of its own, never matches.
+    if let Some(current) = kernel::current_namespaces()
+        && current.iter().any(|&inum| inum as u64 == id.ino)
+    {
         return verdict::ALLOW;
     }
     audit::report(

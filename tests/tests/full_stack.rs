@@ -3,178 +3,12 @@
 //! runtime. Runs in the test VM (or natively where the kernel has BPF-LSM
 //! and Docker is installed); elsewhere it says why it skips.
 
-use std::{
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+use std::{os::unix::fs::PermissionsExt, process::Command, time::Duration};
+
+use eci_integration_tests::{
+    TestAgent, bpf_lsm_or_skip,
+    engine::{IMAGE, docker, start_engine, text},
 };
-
-use eci_integration_tests::{TestAgent, bpf_lsm_or_skip, workspace_bin};
-
-const IMAGE: &str = "eci-fullstack:latest";
-
-struct Engine {
-    daemons: Vec<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        for d in self.daemons.iter_mut().rev() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(d.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = d.wait();
-        }
-    }
-}
-
-fn docker(engine: &Engine, args: &[&str]) -> Output {
-    Command::new("docker")
-        .arg("--host")
-        .arg(format!(
-            "unix://{}",
-            engine.dir.path().join("docker.sock").display()
-        ))
-        .args(args)
-        .output()
-        .expect("docker")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A busybox image that also holds eci-test-client and the libraries it needs.
-fn image_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "share", "mnt"] {
-        std::fs::create_dir_all(root.join(d)).expect("rootfs dir");
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
-    for applet in [
-        "sh", "cat", "mount", "umount", "nsenter", "ls", "echo", "true",
-    ] {
-        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-    }
-    let client = PathBuf::from(env!("CARGO_BIN_EXE_eci-test-client"));
-    std::fs::copy(&client, root.join("bin/eci-test-client")).expect("client");
-    let ldd = Command::new("ldd").arg(&client).output().expect("ldd");
-    for lib in String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-    {
-        let dest = root.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(dest.parent().expect("lib dir")).expect("lib dir");
-        std::fs::copy(lib, &dest).expect("copy lib");
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").expect("passwd");
-    root
-}
-
-fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
-    let runtime = dir.path().join("eci-runc");
-    std::fs::write(
-        &runtime,
-        format!(
-            "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={} ECI_POLICY={}\nexec {} \"$@\"\n",
-            agent_socket.display(),
-            dir.path().join("state").display(),
-            dir.path().join("admin-settings.json").display(),
-            workspace_bin("eci-runc").display()
-        ),
-    )
-    .expect("wrapper");
-    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::fs::create_dir_all(dir.path().join("share")).expect("share");
-    std::fs::write(
-        dir.path().join("admin-settings.json"),
-        format!(
-            r#"{{"eci": {{"shareableHostPaths": ["{}"]}}}}"#,
-            dir.path().join("share").display()
-        ),
-    )
-    .expect("policy");
-    let log = |name: &str| std::fs::File::create(dir.path().join(name)).expect("log");
-    let containerd = Command::new("containerd")
-        .args([
-            "--root",
-            "/var/lib/containerd",
-            "--state",
-            "/run/containerd",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log("containerd.log"))
-        .spawn()
-        .expect("containerd");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !Path::new("/run/containerd/containerd.sock").exists() {
-        assert!(Instant::now() < deadline, "containerd did not start");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Its own configuration: nothing from the machine's daemon.json.
-    std::fs::write(dir.path().join("daemon.json"), "{}").expect("daemon.json");
-    let dockerd = Command::new("dockerd")
-        .arg("--config-file")
-        .arg(dir.path().join("daemon.json"))
-        .arg("--host")
-        .arg(format!(
-            "unix://{}",
-            dir.path().join("docker.sock").display()
-        ))
-        .args([
-            "--containerd=/run/containerd/containerd.sock",
-            "--data-root",
-            "/var/lib/docker",
-        ])
-        .args([
-            "--storage-driver=vfs",
-            "--bridge=none",
-            "--iptables=false",
-            "--ip-masq=false",
-            "--exec-root",
-            "/run/docker",
-        ])
-        .arg("--pidfile")
-        .arg(dir.path().join("docker.pid"))
-        .arg("--add-runtime")
-        .arg(format!("eci={}", runtime.display()))
-        .stdout(Stdio::null())
-        .stderr(log("dockerd.log"))
-        .spawn()
-        .expect("dockerd");
-    let engine = Engine {
-        daemons: vec![containerd, dockerd],
-        dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !docker(&engine, &["info"]).status.success() {
-        assert!(
-            Instant::now() < deadline,
-            "dockerd did not start:\n{}",
-            std::fs::read_to_string(engine.dir.path().join("dockerd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let root = image_rootfs(engine.dir.path());
-    let import = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "tar -C {} -c . | docker --host unix://{} import -c 'CMD [\"/bin/sh\"]' - {IMAGE}",
-            root.display(),
-            engine.dir.path().join("docker.sock").display()
-        ))
-        .output()
-        .expect("import");
-    assert!(import.status.success(), "import: {}", text(&import));
-    engine
-}
 
 #[test]
 fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
@@ -223,8 +57,18 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
         .expect("mount");
     assert!(bind.success());
     let share = format!("{}:/share", engine.dir.path().join("share").display());
+    // The VM's network namespace file, smuggled into the same directory.
+    let vm_net = engine.dir.path().join("share/vm-net");
+    std::fs::write(&vm_net, "").expect("ns bind target");
+    let bind = Command::new("mount")
+        .arg("--bind")
+        .arg("/proc/1/ns/net")
+        .arg(&vm_net)
+        .status()
+        .expect("mount");
+    assert!(bind.success());
 
-    'eci: {
+    {
         // 1. eci-runc: own user namespace, registered, and the kernel refuses the socket.
         let out = docker(
             &engine,
@@ -242,17 +86,6 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
             ],
         );
         let t = text(&out);
-        if t.contains("can't get final child's PID") {
-            // Known intermittent failure, left open in the issue notes: in this
-            // VM (Docker's vfs driver on tmpfs) eci-runc containers sometimes
-            // die in runc's init. The plain-runc half below still proves the
-            // kernel rules; the eci half is reported as skipped, loudly.
-            println!(
-                "SKIP: full_stack (eci-runc half): the eci-runc container died in runc init: {}",
-                t.trim()
-            );
-            break 'eci;
-        }
         assert!(t.contains("65536"), "no user namespace: {t}");
         assert!(
             t.contains("denied: Operation not permitted"),
@@ -266,7 +99,56 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
         });
         assert_eq!(line["verdict"], "deny", "{line}");
 
-        // 2. eci container: nsenter into the VM is refused.
+        // 2. eci container: nsenter into the VM is refused. The container
+        // sees no VM process (eci-runc refuses --pid=host), so the VM's
+        // network namespace file is smuggled into the shareable directory.
+        let out = docker(
+            &engine,
+            &[
+                "run",
+                "--rm",
+                "--runtime=eci",
+                "--network=none",
+                "--privileged",
+                "-v",
+                &share,
+                IMAGE,
+                "nsenter",
+                "--net=/share/vm-net",
+                "true",
+            ],
+        );
+        assert!(
+            !out.status.success(),
+            "nsenter from an eci container worked: {}",
+            text(&out)
+        );
+        agent.wait_audit(|l| {
+            l["hook"] == "file_open"
+                && l["cgroup"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("/docker/"))
+        });
+        let out = docker(
+            &engine,
+            &[
+                "run",
+                "--rm",
+                "--runtime=eci",
+                "--network=none",
+                "--pid=host",
+                IMAGE,
+                "true",
+            ],
+        );
+        assert!(
+            !out.status.success() && text(&out).contains("eci"),
+            "an eci container was given the VM's pid namespace: {}",
+            text(&out)
+        );
+
+        // 3. eci container, privileged: a masked /proc entry stays masked
+        // (its mount is immutable) and the VM's /etc cannot be bound in.
         let out = docker(
             &engine,
             &[
@@ -276,16 +158,38 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
                 "--network=none",
                 "--privileged",
                 IMAGE,
-                "nsenter",
-                "-t",
-                "1",
-                "-n",
+                "sh",
+                "-c",
+                "umount /proc/kcore && echo UNMASKED",
+            ],
+        );
+        assert!(
+            !text(&out).contains("UNMASKED"),
+            "an eci container unmasked /proc/kcore: {}",
+            text(&out)
+        );
+        agent.wait_audit(|l| {
+            l["hook"] == "sb_umount"
+                && l["cgroup"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("/docker/"))
+        });
+        let out = docker(
+            &engine,
+            &[
+                "run",
+                "--rm",
+                "--runtime=eci",
+                "--network=none",
+                "-v",
+                "/etc:/vm-etc",
+                IMAGE,
                 "true",
             ],
         );
         assert!(
-            !out.status.success(),
-            "nsenter from an eci container worked: {}",
+            !out.status.success() && text(&out).contains("/etc"),
+            "an eci container was given the VM's /etc: {}",
             text(&out)
         );
     }
@@ -377,4 +281,5 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
     // And the VM itself is not locked out.
     assert!(docker(&engine, &["ps"]).status.success());
     let _ = Command::new("umount").arg(&smuggled).status();
+    let _ = Command::new("umount").arg(&vm_net).status();
 }

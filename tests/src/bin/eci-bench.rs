@@ -5,7 +5,10 @@
 //! and reports medians and ratios. Absolute numbers under emulation mean
 //! little; the ratios measured in one run are the result.
 //!
-//! `eci-bench [--rounds N] [--iterations N] [--json PATH]`
+//! Then the agent: time from start to enforcing, resident memory idle and
+//! under an event storm, and how fast it drains denial events (and drops).
+//!
+//! `eci-bench [--rounds N] [--iterations N] [--storm N] [--json PATH]`
 //! `eci-bench worker OP ITERATIONS` (internal: one measurement)
 
 use std::{
@@ -29,6 +32,12 @@ fn worker(op: &str, iterations: u64, dir: &str) -> Result<f64, String> {
             "open" => drop(std::fs::File::open(&file).map_err(|e| format!("open: {e}"))?),
             // SAFETY: no arguments, no side effects.
             "getppid" => drop(unsafe { libc::getppid() }),
+            // Every connect is refused by eci (the storm of denial events).
+            "connect-denied" => match UnixStream::connect(&socket) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                Err(e) => return Err(format!("connect: {e}")),
+                Ok(_) => return Err("connect was allowed: the socket is not protected".into()),
+            },
             other => return Err(format!("unknown op {other}")),
         }
     }
@@ -52,6 +61,92 @@ fn measure(cgroup: &TestCgroup, op: &str, iterations: u64, dir: &str) -> f64 {
                 String::from_utf8_lossy(&out.stderr)
             )
         })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The agent's own figures: start to enforcing, memory, audit throughput.
+fn agent_figures(dir: &str, storm: u64) -> serde_json::Value {
+    let prot = TestCgroup::new("eci-bench-storm");
+    let socket = format!("{dir}/bench.sock");
+    let started = Instant::now();
+    let agent = TestAgent::start(&["--protect-socket", &socket]);
+    let ready = started.elapsed();
+    agent.protect(&prot);
+    // Enforcing: the first connect from the protected cgroup is refused
+    // (the agent protects a socket it was told about within its refresh).
+    let exe = std::env::current_exe().expect("current_exe");
+    let denied_once = || {
+        prot.command(&exe)
+            .args(["worker", "connect-denied", "1", dir])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    while !denied_once() {
+        assert!(started.elapsed().as_secs() < 60, "the agent never enforced");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let enforcing = started.elapsed();
+    let pid = agent.child.as_ref().map(|c| c.id()).unwrap_or(0);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let rss_idle = rss_kib(pid);
+    let before = agent.audit_lines().len();
+    let storm_started = Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampling = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !sampling.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(rss_kib(pid));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        peak
+    });
+    let ns = measure(&prot, "connect-denied", storm, dir);
+    let produced = storm_started.elapsed();
+    // Drained: the audit log stops growing.
+    let mut last = agent.audit_lines().len();
+    let mut last_change = Instant::now();
+    while last_change.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = agent.audit_lines().len();
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+    }
+    let drained = (last - before) as u64;
+    let drain_time = last_change.duration_since(storm_started);
+    let status = agent.cli(&["status", "--json"]);
+    let drops = serde_json::from_slice::<serde_json::Value>(&status.stdout)
+        .ok()
+        .and_then(|v| v["event_drops"].as_u64())
+        .unwrap_or(0);
+    let rss_storm = rss_kib(pid);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(agent);
+    let rss_peak = sampler.join().unwrap_or(0).max(rss_storm);
+    serde_json::json!({
+        "start_to_ready_ms": ready.as_secs_f64() * 1e3,
+        "start_to_enforcing_ms": enforcing.as_secs_f64() * 1e3,
+        "rss_idle_kib": rss_idle,
+        "rss_storm_peak_kib": rss_peak,
+        "rss_ratio_storm_to_idle": rss_peak as f64 / rss_idle.max(1) as f64,
+        "storm_denials": storm,
+        "storm_ns_per_denied_connect": ns,
+        "denials_per_s_produced": storm as f64 / produced.as_secs_f64(),
+        "events_audited": drained,
+        "events_dropped": drops,
+        "events_audited_per_s": drained as f64 / drain_time.as_secs_f64(),
+        "audited_plus_dropped_equals_denials": drained + drops == storm,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -92,6 +187,9 @@ fn main() -> ExitCode {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let json_path = flag("--json");
+    let storm: u64 = flag("--storm")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
 
     let dir = tempfile::Builder::new()
         .prefix("eci-bench")
@@ -147,9 +245,25 @@ fn main() -> ExitCode {
             "ratio_unprotected": unp / base, "ratio_protected": pro / base,
         }));
     }
+    let agent = agent_figures(&dir_s, storm);
+    println!("agent (one run):");
+    for key in [
+        "start_to_ready_ms",
+        "start_to_enforcing_ms",
+        "rss_idle_kib",
+        "rss_storm_peak_kib",
+        "rss_ratio_storm_to_idle",
+        "denials_per_s_produced",
+        "events_audited",
+        "events_dropped",
+        "events_audited_per_s",
+    ] {
+        println!("  {key:<26} {}", agent[key]);
+    }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let report = serde_json::json!({
         "benchmark": "hook_cost", "kernel": kernel.trim(), "rounds": rounds, "iterations": iterations, "results": rows,
+        "agent": agent,
     });
     if let Some(path) = json_path {
         if let Err(e) = std::fs::write(

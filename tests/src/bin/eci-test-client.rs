@@ -9,6 +9,11 @@
 //! paths exactly as given (no canonicalisation: the kernel resolves them).
 //! `eci-test-client bind-new-api SOURCE TARGET` bind mounts with the new
 //! mount API (`open_tree(OPEN_TREE_CLONE)` then `move_mount`).
+//! `eci-test-client bpf-prog -` loads a two-instruction socket filter;
+//! `eci-test-client module NAME` asks the kernel to unload module NAME (the
+//! capability check comes first: EPERM without `CAP_SYS_MODULE` in the VM,
+//! ENOENT — counted as "it worked" — with it);
+//! `eci-test-client ptrace PID` attaches to PID (`PTRACE_SEIZE`) and detaches.
 //! It first prints `pid=<pid>` as the VM sees it (from /proc/self, which
 //! resolves in the proc mount's pid namespace even inside a new one).
 //! Exit 0: it worked. Exit 13: EPERM/EACCES (denied). Exit 1: other error.
@@ -36,6 +41,9 @@ fn main() -> ExitCode {
             .and_then(|s| s.send_to(b"eci", path))
             .map(|_| ()),
         "dgram-connect" => UnixDatagram::unbound().and_then(|s| s.connect(path)),
+        "bpf-prog" => load_socket_filter(),
+        "module" => unload_module(path),
+        "ptrace" => seize(path),
         "bind" | "bind-new-api" => match args.get(3) {
             Some(target) if mode == "bind" => bind(path, target),
             Some(target) => bind_new_api(path, target),
@@ -116,6 +124,69 @@ fn bind_new_api(source: &str, target: &str) -> std::io::Result<()> {
         if moved < 0 {
             return Err(err);
         }
+    }
+    Ok(())
+}
+
+/// `bpf(BPF_PROG_LOAD)` of `r0 = 0; exit` as a socket filter.
+fn load_socket_filter() -> std::io::Result<()> {
+    // struct bpf_insn: code u8, dst:4|src:4 u8, off i16, imm i32.
+    let insns: [u64; 2] = [
+        0xb7, // BPF_ALU64 | BPF_MOV | BPF_K, r0, imm 0
+        0x95, // BPF_JMP | BPF_EXIT
+    ];
+    let license = cstring("GPL")?;
+    // union bpf_attr, BPF_PROG_LOAD prefix: prog_type u32, insn_cnt u32,
+    // insns u64, license u64, log_level u32, log_size u32, log_buf u64,
+    // kern_version u32; the rest zero.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // BPF_PROG_TYPE_SOCKET_FILTER
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: attr is a zeroed bpf_attr whose pointers outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            5, // BPF_PROG_LOAD
+            attr.as_ptr(),
+            attr.len() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: our own new fd.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+fn unload_module(name: &str) -> std::io::Result<()> {
+    let name = cstring(name)?;
+    // SAFETY: a NUL-terminated name; O_NONBLOCK.
+    let rc = unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ENOENT) {
+        println!("the capability check passed (no such module)");
+        return Ok(());
+    }
+    Err(err)
+}
+
+fn seize(pid: &str) -> std::io::Result<()> {
+    let pid: libc::pid_t = pid
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: ptrace on a pid; no memory is passed.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_SEIZE, pid, null, null) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::ptrace(libc::PTRACE_DETACH, pid, null, null);
     }
     Ok(())
 }

@@ -1,0 +1,180 @@
+//! A Docker Engine of the tests' own in the test VM: containerd and dockerd
+//! with data on tmpfs (vfs driver, no network set-up, no registry), eci-runc
+//! registered as the runtime `eci`, and a local image holding busybox and
+//! eci-test-client.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::workspace_bin;
+
+pub const IMAGE: &str = "eci-fullstack:latest";
+
+pub struct Engine {
+    daemons: Vec<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for d in self.daemons.iter_mut().rev() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(d.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = d.wait();
+        }
+    }
+}
+
+pub fn docker(engine: &Engine, args: &[&str]) -> Output {
+    Command::new("docker")
+        .arg("--host")
+        .arg(format!(
+            "unix://{}",
+            engine.dir.path().join("docker.sock").display()
+        ))
+        .args(args)
+        .output()
+        .expect("docker")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A busybox image that also holds eci-test-client and the libraries it needs.
+fn image_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "share", "mnt"] {
+        std::fs::create_dir_all(root.join(d)).expect("rootfs dir");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
+    for applet in [
+        "sh", "cat", "mount", "umount", "nsenter", "ls", "echo", "true", "head", "tail", "grep",
+        "mkdir", "test",
+    ] {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    let client = workspace_bin("eci-test-client");
+    std::fs::copy(&client, root.join("bin/eci-test-client")).expect("client");
+    let ldd = Command::new("ldd").arg(&client).output().expect("ldd");
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let dest = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().expect("lib dir")).expect("lib dir");
+        std::fs::copy(lib, &dest).expect("copy lib");
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").expect("passwd");
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod tmp");
+    root
+}
+
+pub fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
+    let runtime = dir.path().join("eci-runc");
+    std::fs::write(
+        &runtime,
+        format!(
+            "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={} ECI_POLICY={}\nexec {} \"$@\"\n",
+            agent_socket.display(),
+            dir.path().join("state").display(),
+            dir.path().join("admin-settings.json").display(),
+            workspace_bin("eci-runc").display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::create_dir_all(dir.path().join("share")).expect("share");
+    std::fs::write(
+        dir.path().join("admin-settings.json"),
+        format!(
+            r#"{{"eci": {{"shareableHostPaths": ["{}"]}}}}"#,
+            dir.path().join("share").display()
+        ),
+    )
+    .expect("policy");
+    let log = |name: &str| std::fs::File::create(dir.path().join(name)).expect("log");
+    let containerd = Command::new("containerd")
+        .args([
+            "--root",
+            "/var/lib/containerd",
+            "--state",
+            "/run/containerd",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log("containerd.log"))
+        .spawn()
+        .expect("containerd");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !Path::new("/run/containerd/containerd.sock").exists() {
+        assert!(Instant::now() < deadline, "containerd did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Its own configuration: nothing from the machine's daemon.json.
+    std::fs::write(dir.path().join("daemon.json"), "{}").expect("daemon.json");
+    let dockerd = Command::new("dockerd")
+        .arg("--config-file")
+        .arg(dir.path().join("daemon.json"))
+        .arg("--host")
+        .arg(format!(
+            "unix://{}",
+            dir.path().join("docker.sock").display()
+        ))
+        .args([
+            "--containerd=/run/containerd/containerd.sock",
+            "--data-root",
+            "/var/lib/docker",
+        ])
+        .args([
+            "--storage-driver=vfs",
+            "--bridge=none",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--exec-root",
+            "/run/docker",
+        ])
+        .arg("--pidfile")
+        .arg(dir.path().join("docker.pid"))
+        .arg("--add-runtime")
+        .arg(format!("eci={}", runtime.display()))
+        .stdout(Stdio::null())
+        .stderr(log("dockerd.log"))
+        .spawn()
+        .expect("dockerd");
+    let engine = Engine {
+        daemons: vec![containerd, dockerd],
+        dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !docker(&engine, &["info"]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "dockerd did not start:\n{}",
+            std::fs::read_to_string(engine.dir.path().join("dockerd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let root = image_rootfs(engine.dir.path());
+    let import = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C {} -c . | docker --host unix://{} import -c 'CMD [\"/bin/sh\"]' - {IMAGE}",
+            root.display(),
+            engine.dir.path().join("docker.sock").display()
+        ))
+        .output()
+        .expect("import");
+    assert!(import.status.success(), "import: {}", text(&import));
+    engine
+}
