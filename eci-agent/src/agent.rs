@@ -410,21 +410,36 @@ async fn read_events(
             continue;
         }
         let names = shared.lock().await.names.clone();
-        let mut log = audit.lock().await;
-        for event in batch {
-            let line = audit::to_line(&event, &names, audit::wall_clock_of(event.boot_time_ns));
+        let lines: Vec<_> = batch
+            .iter()
+            .map(|event| audit::to_line(event, &names, audit::wall_clock_of(event.boot_time_ns)))
+            .collect();
+        // One journal line per batch (the first denial and the count); each
+        // denial is in the audit log, and in the journal at debug level.
+        if let Some(first) = lines.first() {
             tracing::warn!(
+                hook = first.hook,
+                verdict = first.verdict,
+                pid = first.pid,
+                comm = %first.comm,
+                cgroup_id = first.cgroup_id,
+                object = ?first.object.path,
+                in_batch = lines.len(),
+                "denied"
+            );
+        }
+        for line in lines.iter().skip(1) {
+            tracing::debug!(
                 hook = line.hook,
-                verdict = line.verdict,
                 pid = line.pid,
                 comm = %line.comm,
                 cgroup_id = line.cgroup_id,
                 object = ?line.object.path,
                 "denied"
             );
-            if let Err(err) = log.write(&line) {
-                tracing::error!("{err}");
-            }
+        }
+        if let Err(err) = audit.lock().await.write_batch(&lines) {
+            tracing::error!("{err}");
         }
     }
 }

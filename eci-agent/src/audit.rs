@@ -191,6 +191,23 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Write a batch of lines with one write (rotation is checked once per
+    /// batch, so a file may exceed `max_bytes` by at most one batch).
+    pub fn write_batch<T: Serialize>(&mut self, lines: &[T]) -> Result<(), AuditError> {
+        let path = self.path.display().to_string();
+        let err = |source| AuditError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut text = String::new();
+        for line in lines {
+            text.push_str(&serde_json::to_string(line).map_err(|e| err(std::io::Error::other(e)))?);
+            text.push('\n');
+        }
+        self.rotate_if_full().map_err(err)?;
+        self.file.write_all(text.as_bytes()).map_err(err)
+    }
+
     pub fn write<T: Serialize>(&mut self, line: &T) -> Result<(), AuditError> {
         let path = self.path.display().to_string();
         let err = |source| AuditError::Write {

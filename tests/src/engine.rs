@@ -60,7 +60,7 @@ fn image_rootfs(dir: &Path) -> PathBuf {
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
     for applet in [
         "sh", "cat", "mount", "umount", "nsenter", "ls", "echo", "true", "head", "tail", "grep",
-        "mkdir", "test",
+        "mkdir", "test", "kill",
     ] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }

@@ -55,6 +55,8 @@ const IN_CONTAINER: &[(&str, &str)] = &[
         "sh -c 'mount -t cgroup -o none,name=eciescape cgroup /tmp && echo /bin/true > /tmp/release_agent'",
     ),
     ("load_bpf_program", "eci-test-client bpf-prog -"),
+    ("vm_keyring", "eci-test-client key-find eci-vm-secret"),
+    ("perf_event_open_vm", "eci-test-client perf -"),
     ("kernel_module", "eci-test-client module eci_no_such_module"),
 ];
 
@@ -81,6 +83,11 @@ const WITH_FLAGS: &[(&str, &str, &str)] = &[
         "nsenter_vm_namespaces",
         "--pid=host --privileged",
         "nsenter -t 1 -m -u -i -n -p true",
+    ),
+    (
+        "kill_the_agent",
+        "--pid=host --privileged",
+        "kill -0 {agent}",
     ),
     (
         "ptrace_vm_process",
@@ -206,9 +213,17 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
             .spawn()
             .expect("sleep"),
     );
+    let agent_pid = agent.child.as_ref().map(|c| c.id()).unwrap_or(1);
+    // A secret in the VM root's user keyring.
+    let key = Command::new(eci_integration_tests::test_client())
+        .args(["key-add", "eci-vm-secret"])
+        .output()
+        .expect("key-add");
+    assert!(key.status.success(), "key-add: {key:?}");
     let fill = |s: &str| {
         s.replace("{sock}", &sock)
             .replace("{victim}", &victim.0.id().to_string())
+            .replace("{agent}", &agent_pid.to_string())
     };
     let share_flag = format!("{}:/share", share.display());
     let dev_env = format!(

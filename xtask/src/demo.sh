@@ -6,7 +6,7 @@ mkdir -p /tmp/demo
 say "The kernel: $(uname -r); active LSMs: $(cat /sys/kernel/security/lsm)"
 
 say "Start the agent (probes BPF-LSM for real, attaches and pins its programs)"
-$T/eci-agent run --protect-socket /tmp/demo/engine.sock --audit-log /tmp/demo/audit.jsonl \
+$T/eci-agent run --protect-socket /tmp/demo/engine.sock --protect-socket /tmp/demo/docker/docker.sock --audit-log /tmp/demo/audit.jsonl \
     >/tmp/demo/agent.log 2>&1 &
 # A stand-in for the Docker Engine's API socket.
 $T/eci-demo-listener /tmp/demo/engine.sock &
@@ -34,6 +34,36 @@ in_container nsenter --target 1 --net -- true
 say "From the container: mount debugfs"
 mkdir -p /tmp/demo/debug
 in_container mount -t debugfs none /tmp/demo/debug
+
+if command -v dockerd >/dev/null 2>&1; then
+say "Now a real Docker Engine in this VM, with eci-runc as its runtime 'eci'"
+D=/tmp/demo/docker; mkdir -p $D/share $D/rootfs/bin $D/rootfs/proc $D/rootfs/sys $D/rootfs/dev $D/rootfs/etc $D/rootfs/tmp
+echo "{\"eci\": {\"shareableHostPaths\": [\"$D/share\"]}}" > $D/policy.json
+printf '#!/bin/sh\nexport ECI_POLICY=%s\nexec %s "$@"\n' $D/policy.json "$(cd $T && pwd)/eci-runc" > $D/eci-runc
+chmod 755 $D/eci-runc
+echo '{}' > $D/daemon.json
+containerd >$D/containerd.log 2>&1 &
+for i in $(seq 1 100); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.2; done
+dockerd --config-file $D/daemon.json --host unix://$D/docker.sock --storage-driver=vfs \
+    --bridge=none --iptables=false --add-runtime eci=$D/eci-runc >$D/dockerd.log 2>&1 &
+docker() { command docker --host unix://$D/docker.sock "$@"; }
+for i in $(seq 1 300); do docker info >/dev/null 2>&1 && break; sleep 0.3; done
+sleep 2 # the agent protects a socket within a second of its appearing
+cp /bin/busybox $D/rootfs/bin/ && for a in sh cat; do ln -sf busybox $D/rootfs/bin/$a; done
+cp $T/eci-test-client $D/rootfs/bin/
+for lib in $(ldd $T/eci-test-client | grep -o '/[^ ]*'); do mkdir -p $D/rootfs$(dirname $lib); cp $lib $D/rootfs$lib; done
+tar -C $D/rootfs -c . | docker import - demo >/dev/null
+chmod 666 $D/docker.sock
+ln $D/docker.sock $D/share/innocent.sock
+say "docker run --runtime=eci: the container's root is an unprivileged id range of the VM"
+docker run --rm --runtime=eci --network=none demo cat /proc/self/uid_map 2>/dev/null
+say "docker run --runtime=eci -v <engine socket>: refused before it starts, with the rule and the fix"
+docker run --rm --runtime=eci --network=none -v $D/docker.sock:/var/run/docker.sock demo true 2>&1 | grep -o 'enhanced container isolation.*' | cut -c1-160
+say "docker run --runtime=eci: the engine socket, hard-linked into an allowed directory"
+docker run --rm --runtime=eci --network=none -v $D/share:/share demo eci-test-client stream /share/innocent.sock 2>/dev/null | grep -v pid=
+say "docker run --runtime=runc (a runtime that bypasses eci, under /docker): the kernel still refuses"
+docker run --rm --runtime=runc --network=none -v $D/docker.sock:/var/run/docker.sock demo eci-test-client stream /var/run/docker.sock 2>/dev/null | grep -v pid=
+fi
 
 say "The audit log (one JSON line per denial)"
 sleep 1

@@ -14,6 +14,11 @@
 //! capability check comes first: EPERM without `CAP_SYS_MODULE` in the VM,
 //! ENOENT — counted as "it worked" — with it);
 //! `eci-test-client ptrace PID` attaches to PID (`PTRACE_SEIZE`) and detaches.
+//! `eci-test-client key-add NAME` adds a "user" key NAME to the caller's
+//! user keyring; `eci-test-client key-find NAME` searches the caller's user
+//! keyring for it (found: it worked).
+//! `eci-test-client perf -` opens a CPU-wide cycles counter on CPU 0 for all
+//! tasks (the whole VM).
 //! It first prints `pid=<pid>` as the VM sees it (from /proc/self, which
 //! resolves in the proc mount's pid namespace even inside a new one).
 //! Exit 0: it worked. Exit 13: EPERM/EACCES (denied). Exit 1: other error.
@@ -44,6 +49,9 @@ fn main() -> ExitCode {
         "bpf-prog" => load_socket_filter(),
         "module" => unload_module(path),
         "ptrace" => seize(path),
+        "key-add" => add_key(path),
+        "key-find" => find_key(path),
+        "perf" => open_cpu_counter(),
         "bind" | "bind-new-api" => match args.get(3) {
             Some(target) if mode == "bind" => bind(path, target),
             Some(target) => bind_new_api(path, target),
@@ -188,5 +196,62 @@ fn seize(pid: &str) -> std::io::Result<()> {
         }
         libc::ptrace(libc::PTRACE_DETACH, pid, null, null);
     }
+    Ok(())
+}
+
+const KEY_SPEC_USER_KEYRING: i32 = -4;
+
+fn add_key(name: &str) -> std::io::Result<()> {
+    let (kind, desc, value) = (cstring("user")?, cstring(name)?, b"eci-secret");
+    // SAFETY: NUL-terminated strings and a payload that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            kind.as_ptr(),
+            desc.as_ptr(),
+            value.as_ptr(),
+            value.len(),
+            KEY_SPEC_USER_KEYRING,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn find_key(name: &str) -> std::io::Result<()> {
+    let (kind, desc) = (cstring("user")?, cstring(name)?);
+    // SAFETY: KEYCTL_SEARCH (10) with NUL-terminated strings; no attach.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            10,
+            KEY_SPEC_USER_KEYRING,
+            kind.as_ptr(),
+            desc.as_ptr(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// perf_event_open(cycles, pid -1, cpu 0): every task on CPU 0.
+fn open_cpu_counter() -> std::io::Result<()> {
+    // struct perf_event_attr: type u32, size u32, config u64, ...
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // PERF_TYPE_SOFTWARE
+    attr[4..8].copy_from_slice(&128u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&0u64.to_ne_bytes()); // PERF_COUNT_SW_CPU_CLOCK
+    // SAFETY: a zeroed perf_event_attr of the size given.
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), -1, 0, -1, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: our own new fd.
+    unsafe { libc::close(fd as i32) };
     Ok(())
 }
