@@ -111,24 +111,33 @@ fn agent_figures(dir: &str, storm: u64) -> serde_json::Value {
     });
     let ns = measure(&prot, "connect-denied", storm, dir);
     let produced = storm_started.elapsed();
-    // Drained: the audit log stops growing.
-    let mut last = agent.audit_lines().len();
+    // Drained: every denial is either in the audit log or counted as
+    // dropped (or nothing has moved for 15 s). The agent writes a whole
+    // ring-buffer batch at once, so the log grows in steps.
+    let drops_now = || {
+        let status = agent.cli(&["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&status.stdout)
+            .ok()
+            .and_then(|v| v["event_drops"].as_u64())
+            .unwrap_or(0)
+    };
+    let mut seen = (0u64, 0u64);
     let mut last_change = Instant::now();
-    while last_change.elapsed() < std::time::Duration::from_secs(2) {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let now = agent.audit_lines().len();
-        if now != last {
-            last = now;
+    loop {
+        let audited = agent.audit_lines().len().saturating_sub(before) as u64;
+        let dropped = drops_now();
+        if (audited, dropped) != seen {
+            seen = (audited, dropped);
             last_change = Instant::now();
         }
+        if audited + dropped >= storm || last_change.elapsed() > std::time::Duration::from_secs(15)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let drained = (last - before) as u64;
+    let (drained, drops) = seen;
     let drain_time = last_change.duration_since(storm_started);
-    let status = agent.cli(&["status", "--json"]);
-    let drops = serde_json::from_slice::<serde_json::Value>(&status.stdout)
-        .ok()
-        .and_then(|v| v["event_drops"].as_u64())
-        .unwrap_or(0);
     let rss_storm = rss_kib(pid);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(agent);
