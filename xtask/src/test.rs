@@ -94,6 +94,25 @@ pub fn build_test_binaries() -> Result<Vec<PathBuf>> {
     Ok(bins)
 }
 
+/// The Docker suites (each starts its own dockerd in the VM): the slowest
+/// tests under emulation, so a full matrix run gives them to the newest
+/// kernel only, to keep CI within its time budget. A filter that names them
+/// runs them on every kernel asked for.
+const DOCKER_SUITES: &[&str] = &["full_stack", "escape_suite"];
+const DOCKER_SUITES_KERNEL: &str = "6.12";
+
+/// Test-binary arguments for one kernel: the filter, or, for a full run on
+/// a kernel other than `DOCKER_SUITES_KERNEL`, `--skip` for each Docker suite.
+fn test_args(kernel: &str, filter: &[String]) -> Vec<String> {
+    if !filter.is_empty() || kernel == DOCKER_SUITES_KERNEL {
+        return filter.to_vec();
+    }
+    DOCKER_SUITES
+        .iter()
+        .flat_map(|s| ["--skip".to_string(), s.to_string()])
+        .collect()
+}
+
 fn guest_script(bins: &[PathBuf], filter: &[String]) -> String {
     let mut s = String::from("rc=0\n");
     if bins.is_empty() {
@@ -128,7 +147,16 @@ pub fn vm_test(kernel_spec: &str, filter: &[String], tally: &mut Tally) -> Resul
             ..vm::VmOptions::default()
         };
         println!("vm-test: kernel {} ({})", kernel.name, kernel.release);
-        let outcome = vm::run_in_vm(kernel, &guest_script(&bins, filter), &opts)?;
+        let args = test_args(&kernel.name, filter);
+        if args.iter().any(|a| a == "--skip") {
+            println!(
+                "vm-test: kernel {}: SKIP {} here: the Docker suites run on {DOCKER_SUITES_KERNEL} in a full run (CI time budget); `cargo xtask vm-test --kernel {} -- full_stack` runs them here",
+                kernel.name,
+                DOCKER_SUITES.join(", "),
+                kernel.name
+            );
+        }
+        let outcome = vm::run_in_vm(kernel, &guest_script(&bins, &args), &opts)?;
         tally.add_output(&outcome.output);
         println!(
             "vm-test: kernel {}: {} in {:.0}s (boot to tests {:.1}s)",
@@ -307,6 +335,16 @@ pub fn test_all() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_suites_run_on_the_newest_kernel_only_in_a_full_run() {
+        assert!(test_args("6.12", &[]).is_empty());
+        assert_eq!(
+            test_args("6.1", &[]),
+            ["--skip", "full_stack", "--skip", "escape_suite"]
+        );
+        assert_eq!(test_args("6.1", &["escape".to_string()]), ["escape"]);
+    }
 
     #[test]
     fn tally_reads_libtest_lines_with_colour() {
