@@ -209,15 +209,7 @@ impl AuditLog {
     }
 
     pub fn write<T: Serialize>(&mut self, line: &T) -> Result<(), AuditError> {
-        let path = self.path.display().to_string();
-        let err = |source| AuditError::Write {
-            path: path.clone(),
-            source,
-        };
-        let mut text = serde_json::to_string(line).map_err(|e| err(std::io::Error::other(e)))?;
-        text.push('\n');
-        self.rotate_if_full().map_err(err)?;
-        self.file.write_all(text.as_bytes()).map_err(err)
+        self.write_batch(std::slice::from_ref(line))
     }
 }
 

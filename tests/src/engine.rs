@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::workspace_bin;
+use crate::{TestAgent, workspace_bin};
 
 pub const IMAGE: &str = "eci-fullstack:latest";
 
@@ -177,4 +177,89 @@ pub fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
         .expect("import");
     assert!(import.status.success(), "import: {}", text(&import));
     engine
+}
+
+/// Whether this test can start an engine here: in the test VM it must
+/// (dockerd missing there is a failure); elsewhere it says why it skips.
+pub fn engine_or_skip(test: &str) -> bool {
+    if Command::new("dockerd").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("ECI_IN_VM").is_err(),
+            "dockerd is missing in the VM (cargo xtask setup installs docker.io)"
+        );
+        println!("SKIP: {test}: dockerd is not installed here");
+        return false;
+    }
+    if std::env::var("ECI_IN_VM").is_err() {
+        println!(
+            "SKIP: {test}: runs in the test VM only (it starts its own dockerd and containerd)"
+        );
+        return false;
+    }
+    true
+}
+
+/// The agent (default parents: /docker ...) protecting the socket of an
+/// engine of the test's own, and that engine. The socket is world-writable,
+/// so file permissions never answer first (on kernels where tmpfs cannot be
+/// ID-mapped the container's root is "other"): every refusal of it is the
+/// kernel rule's.
+pub fn protected_engine(prefix: &str) -> (TestAgent, Engine) {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let socket = dir.path().join("docker.sock");
+    let agent = TestAgent::start(&["--protect-socket", &socket.display().to_string()]);
+    let engine = start_engine(dir, &agent.control_socket);
+    // The agent protects a socket within a second of its appearing.
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
+        .expect("chmod socket");
+    (agent, engine)
+}
+
+impl Engine {
+    /// The engine's API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("docker.sock")
+    }
+
+    /// The policy's shareable directory, which containers may bind.
+    pub fn share(&self) -> PathBuf {
+        self.dir.path().join("share")
+    }
+
+    /// Bind-mount `source` (a socket, a namespace file) over a new file
+    /// `name` in the shareable directory: a VM object smuggled in where a
+    /// container may bind. Returns the new path (unmount it when done).
+    pub fn smuggle(&self, source: &Path, name: &str) -> PathBuf {
+        let target = self.share().join(name);
+        std::fs::write(&target, "").expect("bind target");
+        let bind = Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(&target)
+            .status()
+            .expect("mount");
+        assert!(
+            bind.success(),
+            "bind {} onto {}",
+            source.display(),
+            target.display()
+        );
+        target
+    }
+}
+
+/// Wait for `hook`'s denial of a task in one of the engine's containers
+/// (cgroup /docker/<id>) in the audit log, and return its line.
+pub fn wait_container_denial(agent: &TestAgent, hook: &str) -> serde_json::Value {
+    agent.wait_audit(|l| {
+        l["hook"] == hook
+            && l["verdict"] == "deny"
+            && l["cgroup"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("/docker/"))
+    })
 }

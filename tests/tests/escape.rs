@@ -10,14 +10,15 @@
 
 use std::{
     collections::BTreeMap,
-    os::unix::fs::PermissionsExt,
+    path::Path,
     process::{Child, Command, Stdio},
-    time::Duration,
 };
 
 use eci_integration_tests::{
-    TestAgent, bpf_lsm_or_skip,
-    engine::{Engine, IMAGE, docker, start_engine, text},
+    bpf_lsm_or_skip,
+    engine::{
+        Engine, IMAGE, docker, engine_or_skip, protected_engine, text, wait_container_denial,
+    },
 };
 
 /// `a NAME COMMAND...` runs one attack and prints `ESCAPE NAME escaped`
@@ -176,35 +177,15 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
     if !bpf_lsm_or_skip(name) {
         return;
     }
-    if std::env::var("ECI_IN_VM").is_err() {
-        println!(
-            "SKIP: {name}: runs in the test VM only (it starts its own dockerd and containerd)"
-        );
+    if !engine_or_skip(name) {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("eci-escape")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    let engine_socket = dir.path().join("docker.sock");
-    let sock = engine_socket.display().to_string();
-    let agent = TestAgent::start(&["--protect-socket", &sock]);
-    let engine = start_engine(dir, &agent.control_socket);
-    std::thread::sleep(Duration::from_secs(2));
-    // World-writable: file permissions never answer first.
-    std::fs::set_permissions(&engine_socket, std::fs::Permissions::from_mode(0o666))
-        .expect("chmod socket");
-    let share = engine.dir.path().join("share");
-    std::fs::hard_link(&engine_socket, share.join("hard-link.sock")).expect("hard link");
+    let (agent, engine) = protected_engine("eci-escape");
+    let sock = engine.socket().display().to_string();
+    let share = engine.share();
+    std::fs::hard_link(engine.socket(), share.join("hard-link.sock")).expect("hard link");
     // The VM's network namespace file, bound into the shared directory.
-    std::fs::write(share.join("vm-net"), "").expect("ns bind target");
-    let bound = Command::new("mount")
-        .arg("--bind")
-        .arg("/proc/1/ns/net")
-        .arg(share.join("vm-net"))
-        .status()
-        .expect("mount");
-    assert!(bound.success());
+    let vm_net = engine.smuggle(Path::new("/proc/1/ns/net"), "vm-net");
     let device = loop_device(engine.dir.path());
     let victim = Victim(
         Command::new("sleep")
@@ -357,17 +338,11 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
     // (debugfs and the disk are refused by the user namespace first: a
     // file system without FS_USERNS_MOUNT needs CAP_SYS_ADMIN in the VM.)
     for hook in ["unix_stream_connect", "sb_umount", "file_open"] {
-        agent.wait_audit(|l| {
-            l["hook"] == hook
-                && l["verdict"] == "deny"
-                && l["cgroup"]
-                    .as_str()
-                    .is_some_and(|c| c.starts_with("/docker/"))
-        });
+        wait_container_denial(&agent, hook);
     }
     if let Some(dev) = device {
         let _ = Command::new("losetup").args(["-d", &dev]).status();
     }
-    let _ = Command::new("umount").arg(share.join("vm-net")).status();
+    let _ = Command::new("umount").arg(&vm_net).status();
     drop(victim);
 }

@@ -3,11 +3,11 @@
 //! runtime. Runs in the test VM (or natively where the kernel has BPF-LSM
 //! and Docker is installed); elsewhere it says why it skips.
 
-use std::{os::unix::fs::PermissionsExt, process::Command, time::Duration};
+use std::{path::Path, process::Command};
 
 use eci_integration_tests::{
-    TestAgent, bpf_lsm_or_skip,
-    engine::{IMAGE, docker, start_engine, text},
+    bpf_lsm_or_skip,
+    engine::{IMAGE, docker, engine_or_skip, protected_engine, text, wait_container_denial},
 };
 
 #[test]
@@ -15,58 +15,16 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
     if !bpf_lsm_or_skip("full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers") {
         return;
     }
-    if Command::new("dockerd").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("ECI_IN_VM").is_err(),
-            "dockerd is missing in the VM (cargo xtask setup installs docker.io)"
-        );
-        println!("SKIP: full_stack: dockerd is not installed here");
+    if !engine_or_skip("full_stack") {
         return;
     }
-    if std::env::var("ECI_IN_VM").is_err() {
-        println!(
-            "SKIP: full_stack: runs in the test VM only (it starts its own dockerd and containerd)"
-        );
-        return;
-    }
-    // The agent with its default parents (/docker ...) and the engine's
-    // socket (in a test directory here, so named on the command line).
-    let dir = tempfile::Builder::new()
-        .prefix("eci-engine")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    let engine_socket = dir.path().join("docker.sock");
-    let agent = TestAgent::start(&["--protect-socket", &engine_socket.display().to_string()]);
-    let engine = start_engine(dir, &agent.control_socket);
-    // The agent protects a socket within a second of its appearing.
-    std::thread::sleep(Duration::from_secs(2));
-
-    // World-writable, so file permissions never answer first (on kernels
-    // where tmpfs cannot be ID-mapped the container's root is "other"): any
-    // refusal below is the kernel rule's.
-    std::fs::set_permissions(&engine_socket, std::fs::Permissions::from_mode(0o666))
-        .expect("chmod socket");
+    let (agent, engine) = protected_engine("eci-engine");
+    let engine_socket = engine.socket();
     // A socket smuggled into an allowed (shareable) directory by a bind mount.
-    let smuggled = engine.dir.path().join("share/innocent.sock");
-    std::fs::write(&smuggled, "").expect("bind target");
-    let bind = Command::new("mount")
-        .arg("--bind")
-        .arg(&engine_socket)
-        .arg(&smuggled)
-        .status()
-        .expect("mount");
-    assert!(bind.success());
-    let share = format!("{}:/share", engine.dir.path().join("share").display());
+    let smuggled = engine.smuggle(&engine_socket, "innocent.sock");
+    let share = format!("{}:/share", engine.share().display());
     // The VM's network namespace file, smuggled into the same directory.
-    let vm_net = engine.dir.path().join("share/vm-net");
-    std::fs::write(&vm_net, "").expect("ns bind target");
-    let bind = Command::new("mount")
-        .arg("--bind")
-        .arg("/proc/1/ns/net")
-        .arg(&vm_net)
-        .status()
-        .expect("mount");
-    assert!(bind.success());
+    let vm_net = engine.smuggle(Path::new("/proc/1/ns/net"), "vm-net");
 
     {
         // 1. eci-runc: own user namespace, registered, and the kernel refuses the socket.
@@ -91,12 +49,7 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
             t.contains("denied: Operation not permitted"),
             "the eci container reached the engine: {t}"
         );
-        let line = agent.wait_audit(|l| {
-            l["hook"] == "unix_stream_connect"
-                && l["cgroup"]
-                    .as_str()
-                    .is_some_and(|c| c.starts_with("/docker/"))
-        });
+        let line = wait_container_denial(&agent, "unix_stream_connect");
         assert_eq!(line["verdict"], "deny", "{line}");
 
         // 2. eci container: nsenter into the VM is refused. The container
@@ -123,12 +76,7 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
             "nsenter from an eci container worked: {}",
             text(&out)
         );
-        agent.wait_audit(|l| {
-            l["hook"] == "file_open"
-                && l["cgroup"]
-                    .as_str()
-                    .is_some_and(|c| c.starts_with("/docker/"))
-        });
+        wait_container_denial(&agent, "file_open");
         let out = docker(
             &engine,
             &[
@@ -168,12 +116,7 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
             "an eci container unmasked /proc/kcore: {}",
             text(&out)
         );
-        agent.wait_audit(|l| {
-            l["hook"] == "sb_umount"
-                && l["cgroup"]
-                    .as_str()
-                    .is_some_and(|c| c.starts_with("/docker/"))
-        });
+        wait_container_denial(&agent, "sb_umount");
         let out = docker(
             &engine,
             &[

@@ -267,15 +267,11 @@ pub fn test_all() -> Result<()> {
     }
     match util::run_streamed(&mut host) {
         Ok((status, lines)) => {
-            let mut t = Tally::default();
-            t.add_output(&lines);
-            if !status.success() && t.failed == 0 {
-                t.failed = 1; // did not build, or a test binary crashed
+            let failed_before = tally.failed;
+            tally.add_output(&lines);
+            if !status.success() && tally.failed == failed_before {
+                tally.failed += 1; // did not build, or a test binary crashed
             }
-            tally.passed += t.passed;
-            tally.failed += t.failed;
-            tally.ignored += t.ignored;
-            tally.skipped += t.skipped;
             ok &= status.success();
             stages.push(format!(
                 "host cargo test ({}): {}",
