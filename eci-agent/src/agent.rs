@@ -17,6 +17,7 @@ use crate::{
     cgroups, control, enforcement,
     pins::PinLayout,
     policy::{self, Policy},
+    proxy::Proxies,
     rules::{RuleStore, UnenforcedRules},
     sockets::SocketSet,
     vm,
@@ -185,13 +186,24 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         policy.audit.keep,
     )?));
 
+    let proxies = Arc::new(Proxies::new(
+        control::run_dir(&config.control_socket).join("proxy"),
+        config.policy_path.clone(),
+        shared.clone(),
+        audit.clone(),
+    ));
     let listener = control::bind(&config.control_socket)?;
     refresh_sockets(&shared, &config).await?;
     tracing::info!(socket = %config.control_socket.display(), "control socket ready");
     crate::install::notify_ready();
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(control::serve(listener, shared.clone(), config.clone()));
+    tasks.spawn(control::serve(
+        listener,
+        shared.clone(),
+        proxies,
+        config.clone(),
+    ));
     {
         let shared = shared.clone();
         let config = config.clone();

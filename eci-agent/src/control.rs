@@ -17,6 +17,7 @@ use tokio::{
 use crate::{
     agent::{AgentConfig, Shared},
     cgroups,
+    proxy::Proxies,
 };
 
 /// Requests are small; anything longer is refused.
@@ -64,14 +65,20 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlServerError> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>, config: AgentConfig) {
+pub async fn serve(
+    listener: UnixListener,
+    shared: Arc<Mutex<Shared>>,
+    proxies: Arc<Proxies>,
+    config: AgentConfig,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let shared = shared.clone();
+                let proxies = proxies.clone();
                 let config = config.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = handle(stream, shared, &config).await {
+                    if let Err(err) = handle(stream, shared, &proxies, &config).await {
                         tracing::warn!("control connection: {err}");
                     }
                 });
@@ -87,6 +94,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>, config: A
 async fn handle(
     stream: UnixStream,
     shared: Arc<Mutex<Shared>>,
+    proxies: &Arc<Proxies>,
     config: &AgentConfig,
 ) -> std::io::Result<()> {
     let peer = stream.peer_cred()?;
@@ -103,7 +111,7 @@ async fn handle(
         match serde_json::from_str::<Request>(line.trim()) {
             Ok(request) => {
                 tracing::debug!(?request, pid = ?peer.pid(), "control request");
-                answer(request, &shared, config).await
+                answer(request, &shared, proxies, config).await
             }
             Err(err) => Response::Error {
                 message: format!("malformed request: {err}"),
@@ -119,16 +127,44 @@ async fn handle(
 async fn answer(
     request: Request,
     shared_lock: &Arc<Mutex<Shared>>,
+    proxies: &Arc<Proxies>,
     config: &AgentConfig,
 ) -> Response {
-    if request == Request::Reload {
-        return match crate::agent::reload(shared_lock, config).await {
-            Ok(message) => Response::Ok {
+    match &request {
+        Request::Reload => {
+            return match crate::agent::reload(shared_lock, config).await {
+                Ok(message) => Response::Ok {
+                    message,
+                    cgroup_id: None,
+                },
+                Err(message) => Response::Error { message },
+            };
+        }
+        Request::OpenProxy {
+            container,
+            upstream,
+        } => {
+            return match proxies.open(container, upstream).await {
+                Ok(path) => Response::Proxy {
+                    path: path.display().to_string(),
+                },
+                Err(err) => Response::Error {
+                    message: err.to_string(),
+                },
+            };
+        }
+        Request::CloseProxy { container } => {
+            let message = if proxies.close(container) {
+                format!("the docker API proxy of {container} is closed")
+            } else {
+                format!("{container} had no docker API proxy")
+            };
+            return Response::Ok {
                 message,
                 cgroup_id: None,
-            },
-            Err(message) => Response::Error { message },
-        };
+            };
+        }
+        _ => {}
     }
     let mut shared = shared_lock.lock().await;
     match request {
@@ -160,9 +196,11 @@ async fn answer(
             }
             Err(message) => Response::Error { message },
         },
-        Request::Reload => Response::Error {
-            message: "reload is answered above".into(),
-        },
+        Request::Reload | Request::OpenProxy { .. } | Request::CloseProxy { .. } => {
+            Response::Error {
+                message: "answered above".into(),
+            }
+        }
     }
 }
 

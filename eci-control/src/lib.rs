@@ -29,6 +29,13 @@ pub enum Request {
     Unprotect { cgroup: String },
     /// Re-read the policy file (a bad file keeps the last good policy).
     Reload,
+    /// Serve a filtering Docker API socket for a trusted-image container:
+    /// the agent forwards the calls the policy's `commandList` allows to
+    /// `upstream` (one of the protected engine sockets) and answers the rest
+    /// with an API error. Answered with `Proxy`.
+    OpenProxy { container: String, upstream: String },
+    /// Stop serving the container's proxy socket and remove it.
+    CloseProxy { container: String },
 }
 
 /// The agent's answer.
@@ -46,6 +53,10 @@ pub enum Response {
         /// `kernel` when rules are enforced by BPF-LSM, `unenforced` in the
         /// test-only mode without kernel enforcement.
         mode: String,
+    },
+    /// The socket a container's Docker API proxy listens on.
+    Proxy {
+        path: String,
     },
     Error {
         message: String,

@@ -7,6 +7,8 @@
 //! - [`ranges`]: the persistent, crash-safe allocator of exclusive id ranges.
 //! - [`spec`]: the rewrite (user namespace, masks) and the refusals.
 //! - [`settings`]: what eci-runc reads of the policy file.
+//! - [`trusted`]: which image a container runs, and whether the policy
+//!   trusts it with a (filtered) Docker socket.
 //! - [`rootfs`]: the root file system, owned by the container's root (ID-mapped
 //!   layers, shifted upper layer).
 //! - [`relocate`]: binds that make the container's files reachable (and
@@ -20,3 +22,4 @@ pub mod report;
 pub mod rootfs;
 pub mod settings;
 pub mod spec;
+pub mod trusted;

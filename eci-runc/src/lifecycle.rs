@@ -20,7 +20,7 @@ use std::{
     process::Command,
 };
 
-use eci_control::{Client, Request};
+use eci_control::{Client, Request, Response};
 use oci_spec::runtime::{HookBuilder, Hooks, Spec, State};
 
 use crate::{
@@ -29,8 +29,9 @@ use crate::{
     relocate::{self, RelocateError},
     report::Reporter,
     rootfs::{self, RootfsError, RootfsView},
-    settings::{self, SettingsError},
+    settings::{self, RuntimeSettings, SettingsError},
     spec::{self, Refusal},
+    trusted,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,10 @@ pub enum LifecycleError {
         "enhanced container isolation: the container was not started because it could not be registered with the eci agent ({0}). Start the agent (`systemctl start eci-agent`, or `eci-agent run`) and try again"
     )]
     Agent(String),
+    #[error(
+        "enhanced container isolation: the container was not started because the eci agent could not give it a filtered Docker socket ({0}). Start the agent (`systemctl start eci-agent`, or `eci-agent run`) and try again, or remove the Docker socket mount"
+    )]
+    Proxy(String),
     #[error(
         "enhanced container isolation: container {0} was not created by eci-runc (or its registration was lost), so it may not start; remove it and create it again with the eci runtime"
     )]
@@ -291,6 +296,11 @@ impl Runtime {
             ctx.shareable_host_paths = settings.shareable_host_paths.clone();
             let resolve =
                 |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| spec::normalize(p));
+            if let Some(proxy) =
+                self.docker_socket_proxy(&mut oci, &id, &bundle, &settings, &resolve, report)?
+            {
+                ctx.engine_dirs.push(proxy);
+            }
             spec::check(&oci, &ctx, &resolve)?;
             let mut notes = spec::rewrite(&mut oci, &ctx)?;
             notes.extend(spec::add_proc_views(&mut oci, &[]));
@@ -327,6 +337,63 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// A container that binds the Docker socket gets the agent's filtering
+    /// proxy of it instead, if the policy trusts its image; otherwise it is
+    /// refused. Returns the proxy's socket, if one was opened.
+    fn docker_socket_proxy(
+        &self,
+        oci: &mut Spec,
+        id: &str,
+        bundle: &Path,
+        settings: &RuntimeSettings,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+        report: &Reporter,
+    ) -> Result<Option<PathBuf>, LifecycleError> {
+        let binds = spec::docker_socket_binds(oci, bundle, resolve);
+        let Some((first, upstream)) = binds.first().cloned() else {
+            return Ok(None);
+        };
+        let mut mounts = oci.mounts().clone().unwrap_or_default();
+        let destination = mounts
+            .get(first)
+            .map(|m| m.destination().display().to_string())
+            .unwrap_or_default();
+        let refuse = |image: String, why: String| Refusal::SocketImageNotTrusted {
+            image,
+            destination: destination.clone(),
+            why,
+        };
+        let (image, references) = trusted::docker_image(oci, id)
+            .map_err(|e| refuse("(unknown)".into(), e.to_string()))?;
+        let entry = trusted::trusting_entry(&settings.socket_mount_images, &image, &references)
+            .map_err(|why| refuse(image.name.clone(), why))?;
+        let answer = Client::new(&self.agent_socket).call_ok(&Request::OpenProxy {
+            container: id.to_owned(),
+            upstream: upstream.display().to_string(),
+        });
+        let path = match answer {
+            Ok(Response::Proxy { path }) => PathBuf::from(path),
+            Ok(other) => {
+                return Err(LifecycleError::Proxy(format!(
+                    "unexpected answer {other:?}"
+                )));
+            }
+            Err(e) => return Err(LifecycleError::Proxy(e.to_string())),
+        };
+        self.ranges.update(id, |a| a.docker_api_proxy = true)?;
+        for (n, _) in &binds {
+            if let Some(mount) = mounts.get_mut(*n) {
+                mount.set_source(Some(path.clone()));
+            }
+        }
+        oci.set_mounts(Some(mounts));
+        report.info(&format!(
+            "eci: {destination} is a filtered Docker API socket: image {} ({}) is trusted by {entry:?}",
+            image.name, image.id
+        ));
+        Ok(Some(path))
     }
 
     /// Mount the rootfs and every bind source under the container's private
@@ -449,6 +516,15 @@ impl Runtime {
     /// Undo everything `create` or `run` did for a container; what cannot be
     /// undone is reported, never fatal (delete must go through).
     pub fn release(&self, allocation: &Allocation, report: &Reporter) {
+        // What was recorded since the caller's copy was taken (a shifted
+        // layer, the bundle, a proxy) is released too.
+        let recorded = self
+            .ranges
+            .get(&allocation.container_id)
+            .ok()
+            .flatten()
+            .filter(|r| r.base == allocation.base);
+        let allocation = recorded.as_ref().unwrap_or(allocation);
         let id = &allocation.container_id;
         if let Some(cgroup) = &allocation.cgroup {
             let answer = Client::new(&self.agent_socket).call_ok(&Request::Unprotect {
@@ -457,6 +533,16 @@ impl Runtime {
             if let Err(e) = answer {
                 report.warning(&format!(
                     "eci: unregistering {cgroup} of container {id}: {e}"
+                ));
+            }
+        }
+        if allocation.docker_api_proxy {
+            let answer = Client::new(&self.agent_socket).call_ok(&Request::CloseProxy {
+                container: id.clone(),
+            });
+            if let Err(e) = answer {
+                report.warning(&format!(
+                    "eci: closing the Docker API proxy of container {id}: {e}"
                 ));
             }
         }

@@ -131,6 +131,9 @@ pub struct Allocation {
     /// next to it and put back at release).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<PathBuf>,
+    /// The agent serves a Docker API proxy for this container (to close).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub docker_api_proxy: bool,
 }
 
 /// A new allocation, and the stale ones it reclaimed: their mounts, agent
@@ -258,6 +261,7 @@ impl Ranges {
                 cgroup: None,
                 shifted_upper: None,
                 bundle: None,
+                docker_api_proxy: false,
             };
             state.allocations.push(allocation.clone());
             Ok(Allocated {

@@ -42,8 +42,12 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// Sockets no container may have mounted (unless a trusted-image proxy
-/// stands in, which is not built yet).
+/// The Docker Engine's socket: a container whose image the policy trusts
+/// gets a filtering proxy of it in its place (see `trusted`).
+pub const DOCKER_SOCKETS: &[&str] = &["/run/docker.sock", "/var/run/docker.sock"];
+
+/// Sockets no container may have mounted (the Docker socket's binds are
+/// replaced by a proxy before the check, for trusted images only).
 pub const ENGINE_SOCKETS: &[&str] = &[
     "/run/docker.sock",
     "/var/run/docker.sock",
@@ -64,9 +68,17 @@ pub enum Refusal {
     )]
     VmMount { from: String, destination: String },
     #[error(
-        "enhanced container isolation: docker socket mount denied ({from} at {destination}): containers cannot reach the container engine. Remove the mount; this eci version does not yet give images on enhancedContainerIsolation.dockerSocketMount.imageList a filtered socket, so such a workload must run outside eci for now"
+        "enhanced container isolation: engine socket mount denied ({from} at {destination}): containers cannot reach the container engine's sockets; only the Docker socket can be given, and only to images on enhancedContainerIsolation.dockerSocketMount.imageList. Remove the mount"
     )]
     EngineSocket { from: String, destination: String },
+    #[error(
+        "enhanced container isolation: docker socket mount denied for container with image {image:?} (at {destination}): {why}; if you wish to allow it, configure the docker socket image list (enhancedContainerIsolation.dockerSocketMount.imageList in /etc/eci/admin-settings.json)"
+    )]
+    SocketImageNotTrusted {
+        image: String,
+        destination: String,
+        why: String,
+    },
     #[error("enhanced container isolation: invalid container spec: {0}")]
     Invalid(String),
 }
@@ -255,6 +267,34 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// The binds whose source is the Docker socket (by any name that resolves
+/// to it), as (index in the mounts, the socket they name).
+pub fn docker_socket_binds(
+    spec: &Spec,
+    bundle: &Path,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Vec<(usize, PathBuf)> {
+    let sockets: Vec<PathBuf> = DOCKER_SOCKETS
+        .iter()
+        .flat_map(|s| [PathBuf::from(s), resolve(Path::new(s))])
+        .collect();
+    spec.mounts()
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, m)| is_bind(m))
+        .filter_map(|(n, m)| {
+            let source = m.source().as_ref()?;
+            let real = resolve(&if source.is_absolute() {
+                source.clone()
+            } else {
+                bundle.join(source)
+            });
+            sockets.contains(&real).then_some((n, real))
+        })
+        .collect()
 }
 
 /// Rewrite the spec for eci; returns a note for each adjustment made.
@@ -576,7 +616,7 @@ mod tests {
         ] {
             let e = check(&docker_like(ALL_NS, &bind(sock)), &ctx(), &lexical).unwrap_err();
             assert!(matches!(e, Refusal::EngineSocket { .. }), "{sock}: {e}");
-            assert!(e.to_string().contains("docker socket mount denied"), "{e}");
+            assert!(e.to_string().contains("socket mount denied"), "{e}");
         }
     }
 

@@ -32,7 +32,14 @@ const FIXTURE_PREFIX: &str = "/tmp/eci-runc-test-";
 
 struct Fixture {
     dir: PathBuf,
+    /// An image of this test process the policy trusts with the Docker
+    /// socket (pinned by its id: it was built here, not pulled).
+    trusted_image: String,
 }
+
+/// A name that points at the test image too, listed in the policy by name
+/// only: a re-tag, which must not make the image trusted.
+const RETAGGED_IMAGE: &str = "eci-test-retagged:latest";
 
 static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
 
@@ -82,11 +89,19 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
         let dir = PathBuf::from(format!("{FIXTURE_PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(dir.join("shared")).expect("fixture dir");
         std::fs::write(dir.join("shared/hello"), "hello from the VM\n").expect("shared file");
-        std::fs::write(
-            dir.join("admin-settings.json"),
-            format!(r#"{{"eci": {{"shareableHostPaths": ["{}"]}}}}"#, dir.join("shared").display()),
-        )
-        .expect("policy");
+        let (trusted_image, trusted_id) = trusted_image();
+        assert!(docker(&["tag", IMAGE, RETAGGED_IMAGE]).status.success(), "docker tag");
+        // The docker CLI (a static binary), for containers given the socket.
+        std::fs::copy("/usr/local/bin/docker", dir.join("shared/docker"))
+            .or_else(|_| std::fs::copy("/usr/bin/docker", dir.join("shared/docker")))
+            .expect("a docker CLI to copy into the shared directory");
+        let policy = serde_json::json!({
+            "enhancedContainerIsolation": { "dockerSocketMount": {
+                "imageList": { "images": [format!("eci-test-trusted@{trusted_id}"), RETAGGED_IMAGE] },
+                "commandList": { "type": "deny", "commands": ["push", "rm", "build"] } } },
+            "eci": { "shareableHostPaths": [dir.join("shared")] }
+        });
+        std::fs::write(dir.join("admin-settings.json"), policy.to_string()).expect("policy");
         let socket = dir.join("agent/agent.sock");
         let with_agent = wrapper(&dir, "eci-runc", &socket);
         let without = wrapper(&dir, "eci-runc-noagent", &dir.join("nowhere/agent.sock"));
@@ -126,12 +141,38 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
             std::thread::sleep(Duration::from_millis(50));
         }
         register_runtimes(&[(runtime(), &with_agent), (runtime_no_agent(), &without)]);
-        Some(Fixture { dir })
+        Some(Fixture { dir, trusted_image })
     });
     if f.is_none() {
         println!("SKIP: {test}: Docker is not running here (`cargo xtask docker-up` starts it)");
     }
     f.as_ref()
+}
+
+/// Commit a container of the test image (never started: no runtime runs)
+/// as this process's trusted image; drop those of processes that are gone.
+fn trusted_image() -> (String, String) {
+    let tags = text(&docker(&[
+        "images",
+        "eci-test-trusted",
+        "--format",
+        "{{.Tag}}",
+    ]));
+    for tag in tags.lines().filter(|t| !alive(t)) {
+        let _ = docker(&["rmi", &format!("eci-test-trusted:{tag}")]);
+    }
+    let name = format!("eci-test-trusted:{}", std::process::id());
+    let created = docker(&["create", IMAGE, "true"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let container = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    let committed = docker(&["commit", "-c", "LABEL eci.test=trusted", &container, &name]);
+    let _ = docker(&["rm", &container]);
+    assert!(committed.status.success(), "{}", text(&committed));
+    let id = text(&docker(&["image", "inspect", "--format", "{{.Id}}", &name]))
+        .trim()
+        .to_owned();
+    assert!(id.starts_with("sha256:"), "image id of {name}: {id}");
+    (name, id)
 }
 
 fn alive(pid: &str) -> bool {
@@ -828,4 +869,113 @@ fn start_refuses_a_container_eci_runc_did_not_register() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
+    let Some(f) = fixture("a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list")
+    else {
+        return;
+    };
+    let shared = format!("{}:/shared", f.dir.join("shared").display());
+    // Allowed: version, ps, and a whole `docker run` (create, attach through
+    // an upgraded connection, start, wait). Denied: push and rm.
+    let script = format!(
+        "export HOME=/tmp; d=/shared/docker; \
+         echo version=$($d version --format '{{{{.Server.Version}}}}'); \
+         $d ps -q >/dev/null && echo ps=ok; \
+         echo run=$($d run --rm {IMAGE} echo nested); \
+         echo push: $($d push {IMAGE} 2>&1); \
+         echo rm: $($d rm no-such-container 2>&1)"
+    );
+    let out = docker(&[
+        "run",
+        "--rm",
+        &format!("--runtime={}", runtime()),
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        &shared,
+        &f.trusted_image,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let output = text(&out);
+    println!("{output}");
+    assert!(out.status.success(), "{output}");
+    let server = text(&docker(&["version", "--format", "{{.Server.Version}}"]));
+    assert!(
+        output.contains(&format!("version={}", server.trim())),
+        "version through the proxy: {output}"
+    );
+    assert!(output.contains("ps=ok"), "{output}");
+    assert!(
+        output.contains("run=nested"),
+        "docker run through the proxy: {output}"
+    );
+    for command in ["push", "rm"] {
+        let line = output
+            .lines()
+            .find(|l| l.starts_with(&format!("{command}:")))
+            .unwrap_or_default();
+        assert!(
+            line.contains("enhanced container isolation: docker command")
+                && line.contains("is blocked")
+                && line.contains(&format!("\"{command}\" is on the deny list"))
+                && line.contains("commandList"),
+            "{command} was not blocked with the rule and the fix: {line}"
+        );
+    }
+    let audit = std::fs::read_to_string(f.dir.join("audit.jsonl")).unwrap_or_default();
+    for command in ["push", "rm"] {
+        assert!(
+            audit.lines().any(|l| l.contains("docker_api_denied")
+                && l.contains(&format!("\"command\":\"{command}\""))),
+            "the denied {command} is not in the audit log"
+        );
+    }
+    let sockets: Vec<_> = std::fs::read_dir(f.dir.join("agent/proxy"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(sockets.is_empty(), "proxy sockets left behind: {sockets:?}");
+    assert_eq!(leaked_allocations(f), Vec::<String>::new());
+}
+
+#[test]
+fn the_docker_socket_is_refused_to_untrusted_and_retagged_images() {
+    let Some(f) = fixture("the_docker_socket_is_refused_to_untrusted_and_retagged_images") else {
+        return;
+    };
+    let socket = "/var/run/docker.sock:/var/run/docker.sock";
+    let containerd = "/run/containerd/containerd.sock:/c.sock";
+    let cases: [(&str, &str, &str); 3] = [
+        (IMAGE, socket, "image \"eci-test-busybox:latest\""),
+        (RETAGGED_IMAGE, socket, "no registry digest"),
+        (&f.trusted_image, containerd, "engine socket mount denied"),
+    ];
+    for (image, mount, expected) in cases {
+        let out = docker(&[
+            "run",
+            "--rm",
+            &format!("--runtime={}", runtime()),
+            "-v",
+            mount,
+            image,
+            "true",
+        ]);
+        let message = text(&out);
+        assert!(
+            !out.status.success(),
+            "{image} with {mount} was not refused"
+        );
+        assert!(
+            message.contains("enhanced container isolation") && message.contains(expected),
+            "{image} with {mount}: {message}"
+        );
+        if mount == socket {
+            assert!(message.contains("imageList"), "{message}");
+        }
+    }
+    assert_eq!(leaked_allocations(f), Vec::<String>::new());
 }

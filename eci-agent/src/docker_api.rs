@@ -1,0 +1,306 @@
+//! Which docker command a Docker Engine API call is, and whether the
+//! policy's `dockerSocketMount.commandList` lets it through. Pure functions:
+//! the proxy (`proxy.rs`) asks, this module answers.
+//!
+//! A call is named by the `docker` CLI commands that make it (`POST
+//! /images/{name}/push` is `push`; `POST /containers/create` is `create`
+//! and `run`) and by its family (`image`, `container`, `volume`, `network`,
+//! `build`, `system`, `plugin`, `swarm`). A list entry matches a call when
+//! it is one of its names, or ends in `*` and its stem begins the family or
+//! a name (`container*`, `image*`). `/_ping` is always allowed: every
+//! client sends it first and it reveals nothing.
+
+/// A Docker API call as the policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiCall {
+    /// The CLI commands that make this call, most specific first.
+    pub names: Vec<&'static str>,
+    pub family: &'static str,
+}
+
+/// The verdict for one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Blocked, with the rule that blocked it (for the message).
+    Deny(String),
+}
+
+/// How the policy list treats calls (mirrors `commandList.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    Allow,
+    Deny,
+}
+
+/// Decode `%xx` escapes (the engine routes on the decoded path) and
+/// resolve `.`/`..`/empty segments. `None` for a path that is not valid
+/// UTF-8 after decoding, holds a NUL, or climbs above the root: such a call
+/// is refused rather than guessed at.
+pub fn canonical_segments(target: &str) -> Option<Vec<String>> {
+    // Absolute-form targets (`http://host/path`) carry the path after the authority.
+    let path = match target.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => target,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(decoded).ok()?;
+    if text.contains('\0') {
+        return None;
+    }
+    let mut segments: Vec<String> = Vec::new();
+    for segment in text.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop()?;
+            }
+            s => segments.push(s.to_owned()),
+        }
+    }
+    Some(segments)
+}
+
+fn is_version(segment: &str) -> bool {
+    segment
+        .strip_prefix('v')
+        .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+}
+
+/// Classify a call; `None` for `/_ping` (always allowed).
+pub fn classify(method: &str, target: &str) -> Option<ApiCall> {
+    let Some(mut segments) = canonical_segments(target) else {
+        return Some(ApiCall {
+            names: vec!["unknown"],
+            family: "unknown",
+        });
+    };
+    if segments.first().is_some_and(|s| is_version(s)) {
+        segments.remove(0);
+    }
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = method.to_ascii_uppercase();
+    let call = |names: Vec<&'static str>, family: &'static str| Some(ApiCall { names, family });
+    match (method.as_str(), seg.as_slice()) {
+        (_, ["_ping"]) => None,
+        (_, ["version"]) => call(vec!["version"], "system"),
+        (_, ["info"]) => call(vec!["info"], "system"),
+        (_, ["events"]) => call(vec!["events"], "system"),
+        (_, ["auth"]) => call(vec!["login"], "system"),
+        (_, ["system", "df"]) => call(vec!["df"], "system"),
+        (_, ["commit"]) => call(vec!["commit"], "container"),
+        (_, ["build" | "session" | "grpc", ..]) => call(vec!["build"], "build"),
+        (_, ["containers", "json"]) => call(vec!["ps"], "container"),
+        (_, ["containers", "create"]) => call(vec!["create", "run"], "container"),
+        (_, ["containers", "prune"]) => call(vec!["prune"], "container"),
+        ("DELETE", ["containers", _]) => call(vec!["rm"], "container"),
+        (_, ["containers", _, action, ..]) => call(container_action(action), "container"),
+        (_, ["exec", ..]) => call(vec!["exec"], "container"),
+        (_, ["images", "json"]) => call(vec!["images"], "image"),
+        (_, ["images", "create"]) => call(vec!["pull", "import"], "image"),
+        (_, ["images", "load"]) => call(vec!["load"], "image"),
+        (_, ["images", "search"]) => call(vec!["search"], "image"),
+        (_, ["images", "prune"]) => call(vec!["prune"], "image"),
+        (_, ["images", "get"]) => call(vec!["save"], "image"),
+        ("DELETE", ["images", ..]) => call(vec!["rmi"], "image"),
+        (_, ["images", .., action]) => call(image_action(action), "image"),
+        (_, ["distribution", ..]) => call(vec!["pull"], "image"),
+        (_, ["volumes", ..]) => call(vec!["volume"], "volume"),
+        (_, ["networks", ..]) => call(vec!["network"], "network"),
+        (_, ["plugins", ..]) => call(vec!["plugin"], "plugin"),
+        (
+            _,
+            [
+                "swarm" | "nodes" | "services" | "tasks" | "secrets" | "configs",
+                ..,
+            ],
+        ) => call(vec!["swarm"], "swarm"),
+        _ => call(vec!["unknown"], "unknown"),
+    }
+}
+
+fn container_action(action: &str) -> Vec<&'static str> {
+    match action {
+        "start" => vec!["start", "run"],
+        "attach" => vec!["attach", "run", "start"],
+        "wait" => vec!["wait", "run"],
+        "resize" => vec!["attach", "run", "start", "exec"],
+        "json" => vec!["inspect"],
+        "changes" => vec!["diff"],
+        "archive" => vec!["cp"],
+        "exec" => vec!["exec"],
+        "stop" => vec!["stop"],
+        "restart" => vec!["restart"],
+        "kill" => vec!["kill"],
+        "pause" => vec!["pause"],
+        "unpause" => vec!["unpause"],
+        "logs" => vec!["logs"],
+        "top" => vec!["top"],
+        "stats" => vec!["stats"],
+        "rename" => vec!["rename"],
+        "update" => vec!["update"],
+        "export" => vec!["export"],
+        _ => vec!["unknown"],
+    }
+}
+
+fn image_action(action: &str) -> Vec<&'static str> {
+    match action {
+        "push" => vec!["push"],
+        "tag" => vec!["tag"],
+        "json" => vec!["inspect"],
+        "history" => vec!["history"],
+        "get" => vec!["save"],
+        _ => vec!["unknown"],
+    }
+}
+
+/// Does a list entry name this call?
+fn matches(entry: &str, call: &ApiCall) -> bool {
+    match entry.strip_suffix('*') {
+        Some(stem) => {
+            call.family.starts_with(stem) || call.names.iter().any(|n| n.starts_with(stem))
+        }
+        None => call.names.contains(&entry),
+    }
+}
+
+/// The policy's verdict on a call (`None` call: `/_ping`, always allowed).
+pub fn judge(kind: ListKind, commands: &[String], call: Option<&ApiCall>) -> Verdict {
+    let Some(call) = call else {
+        return Verdict::Allow;
+    };
+    let hit = commands.iter().find(|c| matches(c, call));
+    match (kind, hit) {
+        (ListKind::Deny, Some(entry)) => Verdict::Deny(format!(
+            "{entry:?} is on the deny list (commandList type \"deny\")"
+        )),
+        (ListKind::Deny, None) => Verdict::Allow,
+        (ListKind::Allow, Some(_)) => Verdict::Allow,
+        (ListKind::Allow, None) => Verdict::Deny(format!(
+            "{:?} is not on the allow list (commandList type \"allow\")",
+            call.names.first().copied().unwrap_or("unknown")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(method: &str, target: &str) -> Vec<&'static str> {
+        classify(method, target)
+            .map(|c| c.names)
+            .unwrap_or_default()
+    }
+
+    fn list(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn calls_are_named_by_the_cli_commands_that_make_them() {
+        assert_eq!(
+            names("POST", "/v1.41/images/myimage/push?tag=latest"),
+            ["push"]
+        );
+        assert_eq!(names("POST", "/v1.41/images/reg.io/a/b/push"), ["push"]);
+        assert_eq!(names("POST", "/build?t=x"), ["build"]);
+        assert_eq!(names("DELETE", "/v1.43/containers/abc?force=1"), ["rm"]);
+        assert_eq!(names("POST", "/v1.41/containers/create"), ["create", "run"]);
+        assert_eq!(names("GET", "/v1.41/containers/json"), ["ps"]);
+        assert_eq!(names("DELETE", "/v1.41/images/busybox"), ["rmi"]);
+        assert_eq!(names("POST", "/v1.41/exec/123/start"), ["exec"]);
+        assert_eq!(names("GET", "/v1.41/volumes"), ["volume"]);
+        assert!(classify("HEAD", "/_ping").is_none());
+        assert!(classify("GET", "/v1.41/_ping").is_none());
+    }
+
+    #[test]
+    fn encoded_and_dotted_paths_are_classified_as_the_engine_routes_them() {
+        assert_eq!(names("POST", "/v1.41/images/x/pu%73h"), ["push"]);
+        assert_eq!(
+            names("POST", "/v1.41/containers/../images/x/./push"),
+            ["push"]
+        );
+        assert_eq!(names("POST", "//v1.41//images/x/push"), ["push"]);
+        assert_eq!(names("POST", "http://docker/v1.41/images/x/push"), ["push"]);
+        // Unparseable: classified as unknown, which an allow list refuses.
+        assert_eq!(names("GET", "/../../x"), ["unknown"]);
+        assert_eq!(names("GET", "/v1.41/images/%zz/push"), ["unknown"]);
+        assert_eq!(names("GET", "/v1.41/%00/push"), ["unknown"]);
+    }
+
+    #[test]
+    fn deny_lists_block_the_listed_commands_and_families() {
+        let deny = list(&["push", "container*"]);
+        let verdict = |m, t| judge(ListKind::Deny, &deny, classify(m, t).as_ref());
+        assert!(matches!(
+            verdict("POST", "/v1.41/images/a/push"),
+            Verdict::Deny(_)
+        ));
+        assert!(matches!(
+            verdict("DELETE", "/v1.41/containers/a"),
+            Verdict::Deny(_)
+        ));
+        assert!(matches!(
+            verdict("POST", "/v1.41/exec/a/start"),
+            Verdict::Deny(_)
+        ));
+        assert_eq!(verdict("GET", "/v1.41/images/json"), Verdict::Allow);
+        assert_eq!(verdict("GET", "/v1.41/version"), Verdict::Allow);
+        assert_eq!(verdict("HEAD", "/_ping"), Verdict::Allow);
+    }
+
+    #[test]
+    fn allow_lists_pass_only_the_listed_and_always_ping() {
+        let allow = list(&["ps", "image*", "version"]);
+        let verdict = |m, t| judge(ListKind::Allow, &allow, classify(m, t).as_ref());
+        assert_eq!(verdict("GET", "/v1.41/containers/json"), Verdict::Allow);
+        assert_eq!(verdict("POST", "/v1.41/images/a/push"), Verdict::Allow);
+        assert_eq!(verdict("GET", "/_ping"), Verdict::Allow);
+        assert!(matches!(
+            verdict("POST", "/v1.41/containers/create"),
+            Verdict::Deny(_)
+        ));
+        assert!(matches!(verdict("GET", "/v1.41/nothing"), Verdict::Deny(_)));
+    }
+
+    #[test]
+    fn run_is_denied_at_create_and_start() {
+        let deny = list(&["run"]);
+        for (m, t) in [
+            ("POST", "/v1.41/containers/create"),
+            ("POST", "/v1.41/containers/x/start"),
+        ] {
+            assert!(
+                matches!(
+                    judge(ListKind::Deny, &deny, classify(m, t).as_ref()),
+                    Verdict::Deny(_)
+                ),
+                "{m} {t}"
+            );
+        }
+        assert_eq!(
+            judge(
+                ListKind::Deny,
+                &deny,
+                classify("GET", "/v1.41/containers/json").as_ref()
+            ),
+            Verdict::Allow
+        );
+    }
+}

@@ -1,0 +1,412 @@
+//! Filtering Docker API sockets for trusted-image containers.
+//!
+//! A container whose image is on `dockerSocketMount.imageList` gets, in
+//! place of the engine's socket, a socket the agent serves here. Each
+//! connection carries exactly one API call: the agent reads the request
+//! head, asks `docker_api` for the policy's verdict, and either answers
+//! `403` with an API error (audited) or forwards the call to the engine with
+//! `Connection: close`, so the engine handles that one request and no
+//! other can follow it unseen. Calls that upgrade the connection (`attach`,
+//! `exec` start) are forwarded as they are: after the upgrade the stream is
+//! the container's stdio, not API requests.
+//!
+//! Proxies live as long as the agent: a restarted agent does not resume
+//! them, and the container's socket then refuses connections (closed, not
+//! open) until the container is recreated.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{UnixListener, UnixStream},
+    sync::Mutex,
+    task::{AbortHandle, JoinSet},
+};
+
+use crate::{
+    agent::Shared,
+    audit::AuditLog,
+    docker_api::{self, ListKind, Verdict},
+    policy::CommandListType,
+};
+
+/// A request head longer than this is refused.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0:?} is not a container id (letters, digits, `_`, `.`, `-`; at most 128)")]
+    BadContainerId(String),
+    #[error(
+        "{0} is not one of the engine sockets the policy protects (eci.protectedSockets); a proxy forwards only to those"
+    )]
+    NotAnEngineSocket(String),
+    #[error("creating the proxy socket {path}: {source}")]
+    Socket {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+struct OpenProxy {
+    path: PathBuf,
+    server: AbortHandle,
+}
+
+/// The open proxies, by container id.
+pub struct Proxies {
+    dir: PathBuf,
+    policy_path: PathBuf,
+    shared: Arc<Mutex<Shared>>,
+    audit: Arc<Mutex<AuditLog>>,
+    open: std::sync::Mutex<HashMap<String, OpenProxy>>,
+}
+
+impl Proxies {
+    /// Proxies with their sockets in `dir` (made 0700: only root reaches
+    /// them by path; containers get theirs through a bind mount).
+    pub fn new(
+        dir: PathBuf,
+        policy_path: PathBuf,
+        shared: Arc<Mutex<Shared>>,
+        audit: Arc<Mutex<AuditLog>>,
+    ) -> Self {
+        Self {
+            dir,
+            policy_path,
+            shared,
+            audit,
+            open: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Serve a proxy for `container` forwarding to `upstream`; returns its
+    /// socket. Opening one that is open already replaces it.
+    pub async fn open(
+        self: &Arc<Self>,
+        container: &str,
+        upstream: &str,
+    ) -> Result<PathBuf, ProxyError> {
+        let valid_id = !container.is_empty()
+            && container.len() <= 128
+            && !container.starts_with('.')
+            && container
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !valid_id {
+            return Err(ProxyError::BadContainerId(container.to_owned()));
+        }
+        let upstream = self.engine_socket(upstream).await?;
+        self.close(container);
+        let socket_err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| ProxyError::Socket { path, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(socket_err(&self.dir))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(socket_err(&self.dir))?;
+        let path = self.dir.join(format!("{container}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).map_err(socket_err(&path))?;
+        // The container's root is an unprivileged id of the VM: it connects
+        // as "other".
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+            .map_err(socket_err(&path))?;
+        let proxies = self.clone();
+        let name = container.to_owned();
+        let server = tokio::spawn(async move { proxies.serve(listener, name, upstream).await })
+            .abort_handle();
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(
+                container.to_owned(),
+                OpenProxy {
+                    path: path.clone(),
+                    server,
+                },
+            );
+        }
+        tracing::info!(container, socket = %path.display(), "docker API proxy open");
+        Ok(path)
+    }
+
+    /// Stop serving `container`'s proxy; `false` if it had none.
+    pub fn close(&self, container: &str) -> bool {
+        let removed = self.open.lock().ok().and_then(|mut o| o.remove(container));
+        match removed {
+            Some(proxy) => {
+                proxy.server.abort();
+                let _ = std::fs::remove_file(&proxy.path);
+                tracing::info!(container, "docker API proxy closed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `upstream`, if it is one of the policy's protected sockets (compared
+    /// after resolving symlinks: /var/run is usually /run).
+    async fn engine_socket(&self, upstream: &str) -> Result<PathBuf, ProxyError> {
+        let wanted = std::fs::canonicalize(upstream)
+            .map_err(|_| ProxyError::NotAnEngineSocket(upstream.to_owned()))?;
+        let sockets = self.shared.lock().await.policy.protected_sockets.clone();
+        sockets
+            .iter()
+            .filter_map(|s| std::fs::canonicalize(s).ok())
+            .find(|s| *s == wanted)
+            .ok_or_else(|| ProxyError::NotAnEngineSocket(upstream.to_owned()))
+    }
+
+    async fn serve(self: Arc<Self>, listener: UnixListener, container: String, upstream: PathBuf) {
+        // Connections end with the server when the proxy is closed.
+        let mut connections = JoinSet::new();
+        loop {
+            while connections.try_join_next().is_some() {}
+            match listener.accept().await {
+                Ok((client, _)) => {
+                    let proxies = self.clone();
+                    let container = container.clone();
+                    let upstream = upstream.clone();
+                    connections.spawn(async move {
+                        if let Err(err) = proxies.relay(client, &container, &upstream).await {
+                            tracing::debug!(container, "docker API proxy connection: {err}");
+                        }
+                    });
+                }
+                Err(err) => {
+                    tracing::error!(container, "docker API proxy accept failed: {err}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// One connection: one vetted call.
+    async fn relay(
+        &self,
+        mut client: UnixStream,
+        container: &str,
+        upstream: &Path,
+    ) -> std::io::Result<()> {
+        let Some((head, body_start)) = read_head(&mut client).await? else {
+            return Ok(());
+        };
+        let Some(request) = RequestHead::parse(&head) else {
+            return respond(
+                &mut client,
+                400,
+                "Bad Request",
+                "enhanced container isolation: malformed HTTP request",
+            )
+            .await;
+        };
+        let (kind, commands) = {
+            let shared = self.shared.lock().await;
+            let list = &shared.policy.docker_socket_mount.command_list;
+            let kind = match list.kind {
+                CommandListType::Allow => ListKind::Allow,
+                CommandListType::Deny => ListKind::Deny,
+            };
+            (kind, list.commands.clone())
+        };
+        let call = docker_api::classify(&request.method, &request.target);
+        if let Verdict::Deny(rule) = docker_api::judge(kind, &commands, call.as_ref()) {
+            let command = call
+                .as_ref()
+                .and_then(|c| c.names.first().copied())
+                .unwrap_or("unknown");
+            tracing::warn!(container, method = %request.method, target = %request.target, command, "docker API call denied");
+            let line = serde_json::json!({
+                "time": eci_control::rfc3339_now(),
+                "event": "docker_api_denied",
+                "container": container,
+                "method": request.method,
+                "target": request.target,
+                "command": command,
+                "rule": rule,
+            });
+            if let Err(err) = self.audit.lock().await.write(&line) {
+                tracing::error!("{err}");
+            }
+            let message = format!(
+                "enhanced container isolation: docker command \"{}\" is blocked ({rule}); if you wish to allow it, ask an administrator to change enhancedContainerIsolation.dockerSocketMount.commandList in {}",
+                request.target,
+                self.policy_path.display()
+            );
+            return respond(&mut client, 403, "Forbidden", &message).await;
+        }
+        let mut engine = match UnixStream::connect(upstream).await {
+            Ok(engine) => engine,
+            Err(err) => {
+                let message = format!(
+                    "enhanced container isolation: the eci proxy cannot reach the Docker Engine at {}: {err}",
+                    upstream.display()
+                );
+                return respond(&mut client, 502, "Bad Gateway", &message).await;
+            }
+        };
+        engine.write_all(request.forwarded().as_bytes()).await?;
+        engine.write_all(&body_start).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut engine).await?;
+        Ok(())
+    }
+}
+
+/// Read up to the end of the request head; returns the head (as text) and
+/// whatever of the body came with it. `None` when the client went away.
+async fn read_head(client: &mut UnixStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let mut buffer = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = find(&buffer, b"\r\n\r\n") {
+            let rest = buffer.split_off(end + 4);
+            return match String::from_utf8(buffer) {
+                Ok(head) => Ok(Some((head, rest))),
+                Err(_) => Ok(Some((String::new(), rest))),
+            };
+        }
+        if buffer.len() > MAX_HEAD_BYTES {
+            respond(
+                client,
+                431,
+                "Request Header Fields Too Large",
+                "enhanced container isolation: request head too large",
+            )
+            .await?;
+            return Ok(None);
+        }
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The parts of a request head the proxy looks at.
+#[derive(Debug, PartialEq, Eq)]
+struct RequestHead {
+    method: String,
+    target: String,
+    request_line: String,
+    headers: Vec<String>,
+}
+
+impl RequestHead {
+    fn parse(head: &str) -> Option<Self> {
+        let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
+        let request_line = lines.next()?.to_owned();
+        let mut parts = request_line.split(' ');
+        let method = parts.next()?.to_owned();
+        let target = parts.next()?.to_owned();
+        let version = parts.next()?;
+        if parts.next().is_some()
+            || !version.starts_with("HTTP/1.")
+            || method.is_empty()
+            || !method.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            return None;
+        }
+        let headers: Vec<String> = lines.map(str::to_owned).collect();
+        if headers.iter().any(|h| !h.contains(':')) {
+            return None;
+        }
+        Some(Self {
+            method,
+            target,
+            request_line,
+            headers,
+        })
+    }
+
+    fn header_is(header: &str, name: &str) -> bool {
+        header
+            .split_once(':')
+            .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+    }
+
+    /// The head sent to the engine: one request per connection
+    /// (`Connection: close`), unless the call upgrades the connection.
+    fn forwarded(&self) -> String {
+        let upgrades = self.headers.iter().any(|h| Self::header_is(h, "upgrade"));
+        let mut out = format!("{}\r\n", self.request_line);
+        for header in &self.headers {
+            let hop = ["connection", "keep-alive", "proxy-connection"]
+                .iter()
+                .any(|n| Self::header_is(header, n));
+            if upgrades || !hop {
+                out.push_str(header);
+                out.push_str("\r\n");
+            }
+        }
+        if !upgrades {
+            out.push_str("Connection: close\r\n");
+        }
+        out.push_str("\r\n");
+        out
+    }
+}
+
+/// An API error the docker CLI shows as "Error response from daemon: ...".
+async fn respond(
+    client: &mut UnixStream,
+    code: u16,
+    reason: &str,
+    message: &str,
+) -> std::io::Result<()> {
+    let body = serde_json::json!({ "message": message }).to_string();
+    let response = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(response.as_bytes()).await?;
+    client.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_go_out_one_per_connection() {
+        let head = RequestHead::parse(
+            "GET /v1.41/containers/json HTTP/1.1\r\nHost: docker\r\nConnection: keep-alive\r\nKeep-Alive: 30\r\n\r\n",
+        )
+        .expect("parse");
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.target, "/v1.41/containers/json");
+        assert_eq!(
+            head.forwarded(),
+            "GET /v1.41/containers/json HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn upgrades_are_forwarded_as_they_are() {
+        let text = "POST /v1.41/exec/1/start HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n";
+        let head = RequestHead::parse(text).expect("parse");
+        assert_eq!(head.forwarded(), text);
+    }
+
+    #[test]
+    fn malformed_heads_are_refused() {
+        for bad in [
+            "",
+            "GET\r\n\r\n",
+            "GET / HTTP/2\r\n\r\n",
+            "get / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1 extra\r\n\r\n",
+            "GET / HTTP/1.1\r\nno colon\r\n\r\n",
+        ] {
+            assert!(RequestHead::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+}

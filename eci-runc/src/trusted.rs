@@ -1,0 +1,321 @@
+//! Which image a Docker container runs, and whether the policy's
+//! `dockerSocketMount.imageList` trusts it with a (filtered) Docker socket.
+//!
+//! The image is read from the engine's own records, not from anything the
+//! container's creator wrote into the spec: `config.v2.json` in the
+//! container's directory (the image id, a content digest, and the name it
+//! was asked for by), and the engine's reference store
+//! (`image/<driver>/repositories.json`: which names and registry digests
+//! point at which image id).
+//!
+//! An entry trusts an image
+//! - `*`: any image;
+//! - `name@sha256:<digest>`: the image whose id is that digest, or which the
+//!   engine pulled as `name@sha256:<digest>` (a registry manifest digest);
+//! - `name[:tag]` (tag `*`: any tag): the image the name's tag points at,
+//!   *and only if* the engine pulled that same image from the registry
+//!   under that name (it holds a `name@sha256:...` digest reference for it).
+//!   So re-tagging another image with a trusted name does not make it
+//!   trusted; a locally built image is trusted by pinning its id.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use oci_spec::runtime::Spec;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error(
+        "the container's image cannot be identified: no Docker container directory among its mounts (only containers Docker creates can be given the Docker socket)"
+    )]
+    NotADockerContainer,
+    #[error("reading the engine's record {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the engine's record {path} is not what Docker writes: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+/// The image a container runs, as the engine recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerImage {
+    /// `sha256:<hex>`: the image's content digest.
+    pub id: String,
+    /// The name the container was created from (as typed).
+    pub name: String,
+}
+
+/// The engine's reference store: normalized references → image id.
+#[derive(Debug, Clone, Default)]
+pub struct References {
+    by_reference: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct ContainerRecord {
+    #[serde(rename = "Image")]
+    image: String,
+    #[serde(rename = "Driver", default)]
+    driver: String,
+    #[serde(rename = "Config")]
+    config: ContainerConfig,
+}
+
+#[derive(Deserialize)]
+struct ContainerConfig {
+    #[serde(rename = "Image", default)]
+    image: String,
+}
+
+#[derive(Deserialize)]
+struct ReferenceStore {
+    #[serde(rename = "Repositories", default)]
+    repositories: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrustError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrustError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| TrustError::Parse {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Docker's directory for this container: the parent of the `hosts`,
+/// `hostname` or `resolv.conf` it binds in (`<root>/containers/<id>/`).
+fn container_dir(spec: &Spec, container_id: &str) -> Option<PathBuf> {
+    spec.mounts().iter().flatten().find_map(|m| {
+        let dir = m.source().as_ref()?.parent()?;
+        let is_own = dir.file_name()? == container_id && dir.parent()?.file_name()? == "containers";
+        is_own.then(|| dir.to_owned())
+    })
+}
+
+/// The image of a container Docker created, and the engine's references.
+pub fn docker_image(
+    spec: &Spec,
+    container_id: &str,
+) -> Result<(ContainerImage, References), TrustError> {
+    let dir = container_dir(spec, container_id).ok_or(TrustError::NotADockerContainer)?;
+    let record: ContainerRecord = read_json(&dir.join("config.v2.json"))?;
+    let data_root = dir
+        .parent()
+        .and_then(Path::parent)
+        .ok_or(TrustError::NotADockerContainer)?;
+    let store_path = data_root
+        .join("image")
+        .join(&record.driver)
+        .join("repositories.json");
+    let references = match read_json::<ReferenceStore>(&store_path) {
+        Ok(store) => References::from_store(store),
+        // No image was ever tagged or pulled: nothing is trusted by name.
+        Err(TrustError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            References::default()
+        }
+        Err(e) => return Err(e),
+    };
+    Ok((
+        ContainerImage {
+            id: record.image,
+            name: record.config.image,
+        },
+        references,
+    ))
+}
+
+/// `busybox` → `docker.io/library/busybox`, `me/app` → `docker.io/me/app`;
+/// a name with a registry (a first component with `.` or `:`, or
+/// `localhost`) stays as it is.
+pub fn normalize_name(name: &str) -> String {
+    match name.split_once('/') {
+        None => format!("docker.io/library/{name}"),
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => name.to_owned(),
+        Some(_) => format!("docker.io/{name}"),
+    }
+}
+
+/// `name[:tag]` or `name@digest` → (normalized name, tag, digest).
+fn split_reference(reference: &str) -> (String, Option<&str>, Option<&str>) {
+    if let Some((name, digest)) = reference.split_once('@') {
+        return (normalize_name(name), None, Some(digest));
+    }
+    let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[last_slash..].rfind(':') {
+        Some(i) => (
+            normalize_name(&reference[..last_slash + i]),
+            Some(&reference[last_slash + i + 1..]),
+            None,
+        ),
+        None => (normalize_name(reference), None, None),
+    }
+}
+
+impl References {
+    fn from_store(store: ReferenceStore) -> Self {
+        let by_reference = store
+            .repositories
+            .into_values()
+            .flatten()
+            .map(|(reference, id)| {
+                let (name, tag, digest) = split_reference(&reference);
+                let key = match (tag, digest) {
+                    (_, Some(d)) => format!("{name}@{d}"),
+                    (Some(t), None) => format!("{name}:{t}"),
+                    (None, None) => format!("{name}:latest"),
+                };
+                (key, id)
+            })
+            .collect();
+        Self { by_reference }
+    }
+
+    /// From `(reference, image id)` pairs as Docker writes them.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for (reference, id) in pairs {
+            repositories
+                .entry(String::new())
+                .or_default()
+                .insert(reference.to_owned(), id.to_owned());
+        }
+        Self::from_store(ReferenceStore { repositories })
+    }
+
+    fn points_at(&self, name: &str, image_id: &str, wanted: impl Fn(&str) -> bool) -> bool {
+        self.by_reference.iter().any(|(reference, id)| {
+            id == image_id
+                && reference
+                    .strip_prefix(name)
+                    .is_some_and(&wanted)
+        })
+    }
+}
+
+/// The entry of `images` that trusts `image`, or why none does.
+pub fn trusting_entry<'a>(
+    images: &'a [String],
+    image: &ContainerImage,
+    references: &References,
+) -> Result<&'a str, String> {
+    let mut why = Vec::new();
+    for entry in images {
+        if entry == "*" {
+            return Ok(entry);
+        }
+        let (name, tag, digest) = split_reference(entry);
+        if let Some(digest) = digest {
+            if image.id == digest
+                || references.points_at(&name, &image.id, |r| r == format!("@{digest}"))
+            {
+                return Ok(entry);
+            }
+            continue;
+        }
+        let tag = tag.unwrap_or("latest");
+        let tagged = references.points_at(&name, &image.id, |r| {
+            r.strip_prefix(':').is_some_and(|t| tag == "*" || t == tag)
+        });
+        if !tagged {
+            continue;
+        }
+        let pulled = references.points_at(&name, &image.id, |r| r.starts_with("@sha256:"));
+        if pulled {
+            return Ok(entry);
+        }
+        why.push(format!(
+            "it carries the name {entry:?} but the engine holds no registry digest of {name} for it (a locally built or re-tagged image); pin it by its id instead: \"{}@{}\"",
+            entry.split(['@']).next().unwrap_or(entry),
+            image.id
+        ));
+    }
+    Err(if why.is_empty() {
+        "the image is not in the allowed list".to_owned()
+    } else {
+        why.join("; ")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const ID_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const MANIFEST: &str =
+        "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+    fn image(id: &str, name: &str) -> ContainerImage {
+        ContainerImage {
+            id: id.into(),
+            name: name.into(),
+        }
+    }
+
+    fn entries(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn names_are_normalized_as_docker_does() {
+        assert_eq!(normalize_name("busybox"), "docker.io/library/busybox");
+        assert_eq!(normalize_name("me/app"), "docker.io/me/app");
+        assert_eq!(
+            normalize_name("docker.io/library/busybox"),
+            "docker.io/library/busybox"
+        );
+        assert_eq!(normalize_name("localhost/app"), "localhost/app");
+        assert_eq!(normalize_name("reg:5000/app"), "reg:5000/app");
+    }
+
+    #[test]
+    fn a_pulled_image_is_trusted_by_name_and_tag() {
+        let refs =
+            References::from_pairs([("docker:cli", ID_A), (&*format!("docker@{MANIFEST}"), ID_A)]);
+        let a = image(ID_A, "docker:cli");
+        assert_eq!(
+            trusting_entry(&entries(&["docker:cli"]), &a, &refs),
+            Ok("docker:cli")
+        );
+        assert_eq!(
+            trusting_entry(&entries(&["docker.io/library/docker:*"]), &a, &refs),
+            Ok("docker.io/library/docker:*")
+        );
+        assert!(trusting_entry(&entries(&["docker:dind"]), &a, &refs).is_err());
+        let by_manifest = format!("docker@{MANIFEST}");
+        assert!(trusting_entry(&entries(&[&by_manifest]), &a, &refs).is_ok());
+    }
+
+    #[test]
+    fn a_retagged_image_is_not_trusted_by_the_name_it_borrowed() {
+        // The engine pulled docker:cli as A; then B (built here) was tagged docker:cli.
+        let refs =
+            References::from_pairs([("docker:cli", ID_B), (&*format!("docker@{MANIFEST}"), ID_A)]);
+        let b = image(ID_B, "docker:cli");
+        let why = trusting_entry(&entries(&["docker:cli"]), &b, &refs).unwrap_err();
+        assert!(why.contains("no registry digest"), "{why}");
+        assert!(why.contains(ID_B), "the message says how to pin it: {why}");
+    }
+
+    #[test]
+    fn a_local_image_is_trusted_by_its_id_only() {
+        let refs = References::from_pairs([("tools:latest", ID_B)]);
+        let b = image(ID_B, "tools");
+        let pinned = format!("tools@{ID_B}");
+        assert!(trusting_entry(&entries(&[&pinned]), &b, &refs).is_ok());
+        let other = format!("tools@{ID_A}");
+        assert!(trusting_entry(&entries(&[&other]), &b, &refs).is_err());
+        assert!(trusting_entry(&entries(&["*"]), &b, &refs).is_ok());
+        assert!(trusting_entry(&[], &b, &refs).is_err());
+    }
+}
