@@ -367,8 +367,13 @@ impl Runtime {
         };
         let (image, references) = trusted::docker_image(oci, id)
             .map_err(|e| refuse("(unknown)".into(), e.to_string()))?;
-        let entry = trusted::trusting_entry(&settings.socket_mount_images, &image, &references)
-            .map_err(|why| refuse(image.name.clone(), why))?;
+        let entry = trusted::trusting_entry(
+            &settings.socket_mount_images,
+            settings.allow_derived_images,
+            &image,
+            &references,
+        )
+        .map_err(|why| refuse(image.name.clone(), why))?;
         let answer = Client::new(&self.agent_socket).call_ok(&Request::OpenProxy {
             container: id.to_owned(),
             upstream: upstream.display().to_string(),

@@ -25,6 +25,8 @@ pub enum SettingsError {
 pub struct RuntimeSettings {
     pub shareable_host_paths: Vec<PathBuf>,
     pub socket_mount_images: Vec<String>,
+    /// `imageList.allowDerivedImages`: images built from listed ones pass too.
+    pub allow_derived_images: bool,
 }
 
 pub fn policy_path() -> PathBuf {
@@ -59,13 +61,13 @@ pub fn load() -> Result<RuntimeSettings, SettingsError> {
             })
             .unwrap_or_default()
     };
+    let image_list = &value["enhancedContainerIsolation"]["dockerSocketMount"]["imageList"];
     Ok(RuntimeSettings {
         shareable_host_paths: strings(&value["eci"]["shareableHostPaths"])
             .into_iter()
             .map(PathBuf::from)
             .collect(),
-        socket_mount_images: strings(
-            &value["enhancedContainerIsolation"]["dockerSocketMount"]["imageList"]["images"],
-        ),
+        socket_mount_images: strings(&image_list["images"]),
+        allow_derived_images: image_list["allowDerivedImages"].as_bool().unwrap_or(false),
     })
 }

@@ -17,6 +17,10 @@
 //!   under that name (it holds a `name@sha256:...` digest reference for it).
 //!   So re-tagging another image with a trusted name does not make it
 //!   trusted; a locally built image is trusted by pinning its id.
+//!
+//! With `allowDerivedImages`, an image built `FROM` a trusted one passes
+//! too: its layers (the engine's image record, `rootfs.diff_ids`) begin
+//! with all of the trusted image's layers.
 
 use std::{
     collections::BTreeMap,
@@ -53,10 +57,23 @@ pub struct ContainerImage {
     pub name: String,
 }
 
-/// The engine's reference store: normalized references → image id.
+/// The engine's reference store: normalized references → image id; and
+/// where its image records are (for the layers of derived images).
 #[derive(Debug, Clone, Default)]
 pub struct References {
     by_reference: BTreeMap<String, String>,
+    image_records: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct ImageRecord {
+    rootfs: ImageLayers,
+}
+
+#[derive(Deserialize)]
+struct ImageLayers {
+    #[serde(default)]
+    diff_ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -124,7 +141,13 @@ pub fn docker_image(
             References::default()
         }
         Err(e) => return Err(e),
-    };
+    }
+    .with_image_records(
+        data_root
+            .join("image")
+            .join(&record.driver)
+            .join("imagedb/content/sha256"),
+    );
     Ok((
         ContainerImage {
             id: record.image,
@@ -177,7 +200,50 @@ impl References {
                 (key, id)
             })
             .collect();
-        Self { by_reference }
+        Self {
+            by_reference,
+            image_records: None,
+        }
+    }
+
+    /// Where the engine keeps its image records (`imagedb/content/sha256`).
+    pub fn with_image_records(mut self, dir: PathBuf) -> Self {
+        self.image_records = Some(dir);
+        self
+    }
+
+    /// The layers of an image, from the engine's record of it.
+    fn layers(&self, image_id: &str) -> Option<Vec<String>> {
+        let hex = image_id.strip_prefix("sha256:")?;
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let path = self.image_records.as_ref()?.join(hex);
+        read_json::<ImageRecord>(&path)
+            .ok()
+            .map(|r| r.rootfs.diff_ids)
+    }
+
+    /// The image ids an entry trusts directly (see the module's rules).
+    fn trusted_ids(&self, entry: &str) -> Vec<String> {
+        let (name, tag, digest) = split_reference(entry);
+        let ids = self.by_reference.iter().filter_map(|(reference, id)| {
+            let rest = reference.strip_prefix(name.as_str())?;
+            let hit = match (digest, tag) {
+                (Some(d), _) => rest == format!("@{d}"),
+                (None, tag) => rest.strip_prefix(':').is_some_and(|t| {
+                    let tag = tag.unwrap_or("latest");
+                    (tag == "*" || t == tag)
+                        && self.points_at(&name, id, |r| r.starts_with("@sha256:"))
+                }),
+            };
+            hit.then(|| id.clone())
+        });
+        let mut ids: Vec<String> = ids.collect();
+        if let Some(d) = digest {
+            ids.push(d.to_owned());
+        }
+        ids
     }
 
     /// From `(reference, image id)` pairs as Docker writes them.
@@ -194,16 +260,40 @@ impl References {
 
     fn points_at(&self, name: &str, image_id: &str, wanted: impl Fn(&str) -> bool) -> bool {
         self.by_reference.iter().any(|(reference, id)| {
-            id == image_id
-                && reference
-                    .strip_prefix(name)
-                    .is_some_and(&wanted)
+            id == image_id && reference.strip_prefix(name).is_some_and(&wanted)
         })
     }
 }
 
-/// The entry of `images` that trusts `image`, or why none does.
+/// The entry of `images` that trusts `image` (directly, or with
+/// `allow_derived` as the base it was built from), or why none does.
 pub fn trusting_entry<'a>(
+    images: &'a [String],
+    allow_derived: bool,
+    image: &ContainerImage,
+    references: &References,
+) -> Result<&'a str, String> {
+    let direct = directly_trusting_entry(images, image, references);
+    if direct.is_ok() || !allow_derived {
+        return direct;
+    }
+    let Some(layers) = references.layers(&image.id) else {
+        return direct;
+    };
+    for entry in images {
+        let derived = references.trusted_ids(entry).iter().any(|base| {
+            references.layers(base).is_some_and(|base_layers| {
+                !base_layers.is_empty() && layers.starts_with(&base_layers)
+            })
+        });
+        if derived {
+            return Ok(entry);
+        }
+    }
+    direct.map_err(|why| format!("{why}; nor is it built from an allowed image"))
+}
+
+fn directly_trusting_entry<'a>(
     images: &'a [String],
     image: &ContainerImage,
     references: &References,
@@ -262,6 +352,14 @@ mod tests {
         }
     }
 
+    fn trusting_entry_direct<'a>(
+        images: &'a [String],
+        image: &ContainerImage,
+        refs: &References,
+    ) -> Result<&'a str, String> {
+        trusting_entry(images, false, image, refs)
+    }
+
     fn entries(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
     }
@@ -284,16 +382,16 @@ mod tests {
             References::from_pairs([("docker:cli", ID_A), (&*format!("docker@{MANIFEST}"), ID_A)]);
         let a = image(ID_A, "docker:cli");
         assert_eq!(
-            trusting_entry(&entries(&["docker:cli"]), &a, &refs),
+            trusting_entry_direct(&entries(&["docker:cli"]), &a, &refs),
             Ok("docker:cli")
         );
         assert_eq!(
-            trusting_entry(&entries(&["docker.io/library/docker:*"]), &a, &refs),
+            trusting_entry_direct(&entries(&["docker.io/library/docker:*"]), &a, &refs),
             Ok("docker.io/library/docker:*")
         );
-        assert!(trusting_entry(&entries(&["docker:dind"]), &a, &refs).is_err());
+        assert!(trusting_entry_direct(&entries(&["docker:dind"]), &a, &refs).is_err());
         let by_manifest = format!("docker@{MANIFEST}");
-        assert!(trusting_entry(&entries(&[&by_manifest]), &a, &refs).is_ok());
+        assert!(trusting_entry_direct(&entries(&[&by_manifest]), &a, &refs).is_ok());
     }
 
     #[test]
@@ -302,7 +400,7 @@ mod tests {
         let refs =
             References::from_pairs([("docker:cli", ID_B), (&*format!("docker@{MANIFEST}"), ID_A)]);
         let b = image(ID_B, "docker:cli");
-        let why = trusting_entry(&entries(&["docker:cli"]), &b, &refs).unwrap_err();
+        let why = trusting_entry_direct(&entries(&["docker:cli"]), &b, &refs).unwrap_err();
         assert!(why.contains("no registry digest"), "{why}");
         assert!(why.contains(ID_B), "the message says how to pin it: {why}");
     }
@@ -312,10 +410,41 @@ mod tests {
         let refs = References::from_pairs([("tools:latest", ID_B)]);
         let b = image(ID_B, "tools");
         let pinned = format!("tools@{ID_B}");
-        assert!(trusting_entry(&entries(&[&pinned]), &b, &refs).is_ok());
+        assert!(trusting_entry_direct(&entries(&[&pinned]), &b, &refs).is_ok());
         let other = format!("tools@{ID_A}");
-        assert!(trusting_entry(&entries(&[&other]), &b, &refs).is_err());
-        assert!(trusting_entry(&entries(&["*"]), &b, &refs).is_ok());
-        assert!(trusting_entry(&[], &b, &refs).is_err());
+        assert!(trusting_entry_direct(&entries(&[&other]), &b, &refs).is_err());
+        assert!(trusting_entry_direct(&entries(&["*"]), &b, &refs).is_ok());
+        assert!(trusting_entry_direct(&[], &b, &refs).is_err());
+    }
+
+    #[test]
+    fn a_derived_image_is_trusted_only_when_allowed_and_built_on_all_base_layers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let record = |id: &str, layers: &[&str]| {
+            let json = serde_json::json!({ "rootfs": { "type": "layers", "diff_ids": layers } });
+            std::fs::write(
+                dir.path().join(id.trim_start_matches("sha256:")),
+                json.to_string(),
+            )
+            .expect("record");
+        };
+        const ID_C: &str =
+            "sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+        record(ID_A, &["sha256:l1", "sha256:l2"]);
+        record(ID_B, &["sha256:l1", "sha256:l2", "sha256:l3"]);
+        record(ID_C, &["sha256:l1"]);
+        let refs = References::from_pairs([("base:latest", ID_A)])
+            .with_image_records(dir.path().to_owned());
+        let pinned = entries(&[&format!("base@{ID_A}")]);
+        let derived = image(ID_B, "app");
+        assert!(trusting_entry(&pinned, false, &derived, &refs).is_err());
+        assert!(trusting_entry(&pinned, true, &derived, &refs).is_ok());
+        // The base's own base is not derived from it.
+        let parent = image(ID_C, "parent");
+        let why = trusting_entry(&pinned, true, &parent, &refs).unwrap_err();
+        assert!(why.contains("built from an allowed image"), "{why}");
+        // A name entry trusts a base only if it was pulled under that name.
+        let by_name = entries(&["base:latest"]);
+        assert!(trusting_entry(&by_name, true, &derived, &refs).is_err());
     }
 }

@@ -35,6 +35,8 @@ struct Fixture {
     /// An image of this test process the policy trusts with the Docker
     /// socket (pinned by its id: it was built here, not pulled).
     trusted_image: String,
+    /// An image built from the trusted one (`allowDerivedImages` is on).
+    derived_image: String,
 }
 
 /// A name that points at the test image too, listed in the policy by name
@@ -89,7 +91,8 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
         let dir = PathBuf::from(format!("{FIXTURE_PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(dir.join("shared")).expect("fixture dir");
         std::fs::write(dir.join("shared/hello"), "hello from the VM\n").expect("shared file");
-        let (trusted_image, trusted_id) = trusted_image();
+        let (trusted_image, trusted_id) = commit_image(IMAGE, "eci-test-trusted");
+        let (derived_image, _) = commit_image(&trusted_image, "eci-test-derived");
         assert!(docker(&["tag", IMAGE, RETAGGED_IMAGE]).status.success(), "docker tag");
         // The docker CLI (a static binary), for containers given the socket.
         std::fs::copy("/usr/local/bin/docker", dir.join("shared/docker"))
@@ -97,7 +100,8 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
             .expect("a docker CLI to copy into the shared directory");
         let policy = serde_json::json!({
             "enhancedContainerIsolation": { "dockerSocketMount": {
-                "imageList": { "images": [format!("eci-test-trusted@{trusted_id}"), RETAGGED_IMAGE] },
+                "imageList": { "images": [format!("eci-test-trusted@{trusted_id}"), RETAGGED_IMAGE],
+                               "allowDerivedImages": true },
                 "commandList": { "type": "deny", "commands": ["push", "rm", "build"] } } },
             "eci": { "shareableHostPaths": [dir.join("shared")] }
         });
@@ -141,7 +145,7 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
             std::thread::sleep(Duration::from_millis(50));
         }
         register_runtimes(&[(runtime(), &with_agent), (runtime_no_agent(), &without)]);
-        Some(Fixture { dir, trusted_image })
+        Some(Fixture { dir, trusted_image, derived_image })
     });
     if f.is_none() {
         println!("SKIP: {test}: Docker is not running here (`cargo xtask docker-up` starts it)");
@@ -149,23 +153,31 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
     f.as_ref()
 }
 
-/// Commit a container of the test image (never started: no runtime runs)
-/// as this process's trusted image; drop those of processes that are gone.
-fn trusted_image() -> (String, String) {
-    let tags = text(&docker(&[
-        "images",
-        "eci-test-trusted",
-        "--format",
-        "{{.Tag}}",
-    ]));
+/// Commit a container of `from` with one file added (never started: no
+/// runtime runs) as
+/// `<repository>:<this process>`, after dropping the tags of processes that
+/// are gone; returns the name and the image id.
+fn commit_image(from: &str, repository: &str) -> (String, String) {
+    let tags = text(&docker(&["images", repository, "--format", "{{.Tag}}"]));
     for tag in tags.lines().filter(|t| !alive(t)) {
-        let _ = docker(&["rmi", &format!("eci-test-trusted:{tag}")]);
+        let _ = docker(&["rmi", &format!("{repository}:{tag}")]);
     }
-    let name = format!("eci-test-trusted:{}", std::process::id());
-    let created = docker(&["create", IMAGE, "true"]);
+    let name = format!("{repository}:{}", std::process::id());
+    let created = docker(&["create", from, "true"]);
     assert!(created.status.success(), "{}", text(&created));
     let container = String::from_utf8_lossy(&created.stdout).trim().to_owned();
-    let committed = docker(&["commit", "-c", "LABEL eci.test=trusted", &container, &name]);
+    // A layer of its own (a marker file), as a real build adds.
+    let marker = std::env::temp_dir().join(format!("{repository}-{}", std::process::id()));
+    std::fs::write(&marker, repository).expect("marker file");
+    let copied = docker(&[
+        "cp",
+        &marker.display().to_string(),
+        &format!("{container}:/{repository}"),
+    ]);
+    let _ = std::fs::remove_file(&marker);
+    assert!(copied.status.success(), "{}", text(&copied));
+    let label = format!("LABEL eci.test={repository}");
+    let committed = docker(&["commit", "-c", &label, &container, &name]);
     let _ = docker(&["rm", &container]);
     assert!(committed.status.success(), "{}", text(&committed));
     let id = text(&docker(&["image", "inspect", "--format", "{{.Id}}", &name]))
@@ -935,6 +947,26 @@ fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
             "the denied {command} is not in the audit log"
         );
     }
+    // Built from the trusted image: trusted too (allowDerivedImages).
+    let derived = docker(&[
+        "run",
+        "--rm",
+        &format!("--runtime={}", runtime()),
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        &shared,
+        &f.derived_image,
+        "/shared/docker",
+        "version",
+        "--format",
+        "{{.Server.Version}}",
+    ]);
+    assert!(
+        derived.status.success(),
+        "derived image: {}",
+        text(&derived)
+    );
     let sockets: Vec<_> = std::fs::read_dir(f.dir.join("agent/proxy"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
