@@ -168,6 +168,17 @@ fn image_action(action: &str) -> Vec<&'static str> {
     }
 }
 
+/// Is this call a container create (whose body the proxy rewrites)?
+pub fn is_container_create(method: &str, target: &str) -> bool {
+    let Some(mut segments) = canonical_segments(target) else {
+        return false;
+    };
+    if segments.first().is_some_and(|s| is_version(s)) {
+        segments.remove(0);
+    }
+    method.eq_ignore_ascii_case("POST") && segments == ["containers", "create"]
+}
+
 /// Does a list entry name this call?
 fn matches(entry: &str, call: &ApiCall) -> bool {
     match entry.strip_suffix('*') {

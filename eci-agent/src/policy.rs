@@ -10,7 +10,7 @@
 //!                      "allowDerivedImages": false },
 //!       "commandList": { "type": "deny", "commands": ["push", "build"] } } },
 //!   "eci": { "protectedCgroupParents": ["/docker"], "protectedSockets": ["/run/docker.sock"],
-//!            "shareableHostPaths": ["/home"],
+//!            "shareableHostPaths": ["/home"], "dockerRuntimeName": "eci",
 //!            "audit": { "path": "/var/log/eci/audit.jsonl", "maxBytes": 52428800, "keep": 5 } } }
 //! ```
 //!
@@ -61,6 +61,9 @@ pub const DEFAULT_PROTECTED_CGROUP_PARENTS: &[&str] = &[
 ];
 
 /// The container engines' API sockets, which containers must not reach.
+/// The Docker Engine's name for eci-runc unless the policy says otherwise.
+pub const DEFAULT_DOCKER_RUNTIME_NAME: &str = "eci";
+
 pub const DEFAULT_PROTECTED_SOCKETS: &[&str] = &[
     "/run/docker.sock",
     "/var/run/docker.sock",
@@ -124,6 +127,10 @@ pub struct Policy {
     pub protected_sockets: Vec<PathBuf>,
     /// `eci.shareableHostPaths` (default none).
     pub shareable_host_paths: Vec<PathBuf>,
+    /// `eci.dockerRuntimeName`: the Docker Engine's name for eci-runc
+    /// (default `eci`, as `eci-agent install` registers it). Containers
+    /// created through a trusted container's Docker socket proxy get it.
+    pub docker_runtime_name: String,
     /// `eci.audit`.
     pub audit: AuditSettings,
 }
@@ -226,6 +233,7 @@ impl Default for Policy {
                 .map(PathBuf::from)
                 .collect(),
             shareable_host_paths: Vec::new(),
+            docker_runtime_name: DEFAULT_DOCKER_RUNTIME_NAME.to_owned(),
             audit: AuditSettings::default(),
         }
     }
@@ -400,6 +408,7 @@ impl Policy {
                 protected_cgroup_parents: &self.protected_cgroup_parents,
                 protected_sockets: &self.protected_sockets,
                 shareable_host_paths: &self.shareable_host_paths,
+                docker_runtime_name: &self.docker_runtime_name,
                 audit: AuditOut {
                     path: &self.audit.path,
                     max_bytes: self.audit.max_bytes,
@@ -471,6 +480,7 @@ struct OwnOut<'a> {
     protected_cgroup_parents: &'a [String],
     protected_sockets: &'a [PathBuf],
     shareable_host_paths: &'a [PathBuf],
+    docker_runtime_name: &'a str,
     audit: AuditOut<'a>,
 }
 
@@ -536,6 +546,8 @@ struct RawOwn {
     protected_sockets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     shareable_host_paths: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    docker_runtime_name: Option<String>,
     #[serde(default, deserialize_with = "object")]
     audit: Option<RawAudit>,
     /// The first version's spelling of `audit.path`.
@@ -1047,6 +1059,11 @@ impl RawFile {
                     }
                 }
             }
+            if let Some(name) = own.docker_runtime_name {
+                check_runtime_name(&name)
+                    .map_err(|why| bad(keys(&["eci", "dockerRuntimeName"]), why))?;
+                policy.docker_runtime_name = name;
+            }
             // Checked last: a shareable path must not expose the audit log.
             if let Some(paths) = own.shareable_host_paths {
                 for (i, path) in paths.iter().enumerate() {
@@ -1058,6 +1075,22 @@ impl RawFile {
             }
         }
         Ok(policy)
+    }
+}
+
+/// A runtime name as Docker accepts it in daemon.json `runtimes`.
+fn check_runtime_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a Docker runtime name (letters, digits, `_`, `.`, `-`), found {name:?}"
+        ))
     }
 }
 
@@ -1530,7 +1563,7 @@ mod tests {
         let e = expect(text, "eci.protectedParents", 4);
         assert!(e.contains("line 4, column 5:"), "{e}");
         assert!(
-            e.contains("unknown key \"protectedParents\"; the keys allowed here are protectedCgroupParents, protectedSockets, shareableHostPaths, audit, auditLog"),
+            e.contains("unknown key \"protectedParents\"; the keys allowed here are protectedCgroupParents, protectedSockets, shareableHostPaths, dockerRuntimeName, audit, auditLog"),
             "{e}"
         );
         // Deeper down.

@@ -10,6 +10,10 @@
 //! `exec` start) are forwarded as they are: after the upgrade the stream is
 //! the container's stdio, not API requests.
 //!
+//! A container created through the proxy gets eci's runtime whatever it asks
+//! for (`HostConfig.Runtime` is rewritten): a trusted container cannot start
+//! a sibling with plain runc and a bind of the VM's `/`.
+//!
 //! Proxies live as long as the agent: a restarted agent does not resume
 //! them, and the container's socket then refuses connections (closed, not
 //! open) until the container is recreated.
@@ -37,6 +41,8 @@ use crate::{
 
 /// A request head longer than this is refused.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A container-create body longer than this is refused.
+const MAX_CREATE_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -118,9 +124,12 @@ impl Proxies {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
             .map_err(socket_err(&path))?;
         let proxies = self.clone();
-        let name = container.to_owned();
-        let server = tokio::spawn(async move { proxies.serve(listener, name, upstream).await })
-            .abort_handle();
+        let route = Route {
+            container: container.to_owned(),
+            upstream,
+        };
+        let server =
+            tokio::spawn(async move { proxies.serve(listener, route).await }).abort_handle();
         if let Ok(mut open) = self.open.lock() {
             open.insert(
                 container.to_owned(),
@@ -161,7 +170,8 @@ impl Proxies {
             .ok_or_else(|| ProxyError::NotAnEngineSocket(upstream.to_owned()))
     }
 
-    async fn serve(self: Arc<Self>, listener: UnixListener, container: String, upstream: PathBuf) {
+    async fn serve(self: Arc<Self>, listener: UnixListener, route: Route) {
+        let route = Arc::new(route);
         // Connections end with the server when the proxy is closed.
         let mut connections = JoinSet::new();
         loop {
@@ -169,16 +179,15 @@ impl Proxies {
             match listener.accept().await {
                 Ok((client, _)) => {
                     let proxies = self.clone();
-                    let container = container.clone();
-                    let upstream = upstream.clone();
+                    let route = route.clone();
                     connections.spawn(async move {
-                        if let Err(err) = proxies.relay(client, &container, &upstream).await {
-                            tracing::debug!(container, "docker API proxy connection: {err}");
+                        if let Err(err) = proxies.relay(client, &route).await {
+                            tracing::debug!(container = %route.container, "docker API proxy connection: {err}");
                         }
                     });
                 }
                 Err(err) => {
-                    tracing::error!(container, "docker API proxy accept failed: {err}");
+                    tracing::error!(container = %route.container, "docker API proxy accept failed: {err}");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             }
@@ -186,13 +195,9 @@ impl Proxies {
     }
 
     /// One connection: one vetted call.
-    async fn relay(
-        &self,
-        mut client: UnixStream,
-        container: &str,
-        upstream: &Path,
-    ) -> std::io::Result<()> {
-        let Some((head, body_start)) = read_head(&mut client).await? else {
+    async fn relay(&self, mut client: UnixStream, route: &Route) -> std::io::Result<()> {
+        let container = route.container.as_str();
+        let Some((head, mut body_start)) = read_head(&mut client).await? else {
             return Ok(());
         };
         let Some(request) = RequestHead::parse(&head) else {
@@ -204,14 +209,18 @@ impl Proxies {
             )
             .await;
         };
-        let (kind, commands) = {
+        let (kind, commands, runtime) = {
             let shared = self.shared.lock().await;
             let list = &shared.policy.docker_socket_mount.command_list;
             let kind = match list.kind {
                 CommandListType::Allow => ListKind::Allow,
                 CommandListType::Deny => ListKind::Deny,
             };
-            (kind, list.commands.clone())
+            (
+                kind,
+                list.commands.clone(),
+                shared.policy.docker_runtime_name.clone(),
+            )
         };
         let call = docker_api::classify(&request.method, &request.target);
         if let Verdict::Deny(rule) = docker_api::judge(kind, &commands, call.as_ref()) {
@@ -239,6 +248,24 @@ impl Proxies {
             );
             return respond(&mut client, 403, "Forbidden", &message).await;
         }
+        let mut forwarded = request.forwarded(None);
+        if docker_api::is_container_create(&request.method, &request.target) {
+            let body = match read_body(&mut client, &request, body_start).await? {
+                Ok(body) => body,
+                Err(message) => return respond(&mut client, 400, "Bad Request", &message).await,
+            };
+            body_start = match with_runtime(&body, &runtime) {
+                Ok(body) => body,
+                Err(message) => return respond(&mut client, 400, "Bad Request", &message).await,
+            };
+            forwarded = request.forwarded(Some(body_start.len()));
+            tracing::info!(
+                container,
+                runtime,
+                "container create through the proxy: runtime set"
+            );
+        }
+        let upstream = &route.upstream;
         let mut engine = match UnixStream::connect(upstream).await {
             Ok(engine) => engine,
             Err(err) => {
@@ -249,11 +276,76 @@ impl Proxies {
                 return respond(&mut client, 502, "Bad Gateway", &message).await;
             }
         };
-        engine.write_all(request.forwarded().as_bytes()).await?;
+        engine.write_all(forwarded.as_bytes()).await?;
         engine.write_all(&body_start).await?;
         tokio::io::copy_bidirectional(&mut client, &mut engine).await?;
         Ok(())
     }
+}
+
+/// Whose proxy it is, and where it forwards.
+struct Route {
+    container: String,
+    upstream: PathBuf,
+}
+
+/// The whole body of a request that has a `Content-Length` (a create from
+/// the docker CLI always has); an error message for one that has not, or
+/// is too large.
+async fn read_body(
+    client: &mut UnixStream,
+    request: &RequestHead,
+    mut body: Vec<u8>,
+) -> std::io::Result<Result<Vec<u8>, String>> {
+    if request.header("transfer-encoding").is_some() {
+        return Ok(Err("enhanced container isolation: the eci proxy needs a container create with a Content-Length".into()));
+    }
+    let length = match request.header("content-length").map(|v| v.parse::<usize>()) {
+        None => 0,
+        Some(Ok(n)) if n <= MAX_CREATE_BODY_BYTES => n,
+        Some(_) => {
+            return Ok(Err(
+                "enhanced container isolation: container create body too large or malformed".into(),
+            ));
+        }
+    };
+    let mut chunk = [0u8; 8192];
+    while body.len() < length {
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    Ok(Ok(body))
+}
+
+/// A container-create body with `HostConfig.Runtime` set to `runtime`.
+fn with_runtime(body: &[u8], runtime: &str) -> Result<Vec<u8>, String> {
+    let bad = |why: &str| format!("enhanced container isolation: container create refused: {why}");
+    let mut value: serde_json::Value = if body.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_slice(body).map_err(|e| bad(&format!("the body is not JSON: {e}")))?
+    };
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| bad("the body is not a JSON object"))?;
+    let host_config = object
+        .entry("HostConfig")
+        .or_insert_with(|| serde_json::json!({}));
+    if host_config.is_null() {
+        *host_config = serde_json::json!({});
+    }
+    let host_config = host_config
+        .as_object_mut()
+        .ok_or_else(|| bad("HostConfig is not an object"))?;
+    host_config.insert(
+        "Runtime".into(),
+        serde_json::Value::String(runtime.to_owned()),
+    );
+    serde_json::to_vec(&value).map_err(|e| bad(&e.to_string()))
 }
 
 /// Read up to the end of the request head; returns the head (as text) and
@@ -327,6 +419,14 @@ impl RequestHead {
         })
     }
 
+    /// The value of the first header named `name`.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|h| {
+            let (n, v) = h.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+    }
+
     fn header_is(header: &str, name: &str) -> bool {
         header
             .split_once(':')
@@ -334,18 +434,23 @@ impl RequestHead {
     }
 
     /// The head sent to the engine: one request per connection
-    /// (`Connection: close`), unless the call upgrades the connection.
-    fn forwarded(&self) -> String {
+    /// (`Connection: close`), unless the call upgrades the connection;
+    /// with `body_length`, for a body the proxy rewrote.
+    fn forwarded(&self, body_length: Option<usize>) -> String {
         let upgrades = self.headers.iter().any(|h| Self::header_is(h, "upgrade"));
         let mut out = format!("{}\r\n", self.request_line);
         for header in &self.headers {
             let hop = ["connection", "keep-alive", "proxy-connection"]
                 .iter()
                 .any(|n| Self::header_is(header, n));
-            if upgrades || !hop {
+            let length = body_length.is_some() && Self::header_is(header, "content-length");
+            if (upgrades || !hop) && !length {
                 out.push_str(header);
                 out.push_str("\r\n");
             }
+        }
+        if let Some(n) = body_length {
+            out.push_str(&format!("Content-Length: {n}\r\n"));
         }
         if !upgrades {
             out.push_str("Connection: close\r\n");
@@ -384,7 +489,7 @@ mod tests {
         assert_eq!(head.method, "GET");
         assert_eq!(head.target, "/v1.41/containers/json");
         assert_eq!(
-            head.forwarded(),
+            head.forwarded(None),
             "GET /v1.41/containers/json HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"
         );
     }
@@ -393,7 +498,33 @@ mod tests {
     fn upgrades_are_forwarded_as_they_are() {
         let text = "POST /v1.41/exec/1/start HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n";
         let head = RequestHead::parse(text).expect("parse");
-        assert_eq!(head.forwarded(), text);
+        assert_eq!(head.forwarded(None), text);
+    }
+
+    #[test]
+    fn containers_created_through_the_proxy_get_ecis_runtime() {
+        let body = br#"{"Image":"busybox","HostConfig":{"Runtime":"runc","Privileged":true}}"#;
+        let out: serde_json::Value =
+            serde_json::from_slice(&with_runtime(body, "eci").expect("rewrite")).expect("json");
+        assert_eq!(out["HostConfig"]["Runtime"], "eci");
+        assert_eq!(out["HostConfig"]["Privileged"], true);
+        for body in [&b""[..], br#"{"Image":"x"}"#, br#"{"HostConfig":null}"#] {
+            let out: serde_json::Value =
+                serde_json::from_slice(&with_runtime(body, "eci").expect("rewrite")).expect("json");
+            assert_eq!(out["HostConfig"]["Runtime"], "eci");
+        }
+        for bad in [&b"[]"[..], b"nope", br#"{"HostConfig":[]}"#] {
+            assert!(with_runtime(bad, "eci").is_err());
+        }
+        let head = RequestHead::parse(
+            "POST /v1.41/containers/create HTTP/1.1\r\nContent-Length: 10\r\n\r\n",
+        )
+        .expect("parse");
+        assert_eq!(head.header("content-length"), Some("10"));
+        assert_eq!(
+            head.forwarded(Some(42)),
+            "POST /v1.41/containers/create HTTP/1.1\r\nContent-Length: 42\r\nConnection: close\r\n\r\n"
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum Request {
     /// the agent forwards the calls the policy's `commandList` allows to
     /// `upstream` (one of the protected engine sockets) and answers the rest
     /// with an API error. Answered with `Proxy`.
+    /// Containers created through the proxy get eci's runtime (the
+    /// policy's `eci.dockerRuntimeName`), whatever they ask for.
     OpenProxy { container: String, upstream: String },
     /// Stop serving the container's proxy socket and remove it.
     CloseProxy { container: String },

@@ -103,7 +103,7 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
                 "imageList": { "images": [format!("eci-test-trusted@{trusted_id}"), RETAGGED_IMAGE],
                                "allowDerivedImages": true },
                 "commandList": { "type": "deny", "commands": ["push", "rm", "build"] } } },
-            "eci": { "shareableHostPaths": [dir.join("shared")] }
+            "eci": { "shareableHostPaths": [dir.join("shared")], "dockerRuntimeName": runtime() }
         });
         std::fs::write(dir.join("admin-settings.json"), policy.to_string()).expect("policy");
         let socket = dir.join("agent/agent.sock");
@@ -897,6 +897,7 @@ fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
          echo version=$($d version --format '{{{{.Server.Version}}}}'); \
          $d ps -q >/dev/null && echo ps=ok; \
          echo run=$($d run --rm {IMAGE} echo nested); \
+         echo nested-map=$($d run --rm --runtime=runc {IMAGE} cat /proc/self/uid_map); \
          echo push: $($d push {IMAGE} 2>&1); \
          echo rm: $($d rm no-such-container 2>&1)"
     );
@@ -925,6 +926,16 @@ fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
     assert!(
         output.contains("run=nested"),
         "docker run through the proxy: {output}"
+    );
+    // Created through the proxy with `--runtime=runc`: it got
+    // eci's runtime anyway (its own user namespace and range).
+    let nested_map = output
+        .lines()
+        .find_map(|l| l.strip_prefix("nested-map="))
+        .unwrap_or_default();
+    assert!(
+        uid_map_base(nested_map) >= 65536,
+        "a container created through the proxy escaped eci's runtime: {output}"
     );
     for command in ["push", "rm"] {
         let line = output
