@@ -193,6 +193,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         audit.clone(),
     ));
     let listener = control::bind(&config.control_socket)?;
+    proxies.remove_stale();
     refresh_sockets(&shared, &config).await?;
     tracing::info!(socket = %config.control_socket.display(), "control socket ready");
     crate::install::notify_ready();

@@ -6,9 +6,9 @@
 //! head, asks `docker_api` for the policy's verdict, and either answers
 //! `403` with an API error (audited) or forwards the call to the engine with
 //! `Connection: close`, so the engine handles that one request and no
-//! other can follow it unseen. Calls that upgrade the connection (`attach`,
-//! `exec` start) are forwarded as they are: after the upgrade the stream is
-//! the container's stdio, not API requests.
+//! other can follow it unseen. Calls the engine upgrades (`attach`, `exec`
+//! start) it hijacks: after the upgrade the stream is the container's
+//! stdio, not API requests.
 //!
 //! A container created through the proxy gets eci's runtime whatever it asks
 //! for (`HostConfig.Runtime` is rewritten): a trusted container cannot start
@@ -88,6 +88,21 @@ impl Proxies {
             shared,
             audit,
             open: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Remove the sockets a previous agent left: nothing listens on them
+    /// any more (called once this agent owns the control socket).
+    pub fn remove_stale(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "sock") {
+                tracing::warn!(socket = %path.display(), "removing a docker API proxy socket of a previous agent (its container's Docker socket now refuses connections)");
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 
@@ -434,17 +449,19 @@ impl RequestHead {
     }
 
     /// The head sent to the engine: one request per connection
-    /// (`Connection: close`), unless the call upgrades the connection;
-    /// with `body_length`, for a body the proxy rewrote.
+    /// (`Connection: close`, always: a call that asks for an upgrade the
+    /// engine does not grant must not keep the connection open for another
+    /// call; one it grants — attach, exec — is hijacked by the engine,
+    /// which answers `101` from the `Upgrade` header, kept as it is); with
+    /// `body_length`, for a body the proxy rewrote.
     fn forwarded(&self, body_length: Option<usize>) -> String {
-        let upgrades = self.headers.iter().any(|h| Self::header_is(h, "upgrade"));
         let mut out = format!("{}\r\n", self.request_line);
         for header in &self.headers {
             let hop = ["connection", "keep-alive", "proxy-connection"]
                 .iter()
                 .any(|n| Self::header_is(header, n));
             let length = body_length.is_some() && Self::header_is(header, "content-length");
-            if (upgrades || !hop) && !length {
+            if !hop && !length {
                 out.push_str(header);
                 out.push_str("\r\n");
             }
@@ -452,10 +469,7 @@ impl RequestHead {
         if let Some(n) = body_length {
             out.push_str(&format!("Content-Length: {n}\r\n"));
         }
-        if !upgrades {
-            out.push_str("Connection: close\r\n");
-        }
-        out.push_str("\r\n");
+        out.push_str("Connection: close\r\n\r\n");
         out
     }
 }
@@ -495,10 +509,13 @@ mod tests {
     }
 
     #[test]
-    fn upgrades_are_forwarded_as_they_are() {
+    fn upgrades_keep_their_upgrade_header_but_close_the_connection() {
         let text = "POST /v1.41/exec/1/start HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n";
         let head = RequestHead::parse(text).expect("parse");
-        assert_eq!(head.forwarded(None), text);
+        assert_eq!(
+            head.forwarded(None),
+            "POST /v1.41/exec/1/start HTTP/1.1\r\nHost: docker\r\nUpgrade: tcp\r\nConnection: close\r\n\r\n"
+        );
     }
 
     #[test]

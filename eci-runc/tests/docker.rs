@@ -898,6 +898,7 @@ fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
          $d ps -q >/dev/null && echo ps=ok; \
          echo run=$($d run --rm {IMAGE} echo nested); \
          echo nested-map=$($d run --rm --runtime=runc {IMAGE} cat /proc/self/uid_map); \
+         c=$($d run -d --rm {IMAGE} sleep 60); echo exec=$($d exec $c echo ok); $d kill $c >/dev/null; \
          echo push: $($d push {IMAGE} 2>&1); \
          echo rm: $($d rm no-such-container 2>&1)"
     );
@@ -926,6 +927,10 @@ fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
     assert!(
         output.contains("run=nested"),
         "docker run through the proxy: {output}"
+    );
+    assert!(
+        output.contains("exec=ok"),
+        "docker exec through the proxy: {output}"
     );
     // Created through the proxy with `--runtime=runc`: it got
     // eci's runtime anyway (its own user namespace and range).
