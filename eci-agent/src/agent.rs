@@ -53,6 +53,7 @@ impl AgentConfig {
         let mut sockets = self.extra_sockets.clone();
         if enforcing && !self.no_policy_sockets {
             sockets.extend(policy.protected_sockets.iter().cloned());
+            sockets.extend(policy.docker_api_sockets.iter().cloned());
         }
         sockets.push(self.control_socket.clone());
         (parents, SocketSet::new(sockets))

@@ -11,6 +11,7 @@
 //!       "commandList": { "type": "deny", "commands": ["push", "build"] } } },
 //!   "eci": { "protectedCgroupParents": ["/docker"], "protectedSockets": ["/run/docker.sock"],
 //!            "shareableHostPaths": ["/home"], "dockerRuntimeName": "eci",
+//!            "dockerApiSockets": ["/run/docker.sock", "/var/run/docker.sock"],
 //!            "audit": { "path": "/var/log/eci/audit.jsonl", "maxBytes": 52428800, "keep": 5 } } }
 //! ```
 //!
@@ -61,6 +62,9 @@ pub const DEFAULT_PROTECTED_CGROUP_PARENTS: &[&str] = &[
 ];
 
 /// The container engines' API sockets, which containers must not reach.
+/// The Docker Engine's API sockets unless the policy says otherwise.
+pub const DEFAULT_DOCKER_API_SOCKETS: &[&str] = &["/run/docker.sock", "/var/run/docker.sock"];
+
 /// The Docker Engine's name for eci-runc unless the policy says otherwise.
 pub const DEFAULT_DOCKER_RUNTIME_NAME: &str = "eci";
 
@@ -127,6 +131,11 @@ pub struct Policy {
     pub protected_sockets: Vec<PathBuf>,
     /// `eci.shareableHostPaths` (default none).
     pub shareable_host_paths: Vec<PathBuf>,
+    /// `eci.dockerApiSockets`: the Docker Engine's API sockets (default
+    /// `/run/docker.sock`, `/var/run/docker.sock`). Protected like
+    /// `protectedSockets`; a trusted image's bind of one gets the agent's
+    /// filtering proxy of it.
+    pub docker_api_sockets: Vec<PathBuf>,
     /// `eci.dockerRuntimeName`: the Docker Engine's name for eci-runc
     /// (default `eci`, as `eci-agent install` registers it). Containers
     /// created through a trusted container's Docker socket proxy get it.
@@ -233,6 +242,10 @@ impl Default for Policy {
                 .map(PathBuf::from)
                 .collect(),
             shareable_host_paths: Vec::new(),
+            docker_api_sockets: DEFAULT_DOCKER_API_SOCKETS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
             docker_runtime_name: DEFAULT_DOCKER_RUNTIME_NAME.to_owned(),
             audit: AuditSettings::default(),
         }
@@ -408,6 +421,7 @@ impl Policy {
                 protected_cgroup_parents: &self.protected_cgroup_parents,
                 protected_sockets: &self.protected_sockets,
                 shareable_host_paths: &self.shareable_host_paths,
+                docker_api_sockets: &self.docker_api_sockets,
                 docker_runtime_name: &self.docker_runtime_name,
                 audit: AuditOut {
                     path: &self.audit.path,
@@ -480,6 +494,7 @@ struct OwnOut<'a> {
     protected_cgroup_parents: &'a [String],
     protected_sockets: &'a [PathBuf],
     shareable_host_paths: &'a [PathBuf],
+    docker_api_sockets: &'a [PathBuf],
     docker_runtime_name: &'a str,
     audit: AuditOut<'a>,
 }
@@ -546,6 +561,8 @@ struct RawOwn {
     protected_sockets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     shareable_host_paths: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    docker_api_sockets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     docker_runtime_name: Option<String>,
     #[serde(default, deserialize_with = "object")]
@@ -1059,6 +1076,13 @@ impl RawFile {
                     }
                 }
             }
+            if let Some(sockets) = own.docker_api_sockets {
+                for (i, socket) in sockets.iter().enumerate() {
+                    check_path(socket)
+                        .map_err(|why| bad(item(&["eci", "dockerApiSockets"], i), why))?;
+                }
+                policy.docker_api_sockets = sockets.into_iter().map(PathBuf::from).collect();
+            }
             if let Some(name) = own.docker_runtime_name {
                 check_runtime_name(&name)
                     .map_err(|why| bad(keys(&["eci", "dockerRuntimeName"]), why))?;
@@ -1563,7 +1587,7 @@ mod tests {
         let e = expect(text, "eci.protectedParents", 4);
         assert!(e.contains("line 4, column 5:"), "{e}");
         assert!(
-            e.contains("unknown key \"protectedParents\"; the keys allowed here are protectedCgroupParents, protectedSockets, shareableHostPaths, dockerRuntimeName, audit, auditLog"),
+            e.contains("unknown key \"protectedParents\"; the keys allowed here are protectedCgroupParents, protectedSockets, shareableHostPaths, dockerApiSockets, dockerRuntimeName, audit, auditLog"),
             "{e}"
         );
         // Deeper down.

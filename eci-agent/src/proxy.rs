@@ -49,7 +49,7 @@ pub enum ProxyError {
     #[error("{0:?} is not a container id (letters, digits, `_`, `.`, `-`; at most 128)")]
     BadContainerId(String),
     #[error(
-        "{0} is not one of the engine sockets the policy protects (eci.protectedSockets); a proxy forwards only to those"
+        "{0} is not one of the policy's Docker API sockets (eci.dockerApiSockets); a proxy forwards only to those"
     )]
     NotAnEngineSocket(String),
     #[error("creating the proxy socket {path}: {source}")]
@@ -172,12 +172,12 @@ impl Proxies {
         }
     }
 
-    /// `upstream`, if it is one of the policy's protected sockets (compared
+    /// `upstream`, if it is one of the policy's Docker API sockets (compared
     /// after resolving symlinks: /var/run is usually /run).
     async fn engine_socket(&self, upstream: &str) -> Result<PathBuf, ProxyError> {
         let wanted = std::fs::canonicalize(upstream)
             .map_err(|_| ProxyError::NotAnEngineSocket(upstream.to_owned()))?;
-        let sockets = self.shared.lock().await.policy.protected_sockets.clone();
+        let sockets = self.shared.lock().await.policy.docker_api_sockets.clone();
         sockets
             .iter()
             .filter_map(|s| std::fs::canonicalize(s).ok())

@@ -351,7 +351,7 @@ impl Runtime {
         resolve: &dyn Fn(&Path) -> PathBuf,
         report: &Reporter,
     ) -> Result<Option<PathBuf>, LifecycleError> {
-        let binds = spec::docker_socket_binds(oci, bundle, resolve);
+        let binds = spec::docker_socket_binds(oci, bundle, &settings.docker_api_sockets, resolve);
         let Some((first, upstream)) = binds.first().cloned() else {
             return Ok(None);
         };

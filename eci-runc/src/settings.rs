@@ -21,12 +21,29 @@ pub enum SettingsError {
     },
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeSettings {
     pub shareable_host_paths: Vec<PathBuf>,
     pub socket_mount_images: Vec<String>,
     /// `imageList.allowDerivedImages`: images built from listed ones pass too.
     pub allow_derived_images: bool,
+    /// `eci.dockerApiSockets`: binds of these get the agent's proxy
+    /// (trusted images) or are refused.
+    pub docker_api_sockets: Vec<PathBuf>,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            shareable_host_paths: Vec::new(),
+            socket_mount_images: Vec::new(),
+            allow_derived_images: false,
+            docker_api_sockets: crate::spec::DOCKER_SOCKETS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+        }
+    }
 }
 
 pub fn policy_path() -> PathBuf {
@@ -69,5 +86,12 @@ pub fn load() -> Result<RuntimeSettings, SettingsError> {
             .collect(),
         socket_mount_images: strings(&image_list["images"]),
         allow_derived_images: image_list["allowDerivedImages"].as_bool().unwrap_or(false),
+        docker_api_sockets: match value["eci"]["dockerApiSockets"].as_array() {
+            Some(_) => strings(&value["eci"]["dockerApiSockets"])
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            None => RuntimeSettings::default().docker_api_sockets,
+        },
     })
 }

@@ -42,8 +42,9 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// The Docker Engine's socket: a container whose image the policy trusts
-/// gets a filtering proxy of it in its place (see `trusted`).
+/// The Docker Engine's API sockets unless the policy names others
+/// (`eci.dockerApiSockets`): a container whose image the policy trusts gets
+/// a filtering proxy of one in its place (see `trusted`).
 pub const DOCKER_SOCKETS: &[&str] = &["/run/docker.sock", "/var/run/docker.sock"];
 
 /// Sockets no container may have mounted (the Docker socket's binds are
@@ -269,16 +270,17 @@ pub fn check(
     Ok(())
 }
 
-/// The binds whose source is the Docker socket (by any name that resolves
-/// to it), as (index in the mounts, the socket they name).
+/// The binds whose source is one of the Docker API sockets (by any name
+/// that resolves to it), as (index in the mounts, the socket they name).
 pub fn docker_socket_binds(
     spec: &Spec,
     bundle: &Path,
+    docker_sockets: &[PathBuf],
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Vec<(usize, PathBuf)> {
-    let sockets: Vec<PathBuf> = DOCKER_SOCKETS
+    let sockets: Vec<PathBuf> = docker_sockets
         .iter()
-        .flat_map(|s| [PathBuf::from(s), resolve(Path::new(s))])
+        .flat_map(|s| [s.clone(), resolve(s)])
         .collect();
     spec.mounts()
         .iter()
