@@ -54,12 +54,16 @@ enum Cmd {
     },
     /// Show eci denying a container in a real kernel (in the VM).
     Demo,
-    /// Hook-cost benchmark in the VM; figures as ratios, JSON in build/bench/.
+    /// Benchmarks: hook cost and the agent in the VM, container start-up on
+    /// this host's Docker; figures as ratios, JSON in build/bench/.
     Bench {
         #[arg(long, default_value_t = 5)]
         rounds: u32,
         #[arg(long, default_value_t = 20_000)]
         iterations: u64,
+        /// Only the start-up figures (no VM).
+        #[arg(long)]
+        startup_only: bool,
     },
     /// Start dockerd/containerd if needed and import the test image.
     DockerUp,
@@ -116,7 +120,11 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Demo => showcase::demo(),
-        Cmd::Bench { rounds, iterations } => showcase::bench(rounds, iterations),
+        Cmd::Bench {
+            rounds,
+            iterations,
+            startup_only,
+        } => showcase::bench(rounds, iterations, startup_only),
         Cmd::DockerUp => {
             docker::ensure_docker()?;
             docker::ensure_test_image()

@@ -36,8 +36,21 @@ pub fn demo() -> Result<()> {
 const JSON_BEGIN: &str = "ECI-BENCH-JSON-BEGIN";
 const JSON_END: &str = "ECI-BENCH-JSON-END";
 
-pub fn bench(rounds: u32, iterations: u64) -> Result<()> {
+pub fn bench(rounds: u32, iterations: u64, startup_only: bool) -> Result<()> {
     build()?;
+    let dir = util::build_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    if !startup_only {
+        bench_in_vm(rounds, iterations, &dir)?;
+    }
+    let startup = bench_startup(10)?;
+    let path = dir.join("startup.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&startup)? + "\n")?;
+    println!("bench: wrote {}", path.display());
+    Ok(())
+}
+
+fn bench_in_vm(rounds: u32, iterations: u64, dir: &std::path::Path) -> Result<()> {
     let kernel = demo_kernel()?;
     let script = format!(
         "target/debug/eci-bench --rounds {rounds} --iterations {iterations} --json /tmp/hook-cost.json || exit 1\n\
@@ -56,14 +69,8 @@ pub fn bench(rounds: u32, iterations: u64) -> Result<()> {
     };
     let json = outcome.output[start + 1..end].join("\n");
     let value: serde_json::Value = serde_json::from_str(&json).context("benchmark JSON")?;
-    let dir = util::build_dir().join("bench");
-    std::fs::create_dir_all(&dir)?;
     let path = dir.join("hook-cost.json");
     std::fs::write(&path, serde_json::to_string_pretty(&value)? + "\n")?;
-    println!("bench: wrote {}", path.display());
-    let startup = bench_startup(10)?;
-    let path = dir.join("startup.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&startup)? + "\n")?;
     println!("bench: wrote {}", path.display());
     Ok(())
 }
@@ -145,6 +152,37 @@ pub fn bench_startup(runs: usize) -> Result<serde_json::Value> {
         runc.push(time("runc")?);
         eci.push(time("eci-bench")?);
     }
+    let bundle = startup_bundle(&dir)?;
+    let run = |runtime: &std::path::Path| -> Result<f64> {
+        let started = std::time::Instant::now();
+        let out = Command::new(runtime)
+            .arg("--root")
+            .arg(dir.join("runc-root"))
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg("eci-bench-run")
+            .env("ECI_AGENT_SOCKET", &socket)
+            .env("ECI_STATE_DIR", dir.join("state"))
+            .env("ECI_POLICY", dir.join("none.json"))
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "{} run failed: {}",
+                runtime.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    };
+    let runc_binary = std::path::PathBuf::from("runc");
+    let eci_binary = target.join("eci-runc");
+    let (mut eci_run, mut runc_run) = (Vec::new(), Vec::new());
+    run(&runc_binary)?;
+    run(&eci_binary)?;
+    for _ in 0..runs {
+        runc_run.push(run(&runc_binary)?);
+        eci_run.push(run(&eci_binary)?);
+    }
     let _ = agent.kill();
     let _ = agent.wait();
     let median = |mut v: Vec<f64>| {
@@ -156,7 +194,39 @@ pub fn bench_startup(runs: usize) -> Result<serde_json::Value> {
         "start-up, `docker run --rm` (median of {runs}): runc {r:.0} ms, eci {e:.0} ms, ratio {:.2}",
         e / r
     );
-    Ok(
-        serde_json::json!({ "benchmark": "docker_run_startup", "runs": runs, "ms_runc": r, "ms_eci": e, "ratio": e / r }),
-    )
+    let (er, rr) = (median(eci_run), median(runc_run));
+    println!(
+        "start-up, `run` of one bundle (median of {runs}): runc {rr:.0} ms, eci-runc {er:.0} ms, ratio {:.2}",
+        er / rr
+    );
+    Ok(serde_json::json!([
+        { "benchmark": "docker_run_startup", "runs": runs, "ms_runc": r, "ms_eci": e, "ratio": e / r },
+        { "benchmark": "bundle_run_startup", "runs": runs, "ms_runc": rr, "ms_eci": er, "ratio": er / rr },
+    ]))
+}
+
+/// A bundle of the test image whose process runs `true` (rootfs exported
+/// from Docker, config from `runc spec`).
+fn startup_bundle(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    use std::process::Command;
+    let bundle = dir.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    if !rootfs.join("bin").exists() {
+        std::fs::create_dir_all(&rootfs)?;
+        let script = format!(
+            "c=$(docker create {image} true) && docker export $c | tar -C {root} -x; s=$?; docker rm $c >/dev/null; exit $s",
+            image = crate::docker::TEST_IMAGE,
+            root = rootfs.display()
+        );
+        util::run(Command::new("sh").args(["-c", &script]))?;
+    }
+    let config = bundle.join("config.json");
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(bundle.join("config.json.eci-original"));
+    util::run(Command::new("runc").arg("spec").current_dir(&bundle))?;
+    let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config)?)?;
+    spec["process"]["args"] = serde_json::json!(["true"]);
+    spec["process"]["terminal"] = serde_json::json!(false);
+    std::fs::write(&config, serde_json::to_string_pretty(&spec)?)?;
+    Ok(bundle)
 }
