@@ -80,17 +80,23 @@ fn is_version(segment: &str) -> bool {
         .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
 }
 
+/// The canonical segments of a target without its API version prefix.
+fn api_segments(target: &str) -> Option<Vec<String>> {
+    let mut segments = canonical_segments(target)?;
+    if segments.first().is_some_and(|s| is_version(s)) {
+        segments.remove(0);
+    }
+    Some(segments)
+}
+
 /// Classify a call; `None` for `/_ping` (always allowed).
 pub fn classify(method: &str, target: &str) -> Option<ApiCall> {
-    let Some(mut segments) = canonical_segments(target) else {
+    let Some(segments) = api_segments(target) else {
         return Some(ApiCall {
             names: vec!["unknown"],
             family: "unknown",
         });
     };
-    if segments.first().is_some_and(|s| is_version(s)) {
-        segments.remove(0);
-    }
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = method.to_ascii_uppercase();
     let call = |names: Vec<&'static str>, family: &'static str| Some(ApiCall { names, family });
@@ -170,13 +176,8 @@ fn image_action(action: &str) -> Vec<&'static str> {
 
 /// Is this call a container create (whose body the proxy rewrites)?
 pub fn is_container_create(method: &str, target: &str) -> bool {
-    let Some(mut segments) = canonical_segments(target) else {
-        return false;
-    };
-    if segments.first().is_some_and(|s| is_version(s)) {
-        segments.remove(0);
-    }
-    method.eq_ignore_ascii_case("POST") && segments == ["containers", "create"]
+    method.eq_ignore_ascii_case("POST")
+        && api_segments(target).is_some_and(|s| s == ["containers", "create"])
 }
 
 /// Does a list entry name this call?

@@ -883,13 +883,31 @@ fn start_refuses_a_container_eci_runc_did_not_register() {
     );
 }
 
+/// `docker run --rm` of `image` with eci, the Docker socket and the shared
+/// directory (which holds a docker CLI) bound in.
+fn run_with_docker_socket(f: &Fixture, image: &str, command: &[&str]) -> Output {
+    let runtime = format!("--runtime={}", runtime());
+    let shared = format!("{}:/shared", f.dir.join("shared").display());
+    let mut args = vec![
+        "run",
+        "--rm",
+        &runtime,
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        &shared,
+        image,
+    ];
+    args.extend_from_slice(command);
+    docker(&args)
+}
+
 #[test]
 fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
     let Some(f) = fixture("a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list")
     else {
         return;
     };
-    let shared = format!("{}:/shared", f.dir.join("shared").display());
     // Allowed: version, ps, and a whole `docker run` (create, attach through
     // an upgraded connection, start, wait). Denied: push and rm.
     let script = format!(
@@ -902,19 +920,7 @@ fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
          echo push: $($d push {IMAGE} 2>&1); \
          echo rm: $($d rm no-such-container 2>&1)"
     );
-    let out = docker(&[
-        "run",
-        "--rm",
-        &format!("--runtime={}", runtime()),
-        "-v",
-        "/var/run/docker.sock:/var/run/docker.sock",
-        "-v",
-        &shared,
-        &f.trusted_image,
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let out = run_with_docker_socket(f, &f.trusted_image, &["sh", "-c", &script]);
     let output = text(&out);
     println!("{output}");
     assert!(out.status.success(), "{output}");
@@ -964,20 +970,16 @@ fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
         );
     }
     // Built from the trusted image: trusted too (allowDerivedImages).
-    let derived = docker(&[
-        "run",
-        "--rm",
-        &format!("--runtime={}", runtime()),
-        "-v",
-        "/var/run/docker.sock:/var/run/docker.sock",
-        "-v",
-        &shared,
+    let derived = run_with_docker_socket(
+        f,
         &f.derived_image,
-        "/shared/docker",
-        "version",
-        "--format",
-        "{{.Server.Version}}",
-    ]);
+        &[
+            "/shared/docker",
+            "version",
+            "--format",
+            "{{.Server.Version}}",
+        ],
+    );
     assert!(
         derived.status.success(),
         "derived image: {}",
