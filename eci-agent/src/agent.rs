@@ -19,7 +19,7 @@ use crate::{
     policy::{self, Policy},
     rules::{RuleStore, UnenforcedRules},
     sockets::SocketSet,
-    vm,
+    views, vm,
 };
 
 /// Everything `run` is told.
@@ -37,6 +37,8 @@ pub struct AgentConfig {
     /// From the command line: replace the policy's protected parents.
     pub parents: Option<Vec<String>>,
     pub unenforced_for_testing: bool,
+    /// The containers' /proc views, kept current every second.
+    pub views_dir: PathBuf,
 }
 
 impl AgentConfig {
@@ -210,6 +212,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
         });
     }
+    tasks.spawn(views::keep_current(config.views_dir.clone()));
     if let Some(kernel) = kernel {
         let KernelParts {
             events,
