@@ -413,6 +413,9 @@ impl Runtime {
             relocate::create_mount_points(&dir.join("rootfs"), &points)?;
         }
         let mut plain = Vec::new();
+        // The /proc views are bound as they are: owned by the VM's root, so
+        // not writable by the container's even through a rw remount.
+        let views = self.views_root.join(id);
         for (n, mount) in mounts.iter_mut().enumerate() {
             let Some(source) = mount.source().clone() else {
                 continue;
@@ -425,7 +428,9 @@ impl Runtime {
                 .options()
                 .as_ref()
                 .is_some_and(|o| o.iter().any(|x| x == "rbind"));
-            if !relocate::bind(&source, &target, Some(&userns), recursive)? {
+            if source.starts_with(&views) {
+                relocate::bind(&source, &target, None, false)?;
+            } else if !relocate::bind(&source, &target, Some(&userns), recursive)? {
                 plain.push(source.display().to_string());
             }
             mount.set_source(Some(target));

@@ -725,6 +725,35 @@ fn proc_uptime_counts_from_the_containers_start_and_advances() {
 }
 
 #[test]
+fn a_privileged_container_cannot_write_its_proc_views() {
+    let Some(_) = fixture("a_privileged_container_cannot_write_its_proc_views") else {
+        return;
+    };
+    // Even remounted read-write, the file is the VM root's (unmapped:
+    // nobody inside), and capabilities in the container's user namespace do
+    // not override the permissions of an unmapped owner.
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--privileged",
+        &format!("--runtime={}", runtime()),
+        IMAGE,
+        "sh",
+        "-c",
+        "stat -c %u /proc/meminfo; mount -o remount,bind,rw /proc/meminfo; echo x > /proc/meminfo && echo WROTE; head -1 /proc/meminfo",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"65534"), "{}", text(&out));
+    assert!(!stdout.contains("WROTE"), "{}", text(&out));
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("MemTotal:")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn the_proc_views_of_a_container_go_with_it() {
     let Some(f) = fixture("the_proc_views_of_a_container_go_with_it") else {
         return;
