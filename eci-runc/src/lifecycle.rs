@@ -415,7 +415,7 @@ impl Runtime {
         let mut plain = Vec::new();
         // The /proc views are bound as they are: owned by the VM's root, so
         // not writable by the container's even through a rw remount.
-        let views = self.views_root.join(id);
+        let views = self.views(id)?;
         for (n, mount) in mounts.iter_mut().enumerate() {
             let Some(source) = mount.source().clone() else {
                 continue;
@@ -428,7 +428,7 @@ impl Runtime {
                 .options()
                 .as_ref()
                 .is_some_and(|o| o.iter().any(|x| x == "rbind"));
-            if source.starts_with(&views) {
+            if source.starts_with(views.dir()) {
                 relocate::bind(&source, &target, None, false)?;
             } else if !relocate::bind(&source, &target, Some(&userns), recursive)? {
                 plain.push(source.display().to_string());
