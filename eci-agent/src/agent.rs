@@ -20,7 +20,7 @@ use crate::{
     proxy::Proxies,
     rules::{RuleStore, UnenforcedRules},
     sockets::SocketSet,
-    vm,
+    views, vm,
 };
 
 /// Everything `run` is told.
@@ -38,6 +38,8 @@ pub struct AgentConfig {
     /// From the command line: replace the policy's protected parents.
     pub parents: Option<Vec<String>>,
     pub unenforced_for_testing: bool,
+    /// The containers' /proc views, kept current every second.
+    pub views_dir: PathBuf,
 }
 
 impl AgentConfig {
@@ -224,6 +226,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
         });
     }
+    tasks.spawn(views::keep_current(config.views_dir.clone()));
     if let Some(kernel) = kernel {
         let KernelParts {
             events,

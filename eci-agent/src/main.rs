@@ -16,6 +16,7 @@ mod proxy;
 mod rules;
 mod sockets;
 mod status;
+mod views;
 mod vm;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -71,6 +72,10 @@ enum Command {
         /// kernels that refuse BPF-LSM; refused when the policy is locked.
         #[arg(long)]
         unenforced_for_testing: bool,
+        /// The containers' /proc views (meminfo, uptime), re-rendered every
+        /// second; eci-runc's `ECI_VIEWS_DIR` must name the same directory.
+        #[arg(long, default_value = eci_views::DEFAULT_ROOT)]
+        views_dir: PathBuf,
     },
     /// Protect a cgroup (path relative to the cgroup2 root, or absolute).
     Protect {
@@ -188,6 +193,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             no_default_sockets,
             protected_parents,
             unenforced_for_testing,
+            views_dir,
         } => {
             let config = agent::AgentConfig {
                 pin_dir: at.pin_dir,
@@ -198,6 +204,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 no_policy_sockets: no_default_sockets,
                 parents: (!protected_parents.is_empty()).then_some(protected_parents),
                 unenforced_for_testing,
+                views_dir,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -13,6 +13,11 @@
 //!   registration is asserted again with the agent.
 //! - `delete`: runc's delete, then unregister, unmount, shift the upper layer
 //!   back and free the range.
+//!
+//! Every container gets views of `/proc/meminfo` and `/proc/uptime`
+//! ([`eci_views`]): empty files bound over them at preparation, described
+//! and rendered once at registration (before anything of the user's runs),
+//! kept current by the agent, removed at release.
 
 use std::{
     os::unix::process::CommandExt,
@@ -21,6 +26,7 @@ use std::{
 };
 
 use eci_control::{Client, Request, Response};
+use eci_views::{ContainerViews, ViewsError};
 use oci_spec::runtime::{HookBuilder, Hooks, Spec, State};
 
 use crate::{
@@ -30,7 +36,7 @@ use crate::{
     report::Reporter,
     rootfs::{self, RootfsError, RootfsView},
     settings::{self, RuntimeSettings, SettingsError},
-    spec::{self, Refusal},
+    spec::{self, ProcView, Refusal},
     trusted,
 };
 
@@ -55,6 +61,8 @@ pub enum LifecycleError {
     Relocate(#[from] RelocateError),
     #[error("preparing the container's root file system: {0}")]
     Rootfs(#[from] RootfsError),
+    #[error("the container's /proc views (meminfo, uptime): {0}")]
+    Views(#[from] ViewsError),
     #[error("cannot run {runc}: {source}; set ECI_RUNC_BINARY to runc's path")]
     Runc {
         runc: String,
@@ -96,6 +104,8 @@ pub struct Runtime {
     pub runc: PathBuf,
     pub agent_socket: PathBuf,
     pub ranges: Ranges,
+    /// Where the containers' /proc views are (`ECI_VIEWS_DIR`).
+    pub views_root: PathBuf,
 }
 
 /// runc from `ECI_RUNC_BINARY`, else the usual places, else `runc` on PATH.
@@ -116,7 +126,8 @@ pub fn runc_binary() -> PathBuf {
 }
 
 impl Runtime {
-    /// `ECI_RUNC_BINARY`, `ECI_AGENT_SOCKET` and the range settings.
+    /// `ECI_RUNC_BINARY`, `ECI_AGENT_SOCKET`, `ECI_VIEWS_DIR` and the range
+    /// settings.
     pub fn from_env() -> Result<Self, LifecycleError> {
         Ok(Self {
             runc: runc_binary(),
@@ -124,6 +135,7 @@ impl Runtime {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| eci_control::DEFAULT_CONTROL_SOCKET.into()),
             ranges: Ranges::from_env()?,
+            views_root: eci_views::root_from_env(),
         })
     }
 
@@ -162,7 +174,7 @@ impl Runtime {
             }
         }
         // Registration, before anything of the user's can run: fail closed.
-        let registered = init_pid(self, inv, &id).and_then(|pid| self.register(pid));
+        let registered = init_pid(self, inv, &id).and_then(|pid| self.register(&id, pid));
         match registered {
             Ok(cgroup) => {
                 self.ranges.update(&id, |a| a.cgroup = Some(cgroup))?;
@@ -230,7 +242,7 @@ impl Runtime {
             .pid()
             .and_then(|p| u32::try_from(p).ok())
             .ok_or_else(|| LifecycleError::Hook("the container state has no pid".into()))?;
-        let cgroup = self.register(pid)?;
+        let cgroup = self.register(state.id(), pid)?;
         self.ranges
             .update(state.id(), |a| a.cgroup = Some(cgroup))?;
         Ok(())
@@ -303,7 +315,8 @@ impl Runtime {
             }
             spec::check(&oci, &ctx, &resolve)?;
             let mut notes = spec::rewrite(&mut oci, &ctx)?;
-            notes.extend(spec::add_proc_views(&mut oci, &[]));
+            let views = self.prepare_views(&id)?;
+            notes.extend(spec::add_proc_views(&mut oci, &views));
             for note in notes {
                 report.info(&format!("eci: {note}"));
             }
@@ -458,8 +471,10 @@ impl Runtime {
         // Inside its user namespace the container's root cannot create mount
         // points in files it does not own: only then are they made here.
         if matches!(view, Some(RootfsView::PlainBind { .. })) {
+            // Not below /proc: the proc mount covers it (the views).
             let points: Vec<(PathBuf, bool)> = mounts
                 .iter()
+                .filter(|m| !m.destination().starts_with("/proc"))
                 .map(|m| {
                     (
                         m.destination().clone(),
@@ -470,6 +485,9 @@ impl Runtime {
             relocate::create_mount_points(&dir.join("rootfs"), &points)?;
         }
         let mut plain = Vec::new();
+        // The /proc views are bound as they are: owned by the VM's root, so
+        // not writable by the container's even through a rw remount.
+        let views = self.views(id)?;
         for (n, mount) in mounts.iter_mut().enumerate() {
             let Some(source) = mount.source().clone() else {
                 continue;
@@ -482,7 +500,9 @@ impl Runtime {
                 .options()
                 .as_ref()
                 .is_some_and(|o| o.iter().any(|x| x == "rbind"));
-            if !relocate::bind(&source, &target, Some(&userns), recursive)? {
+            if source.starts_with(views.dir()) {
+                relocate::bind(&source, &target, None, false)?;
+            } else if !relocate::bind(&source, &target, Some(&userns), recursive)? {
                 plain.push(source.display().to_string());
             }
             mount.set_source(Some(target));
@@ -497,8 +517,31 @@ impl Runtime {
         Ok(())
     }
 
-    /// Protect the cgroup of the container whose init is `pid`.
-    fn register(&self, pid: u32) -> Result<String, LifecycleError> {
+    fn views(&self, id: &str) -> Result<ContainerViews, ViewsError> {
+        ContainerViews::new(&self.views_root, id)
+    }
+
+    /// Empty view files, bound read-only over their /proc files (`prepare`
+    /// relocates the binds; a bind keeps the inode, so the agent's in-place
+    /// rewrites show through).
+    fn prepare_views(&self, id: &str) -> Result<Vec<ProcView>, LifecycleError> {
+        let views = self.views(id)?;
+        views.prepare()?;
+        Ok(views
+            .proc_files()
+            .into_iter()
+            .map(|(destination, source)| ProcView {
+                destination: destination.into(),
+                source,
+            })
+            .collect())
+    }
+
+    /// Describe and render the container's views, then protect its cgroup
+    /// (`pid` is its init's). Views first: a failure there leaves nothing
+    /// registered with the agent.
+    fn register(&self, id: &str, pid: u32) -> Result<String, LifecycleError> {
+        self.views(id)?.start(pid)?;
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .map_err(|e| LifecycleError::Agent(format!("reading the container's cgroup: {e}")))?;
         let cgroup = text
@@ -552,6 +595,11 @@ impl Runtime {
             }
         }
         relocate::cleanup(id);
+        if let Err(e) = self.views(id).and_then(|views| views.remove()) {
+            report.warning(&format!(
+                "eci: removing the /proc views of container {id}: {e}"
+            ));
+        }
         if let Some(upper) = &allocation.shifted_upper
             && upper.exists()
             && let Err(e) = rootfs::shift_tree(upper, None, self.ranges.geometry())

@@ -392,9 +392,10 @@ pub struct ProcView {
     pub source: PathBuf,
 }
 
-/// The hook for container-accurate /proc views: binds each view's source
-/// read-only over its /proc file. Nothing serves views yet (a later step,
-/// LXCFS-style), so eci-runc passes none; returns a note per view added.
+/// Container-accurate /proc views: binds each view's file read-only over
+/// its /proc file (runc allows binds onto /proc/meminfo, uptime and a few
+/// more). eci-runc passes `/proc/meminfo` and `/proc/uptime`, served by
+/// `eci_views`; returns a note per view added.
 pub fn add_proc_views(spec: &mut Spec, views: &[ProcView]) -> Vec<String> {
     let mut notes = Vec::new();
     if views.is_empty() {

@@ -63,11 +63,12 @@ fn text(out: &Output) -> String {
 fn wrapper(dir: &Path, name: &str, socket: &Path) -> PathBuf {
     let path = dir.join(name);
     let script = format!(
-        "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={} ECI_POLICY={} ECI_RUNC_RUN_DIR={}\nexec {} \"$@\"\n",
+        "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={} ECI_POLICY={} ECI_RUNC_RUN_DIR={} ECI_VIEWS_DIR={}\nexec {} \"$@\"\n",
         socket.display(),
         dir.join("state").display(),
         dir.join("admin-settings.json").display(),
         dir.join("run").display(),
+        dir.join("views").display(),
         env!("CARGO_BIN_EXE_eci-runc")
     );
     std::fs::write(&path, script).expect("wrapper");
@@ -119,6 +120,8 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
             .arg(dir.join("audit.jsonl"))
             .arg("--policy")
             .arg(dir.join("admin-settings.json"))
+            .arg("--views-dir")
+            .arg(dir.join("views"))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         // SAFETY: prctl is async-signal-safe. The parent-death signal follows
@@ -299,17 +302,23 @@ fn leaked_allocations(f: &Fixture) -> Vec<String> {
         .collect()
 }
 
+/// Anything of container `id` (a prefix) left in the state, the private
+/// directories or the /proc views.
 fn leftovers(f: &Fixture, id: &str) -> bool {
+    let in_dir = |dir: &str| {
+        std::fs::read_dir(f.dir.join(dir))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(id))
+            })
+            .unwrap_or(false)
+    };
     allocations(f).iter().any(|a| {
         a["container_id"]
             .as_str()
             .is_some_and(|c| c.starts_with(id))
-    }) || std::fs::read_dir(f.dir.join("run"))
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with(id))
-        })
-        .unwrap_or(false)
+    }) || in_dir("run")
+        || in_dir("views")
 }
 
 #[test]
@@ -685,6 +694,153 @@ fn sensitive_proc_and_sys_entries_are_masked_or_read_only() {
     );
 }
 
+/// A `Name:   1234 kB` value of a meminfo text.
+fn meminfo_kb(meminfo: &str, name: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .and_then(|rest| rest.trim().strip_suffix(" kB"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {meminfo}"))
+}
+
+/// The first field of a `/proc/uptime` text.
+fn uptime_seconds(uptime: &str) -> f64 {
+    uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an uptime: {uptime:?}"))
+}
+
+#[test]
+fn proc_meminfo_shows_the_containers_memory_limit_or_the_hosts_memory() {
+    let Some(_) = fixture("proc_meminfo_shows_the_containers_memory_limit_or_the_hosts_memory")
+    else {
+        return;
+    };
+    let rt = format!("--runtime={}", runtime());
+    // Read at once: rendered at registration, never an empty file.
+    let limited = docker(&[
+        "run",
+        "--rm",
+        &rt,
+        "-m",
+        "64m",
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /proc/meminfo; echo; cat /proc/uptime",
+    ]);
+    assert!(limited.status.success(), "{}", text(&limited));
+    let out = String::from_utf8_lossy(&limited.stdout).into_owned();
+    let (meminfo, uptime) = out.split_once("\n\n").unwrap_or((&out, ""));
+    assert_eq!(
+        meminfo.lines().next(),
+        Some("MemTotal:          65536 kB"),
+        "{out}"
+    );
+    assert!(meminfo_kb(meminfo, "MemFree") <= 65536, "{meminfo}");
+    assert!(meminfo_kb(meminfo, "MemAvailable") <= 65536, "{meminfo}");
+    assert!(uptime_seconds(uptime) < 60.0, "{uptime:?}");
+    let unlimited = docker(&["run", "--rm", &rt, IMAGE, "cat", "/proc/meminfo"]);
+    assert!(unlimited.status.success(), "{}", text(&unlimited));
+    let host = std::fs::read_to_string("/proc/meminfo").expect("host meminfo");
+    assert_eq!(
+        meminfo_kb(&String::from_utf8_lossy(&unlimited.stdout), "MemTotal"),
+        meminfo_kb(&host, "MemTotal")
+    );
+}
+
+#[test]
+fn proc_uptime_counts_from_the_containers_start_and_advances() {
+    let Some(_) = fixture("proc_uptime_counts_from_the_containers_start_and_advances") else {
+        return;
+    };
+    let out = docker(&[
+        "run",
+        "--rm",
+        &format!("--runtime={}", runtime()),
+        IMAGE,
+        "sh",
+        "-c",
+        "sleep 3; cat /proc/uptime; sleep 2; cat /proc/uptime",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let host = uptime_seconds(&std::fs::read_to_string("/proc/uptime").expect("host uptime"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let seen: Vec<f64> = stdout.lines().map(uptime_seconds).collect();
+    assert_eq!(seen.len(), 2, "{stdout}");
+    assert!(seen[0] >= 2.0 && seen[0] < 60.0, "{stdout}");
+    assert!(seen[0] < host, "{stdout} (host: {host})");
+    // Re-rendered by the agent meanwhile, through the same bind mount.
+    assert!(seen[1] > seen[0], "{stdout}");
+}
+
+#[test]
+fn a_privileged_container_cannot_write_its_proc_views() {
+    let Some(_) = fixture("a_privileged_container_cannot_write_its_proc_views") else {
+        return;
+    };
+    // Even remounted read-write, the file is the VM root's (unmapped:
+    // nobody inside), and capabilities in the container's user namespace do
+    // not override the permissions of an unmapped owner.
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--privileged",
+        &format!("--runtime={}", runtime()),
+        IMAGE,
+        "sh",
+        "-c",
+        "stat -c %u /proc/meminfo; mount -o remount,bind,rw /proc/meminfo; echo x > /proc/meminfo && echo WROTE; head -1 /proc/meminfo",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"65534"), "{}", text(&out));
+    assert!(!stdout.contains("WROTE"), "{}", text(&out));
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("MemTotal:")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_proc_views_of_a_container_go_with_it() {
+    let Some(f) = fixture("the_proc_views_of_a_container_go_with_it") else {
+        return;
+    };
+    let out = docker(&[
+        "run",
+        "-d",
+        &format!("--runtime={}", runtime()),
+        "-m",
+        "32m",
+        IMAGE,
+        "sleep",
+        "300",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let views = f.dir.join("views").join(&id);
+    assert!(views.join("view.json").exists(), "no {}", views.display());
+    let meminfo = docker(&["exec", &id, "cat", "/proc/meminfo"]);
+    assert_eq!(
+        meminfo_kb(&String::from_utf8_lossy(&meminfo.stdout), "MemTotal"),
+        32768
+    );
+    assert_eq!(
+        std::fs::read_to_string(views.join("meminfo"))
+            .map(|t| meminfo_kb(&t, "MemTotal"))
+            .ok(),
+        Some(32768)
+    );
+    assert!(docker(&["rm", "-f", &id]).status.success());
+    assert!(!views.exists(), "{} is left", views.display());
+    assert!(!leftovers(f, &id[..12]), "{id} left state behind");
+}
+
 #[test]
 fn exec_stop_restart_and_rm_work_and_leave_nothing_behind() {
     let Some(f) = fixture("exec_stop_restart_and_rm_work_and_leave_nothing_behind") else {
@@ -776,12 +932,22 @@ fn bundle(f: &Fixture, name: &str, script: &str) -> PathBuf {
     dir
 }
 
+/// Give the bundle's container a memory limit of `bytes`.
+fn limit_memory(bundle: &Path, bytes: u64) {
+    let path = bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+    config["linux"]["resources"]["memory"] = serde_json::json!({ "limit": bytes });
+    std::fs::write(&path, config.to_string()).expect("config");
+}
+
 fn eci_runc(f: &Fixture, socket: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_eci-runc"));
     cmd.env("ECI_AGENT_SOCKET", socket)
         .env("ECI_STATE_DIR", f.dir.join("state"))
         .env("ECI_POLICY", f.dir.join("admin-settings.json"))
-        .env("ECI_RUNC_RUN_DIR", f.dir.join("run"));
+        .env("ECI_RUNC_RUN_DIR", f.dir.join("run"))
+        .env("ECI_VIEWS_DIR", f.dir.join("views"));
     cmd
 }
 
@@ -793,8 +959,9 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
     let dir = bundle(
         f,
         "run",
-        "cat /proc/self/uid_map; echo x > /etc/w && stat -c %u /etc/w && rm /etc/w",
+        "cat /proc/self/uid_map; echo x > /etc/w && stat -c %u /etc/w && rm /etc/w; head -1 /proc/meminfo",
     );
+    limit_memory(&dir, 48 << 20);
     let original = std::fs::read(dir.join("config.json")).expect("config");
     let root = f.dir.join("runc-root");
     let id = format!("eci-run-{}", std::process::id());
@@ -815,6 +982,11 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
             lines.next(),
             Some("0"),
             "the rootfs belongs to the container's root"
+        );
+        assert_eq!(
+            lines.next(),
+            Some("MemTotal:          49152 kB"),
+            "the view, described and rendered by the registration hook"
         );
         assert_eq!(
             std::fs::read(dir.join("config.json")).expect("config"),
@@ -839,6 +1011,42 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
     );
     assert!(!leftovers(f, &id), "a refused run left state");
     assert!(!root.join(&id).exists(), "runc kept the refused container");
+    assert_eq!(
+        std::fs::read(dir.join("config.json")).expect("config"),
+        original
+    );
+}
+
+#[test]
+fn a_failure_to_prepare_the_proc_views_fails_the_run_and_leaves_nothing() {
+    let Some(f) = fixture("a_failure_to_prepare_the_proc_views_fails_the_run_and_leaves_nothing")
+    else {
+        return;
+    };
+    let dir = bundle(f, "noviews", "true");
+    let original = std::fs::read(dir.join("config.json")).expect("config");
+    // A file where the views root's parent should be: no directory there.
+    let blocker = f.dir.join("views-blocker");
+    std::fs::write(&blocker, "").expect("blocker");
+    let root = f.dir.join("runc-root");
+    let id = format!("eci-noviews-{}", std::process::id());
+    let out = eci_runc(f, &f.dir.join("agent/agent.sock"))
+        .env("ECI_VIEWS_DIR", blocker.join("views"))
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "--bundle"])
+        .arg(&dir)
+        .arg(&id)
+        .output()
+        .expect("eci-runc run");
+    assert!(!out.status.success(), "ran without its views");
+    assert!(
+        text(&out).contains("the container's /proc views"),
+        "{}",
+        text(&out)
+    );
+    assert!(!leftovers(f, &id), "a failed run left state");
+    assert!(!root.join(&id).exists(), "runc kept the container");
     assert_eq!(
         std::fs::read(dir.join("config.json")).expect("config"),
         original

@@ -135,6 +135,30 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
             "an eci container was given the VM's /etc: {}",
             text(&out)
         );
+
+        // 4. eci container: /proc/meminfo is its own view (from cgroup v2
+        // here), with its memory limit as MemTotal.
+        let out = docker(
+            &engine,
+            &[
+                "run",
+                "--rm",
+                "--runtime=eci",
+                "--network=none",
+                "-m",
+                "64m",
+                IMAGE,
+                "head",
+                "-1",
+                "/proc/meminfo",
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "MemTotal:          65536 kB\n",
+            "{}",
+            text(&out)
+        );
     }
 
     // 3. A plain runc container under /docker (a runtime that bypassed eci):
