@@ -476,10 +476,14 @@ impl Runtime {
                 .iter()
                 .filter(|m| !m.destination().starts_with("/proc"))
                 .map(|m| {
-                    (
-                        m.destination().clone(),
-                        m.source().as_ref().is_some_and(|s| s.is_file()),
-                    )
+                    // A bind of anything but a directory (a file, a socket)
+                    // needs a file to mount on.
+                    let not_a_dir = spec::is_bind(m)
+                        && m.source()
+                            .as_ref()
+                            .and_then(|s| std::fs::metadata(s).ok())
+                            .is_some_and(|meta| !meta.is_dir());
+                    (m.destination().clone(), not_a_dir)
                 })
                 .collect();
             relocate::create_mount_points(&dir.join("rootfs"), &points)?;

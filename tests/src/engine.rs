@@ -230,6 +230,45 @@ impl Engine {
         self.dir.path().join("share")
     }
 
+    /// Replace the policy eci-runc reads for this engine's containers
+    /// (the shareable directory stays shareable).
+    pub fn write_policy(&self, mut policy: serde_json::Value) {
+        policy["eci"]["shareableHostPaths"] = serde_json::json!([self.share()]);
+        std::fs::write(
+            self.dir.path().join("admin-settings.json"),
+            policy.to_string(),
+        )
+        .expect("policy");
+    }
+
+    /// Commit a container of the test image with one file added (a layer
+    /// of its own, never started) as `name`; returns the image id.
+    pub fn commit_image(&self, name: &str) -> String {
+        let created = docker(self, &["create", IMAGE, "true"]);
+        assert!(created.status.success(), "{}", text(&created));
+        let container = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+        let marker = self.dir.path().join("marker");
+        std::fs::write(&marker, name).expect("marker");
+        let copied = docker(
+            self,
+            &[
+                "cp",
+                &marker.display().to_string(),
+                &format!("{container}:/marker"),
+            ],
+        );
+        let committed = docker(self, &["commit", &container, name]);
+        let _ = docker(self, &["rm", &container]);
+        assert!(copied.status.success(), "{}", text(&copied));
+        assert!(committed.status.success(), "{}", text(&committed));
+        text(&docker(
+            self,
+            &["image", "inspect", "--format", "{{.Id}}", name],
+        ))
+        .trim()
+        .to_owned()
+    }
+
     /// Bind-mount `source` (a socket, a namespace file) over a new file
     /// `name` in the shareable directory: a VM object smuggled in where a
     /// container may bind. Returns the new path (unmount it when done).

@@ -159,6 +159,58 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
             "{}",
             text(&out)
         );
+
+        // 5. A trusted image gets the engine's API through the agent's
+        // filtering proxy: the kernel lets it reach the proxy (not the
+        // engine's socket), the proxy passes `version` and blocks `push`.
+        let trusted_id = engine.commit_image("eci-trusted:1");
+        let policy = serde_json::json!({
+            "enhancedContainerIsolation": { "dockerSocketMount": {
+                "imageList": { "images": [format!("eci-trusted@{trusted_id}")] },
+                "commandList": { "type": "deny", "commands": ["push"] } } },
+            "eci": { "dockerApiSockets": [engine_socket] }
+        });
+        engine.write_policy(policy.clone());
+        std::fs::write(
+            agent.dir.path().join("admin-settings.json"),
+            policy.to_string(),
+        )
+        .expect("agent policy");
+        agent
+            .client()
+            .call_ok(&eci_control::Request::Reload)
+            .expect("reload the agent's policy");
+        std::fs::copy("/usr/local/bin/docker", engine.share().join("docker"))
+            .or_else(|_| std::fs::copy("/usr/bin/docker", engine.share().join("docker")))
+            .expect("a docker CLI for the container");
+        let socket_bind = format!("{}:/var/run/docker.sock", engine_socket.display());
+        let out = docker(
+            &engine,
+            &[
+                "run",
+                "--rm",
+                "--runtime=eci",
+                "--network=none",
+                "-v",
+                &socket_bind,
+                "-v",
+                &share,
+                "eci-trusted:1",
+                "sh",
+                "-c",
+                "export HOME=/tmp; echo version=$(/share/docker version --format '{{.Server.Version}}'); /share/docker push eci-trusted:1 2>&1",
+            ],
+        );
+        let t = text(&out);
+        assert!(
+            t.contains("version=") && !t.contains("version=\n"),
+            "the trusted container did not reach the engine through the proxy: {t}"
+        );
+        assert!(
+            t.contains("docker command") && t.contains("is blocked"),
+            "push was not blocked by the proxy: {t}"
+        );
+        engine.write_policy(serde_json::json!({}));
     }
 
     // 3. A plain runc container under /docker (a runtime that bypassed eci):
