@@ -1,7 +1,8 @@
 //! A Docker Engine of the tests' own in the test VM: containerd and dockerd
 //! with data on tmpfs (vfs driver, no network set-up, no registry), eci-runc
-//! registered as the runtime `eci`, and a local image holding busybox and
-//! eci-test-client.
+//! registered as the runtime `eci`, a writable copy of runc registered as
+//! `runc-writable` (and, under eci-runc, as `eci-writable-runc`), and a
+//! local image holding busybox and eci-test-client.
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -81,20 +82,44 @@ fn image_rootfs(dir: &Path) -> PathBuf {
     root
 }
 
+/// The runc eci-runc runs by default, and dockerd's `runc`.
+pub fn runc_binary() -> PathBuf {
+    ["/usr/sbin/runc", "/usr/bin/runc"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("runc is not installed in /usr/sbin or /usr/bin")
+}
+
 pub fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
-    let runtime = dir.path().join("eci-runc");
-    std::fs::write(
-        &runtime,
-        format!(
-            "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={} ECI_POLICY={}\nexec {} \"$@\"\n",
-            agent_socket.display(),
-            dir.path().join("state").display(),
-            dir.path().join("admin-settings.json").display(),
-            workspace_bin("eci-runc").display()
-        ),
-    )
-    .expect("wrapper");
-    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // runc from a writable file (the engine's directory is on tmpfs in the
+    // VM): what stops a write to this one is runc's doing, not the VM's
+    // read-only root.
+    let writable_runc = dir.path().join("runc-writable");
+    std::fs::copy(runc_binary(), &writable_runc).expect("copy runc");
+    // eci-runc as the runtime `eci`, and as `eci-writable-runc` running the
+    // writable copy of runc.
+    let eci_runtime = |name: &str, extra_env: &str| {
+        let wrapper = dir.path().join(name);
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={} ECI_POLICY={}{extra_env}\nexec {} \"$@\"\n",
+                agent_socket.display(),
+                dir.path().join("state").display(),
+                dir.path().join("admin-settings.json").display(),
+                workspace_bin("eci-runc").display()
+            ),
+        )
+        .expect("wrapper");
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        wrapper
+    };
+    let runtime = eci_runtime("eci-runc", "");
+    let runtime_writable_runc = eci_runtime(
+        "eci-runc-writable-runc",
+        &format!(" ECI_RUNC_BINARY={}", writable_runc.display()),
+    );
     std::fs::create_dir_all(dir.path().join("share")).expect("share");
     std::fs::write(
         dir.path().join("admin-settings.json"),
@@ -148,6 +173,13 @@ pub fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
         .arg(dir.path().join("docker.pid"))
         .arg("--add-runtime")
         .arg(format!("eci={}", runtime.display()))
+        .arg("--add-runtime")
+        .arg(format!("runc-writable={}", writable_runc.display()))
+        .arg("--add-runtime")
+        .arg(format!(
+            "eci-writable-runc={}",
+            runtime_writable_runc.display()
+        ))
         .stdout(Stdio::null())
         .stderr(log("dockerd.log"))
         .spawn()
@@ -223,6 +255,12 @@ impl Engine {
     /// The engine's API socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("docker.sock")
+    }
+
+    /// The copy of runc registered as the runtimes `runc-writable` and
+    /// `eci-writable-runc`.
+    pub fn writable_runc(&self) -> PathBuf {
+        self.dir.path().join("runc-writable")
     }
 
     /// The policy's shareable directory, which containers may bind.

