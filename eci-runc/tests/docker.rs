@@ -696,12 +696,7 @@ fn sensitive_proc_and_sys_entries_are_masked_or_read_only() {
 
 /// A `Name:   1234 kB` value of a meminfo text.
 fn meminfo_kb(meminfo: &str, name: &str) -> u64 {
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")))
-        .and_then(|rest| rest.trim().strip_suffix(" kB"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {meminfo}"))
+    eci_views::meminfo::kb_value(meminfo, name).unwrap_or_else(|| panic!("no {name} in {meminfo}"))
 }
 
 /// The first field of a `/proc/uptime` text.
@@ -1003,18 +998,38 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
         .arg(&id)
         .output()
         .expect("eci-runc run");
-    assert!(!out.status.success(), "ran without the agent");
-    assert!(
-        text(&out).contains("could not be registered with the eci agent"),
-        "{}",
-        text(&out)
-    );
-    assert!(!leftovers(f, &id), "a refused run left state");
-    assert!(!root.join(&id).exists(), "runc kept the refused container");
-    assert_eq!(
-        std::fs::read(dir.join("config.json")).expect("config"),
-        original
-    );
+    let refused = RefusedRun {
+        root: &root,
+        bundle: &dir,
+        id: &id,
+        original: &original,
+    };
+    refused.assert(f, &out, "could not be registered with the eci agent");
+}
+
+/// An `eci-runc run` that must have failed and left nothing behind.
+struct RefusedRun<'a> {
+    root: &'a Path,
+    bundle: &'a Path,
+    id: &'a str,
+    /// The bundle's config.json before the run.
+    original: &'a [u8],
+}
+
+impl RefusedRun<'_> {
+    fn assert(&self, f: &Fixture, out: &Output, expected: &str) {
+        assert!(!out.status.success(), "the run did not fail");
+        assert!(text(out).contains(expected), "{}", text(out));
+        assert!(!leftovers(f, self.id), "a refused run left state");
+        assert!(
+            !self.root.join(self.id).exists(),
+            "runc kept the refused container"
+        );
+        assert_eq!(
+            std::fs::read(self.bundle.join("config.json")).expect("config"),
+            self.original
+        );
+    }
 }
 
 #[test]
@@ -1039,18 +1054,13 @@ fn a_failure_to_prepare_the_proc_views_fails_the_run_and_leaves_nothing() {
         .arg(&id)
         .output()
         .expect("eci-runc run");
-    assert!(!out.status.success(), "ran without its views");
-    assert!(
-        text(&out).contains("the container's /proc views"),
-        "{}",
-        text(&out)
-    );
-    assert!(!leftovers(f, &id), "a failed run left state");
-    assert!(!root.join(&id).exists(), "runc kept the container");
-    assert_eq!(
-        std::fs::read(dir.join("config.json")).expect("config"),
-        original
-    );
+    let refused = RefusedRun {
+        root: &root,
+        bundle: &dir,
+        id: &id,
+        original: &original,
+    };
+    refused.assert(f, &out, "the container's /proc views");
 }
 
 #[test]

@@ -14,6 +14,14 @@ pub struct HostMemory {
     pub swap_free: u64,
 }
 
+/// The value of a `Name:   1234 kB` line of a meminfo text, in kB.
+pub fn kb_value(meminfo: &str, name: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
 impl HostMemory {
     pub fn read(path: &Path) -> Result<Self, ViewsError> {
         let text = read_text(path)?;
@@ -24,13 +32,7 @@ impl HostMemory {
 
     /// From the text of `/proc/meminfo` (`Name:   1234 kB` lines).
     pub fn parse(text: &str) -> Option<Self> {
-        let field = |name: &str| {
-            text.lines().find_map(|line| {
-                let rest = line.strip_prefix(name)?.strip_prefix(':')?;
-                let kb: u64 = rest.split_whitespace().next()?.parse().ok()?;
-                kb.checked_mul(1024)
-            })
-        };
+        let field = |name: &str| kb_value(text, name)?.checked_mul(1024);
         Some(Self {
             mem_total: field("MemTotal")?,
             swap_total: field("SwapTotal")?,
@@ -249,24 +251,11 @@ mod tests {
     }
 
     fn cgroup(version: CgroupVersion, files: &[(&str, &str)]) -> (tempfile::TempDir, CgroupDir) {
-        let tmp = tempfile::tempdir().unwrap();
-        for (name, text) in files {
-            std::fs::write(tmp.path().join(name), text).unwrap();
-        }
-        let dir = CgroupDir {
-            version,
-            dir: tmp.path().to_path_buf(),
-        };
-        (tmp, dir)
+        crate::test_cgroup(version, files)
     }
 
     fn value(meminfo: &str, name: &str) -> u64 {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}:")))
-            .and_then(|rest| rest.trim().strip_suffix(" kB"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {meminfo}"))
+        kb_value(meminfo, name).unwrap_or_else(|| panic!("no {name} in {meminfo}"))
     }
 
     const V1_STAT: &str = "cache 1048576\nrss 2097152\nmapped_file 4096\nshmem 8192\ndirty 12288\nwriteback 0\nactive_anon 1048576\ninactive_anon 1048576\nactive_file 524288\ninactive_file 524288\nunevictable 0\nhierarchical_memory_limit 9223372036854771712\ntotal_cache 3145728\ntotal_rss 2097152\ntotal_mapped_file 4096\ntotal_shmem 8192\ntotal_dirty 12288\ntotal_writeback 4096\ntotal_active_anon 1048576\ntotal_inactive_anon 1048576\ntotal_active_file 2097152\ntotal_inactive_file 1048576\ntotal_unevictable 0\n";

@@ -123,17 +123,9 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::CgroupDir;
 
     fn source(version: CgroupVersion, files: &[(&str, &str)]) -> (tempfile::TempDir, ViewSource) {
-        let tmp = tempfile::tempdir().unwrap();
-        for (name, text) in files {
-            std::fs::write(tmp.path().join(name), text).unwrap();
-        }
-        let dir = CgroupDir {
-            version,
-            dir: tmp.path().to_path_buf(),
-        };
+        let (tmp, dir) = crate::test_cgroup(version, files);
         let source = ViewSource {
             memory: dir.clone(),
             cpu_usage: Some(dir.clone()),
