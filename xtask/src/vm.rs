@@ -76,7 +76,8 @@ impl Default for VmOptions {
     fn default() -> Self {
         Self {
             lsm: DEFAULT_LSM.to_string(),
-            timeout: Duration::from_secs(20 * 60),
+            // The 6.12 run with both Docker suites takes ~21 min under TCG.
+            timeout: Duration::from_secs(30 * 60),
             memory_mb: 2048,
             // One vCPU: with several, TCG can run a stale translation of kernel
             // text that was just live-patched (BPF trampolines, static keys)
