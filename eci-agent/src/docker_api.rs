@@ -10,6 +10,8 @@
 //! a name (`container*`, `image*`). `/_ping` is always allowed: every
 //! client sends it first and it reveals nothing.
 
+use crate::policy::{CommandList, CommandListType};
+
 /// A Docker API call as the policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiCall {
@@ -24,13 +26,6 @@ pub enum Verdict {
     Allow,
     /// Blocked, with the rule that blocked it (for the message).
     Deny(String),
-}
-
-/// How the policy list treats calls (mirrors `commandList.type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListKind {
-    Allow,
-    Deny,
 }
 
 /// Decode `%xx` escapes (the engine routes on the decoded path) and
@@ -191,18 +186,18 @@ fn matches(entry: &str, call: &ApiCall) -> bool {
 }
 
 /// The policy's verdict on a call (`None` call: `/_ping`, always allowed).
-pub fn judge(kind: ListKind, commands: &[String], call: Option<&ApiCall>) -> Verdict {
+pub fn judge(list: &CommandList, call: Option<&ApiCall>) -> Verdict {
     let Some(call) = call else {
         return Verdict::Allow;
     };
-    let hit = commands.iter().find(|c| matches(c, call));
-    match (kind, hit) {
-        (ListKind::Deny, Some(entry)) => Verdict::Deny(format!(
+    let hit = list.commands.iter().find(|c| matches(c, call));
+    match (list.kind, hit) {
+        (CommandListType::Deny, Some(entry)) => Verdict::Deny(format!(
             "{entry:?} is on the deny list (commandList type \"deny\")"
         )),
-        (ListKind::Deny, None) => Verdict::Allow,
-        (ListKind::Allow, Some(_)) => Verdict::Allow,
-        (ListKind::Allow, None) => Verdict::Deny(format!(
+        (CommandListType::Deny, None) => Verdict::Allow,
+        (CommandListType::Allow, Some(_)) => Verdict::Allow,
+        (CommandListType::Allow, None) => Verdict::Deny(format!(
             "{:?} is not on the allow list (commandList type \"allow\")",
             call.names.first().copied().unwrap_or("unknown")
         )),
@@ -219,8 +214,11 @@ mod tests {
             .unwrap_or_default()
     }
 
-    fn list(items: &[&str]) -> Vec<String> {
-        items.iter().map(|s| s.to_string()).collect()
+    fn list(kind: CommandListType, items: &[&str]) -> CommandList {
+        CommandList {
+            kind,
+            commands: items.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]
@@ -258,8 +256,8 @@ mod tests {
 
     #[test]
     fn deny_lists_block_the_listed_commands_and_families() {
-        let deny = list(&["push", "container*"]);
-        let verdict = |m, t| judge(ListKind::Deny, &deny, classify(m, t).as_ref());
+        let deny = list(CommandListType::Deny, &["push", "container*"]);
+        let verdict = |m, t| judge(&deny, classify(m, t).as_ref());
         assert!(matches!(
             verdict("POST", "/v1.41/images/a/push"),
             Verdict::Deny(_)
@@ -279,8 +277,8 @@ mod tests {
 
     #[test]
     fn allow_lists_pass_only_the_listed_and_always_ping() {
-        let allow = list(&["ps", "image*", "version"]);
-        let verdict = |m, t| judge(ListKind::Allow, &allow, classify(m, t).as_ref());
+        let allow = list(CommandListType::Allow, &["ps", "image*", "version"]);
+        let verdict = |m, t| judge(&allow, classify(m, t).as_ref());
         assert_eq!(verdict("GET", "/v1.41/containers/json"), Verdict::Allow);
         assert_eq!(verdict("POST", "/v1.41/images/a/push"), Verdict::Allow);
         assert_eq!(verdict("GET", "/_ping"), Verdict::Allow);
@@ -293,25 +291,18 @@ mod tests {
 
     #[test]
     fn run_is_denied_at_create_and_start() {
-        let deny = list(&["run"]);
+        let deny = list(CommandListType::Deny, &["run"]);
         for (m, t) in [
             ("POST", "/v1.41/containers/create"),
             ("POST", "/v1.41/containers/x/start"),
         ] {
             assert!(
-                matches!(
-                    judge(ListKind::Deny, &deny, classify(m, t).as_ref()),
-                    Verdict::Deny(_)
-                ),
+                matches!(judge(&deny, classify(m, t).as_ref()), Verdict::Deny(_)),
                 "{m} {t}"
             );
         }
         assert_eq!(
-            judge(
-                ListKind::Deny,
-                &deny,
-                classify("GET", "/v1.41/containers/json").as_ref()
-            ),
+            judge(&deny, classify("GET", "/v1.41/containers/json").as_ref()),
             Verdict::Allow
         );
     }

@@ -35,8 +35,7 @@ use tokio::{
 use crate::{
     agent::Shared,
     audit::AuditLog,
-    docker_api::{self, ListKind, Verdict},
-    policy::CommandListType,
+    docker_api::{self, Verdict},
 };
 
 /// A request head longer than this is refused.
@@ -224,21 +223,15 @@ impl Proxies {
             )
             .await;
         };
-        let (kind, commands, runtime) = {
+        let (command_list, runtime) = {
             let shared = self.shared.lock().await;
-            let list = &shared.policy.docker_socket_mount.command_list;
-            let kind = match list.kind {
-                CommandListType::Allow => ListKind::Allow,
-                CommandListType::Deny => ListKind::Deny,
-            };
             (
-                kind,
-                list.commands.clone(),
+                shared.policy.docker_socket_mount.command_list.clone(),
                 shared.policy.docker_runtime_name.clone(),
             )
         };
         let call = docker_api::classify(&request.method, &request.target);
-        if let Verdict::Deny(rule) = docker_api::judge(kind, &commands, call.as_ref()) {
+        if let Verdict::Deny(rule) = docker_api::judge(&command_list, call.as_ref()) {
             let command = call
                 .as_ref()
                 .and_then(|c| c.names.first().copied())
