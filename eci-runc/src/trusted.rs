@@ -227,23 +227,33 @@ impl References {
     /// The image ids an entry trusts directly (see the module's rules).
     fn trusted_ids(&self, entry: &str) -> Vec<String> {
         let (name, tag, digest) = split_reference(entry);
-        let ids = self.by_reference.iter().filter_map(|(reference, id)| {
-            let rest = reference.strip_prefix(name.as_str())?;
-            let hit = match (digest, tag) {
-                (Some(d), _) => rest == format!("@{d}"),
-                (None, tag) => rest.strip_prefix(':').is_some_and(|t| {
-                    let tag = tag.unwrap_or("latest");
-                    (tag == "*" || t == tag)
-                        && self.points_at(&name, id, |r| r.starts_with("@sha256:"))
-                }),
-            };
-            hit.then(|| id.clone())
-        });
-        let mut ids: Vec<String> = ids.collect();
+        let mut ids: Vec<String> = self
+            .by_reference
+            .values()
+            .filter(|id| match digest {
+                Some(d) => self.points_at(&name, id, |r| r == format!("@{d}")),
+                None => self.tag_points_at(&name, tag, id) && self.pulled_as(&name, id),
+            })
+            .cloned()
+            .collect();
         if let Some(d) = digest {
             ids.push(d.to_owned());
         }
         ids
+    }
+
+    /// `name:tag` (no tag: `latest`; `*`: any) names `image_id`.
+    fn tag_points_at(&self, name: &str, tag: Option<&str>, image_id: &str) -> bool {
+        let tag = tag.unwrap_or("latest");
+        self.points_at(name, image_id, |r| {
+            r.strip_prefix(':').is_some_and(|t| tag == "*" || t == tag)
+        })
+    }
+
+    /// The engine pulled `image_id` from a registry as `name` (it holds a
+    /// `name@sha256:...` reference to it).
+    fn pulled_as(&self, name: &str, image_id: &str) -> bool {
+        self.points_at(name, image_id, |r| r.starts_with("@sha256:"))
     }
 
     /// From `(reference, image id)` pairs as Docker writes them.
@@ -300,34 +310,16 @@ fn directly_trusting_entry<'a>(
 ) -> Result<&'a str, String> {
     let mut why = Vec::new();
     for entry in images {
-        if entry == "*" {
+        if entry == "*" || references.trusted_ids(entry).contains(&image.id) {
             return Ok(entry);
         }
         let (name, tag, digest) = split_reference(entry);
-        if let Some(digest) = digest {
-            if image.id == digest
-                || references.points_at(&name, &image.id, |r| r == format!("@{digest}"))
-            {
-                return Ok(entry);
-            }
-            continue;
+        if digest.is_none() && references.tag_points_at(&name, tag, &image.id) {
+            why.push(format!(
+                "it carries the name {entry:?} but the engine holds no registry digest of {name} for it (a locally built or re-tagged image); pin it by its id instead: \"{entry}@{}\"",
+                image.id
+            ));
         }
-        let tag = tag.unwrap_or("latest");
-        let tagged = references.points_at(&name, &image.id, |r| {
-            r.strip_prefix(':').is_some_and(|t| tag == "*" || t == tag)
-        });
-        if !tagged {
-            continue;
-        }
-        let pulled = references.points_at(&name, &image.id, |r| r.starts_with("@sha256:"));
-        if pulled {
-            return Ok(entry);
-        }
-        why.push(format!(
-            "it carries the name {entry:?} but the engine holds no registry digest of {name} for it (a locally built or re-tagged image); pin it by its id instead: \"{}@{}\"",
-            entry.split(['@']).next().unwrap_or(entry),
-            image.id
-        ));
     }
     Err(if why.is_empty() {
         "the image is not in the allowed list".to_owned()
