@@ -315,8 +315,12 @@ fn directly_trusting_entry<'a>(
         }
         let (name, tag, digest) = split_reference(entry);
         if digest.is_none() && references.tag_points_at(&name, tag, &image.id) {
+            // A pinned entry is `name@digest`, without the tag.
+            let untagged = tag
+                .and_then(|t| entry.strip_suffix(&format!(":{t}")))
+                .unwrap_or(entry);
             why.push(format!(
-                "it carries the name {entry:?} but the engine holds no registry digest of {name} for it (a locally built or re-tagged image); pin it by its id instead: \"{entry}@{}\"",
+                "it carries the name {entry:?} but the engine holds no registry digest of {name} for it (a locally built or re-tagged image); pin it by its id instead: \"{untagged}@{}\"",
                 image.id
             ));
         }
@@ -395,6 +399,10 @@ mod tests {
         let why = trusting_entry_direct(&entries(&["docker:cli"]), &b, &refs).unwrap_err();
         assert!(why.contains("no registry digest"), "{why}");
         assert!(why.contains(ID_B), "the message says how to pin it: {why}");
+        assert!(
+            why.contains(&format!("\"docker@{ID_B}\"")),
+            "the pin it suggests is an entry the policy accepts: {why}"
+        );
     }
 
     #[test]
