@@ -237,15 +237,11 @@ pub fn check(
         ctx.bundle.join(rootfs)
     };
     for mount in spec.mounts().iter().flatten().filter(|m| is_bind(m)) {
-        let Some(source) = mount.source() else {
+        let (Some(source), Some(real)) = (mount.source(), bind_source(mount, &ctx.bundle, resolve))
+        else {
             continue;
         };
         let destination = mount.destination().display().to_string();
-        let real = resolve(&if source.is_absolute() {
-            source.clone()
-        } else {
-            ctx.bundle.join(source)
-        });
         if ENGINE_SOCKETS
             .iter()
             .any(|s| resolve(Path::new(s)) == real || Path::new(s) == real)
@@ -288,15 +284,25 @@ pub fn docker_socket_binds(
         .enumerate()
         .filter(|(_, m)| is_bind(m))
         .filter_map(|(n, m)| {
-            let source = m.source().as_ref()?;
-            let real = resolve(&if source.is_absolute() {
-                source.clone()
-            } else {
-                bundle.join(source)
-            });
+            let real = bind_source(m, bundle, resolve)?;
             sockets.contains(&real).then_some((n, real))
         })
         .collect()
+}
+
+/// What a bind's source really names: relative to the bundle, then
+/// resolved by `resolve`.
+fn bind_source(
+    mount: &Mount,
+    bundle: &Path,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Option<PathBuf> {
+    let source = mount.source().as_ref()?;
+    Some(resolve(&if source.is_absolute() {
+        source.clone()
+    } else {
+        bundle.join(source)
+    }))
 }
 
 /// Rewrite the spec for eci; returns a note for each adjustment made.
