@@ -79,6 +79,7 @@ pub fn load() -> Result<RuntimeSettings, SettingsError> {
             .unwrap_or_default()
     };
     let image_list = &value["enhancedContainerIsolation"]["dockerSocketMount"]["imageList"];
+    let docker_api_sockets = &value["eci"]["dockerApiSockets"];
     Ok(RuntimeSettings {
         shareable_host_paths: strings(&value["eci"]["shareableHostPaths"])
             .into_iter()
@@ -86,12 +87,13 @@ pub fn load() -> Result<RuntimeSettings, SettingsError> {
             .collect(),
         socket_mount_images: strings(&image_list["images"]),
         allow_derived_images: image_list["allowDerivedImages"].as_bool().unwrap_or(false),
-        docker_api_sockets: match value["eci"]["dockerApiSockets"].as_array() {
-            Some(_) => strings(&value["eci"]["dockerApiSockets"])
+        docker_api_sockets: if docker_api_sockets.is_array() {
+            strings(docker_api_sockets)
                 .into_iter()
                 .map(PathBuf::from)
-                .collect(),
-            None => RuntimeSettings::default().docker_api_sockets,
+                .collect()
+        } else {
+            RuntimeSettings::default().docker_api_sockets
         },
     })
 }
