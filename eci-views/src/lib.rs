@@ -318,23 +318,6 @@ pub fn write_in_place(path: &Path, content: &str) -> Result<(), ViewsError> {
 /// Re-render the views of every container under `root`. A container whose
 /// cgroup is gone is skipped silently; every other failure is returned, one
 /// per container (a missing root means no containers yet).
-/// A cgroup directory of `version` holding `files` (name, text), for tests.
-#[cfg(test)]
-pub(crate) fn test_cgroup(
-    version: CgroupVersion,
-    files: &[(&str, &str)],
-) -> (tempfile::TempDir, CgroupDir) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    for (name, text) in files {
-        std::fs::write(tmp.path().join(name), text).expect("cgroup file");
-    }
-    let dir = CgroupDir {
-        version,
-        dir: tmp.path().to_path_buf(),
-    };
-    (tmp, dir)
-}
-
 pub fn refresh_all(root: &Path) -> Vec<ViewsError> {
     let entries = match std::fs::read_dir(root) {
         Ok(entries) => entries,
@@ -358,6 +341,23 @@ pub fn refresh_all(root: &Path) -> Vec<ViewsError> {
         }
     }
     errors
+}
+
+/// A cgroup directory of `version` holding `files` (name, text), for tests.
+#[cfg(test)]
+pub(crate) fn test_cgroup(
+    version: CgroupVersion,
+    files: &[(&str, &str)],
+) -> (tempfile::TempDir, CgroupDir) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (name, text) in files {
+        std::fs::write(tmp.path().join(name), text).expect("cgroup file");
+    }
+    let dir = CgroupDir {
+        version,
+        dir: tmp.path().to_path_buf(),
+    };
+    (tmp, dir)
 }
 
 #[cfg(test)]
