@@ -19,6 +19,8 @@ use std::{
     process::{Command, Stdio},
 };
 
+use eci_views::source::mountinfo_unescape;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelocateError {
     #[error("{what} {path}: {source}")]
@@ -198,30 +200,6 @@ pub fn cleanup(container_id: &str) {
     let dir = container_dir(container_id);
     unmount_below(&dir);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Undo mountinfo's octal escapes (`\040` for a space...).
-pub fn mountinfo_unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            out.push(
-                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'),
-            );
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unmount every mount at or below `dir` (deepest first), lazily.

@@ -38,6 +38,8 @@ use nix::{
     unistd::{Gid, Uid},
 };
 
+use eci_views::source::mountinfo_unescape;
+
 use crate::{ranges::Geometry, relocate};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +90,7 @@ pub fn overlay_at(mountinfo: &str, path: &Path, relative_to: &Path) -> Option<Ov
     let line = mountinfo.lines().rev().find(|l| {
         l.split_whitespace()
             .nth(4)
-            .is_some_and(|p| Path::new(&relocate::mountinfo_unescape(p)) == path)
+            .is_some_and(|p| Path::new(&mountinfo_unescape(p)) == path)
     })?;
     let (_, after) = line.split_once(" - ")?;
     let mut fields = after.split_whitespace();
@@ -98,7 +100,7 @@ pub fn overlay_at(mountinfo: &str, path: &Path, relative_to: &Path) -> Option<Ov
     let _source = fields.next()?;
     let options = fields.next()?;
     let absolute = |p: &str| {
-        let p = PathBuf::from(relocate::mountinfo_unescape(p));
+        let p = PathBuf::from(mountinfo_unescape(p));
         if p.is_absolute() {
             p
         } else {
@@ -122,7 +124,7 @@ pub fn overlay_at(mountinfo: &str, path: &Path, relative_to: &Path) -> Option<Ov
         upper: upper?,
         work: work?,
         other_options: other,
-        original_options: relocate::mountinfo_unescape(options),
+        original_options: mountinfo_unescape(options),
     })
 }
 

@@ -130,8 +130,8 @@ fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
             };
             Some(CgroupMount {
                 controllers,
-                root: unescape(root),
-                point: PathBuf::from(unescape(point)),
+                root: mountinfo_unescape(root),
+                point: PathBuf::from(mountinfo_unescape(point)),
             })
         })
         .collect()
@@ -182,8 +182,9 @@ fn find_v2(mounts: &[CgroupMount], memberships: &[Membership]) -> Option<CgroupD
         })
 }
 
-/// Undo mountinfo's octal escapes (`\040` for a space...).
-fn unescape(field: &str) -> String {
+/// Undo mountinfo's octal escapes (`\040` for a space...). eci-runc reads
+/// mountinfo with it too.
+pub fn mountinfo_unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
