@@ -145,21 +145,16 @@ pub fn bench_startup(runs: usize) -> Result<serde_json::Value> {
         }
         Ok(started.elapsed().as_secs_f64() * 1000.0)
     };
-    let (mut eci, mut runc) = (Vec::new(), Vec::new());
-    time("runc")?;
-    time("eci-bench")?;
-    for _ in 0..runs {
-        runc.push(time("runc")?);
-        eci.push(time("eci-bench")?);
-    }
-    let bundle = startup_bundle(&dir)?;
-    let run = |runtime: &std::path::Path| -> Result<f64> {
+    let docker_run = compare("docker_run_startup", "`docker run --rm`", runs, |eci| {
+        time(if eci { "eci-bench" } else { "runc" })
+    });
+    let run = |runtime: &std::path::Path, bundle: &std::path::Path| -> Result<f64> {
         let started = std::time::Instant::now();
         let out = Command::new(runtime)
             .arg("--root")
             .arg(dir.join("runc-root"))
             .args(["run", "--bundle"])
-            .arg(&bundle)
+            .arg(bundle)
             .arg("eci-bench-run")
             .env("ECI_AGENT_SOCKET", &socket)
             .env("ECI_STATE_DIR", dir.join("state"))
@@ -176,33 +171,44 @@ pub fn bench_startup(runs: usize) -> Result<serde_json::Value> {
     };
     let runc_binary = std::path::PathBuf::from("runc");
     let eci_binary = target.join("eci-runc");
-    let (mut eci_run, mut runc_run) = (Vec::new(), Vec::new());
-    run(&runc_binary)?;
-    run(&eci_binary)?;
-    for _ in 0..runs {
-        runc_run.push(run(&runc_binary)?);
-        eci_run.push(run(&eci_binary)?);
-    }
+    let bundle_run = startup_bundle(&dir).and_then(|bundle| {
+        compare("bundle_run_startup", "`run` of one bundle", runs, |eci| {
+            run(if eci { &eci_binary } else { &runc_binary }, &bundle)
+        })
+    });
     let _ = agent.kill();
     let _ = agent.wait();
+    Ok(serde_json::json!([docker_run?, bundle_run?]))
+}
+
+/// `runs` alternating measurements of plain runc and of eci (`measure(eci)`,
+/// in ms; one warm-up each first): their medians and ratio, printed and as
+/// JSON.
+fn compare(
+    benchmark: &str,
+    what: &str,
+    runs: usize,
+    mut measure: impl FnMut(bool) -> Result<f64>,
+) -> Result<serde_json::Value> {
+    let (mut eci, mut runc) = (Vec::new(), Vec::new());
+    measure(false)?;
+    measure(true)?;
+    for _ in 0..runs {
+        runc.push(measure(false)?);
+        eci.push(measure(true)?);
+    }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let (e, r) = (median(eci), median(runc));
     println!(
-        "start-up, `docker run --rm` (median of {runs}): runc {r:.0} ms, eci {e:.0} ms, ratio {:.2}",
+        "start-up, {what} (median of {runs}): runc {r:.0} ms, eci {e:.0} ms, ratio {:.2}",
         e / r
     );
-    let (er, rr) = (median(eci_run), median(runc_run));
-    println!(
-        "start-up, `run` of one bundle (median of {runs}): runc {rr:.0} ms, eci-runc {er:.0} ms, ratio {:.2}",
-        er / rr
-    );
-    Ok(serde_json::json!([
-        { "benchmark": "docker_run_startup", "runs": runs, "ms_runc": r, "ms_eci": e, "ratio": e / r },
-        { "benchmark": "bundle_run_startup", "runs": runs, "ms_runc": rr, "ms_eci": er, "ratio": er / rr },
-    ]))
+    Ok(
+        serde_json::json!({ "benchmark": benchmark, "runs": runs, "ms_runc": r, "ms_eci": e, "ratio": e / r }),
+    )
 }
 
 /// A bundle of the test image whose process runs `true` (rootfs exported
