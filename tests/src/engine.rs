@@ -121,14 +121,6 @@ pub fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
         &format!(" ECI_RUNC_BINARY={}", writable_runc.display()),
     );
     std::fs::create_dir_all(dir.path().join("share")).expect("share");
-    std::fs::write(
-        dir.path().join("admin-settings.json"),
-        format!(
-            r#"{{"eci": {{"shareableHostPaths": ["{}"]}}}}"#,
-            dir.path().join("share").display()
-        ),
-    )
-    .expect("policy");
     let log = |name: &str| std::fs::File::create(dir.path().join(name)).expect("log");
     let containerd = Command::new("containerd")
         .args([
@@ -188,6 +180,8 @@ pub fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
         daemons: vec![containerd, dockerd],
         dir,
     };
+    // eci-runc reads it at each create: in place before the first.
+    engine.write_policy(serde_json::json!({}));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !docker(&engine, &["info"]).status.success() {
         assert!(
