@@ -231,10 +231,12 @@ struct ExeOverwrite {
 }
 
 impl ExeOverwrite {
-    fn verdict(&self) -> Verdict {
+    /// Escaped if the runtime's binary changed, whatever the payload said;
+    /// else the payload's verdict.
+    fn verdict(&self, runtime_changed: bool) -> Verdict {
         match self.result.strip_prefix("blocked: ") {
-            Some(why) => Verdict::Blocked(why.to_owned()),
-            None => Verdict::Escaped,
+            Some(why) if !runtime_changed => Verdict::Blocked(why.to_owned()),
+            _ => Verdict::Escaped,
         }
     }
 }
@@ -390,11 +392,7 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
     let mut eci = parse(&out);
     eci.insert(
         RUNTIME_EXE.to_owned(),
-        if writable_after_eci != writable_before {
-            Verdict::Escaped
-        } else {
-            exe_with_eci.verdict()
-        },
+        exe_with_eci.verdict(writable_after_eci != writable_before),
     );
     for (attack, flags, command) in WITH_FLAGS {
         let flags = fill(flags);
@@ -451,11 +449,7 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
     let writable_changed = hashes(&writable_runc) != writable_after_eci;
     runc.insert(
         RUNTIME_EXE.to_owned(),
-        if writable_changed {
-            Verdict::Escaped
-        } else {
-            exe_with_runc.verdict()
-        },
+        exe_with_runc.verdict(writable_changed),
     );
     all.push((RUNTIME_EXE, String::new()));
     // Not vacuous: against plain runc the attack gets as far as a handle on
