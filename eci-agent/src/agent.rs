@@ -174,11 +174,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         parents,
         sockets,
     }));
+    let mut vm_namespaces = vm::VmNamespaces::default();
     {
         let mut guard = shared.lock().await;
         let magics = vm::DENIED_FILESYSTEM_MAGICS.iter().copied().collect();
         guard.rules.sync_denied_filesystems(&magics)?;
-        let namespaces = vm::vm_namespaces();
+        guard
+            .rules
+            .sync_allowed_devices(&vm::allowed_device_keys())?;
+        let namespaces = vm_namespaces.learn(&engine_sockets(&guard, &config));
         guard.rules.sync_vm_namespaces(&namespaces)?;
         tracing::info!(count = namespaces.len(), "VM namespaces learned");
     }
@@ -219,8 +223,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     tracing::error!("refreshing protected sockets: {err:#}");
                 }
                 refresh_parents(&shared).await;
-                let namespaces = vm::vm_namespaces();
-                if let Err(err) = shared.lock().await.rules.sync_vm_namespaces(&namespaces) {
+                let mut guard = shared.lock().await;
+                let namespaces = vm_namespaces.learn(&engine_sockets(&guard, &config));
+                if let Err(err) = guard.rules.sync_vm_namespaces(&namespaces) {
                     tracing::error!("refreshing VM namespaces: {err:#}");
                 }
             }
@@ -278,6 +283,18 @@ struct KernelParts {
     drops: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     _ebpf: aya::Ebpf,
+}
+
+/// The engine's sockets among the protected ones (the agent's own control
+/// socket is not the engine's).
+fn engine_sockets(shared: &Shared, config: &AgentConfig) -> Vec<PathBuf> {
+    shared
+        .sockets
+        .paths()
+        .iter()
+        .filter(|p| **p != config.control_socket)
+        .cloned()
+        .collect()
 }
 
 /// Re-read the policy. A bad file changes nothing (the last good policy

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use eci_common::{AuditEvent, FileId, Hook, NS_KIND_NAMES, ObjectKind};
+use eci_common::{AuditEvent, FileId, Hook, ObjectKind, shared_ns_name, undecided};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,18 @@ pub fn kernel_dev_parts(dev: u64) -> (u64, u64) {
     (dev >> 20, dev & 0xfffff)
 }
 
+fn undecided_reason(what: u64) -> &'static str {
+    match what {
+        undecided::CGROUP_DEPTH => "the task's cgroup is deeper than the ancestor walk looks",
+        undecided::FILE => "a field of the opened file could not be read",
+        undecided::NAMESPACES => "the task's namespaces could not be read",
+        undecided::MOUNT => "a superblock or mount could not be read",
+        undecided::CGROUP_TREE => "a cgroup directory's ancestry could not be read",
+        undecided::SOCKET => "a socket's file could not be read",
+        _ => "unknown",
+    }
+}
+
 pub fn to_line(event: &AuditEvent, names: &Names, wall_clock_ns: i128) -> AuditLine {
     let comm_end = event
         .comm
@@ -93,10 +105,25 @@ pub fn to_line(event: &AuditEvent, names: &Names, wall_clock_ns: i128) -> AuditL
     let detail = match kind {
         "shared_namespace" => Some(format!(
             "shares the VM's {} namespace",
-            NS_KIND_NAMES
-                .get(event.object.dev as usize)
-                .copied()
-                .unwrap_or("unknown")
+            shared_ns_name(event.object.dev)
+        )),
+        "device" => Some(format!(
+            "{} device {}:{} is not in the allowed set",
+            if event.object.ino == 0o060000 {
+                "block"
+            } else {
+                "character"
+            },
+            major,
+            minor
+        )),
+        "cgroup" => Some(format!(
+            "write to cgroup id {} outside every protected cgroup",
+            event.object.ino
+        )),
+        "undecided" => Some(format!(
+            "could not be decided ({}): refused where the hook guards the VM",
+            undecided_reason(event.object.ino)
         )),
         "namespace" => Some(format!("VM namespace inode {}", event.object.ino)),
         "filesystem" => Some(format!("file system magic {:#x}", event.object.ino)),

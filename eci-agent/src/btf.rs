@@ -271,6 +271,14 @@ impl Btf {
             vfsmount_flags: self.member_offset("vfsmount", "mnt_flags")?,
             mount_mnt: self.member_offset("mount", "mnt")?,
             mount_id: self.member_offset("mount", "mnt_id")?,
+            inode_mode: self.member_offset("inode", "i_mode")?,
+            inode_rdev: self.member_offset("inode", "i_rdev")?,
+            file_mode: self.member_offset("file", "f_mode")?,
+            file_path: self.member_offset("file", "f_path")?,
+            dentry_parent: self.member_offset("dentry", "d_parent")?,
+            task_cred: self.member_offset("task_struct", "cred")?,
+            cred_user_ns: self.member_offset("cred", "user_ns")?,
+            user_ns_common: self.member_offset("user_namespace", "ns")?,
             valid: 1,
         })
     }

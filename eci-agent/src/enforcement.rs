@@ -189,6 +189,7 @@ pub fn attach_all(mut ebpf: Ebpf, layout: &PinLayout) -> Result<Enforcement, Enf
         vm_namespaces: take_map(&mut ebpf, map_names::VM_NAMESPACES, HashMap::try_from)?,
         denied_filesystems: take_map(&mut ebpf, map_names::DENIED_FS_MAGIC, HashMap::try_from)?,
         immutable_mounts: take_map(&mut ebpf, map_names::IMMUTABLE_MOUNTS, HashMap::try_from)?,
+        allowed_devices: take_map(&mut ebpf, map_names::ALLOWED_DEVICES, HashMap::try_from)?,
     };
     let events = take_map(&mut ebpf, map_names::EVENTS, RingBuf::try_from)?;
     Ok(Enforcement {

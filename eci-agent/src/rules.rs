@@ -26,6 +26,8 @@ pub trait RuleStore: Send {
     fn sync_vm_namespaces(&mut self, wanted: &BTreeSet<u64>) -> Result<(), RuleError>;
     /// Make the set of denied file-system magics exactly `wanted`.
     fn sync_denied_filesystems(&mut self, wanted: &BTreeSet<u64>) -> Result<(), RuleError>;
+    /// Make the set of allowed devices (`eci_common::device_key`) exactly `wanted`.
+    fn sync_allowed_devices(&mut self, wanted: &BTreeSet<u64>) -> Result<(), RuleError>;
     /// Record the mounts a container started with.
     fn set_immutable_mounts(&mut self, cgroup_id: u64, mount_ids: &[u32]) -> Result<(), RuleError>;
     /// Forget a container's immutable mounts.
@@ -40,6 +42,7 @@ pub struct KernelRules {
     pub vm_namespaces: HashMap<MapData, u64, u32>,
     pub denied_filesystems: HashMap<MapData, u64, u32>,
     pub immutable_mounts: HashMap<MapData, u32, u64>,
+    pub allowed_devices: HashMap<MapData, u64, u32>,
 }
 
 /// Add what is missing first, then remove what is extra: never a moment
@@ -131,6 +134,10 @@ impl RuleStore for KernelRules {
         sync_set(&mut self.denied_filesystems, wanted, "denied file systems")
     }
 
+    fn sync_allowed_devices(&mut self, wanted: &BTreeSet<u64>) -> Result<(), RuleError> {
+        sync_set(&mut self.allowed_devices, wanted, "allowed devices")
+    }
+
     fn set_immutable_mounts(&mut self, cgroup_id: u64, mount_ids: &[u32]) -> Result<(), RuleError> {
         for id in mount_ids {
             self.immutable_mounts
@@ -213,6 +220,10 @@ impl RuleStore for UnenforcedRules {
     }
 
     fn sync_denied_filesystems(&mut self, _: &BTreeSet<u64>) -> Result<(), RuleError> {
+        Ok(())
+    }
+
+    fn sync_allowed_devices(&mut self, _: &BTreeSet<u64>) -> Result<(), RuleError> {
         Ok(())
     }
 

@@ -45,6 +45,11 @@ impl SocketSet {
         Self { paths }
     }
 
+    /// The configured paths.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
     /// Current identities of the sockets that exist, with a path for each.
     pub fn scan(&self) -> BTreeMap<FileId, PathBuf> {
         let mut found = BTreeMap::new();

@@ -25,6 +25,9 @@ pub struct Status {
     pub protected_cgroups: Vec<CgroupStatus>,
     pub protected_sockets: Vec<SocketStatus>,
     pub denials: BTreeMap<String, u64>,
+    /// Decisions a hook could not make (a kernel read failed, a cgroup too
+    /// deep): refused where the hook guards the VM.
+    pub undecided: BTreeMap<String, u64>,
     pub event_drops: u64,
     /// Pinned objects that could not be read, with why.
     pub problems: Vec<String>,
@@ -120,6 +123,7 @@ pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
     let mut protected_cgroups = Vec::new();
     let mut protected_sockets = Vec::new();
     let mut denials = BTreeMap::new();
+    let mut undecided = BTreeMap::new();
     let mut event_drops = 0;
     if layout.exists() {
         match open_map(layout, map_names::PROTECTED_CGROUPS)
@@ -158,19 +162,24 @@ pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
             }
             Err(e) => problems.push(e),
         }
-        match open_map(layout, map_names::DENIALS)
-            .and_then(|m| PerCpuArray::<MapData, u64>::try_from(m).map_err(|e| e.to_string()))
-        {
-            Ok(map) => {
-                for hook in Hook::ALL {
-                    let count = map
-                        .get(&(hook as u32), 0)
-                        .map(|v| v.iter().sum())
-                        .unwrap_or(0);
-                    denials.insert(hook.name().to_owned(), count);
+        for (name, counts) in [
+            (map_names::DENIALS, &mut denials),
+            (map_names::UNDECIDED, &mut undecided),
+        ] {
+            match open_map(layout, name)
+                .and_then(|m| PerCpuArray::<MapData, u64>::try_from(m).map_err(|e| e.to_string()))
+            {
+                Ok(map) => {
+                    for hook in Hook::ALL {
+                        let count = map
+                            .get(&(hook as u32), 0)
+                            .map(|v| v.iter().sum())
+                            .unwrap_or(0);
+                        counts.insert(hook.name().to_owned(), count);
+                    }
                 }
+                Err(e) => problems.push(e),
             }
-            Err(e) => problems.push(e),
         }
         match open_map(layout, map_names::EVENT_DROPS)
             .and_then(|m| PerCpuArray::<MapData, u64>::try_from(m).map_err(|e| e.to_string()))
@@ -190,6 +199,7 @@ pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
         protected_cgroups,
         protected_sockets,
         denials,
+        undecided,
         event_drops,
         problems,
     }
@@ -265,6 +275,14 @@ pub fn render(status: &Status) -> String {
     }
     let _ = writeln!(out, "denials:");
     for (hook, count) in &status.denials {
+        let _ = writeln!(out, "  {hook:<22} {count}");
+    }
+    let undecided: u64 = status.undecided.values().sum();
+    let _ = writeln!(
+        out,
+        "undecided (refused where the hook guards the VM): {undecided}"
+    );
+    for (hook, count) in status.undecided.iter().filter(|(_, c)| **c > 0) {
         let _ = writeln!(out, "  {hook:<22} {count}");
     }
     let _ = writeln!(out, "audit events dropped: {}", status.event_drops);

@@ -17,6 +17,8 @@ pub mod map_names {
     pub const VM_NAMESPACES: &str = "ECI_VM_NS";
     pub const DENIED_FS_MAGIC: &str = "ECI_DENIED_FS";
     pub const IMMUTABLE_MOUNTS: &str = "ECI_IMMUT_MNTS";
+    pub const ALLOWED_DEVICES: &str = "ECI_ALLOWED_DEVS";
+    pub const UNDECIDED: &str = "ECI_UNDECIDED";
 }
 
 /// Name of the global that carries the kernel struct offsets into the programs.
@@ -32,18 +34,38 @@ pub const MAX_PROTECTED_SOCKETS: u32 = 1024;
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 /// Capacity of the per-cgroup verdict cache (LRU).
 pub const VERDICT_CACHE_ENTRIES: u32 = 65536;
-/// How many cgroup levels below the root the ancestor walk looks at.
-pub const MAX_CGROUP_DEPTH: i32 = 16;
+/// How many cgroup levels below the root the ancestor walk looks at. A task
+/// deeper than this (or a cgroup file deeper than this) is undecided, which
+/// counts as protected: fail closed. (The task's own cgroup is looked up
+/// first, so a registered container is found at any depth.)
+pub const MAX_CGROUP_DEPTH: i32 = 64;
 /// Capacity of the VM-namespace map.
 pub const MAX_VM_NAMESPACES: u32 = 1024;
 /// Capacity of the immutable-mount map.
 pub const MAX_IMMUTABLE_MOUNTS: u32 = 65536;
 
+/// Capacity of the allowed-device map.
+pub const MAX_ALLOWED_DEVICES: u32 = 1024;
+
 /// `statfs` magic of nsfs, the file system of `/proc/<pid>/ns/*`.
 pub const NSFS_MAGIC: u64 = 0x6e73_6673;
+/// `statfs` magic of devpts: its nodes are the ptys of that instance.
+pub const DEVPTS_MAGIC: u64 = 0x1cd1;
+/// `statfs` magic of cgroup2.
+pub const CGROUP2_MAGIC: u64 = 0x6367_7270;
 
-/// A cached protection verdict: the generation it was computed in and
-/// whether the cgroup is protected. Stale generations are recomputed.
+/// Key of the allowed-device map: a device number in the kernel's
+/// encoding (`MAJOR << 20 | MINOR`) and whether it is a block device.
+/// `minor == ANY_MINOR` stands for every minor of that major.
+pub const fn device_key(block: bool, major: u32, minor: u32) -> u64 {
+    ((block as u64) << 32) | FileId::kernel_dev(major, minor)
+}
+/// The minor that stands for all minors of a major in `device_key`.
+pub const ANY_MINOR: u32 = 0xfffff;
+
+/// A cached protection verdict: the generation it was computed in and the
+/// `protect_reason` bits of the cgroup and its ancestors (0: not
+/// protected). Stale generations are recomputed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CachedVerdict {
@@ -183,6 +205,22 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     /// `struct mount.mnt_id`
     pub mount_id: u32,
+    /// `struct inode.i_mode` (umode_t, 16 bits)
+    pub inode_mode: u32,
+    /// `struct inode.i_rdev` (dev_t, 32 bits)
+    pub inode_rdev: u32,
+    /// `struct file.f_mode` (fmode_t, 32 bits)
+    pub file_mode: u32,
+    /// `struct file.f_path` (an embedded `struct path`)
+    pub file_path: u32,
+    /// `struct dentry.d_parent`
+    pub dentry_parent: u32,
+    /// `struct task_struct.cred`
+    pub task_cred: u32,
+    /// `struct cred.user_ns`
+    pub cred_user_ns: u32,
+    /// Offset of `struct ns_common ns` in `struct user_namespace`.
+    pub user_ns_common: u32,
     /// Non-zero once filled in by the agent; the programs deny nothing
     /// on objects they cannot identify without it.
     pub valid: u32,
@@ -194,6 +232,22 @@ pub struct KernelOffsets {
 /// closed by eci-runc, not by refusing every exec.)
 pub const NS_KINDS: usize = 5;
 pub const NS_KIND_NAMES: [&str; NS_KINDS] = ["uts", "ipc", "mnt", "pid", "net"];
+/// `SharedNamespace` events about the user namespace carry this kind index
+/// (the user namespace is the task's credentials', not in `nsproxy`).
+pub const USER_NS_KIND: usize = NS_KINDS;
+
+/// The name of a namespace kind index of a `SharedNamespace` event.
+pub const fn shared_ns_name(kind: u64) -> &'static str {
+    match kind {
+        0 => "uts",
+        1 => "ipc",
+        2 => "mnt",
+        3 => "pid",
+        4 => "net",
+        5 => "user",
+        _ => "unknown",
+    }
+}
 
 /// What kind of object an audit event is about, and how to read
 /// `AuditEvent::object` for it.
@@ -211,6 +265,29 @@ pub enum ObjectKind {
     Mount = 4,
     /// dev: index into `NS_KIND_NAMES` of the shared namespace / its inode number.
     SharedNamespace = 5,
+    /// dev: the device number (kernel encoding) / the file type bits of `i_mode`.
+    Device = 6,
+    /// dev 0 / the id of the cgroup written to (not protected).
+    Cgroup = 7,
+    /// dev 0 / which kernel read failed ([`undecided`]): the hook could not
+    /// tell, and refused where it guards the VM.
+    Undecided = 8,
+}
+
+/// What an `Undecided` event could not read (its `object.ino`).
+pub mod undecided {
+    /// The task's cgroup lies deeper than the ancestor walk looks.
+    pub const CGROUP_DEPTH: u64 = 1;
+    /// A field of the file being opened.
+    pub const FILE: u64 = 2;
+    /// The task's namespaces.
+    pub const NAMESPACES: u64 = 3;
+    /// A superblock or mount.
+    pub const MOUNT: u64 = 4;
+    /// A cgroup directory's ancestry.
+    pub const CGROUP_TREE: u64 = 5;
+    /// A socket's file.
+    pub const SOCKET: u64 = 6;
 }
 
 impl ObjectKind {
@@ -221,6 +298,9 @@ impl ObjectKind {
             3 => "filesystem",
             4 => "mount",
             5 => "shared_namespace",
+            6 => "device",
+            7 => "cgroup",
+            8 => "undecided",
             _ => "none",
         }
     }

@@ -11,12 +11,27 @@ use aya_ebpf::{
 };
 use eci_common::{AuditEvent, EVENTS_RING_BYTES, FileId, Hook, ObjectKind};
 
+/// A decision a hook could not make (`what`: an `eci_common::undecided`
+/// value): counted, reported, and answered with `verdict` — a denial where
+/// the hook guards the VM.
+#[inline(always)]
+pub fn undecided(hook: Hook, cgroup_id: u64, what: u64, verdict: i32) -> i32 {
+    bump(&ECI_UNDECIDED, hook as u32);
+    let object = FileId { dev: 0, ino: what };
+    report(hook, cgroup_id, ObjectKind::Undecided, object, verdict)
+}
+
 #[map]
 static ECI_EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
 /// Denials per hook, indexed by `Hook as u32`.
 #[map]
 static ECI_DENIALS: PerCpuArray<u64> = PerCpuArray::pinned(Hook::SLOTS, 0);
+
+/// Decisions a hook could not make because a kernel read failed (or a
+/// cgroup was deeper than the walk looks), per hook.
+#[map]
+static ECI_UNDECIDED: PerCpuArray<u64> = PerCpuArray::pinned(Hook::SLOTS, 0);
 
 /// Events lost because the ring buffer was full (index 0).
 #[map]

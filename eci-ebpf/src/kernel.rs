@@ -29,6 +29,14 @@ static ECI_KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     vfsmount_flags: 0,
     mount_mnt: 0,
     mount_id: 0,
+    inode_mode: 0,
+    inode_rdev: 0,
+    file_mode: 0,
+    file_path: 0,
+    dentry_parent: 0,
+    task_cred: 0,
+    cred_user_ns: 0,
+    user_ns_common: 0,
     valid: 0,
 };
 
@@ -74,27 +82,28 @@ pub unsafe fn socket_sock(socket: *const u8) -> Option<*const u8> {
 }
 
 /// Device and inode of the file a Unix socket is bound to
-/// (`unix_sk(sk)->path.dentry->d_inode`). `None` for abstract and unbound
-/// sockets, which have no file.
+/// (`unix_sk(sk)->path.dentry->d_inode`): `Ok(None)` for abstract and
+/// unbound sockets, which have no file; `Err(())` when a read failed.
 #[inline(always)]
-pub unsafe fn unix_socket_file(sk: *const u8) -> Option<FileId> {
+pub unsafe fn unix_socket_file(sk: *const u8) -> Result<Option<FileId>, ()> {
     let off = offsets();
     if off.valid == 0 || sk.is_null() {
-        return None;
+        return Err(());
     }
     // SAFETY: every dereference goes through bpf_probe_read_kernel.
     unsafe {
-        let dentry = read_ptr(sk, off.unix_sock_path + off.path_dentry)?;
-        let inode = read_ptr(dentry, off.dentry_inode)?;
-        let ino: u64 =
-            bpf_probe_read_kernel(inode.add(off.inode_ino as usize) as *const u64).ok()?;
-        let sb = read_ptr(inode, off.inode_sb)?;
-        let dev: u32 =
-            bpf_probe_read_kernel(sb.add(off.super_block_dev as usize) as *const u32).ok()?;
-        Some(FileId {
+        let dentry: *const u8 = read(sk, off.unix_sock_path + off.path_dentry).ok_or(())?;
+        if dentry.is_null() {
+            return Ok(None);
+        }
+        let inode = read_ptr(dentry, off.dentry_inode).ok_or(())?;
+        let ino: u64 = read(inode, off.inode_ino).ok_or(())?;
+        let sb = read_ptr(inode, off.inode_sb).ok_or(())?;
+        let dev: u32 = read(sb, off.super_block_dev).ok_or(())?;
+        Ok(Some(FileId {
             dev: dev as u64,
             ino,
-        })
+        }))
     }
 }
 
@@ -124,9 +133,24 @@ pub unsafe fn super_block(sb: *const u8) -> Option<SuperBlock> {
     }
 }
 
-/// The inode identity and superblock magic of an open `struct file *`.
+/// What the open rules need to know about an open `struct file *`.
+#[derive(Clone, Copy)]
+pub struct FileFacts {
+    /// Device of its superblock and inode number.
+    pub id: FileId,
+    /// `s_magic` of its superblock.
+    pub magic: u64,
+    /// `i_mode`: the file type bits and permissions.
+    pub mode: u32,
+    /// `i_rdev`: the device number of a device node (kernel encoding).
+    pub rdev: u32,
+    /// `f_mode`: how it is being opened (`FMODE_READ`, `FMODE_WRITE`, ...).
+    pub f_mode: u32,
+}
+
+/// Facts of an open `struct file *`; `None` when a read failed.
 #[inline(always)]
-pub unsafe fn file_identity(file: *const u8) -> Option<(FileId, u64)> {
+pub unsafe fn file_facts(file: *const u8) -> Option<FileFacts> {
     let off = offsets();
     if off.valid == 0 || file.is_null() {
         return None;
@@ -135,16 +159,58 @@ pub unsafe fn file_identity(file: *const u8) -> Option<(FileId, u64)> {
     unsafe {
         let inode = read_ptr(file, off.file_inode)?;
         let ino: u64 = read(inode, off.inode_ino)?;
+        let mode: u16 = read(inode, off.inode_mode)?;
+        let rdev: u32 = read(inode, off.inode_rdev)?;
         let sb = read_ptr(inode, off.inode_sb)?;
         let dev: u32 = read(sb, off.super_block_dev)?;
         let magic: u64 = read(sb, off.super_block_magic)?;
-        Some((
-            FileId {
+        let f_mode: u32 = read(file, off.file_mode)?;
+        Some(FileFacts {
+            id: FileId {
                 dev: dev as u64,
                 ino,
             },
             magic,
-        ))
+            mode: mode as u32,
+            rdev,
+            f_mode,
+        })
+    }
+}
+
+/// The dentry of an open `struct file *` (`file->f_path.dentry`).
+#[inline(always)]
+pub unsafe fn file_dentry(file: *const u8) -> Option<*const u8> {
+    let off = offsets();
+    if off.valid == 0 || file.is_null() {
+        return None;
+    }
+    // SAFETY: probe read.
+    unsafe { read_ptr(file, off.file_path + off.path_dentry) }
+}
+
+/// A dentry's parent (the dentry itself at the root of its file system).
+#[inline(always)]
+pub unsafe fn dentry_parent(dentry: *const u8) -> Option<*const u8> {
+    let off = offsets();
+    if off.valid == 0 || dentry.is_null() {
+        return None;
+    }
+    // SAFETY: probe read.
+    unsafe { read_ptr(dentry, off.dentry_parent) }
+}
+
+/// The inode number of a dentry's inode.
+#[inline(always)]
+pub unsafe fn dentry_ino(dentry: *const u8) -> Option<u64> {
+    let off = offsets();
+    if off.valid == 0 || dentry.is_null() {
+        return None;
+    }
+    // SAFETY: probe reads.
+    unsafe {
+        let inode = read_ptr(dentry, off.dentry_inode)?;
+        read(inode, off.inode_ino)
     }
 }
 
@@ -193,8 +259,8 @@ pub unsafe fn path_mount(path: *const u8) -> Option<Mount> {
     unsafe { vfsmount(read_ptr(path, off.path_mnt)?) }
 }
 
-/// Inode numbers of the current task's namespaces, in `NS_KIND_NAMES` order
-/// (0 where one could not be read).
+/// Inode numbers of the current task's namespaces, in `NS_KIND_NAMES`
+/// order; `None` when any of them could not be read.
 #[inline(always)]
 pub fn current_namespaces() -> Option<[u32; NS_KINDS]> {
     let off = offsets();
@@ -208,11 +274,27 @@ pub fn current_namespaces() -> Option<[u32; NS_KINDS]> {
         let mut inums = [0u32; NS_KINDS];
         let mut i = 0;
         while i < NS_KINDS {
-            if let Some(ns) = read_ptr(nsproxy, off.nsproxy_ns[i]) {
-                inums[i] = read(ns, off.ns_common[i] + off.ns_common_inum).unwrap_or(0);
-            }
+            let ns = read_ptr(nsproxy, off.nsproxy_ns[i])?;
+            inums[i] = read(ns, off.ns_common[i] + off.ns_common_inum)?;
             i += 1;
         }
         Some(inums)
+    }
+}
+
+/// Inode number of the current task's user namespace
+/// (`current->cred->user_ns->ns.inum`).
+#[inline(always)]
+pub fn current_user_namespace() -> Option<u32> {
+    let off = offsets();
+    if off.valid == 0 {
+        return None;
+    }
+    // SAFETY: helper without arguments; then probe reads only.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let cred = read_ptr(task, off.task_cred)?;
+        let user_ns = read_ptr(cred, off.cred_user_ns)?;
+        read(user_ns, off.user_ns_common + off.ns_common_inum)
     }
 }

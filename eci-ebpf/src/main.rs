@@ -1,15 +1,24 @@
 //! eci's BPF-LSM programs.
 //!
 //! One file per concern: `sockets` (protected Unix sockets), `mounts` (VM
-//! file systems, immutable mounts), `namespaces` (the VM's namespaces),
-//! `probe` (the start-up self test). `protection` answers the one question every hook asks
-//! first ("is the current task protected?"), `kernel` holds every read of a
-//! kernel struct, `audit` reports decisions.
+//! file systems, immutable mounts), `namespaces` (the VM's namespaces, exec
+//! while sharing them), `devices` (device nodes), `cgroups` (writes to
+//! unprotected cgroups), `probe` (the start-up self test); `files` is the
+//! one `file_open` program, which asks three of them. `protection` holds
+//! the prologue every hook starts with ("is the current task protected?"),
+//! `kernel` every read of a kernel struct, `audit` reports decisions and
+//! counts what a hook could not decide.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod audit;
+#[cfg(target_arch = "bpf")]
+mod cgroups;
+#[cfg(target_arch = "bpf")]
+mod devices;
+#[cfg(target_arch = "bpf")]
+mod files;
 #[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]

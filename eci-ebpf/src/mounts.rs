@@ -19,7 +19,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::LsmContext,
 };
-use eci_common::{FileId, Hook, MAX_IMMUTABLE_MOUNTS, ObjectKind, verdict};
+use eci_common::{FileId, Hook, MAX_IMMUTABLE_MOUNTS, ObjectKind, undecided, verdict};
 
 use crate::{
     audit, kernel,
@@ -75,24 +75,27 @@ fn deny_mount(hook: Hook, cgroup_id: u64, mount: &kernel::Mount) -> i32 {
     audit::report(hook, cgroup_id, ObjectKind::Mount, object, verdict::DENY)
 }
 
+/// A superblock or mount that could not be read: counted, and refused.
+#[inline(always)]
+fn undecided(hook: Hook, cgroup_id: u64) -> i32 {
+    audit::undecided(hook, cgroup_id, undecided::MOUNT, verdict::DENY)
+}
+
 /// `sb_kern_mount(const struct super_block *sb)`: a new mount(2) of a file
 /// system, after its superblock exists.
 #[lsm(hook = "sb_kern_mount")]
 pub fn sb_kern_mount(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
-    let Some(cgroup_id) = protection::protected_cgroup() else {
-        return verdict::ALLOW;
+    let hook = Hook::SbKernMount;
+    let cgroup_id = match protection::enter(hook, ctx.arg(1)) {
+        Ok(p) => p.cgroup_id,
+        Err(v) => return v,
     };
     let sb: *const u8 = ctx.arg(0);
     // SAFETY: the hook's superblock; probe reads only.
     match unsafe { kernel::super_block(sb) } {
-        Some(info) if filesystem_denied(&info) => {
-            deny_filesystem(Hook::SbKernMount, cgroup_id, &info)
-        }
-        _ => verdict::ALLOW,
+        Some(info) if filesystem_denied(&info) => deny_filesystem(hook, cgroup_id, &info),
+        Some(_) => verdict::ALLOW,
+        None => undecided(hook, cgroup_id),
     }
 }
 
@@ -100,28 +103,28 @@ pub fn sb_kern_mount(ctx: LsmContext) -> i32 {
 /// the new mount API (`fsmount`/`open_tree` then `move_mount`).
 #[lsm(hook = "move_mount")]
 pub fn move_mount(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(2);
-    if previous != 0 {
-        return previous;
-    }
-    let Some(cgroup_id) = protection::protected_cgroup() else {
-        return verdict::ALLOW;
+    let hook = Hook::MoveMount;
+    let cgroup_id = match protection::enter(hook, ctx.arg(2)) {
+        Ok(p) => p.cgroup_id,
+        Err(v) => return v,
     };
-    if let Some(inum) = namespaces::current_vm_mount_namespace() {
-        return namespaces::deny_shared(Hook::MoveMount, cgroup_id, MNT_KIND, inum);
+    match namespaces::current_vm_mount_namespace() {
+        Some(Some(inum)) => return namespaces::deny_shared(hook, cgroup_id, MNT_KIND, inum),
+        Some(None) => {}
+        None => return undecided(hook, cgroup_id),
     }
     let from: *const u8 = ctx.arg(0);
     // SAFETY: the hook's paths; probe reads only.
-    if let Some(info) = unsafe { kernel::path_super_block(from) }
-        && filesystem_denied(&info)
-    {
-        return deny_filesystem(Hook::MoveMount, cgroup_id, &info);
+    let (Some(info), Some(mount)) = (unsafe { kernel::path_super_block(from) }, unsafe {
+        kernel::path_mount(from)
+    }) else {
+        return undecided(hook, cgroup_id);
+    };
+    if filesystem_denied(&info) {
+        return deny_filesystem(hook, cgroup_id, &info);
     }
-    // SAFETY: as above.
-    if let Some(mount) = unsafe { kernel::path_mount(from) }
-        && is_immutable(&mount)
-    {
-        return deny_mount(Hook::MoveMount, cgroup_id, &mount);
+    if is_immutable(&mount) {
+        return deny_mount(hook, cgroup_id, &mount);
     }
     verdict::ALLOW
 }
@@ -129,21 +132,22 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
 /// `sb_umount(struct vfsmount *mnt, int flags)`
 #[lsm(hook = "sb_umount")]
 pub fn sb_umount(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(2);
-    if previous != 0 {
-        return previous;
-    }
-    let Some(cgroup_id) = protection::protected_cgroup() else {
-        return verdict::ALLOW;
+    let hook = Hook::SbUmount;
+    let cgroup_id = match protection::enter(hook, ctx.arg(2)) {
+        Ok(p) => p.cgroup_id,
+        Err(v) => return v,
     };
-    if let Some(inum) = namespaces::current_vm_mount_namespace() {
-        return namespaces::deny_shared(Hook::SbUmount, cgroup_id, MNT_KIND, inum);
+    match namespaces::current_vm_mount_namespace() {
+        Some(Some(inum)) => return namespaces::deny_shared(hook, cgroup_id, MNT_KIND, inum),
+        Some(None) => {}
+        None => return undecided(hook, cgroup_id),
     }
     let mnt: *const u8 = ctx.arg(0);
     // SAFETY: the hook's vfsmount; probe reads only.
     match unsafe { kernel::vfsmount(mnt) } {
-        Some(mount) if is_immutable(&mount) => deny_mount(Hook::SbUmount, cgroup_id, &mount),
-        _ => verdict::ALLOW,
+        Some(mount) if is_immutable(&mount) => deny_mount(hook, cgroup_id, &mount),
+        Some(_) => verdict::ALLOW,
+        None => undecided(hook, cgroup_id),
     }
 }
 
@@ -153,15 +157,15 @@ pub fn sb_umount(ctx: LsmContext) -> i32 {
 /// started with stays read-only).
 #[lsm(hook = "sb_mount")]
 pub fn sb_mount(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(5);
-    if previous != 0 {
-        return previous;
-    }
-    let Some(cgroup_id) = protection::protected_cgroup() else {
-        return verdict::ALLOW;
+    let hook = Hook::SbMount;
+    let cgroup_id = match protection::enter(hook, ctx.arg(5)) {
+        Ok(p) => p.cgroup_id,
+        Err(v) => return v,
     };
-    if let Some(inum) = namespaces::current_vm_mount_namespace() {
-        return namespaces::deny_shared(Hook::SbMount, cgroup_id, MNT_KIND, inum);
+    match namespaces::current_vm_mount_namespace() {
+        Some(Some(inum)) => return namespaces::deny_shared(hook, cgroup_id, MNT_KIND, inum),
+        Some(None) => {}
+        None => return undecided(hook, cgroup_id),
     }
     let flags: u64 = ctx.arg(3);
     if flags & MS_REMOUNT == 0 || flags & MS_RDONLY != 0 {
@@ -171,8 +175,9 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
     // SAFETY: the hook's path; probe reads only.
     match unsafe { kernel::path_mount(path) } {
         Some(mount) if mount.flags & MNT_READONLY != 0 && is_immutable(&mount) => {
-            deny_mount(Hook::SbMount, cgroup_id, &mount)
+            deny_mount(hook, cgroup_id, &mount)
         }
-        _ => verdict::ALLOW,
+        Some(_) => verdict::ALLOW,
+        None => undecided(hook, cgroup_id),
     }
 }

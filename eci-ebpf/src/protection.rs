@@ -13,11 +13,16 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap},
 };
-use eci_common::{CachedVerdict, MAX_CGROUP_DEPTH, MAX_PROTECTED_CGROUPS, VERDICT_CACHE_ENTRIES};
+use eci_common::{
+    CachedVerdict, Hook, MAX_CGROUP_DEPTH, MAX_PROTECTED_CGROUPS, VERDICT_CACHE_ENTRIES,
+    protect_reason, undecided, verdict,
+};
+
+use crate::audit;
 
 /// cgroup v2 id -> `protect_reason` bits.
 #[map]
-static ECI_PROT_CGROUPS: HashMap<u64, u32> = HashMap::pinned(MAX_PROTECTED_CGROUPS, 0);
+pub static ECI_PROT_CGROUPS: HashMap<u64, u32> = HashMap::pinned(MAX_PROTECTED_CGROUPS, 0);
 
 /// cgroup v2 id -> verdict computed in some generation.
 #[map]
@@ -28,44 +33,69 @@ static ECI_VERDICTS: LruHashMap<u64, CachedVerdict> = LruHashMap::pinned(VERDICT
 #[map]
 static ECI_PROT_GEN: Array<u64> = Array::pinned(1, 0);
 
+/// A protected task's cgroup and why it is protected.
+#[derive(Clone, Copy)]
+pub struct Protected {
+    pub cgroup_id: u64,
+    /// `protect_reason` bits of the cgroup and every protected ancestor.
+    pub reasons: u32,
+}
+
+/// The `protect_reason` bits of the current task's cgroup `own`: its own
+/// entry (a registered container, found at any depth) and those of every
+/// ancestor in the map; 0 when none is protected. A task deeper than the
+/// walk looks is undecided: protected by the policy (fail closed), counted
+/// and reported under `hook`.
 #[inline(always)]
-fn walk_up_is_protected() -> bool {
+fn protection_reasons(hook: Hook, own: u64) -> u32 {
+    // SAFETY: the value is copied out at once.
+    let mut reasons = unsafe { ECI_PROT_CGROUPS.get(&own) }.copied().unwrap_or(0);
     // Level 0 is the root cgroup, which is never protected.
     let mut level = 1;
     while level <= MAX_CGROUP_DEPTH {
         // SAFETY: helper with a scalar argument; 0 means "no such level".
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id == 0 {
-            return false;
+        if id == 0 || id == own {
+            return reasons;
         }
-        // SAFETY: presence check only.
-        if unsafe { ECI_PROT_CGROUPS.get(&id) }.is_some() {
-            return true;
-        }
+        // SAFETY: the value is copied out at once.
+        reasons |= unsafe { ECI_PROT_CGROUPS.get(&id) }.copied().unwrap_or(0);
         level += 1;
     }
-    false
+    audit::undecided(hook, own, undecided::CGROUP_DEPTH, verdict::ALLOW);
+    reasons | protect_reason::POLICY_PARENT
 }
 
-/// The current task's cgroup id when that cgroup is protected.
+/// The current task's cgroup when that cgroup is protected.
 #[inline(always)]
-pub fn protected_cgroup() -> Option<u64> {
+pub fn protected_cgroup(hook: Hook) -> Option<Protected> {
     // SAFETY: helper without arguments, allowed in LSM programs.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let generation = ECI_PROT_GEN.get(0).copied().unwrap_or(0);
     // SAFETY: the value is copied out at once.
     let cached = unsafe { ECI_VERDICTS.get(&cgroup_id) }.copied();
-    let protected = match cached {
-        Some(v) if v.generation == generation => v.protected != 0,
+    let reasons = match cached {
+        Some(v) if v.generation == generation => v.protected as u32,
         _ => {
-            let protected = walk_up_is_protected();
+            let reasons = protection_reasons(hook, cgroup_id);
             let verdict = CachedVerdict {
                 generation,
-                protected: protected as u64,
+                protected: reasons as u64,
             };
             let _ = ECI_VERDICTS.insert(&cgroup_id, &verdict, 0);
-            protected
+            reasons
         }
     };
-    if protected { Some(cgroup_id) } else { None }
+    (reasons != 0).then_some(Protected { cgroup_id, reasons })
+}
+
+/// The prologue every hook starts with: a denial by an earlier LSM stands,
+/// and an unprotected task leaves at once. `Ok` carries the protected
+/// task's cgroup; `Err` the value the hook returns now.
+#[inline(always)]
+pub fn enter(hook: Hook, previous: i32) -> Result<Protected, i32> {
+    if previous != 0 {
+        return Err(previous);
+    }
+    protected_cgroup(hook).ok_or(verdict::ALLOW)
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use aya_log_ebpf::info;
-use eci_common::{FileId, Hook, MAX_PROTECTED_SOCKETS, ObjectKind, verdict};
+use eci_common::{FileId, Hook, MAX_PROTECTED_SOCKETS, ObjectKind, undecided, verdict};
 
 use crate::{audit, kernel, protection};
 
@@ -17,14 +17,17 @@ use crate::{audit, kernel, protection};
 #[map]
 static ECI_PROT_SOCKETS: HashMap<FileId, u32> = HashMap::pinned(MAX_PROTECTED_SOCKETS, 0);
 
+/// Judge a connect or send of a protected task (`cgroup_id`) to `other_sk`.
+/// A socket whose file cannot be read is counted as undecided and let
+/// through: abstract sockets have no file either, and the engine's sockets
+/// are files.
 #[inline(always)]
-fn decide(ctx: &LsmContext, hook: Hook, other_sk: *const u8) -> i32 {
-    let Some(cgroup_id) = protection::protected_cgroup() else {
-        return verdict::ALLOW;
-    };
+fn decide(ctx: &LsmContext, hook: Hook, cgroup_id: u64, other_sk: *const u8) -> i32 {
     // SAFETY: `other_sk` is the hook's `struct sock *`; all reads are probe reads.
-    let Some(file) = (unsafe { kernel::unix_socket_file(other_sk) }) else {
-        return verdict::ALLOW;
+    let file = match unsafe { kernel::unix_socket_file(other_sk) } {
+        Ok(Some(file)) => file,
+        Ok(None) => return verdict::ALLOW,
+        Err(()) => return audit::undecided(hook, cgroup_id, undecided::SOCKET, verdict::ALLOW),
     };
     // SAFETY: presence check only.
     if unsafe { ECI_PROT_SOCKETS.get(&file) }.is_none() {
@@ -40,29 +43,27 @@ fn decide(ctx: &LsmContext, hook: Hook, other_sk: *const u8) -> i32 {
 /// `unix_stream_connect(struct socket *sock, struct sock *other, struct sock *newsk)`
 #[lsm(hook = "unix_stream_connect")]
 pub fn unix_stream_connect(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(3);
-    if previous != 0 {
-        return previous;
-    }
+    let hook = Hook::UnixStreamConnect;
+    let cgroup_id = match protection::enter(hook, ctx.arg(3)) {
+        Ok(p) => p.cgroup_id,
+        Err(v) => return v,
+    };
     let other: *const u8 = ctx.arg(1);
-    decide(&ctx, Hook::UnixStreamConnect, other)
+    decide(&ctx, hook, cgroup_id, other)
 }
 
 /// `unix_may_send(struct socket *sock, struct socket *other)`
 #[lsm(hook = "unix_may_send")]
 pub fn unix_may_send(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(2);
-    if previous != 0 {
-        return previous;
-    }
-    let other_socket: *const u8 = ctx.arg(1);
-    // Unprotected tasks leave before any kernel read.
-    if protection::protected_cgroup().is_none() {
-        return verdict::ALLOW;
-    }
-    // SAFETY: `other_socket` is the hook's `struct socket *`.
-    let Some(other_sk) = (unsafe { kernel::socket_sock(other_socket) }) else {
-        return verdict::ALLOW;
+    let hook = Hook::UnixMaySend;
+    let cgroup_id = match protection::enter(hook, ctx.arg(2)) {
+        Ok(p) => p.cgroup_id,
+        Err(v) => return v,
     };
-    decide(&ctx, Hook::UnixMaySend, other_sk)
+    let other_socket: *const u8 = ctx.arg(1);
+    // SAFETY: `other_socket` is the hook's `struct socket *`.
+    match unsafe { kernel::socket_sock(other_socket) } {
+        Some(other_sk) => decide(&ctx, hook, cgroup_id, other_sk),
+        None => audit::undecided(hook, cgroup_id, undecided::SOCKET, verdict::ALLOW),
+    }
 }
