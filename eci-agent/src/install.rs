@@ -20,6 +20,12 @@ pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
 pub const DEFAULT_DAEMON_JSON: &str = "/etc/docker/daemon.json";
 /// The runtime name containers choose with `--runtime=eci`.
 pub const RUNTIME_NAME: &str = "eci";
+/// Where eci-runc stands in for `runc`: first on the PATH systemd gives the
+/// engine and containerd (and so their shims and BuildKit), so
+/// `--runtime=runc`, `--runtime=io.containerd.runc.v2` and build steps get
+/// eci's isolation too. eci-runc itself runs the real runc from /usr/sbin
+/// or /usr/bin.
+pub const DEFAULT_RUNC_STAND_IN: &str = "/usr/local/sbin/runc";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -42,6 +48,10 @@ pub enum InstallError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "{path} exists and is not eci-runc ({what}); eci stands in for `runc` there so that `docker run --runtime=runc` and build steps get eci's isolation. Move it away (runc belongs in /usr/sbin or /usr/bin) and run the command again; nothing was changed"
+    )]
+    StandInOccupied { path: String, what: String },
     #[error(
         "the eci policy is locked (enhancedContainerIsolation.locked in {0}); eci cannot be uninstalled or unloaded while it is locked. Unlock the policy first (an administrator's change)."
     )]
@@ -84,10 +94,13 @@ WantedBy=multi-user.target
 }
 
 /// Merge eci's runtime into a daemon.json text; `None` input means no file.
+/// With `make_default` (the policy turns ECI on) it also becomes the
+/// engine's `default-runtime`, so a plain `docker run` gets a user namespace.
 pub fn merge_daemon_json(
     existing: Option<&str>,
     path: &Path,
     runtime: &Path,
+    make_default: bool,
 ) -> Result<String, InstallError> {
     let mut root = parse_object(existing, path)?;
     let runtimes = root
@@ -102,6 +115,9 @@ pub fn merge_daemon_json(
         RUNTIME_NAME.into(),
         serde_json::json!({ "path": runtime.display().to_string() }),
     );
+    if make_default {
+        root.insert("default-runtime".into(), Value::String(RUNTIME_NAME.into()));
+    }
     Ok(format!(
         "{}\n",
         serde_json::to_string_pretty(&Value::Object(root)).unwrap_or_default()
@@ -169,7 +185,19 @@ fn replace_with_backup(path: &Path, text: &str) -> Result<Option<PathBuf>, Insta
     Ok(backup)
 }
 
+fn default_note(plan: &InstallPlan) -> &'static str {
+    if plan.make_default {
+        " as the default runtime"
+    } else {
+        " (not the default: the policy turns ECI off)"
+    }
+}
+
 pub struct InstallPlan {
+    /// The policy turns ECI on: eci becomes the engine's default runtime,
+    /// and stands in for `runc` at `runc_stand_in`.
+    pub make_default: bool,
+    pub runc_stand_in: Option<PathBuf>,
     pub agent: PathBuf,
     pub runtime: PathBuf,
     pub unit_dir: PathBuf,
@@ -189,7 +217,16 @@ pub fn install(plan: &InstallPlan) -> Result<Vec<String>, InstallError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io("reading", &plan.daemon_json)(e)),
     };
-    let merged = merge_daemon_json(existing.as_deref(), &plan.daemon_json, &plan.runtime)?;
+    let merged = merge_daemon_json(
+        existing.as_deref(),
+        &plan.daemon_json,
+        &plan.runtime,
+        plan.make_default,
+    )?;
+    let stand_in = match &plan.runc_stand_in {
+        Some(path) if plan.make_default => Some((path, stand_in_state(path, &plan.runtime)?)),
+        _ => None,
+    };
 
     let unit = plan.unit_dir.join(UNIT_NAME);
     std::fs::create_dir_all(&plan.unit_dir).map_err(io("creating", &plan.unit_dir))?;
@@ -198,14 +235,32 @@ pub fn install(plan: &InstallPlan) -> Result<Vec<String>, InstallError> {
 
     match replace_with_backup(&plan.daemon_json, &merged)? {
         Some(backup) => done.push(format!(
-            "added runtime \"{RUNTIME_NAME}\" to {} (previous version kept as {})",
+            "added runtime \"{RUNTIME_NAME}\"{} to {} (previous version kept as {})",
+            default_note(plan),
             plan.daemon_json.display(),
             backup.display()
         )),
         None => done.push(format!(
-            "created {} with runtime \"{RUNTIME_NAME}\"",
-            plan.daemon_json.display()
+            "created {} with runtime \"{RUNTIME_NAME}\"{}",
+            plan.daemon_json.display(),
+            default_note(plan)
         )),
+    }
+
+    if let Some((path, present)) = stand_in {
+        if present {
+            done.push(format!("{} already stands in for runc", path.display()));
+        } else {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+            }
+            std::os::unix::fs::symlink(&plan.runtime, path).map_err(io("linking", path))?;
+            done.push(format!(
+                "{} -> {}: eci-runc stands in for runc (--runtime=runc and build steps get eci too)",
+                path.display(),
+                plan.runtime.display()
+            ));
+        }
     }
 
     if plan.policy_path.exists() {
@@ -244,11 +299,33 @@ pub fn install(plan: &InstallPlan) -> Result<Vec<String>, InstallError> {
     Ok(done)
 }
 
+/// Whether `path` is eci-runc's stand-in already (`true`) or free
+/// (`false`); anything else there is an error that names it.
+fn stand_in_state(path: &Path, runtime: &Path) -> Result<bool, InstallError> {
+    let occupied = |what: String| InstallError::StandInOccupied {
+        path: path.display().to_string(),
+        what,
+    };
+    match std::fs::read_link(path) {
+        Ok(target) if target == runtime => Ok(true),
+        Ok(target) => Err(occupied(format!("a symbolic link to {}", target.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(_) if path.exists() => Err(occupied("a file".into())),
+        Err(e) => Err(io("reading", path)(e)),
+    }
+}
+
 pub fn uninstall(plan: &InstallPlan) -> Result<Vec<String>, InstallError> {
     if plan.locked {
         return Err(InstallError::Locked(plan.policy_path.display().to_string()));
     }
     let mut done = Vec::new();
+    if let Some(path) = &plan.runc_stand_in
+        && std::fs::read_link(path).is_ok_and(|t| t == plan.runtime)
+    {
+        std::fs::remove_file(path).map_err(io("removing", path))?;
+        done.push(format!("removed the runc stand-in {}", path.display()));
+    }
     if let Ok(text) = std::fs::read_to_string(&plan.daemon_json) {
         let unmerged = unmerge_daemon_json(&text, &plan.daemon_json)?;
         replace_with_backup(&plan.daemon_json, &unmerged)?;
@@ -307,14 +384,21 @@ mod tests {
             default_policy: "{}\n".into(),
             locked: false,
             run_systemctl: false,
+            make_default: true,
+            runc_stand_in: Some(dir.join("sbin/runc")),
         }
     }
 
     #[test]
     fn merge_keeps_every_user_setting() {
         let before = r#"{"log-driver": "journald", "runtimes": {"kata": {"path": "/k"}}, "default-runtime": "runc"}"#;
-        let after =
-            merge_daemon_json(Some(before), Path::new("d.json"), Path::new("/x/eci-runc")).unwrap();
+        let after = merge_daemon_json(
+            Some(before),
+            Path::new("d.json"),
+            Path::new("/x/eci-runc"),
+            false,
+        )
+        .unwrap();
         let v: Value = serde_json::from_str(&after).unwrap();
         assert_eq!(v["log-driver"], "journald");
         assert_eq!(v["default-runtime"], "runc");
@@ -324,6 +408,45 @@ mod tests {
         let u: Value = serde_json::from_str(&undone).unwrap();
         assert_eq!(u["runtimes"]["kata"]["path"], "/k");
         assert!(u["runtimes"].get("eci").is_none());
+    }
+
+    #[test]
+    fn eci_becomes_the_default_runtime_while_the_policy_turns_it_on() {
+        let before = r#"{"default-runtime": "runc"}"#;
+        let after = merge_daemon_json(
+            Some(before),
+            Path::new("d.json"),
+            Path::new("/x/eci-runc"),
+            true,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_str(&after).unwrap();
+        assert_eq!(v["default-runtime"], "eci");
+        let undone = unmerge_daemon_json(&after, Path::new("d.json")).unwrap();
+        let u: Value = serde_json::from_str(&undone).unwrap();
+        assert!(u.get("default-runtime").is_none());
+    }
+
+    #[test]
+    fn eci_runc_stands_in_for_runc_and_never_replaces_a_real_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(dir.path());
+        let stand_in = p.runc_stand_in.clone().unwrap();
+        install(&p).unwrap();
+        assert_eq!(std::fs::read_link(&stand_in).unwrap(), p.runtime);
+        install(&p).unwrap(); // again: nothing to do
+        uninstall(&p).unwrap();
+        assert!(std::fs::symlink_metadata(&stand_in).is_err());
+        // A real runc there is the administrator's: refused, nothing written.
+        std::fs::write(&stand_in, "#!/bin/sh\n").unwrap();
+        let before = std::fs::read_to_string(&p.daemon_json).unwrap();
+        let err = install(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("stands in for `runc`") && err.contains("nothing was changed"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&p.daemon_json).unwrap(), before);
+        assert_eq!(std::fs::read_to_string(&stand_in).unwrap(), "#!/bin/sh\n");
     }
 
     #[test]

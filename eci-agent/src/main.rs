@@ -130,6 +130,9 @@ enum Command {
         /// Write the files only; do not call systemctl.
         #[arg(long)]
         no_systemctl: bool,
+        /// Where eci-runc stands in for `runc` while the policy turns ECI on.
+        #[arg(long, default_value = install::DEFAULT_RUNC_STAND_IN)]
+        runc_stand_in: PathBuf,
     },
     /// Reverse `install` (refused when the policy is locked).
     Uninstall {
@@ -141,6 +144,8 @@ enum Command {
         unit_dir: PathBuf,
         #[arg(long)]
         no_systemctl: bool,
+        #[arg(long, default_value = install::DEFAULT_RUNC_STAND_IN)]
+        runc_stand_in: PathBuf,
     },
 }
 
@@ -168,6 +173,7 @@ fn install_plan(
     daemon_json: PathBuf,
     unit_dir: PathBuf,
     no_systemctl: bool,
+    runc_stand_in: PathBuf,
 ) -> anyhow::Result<install::InstallPlan> {
     let (policy, _) = policy::load(&at.policy)?;
     let agent = std::env::current_exe()?;
@@ -180,6 +186,8 @@ fn install_plan(
         policy_path: at.policy.clone(),
         default_policy: policy::Policy::default_file_text(),
         locked: policy.locked,
+        make_default: policy.enforcement,
+        runc_stand_in: Some(runc_stand_in),
         run_systemctl: !no_systemctl,
     })
 }
@@ -252,8 +260,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             daemon_json,
             unit_dir,
             no_systemctl,
+            runc_stand_in,
         } => {
-            let plan = install_plan(&at, runtime, daemon_json, unit_dir, no_systemctl)?;
+            let plan = install_plan(
+                &at,
+                runtime,
+                daemon_json,
+                unit_dir,
+                no_systemctl,
+                runc_stand_in,
+            )?;
             for line in install::install(&plan)? {
                 println!("{line}");
             }
@@ -264,8 +280,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             daemon_json,
             unit_dir,
             no_systemctl,
+            runc_stand_in,
         } => {
-            let plan = install_plan(&at, None, daemon_json, unit_dir, no_systemctl)?;
+            let plan = install_plan(
+                &at,
+                None,
+                daemon_json,
+                unit_dir,
+                no_systemctl,
+                runc_stand_in,
+            )?;
             for line in install::uninstall(&plan)? {
                 println!("{line}");
             }

@@ -108,21 +108,34 @@ pub struct Runtime {
     pub views_root: PathBuf,
 }
 
-/// runc from `ECI_RUNC_BINARY`, else the usual places, else `runc` on PATH.
+/// runc from `ECI_RUNC_BINARY`, else the usual places, else `runc` on PATH
+/// — never eci-runc itself, which may stand in for `runc` (the engine and
+/// BuildKit call `runc` by name).
 pub fn runc_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("ECI_RUNC_BINARY") {
         return PathBuf::from(path);
     }
-    [
+    let me = std::env::current_exe().and_then(std::fs::canonicalize).ok();
+    let not_me = |p: &PathBuf| p.is_file() && std::fs::canonicalize(p).ok().as_ref() != me.as_ref();
+    let usual = [
         "/usr/sbin/runc",
         "/usr/bin/runc",
         "/usr/local/sbin/runc",
         "/usr/local/bin/runc",
     ]
     .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-    .unwrap_or_else(|| PathBuf::from("runc"))
+    .map(PathBuf::from);
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("runc"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    usual
+        .chain(on_path)
+        .find(not_me)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/runc"))
 }
 
 impl Runtime {

@@ -210,7 +210,9 @@ fn install_merges_daemon_json_and_uninstall_restores_it() {
             .arg("--daemon-json")
             .arg(&daemon)
             .arg("--unit-dir")
-            .arg(dir.path().join("units"));
+            .arg(dir.path().join("units"))
+            .arg("--runc-stand-in")
+            .arg(dir.path().join("sbin/runc"));
         c
     };
     let out = args("install").output().expect("install");
@@ -229,6 +231,11 @@ fn install_merges_daemon_json_and_uninstall_restores_it() {
             .is_some_and(|p| p.ends_with("eci-runc"))
     );
     assert!(dir.path().join("units/eci-agent.service").exists());
+    // ECI is on: eci is the default runtime and stands in for runc.
+    assert_eq!(merged["default-runtime"], "eci");
+    assert!(
+        std::fs::read_link(dir.path().join("sbin/runc")).is_ok_and(|t| t.ends_with("eci-runc"))
+    );
     // The installed default policy is valid and the agent accepts it.
     let check = run_agent(&policy, dir.path(), &["--unenforced-for-testing"]);
     wait_ready(&dir.path().join("agent.sock"));
@@ -239,6 +246,7 @@ fn install_merges_daemon_json_and_uninstall_restores_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(std::fs::symlink_metadata(dir.path().join("sbin/runc")).is_err());
     let restored: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&daemon).expect("daemon")).expect("json");
     assert_eq!(
