@@ -1,8 +1,11 @@
 //! A Docker Engine of the tests' own in the test VM: containerd and dockerd
 //! with data on tmpfs (vfs driver, no network set-up, no registry), eci-runc
-//! registered as the runtime `eci`, a writable copy of runc registered as
-//! `runc-writable` (and, under eci-runc, as `eci-writable-runc`), and a
-//! local image holding busybox and eci-test-client.
+//! registered as the runtime `eci` and standing in for `runc` (first on the
+//! engine's PATH, as `eci-agent install` puts it), the real runc registered
+//! as `runc-real` (what an administrator's runtime that bypasses eci-runc
+//! looks like), a writable copy of runc registered as `runc-writable` (and,
+//! under eci-runc, as `eci-writable-runc`), and a local image holding
+//! busybox and eci-test-client.
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -61,7 +64,7 @@ fn image_rootfs(dir: &Path) -> PathBuf {
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
     for applet in [
         "sh", "cat", "mount", "umount", "nsenter", "ls", "echo", "true", "head", "tail", "grep",
-        "mkdir", "test", "kill",
+        "mkdir", "test", "kill", "basename", "cp", "sleep",
     ] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }
@@ -77,6 +80,21 @@ fn image_rootfs(dir: &Path) -> PathBuf {
         std::fs::copy(lib, &dest).expect("copy lib");
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").expect("passwd");
+    // Device nodes of the VM, as an image can carry them (not in /dev): its
+    // kernel log and its loop devices (the escape suite's "disk").
+    let nodes = root.join("vmnodes");
+    std::fs::create_dir_all(&nodes).expect("vmnodes");
+    let mut made = vec![("kmsg".to_owned(), "c", 1, 11)];
+    made.extend((0..8).map(|n| (format!("loop{n}"), "b", 7, n)));
+    for (name, kind, major, minor) in made {
+        let status = Command::new("mknod")
+            .args(["-m", "0666"])
+            .arg(nodes.join(&name))
+            .args([kind, &major.to_string(), &minor.to_string()])
+            .status()
+            .expect("mknod");
+        assert!(status.success(), "mknod vmnodes/{name}");
+    }
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
         .expect("chmod tmp");
     root
@@ -120,9 +138,20 @@ pub fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
         "eci-runc-writable-runc",
         &format!(" ECI_RUNC_BINARY={}", writable_runc.display()),
     );
+    // eci-runc standing in for `runc` on the engine's PATH (the shim and
+    // BuildKit run `runc` by name).
+    let stand_in_dir = dir.path().join("stand-in");
+    std::fs::create_dir_all(&stand_in_dir).expect("stand-in dir");
+    std::fs::copy(&runtime, stand_in_dir.join("runc")).expect("stand-in");
+    let path = format!(
+        "{}:{}",
+        stand_in_dir.display(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+    );
     std::fs::create_dir_all(dir.path().join("share")).expect("share");
     let log = |name: &str| std::fs::File::create(dir.path().join(name)).expect("log");
     let containerd = Command::new("containerd")
+        .env("PATH", &path)
         .args([
             "--root",
             "/var/lib/containerd",
@@ -141,6 +170,7 @@ pub fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
     // Its own configuration: nothing from the machine's daemon.json.
     std::fs::write(dir.path().join("daemon.json"), "{}").expect("daemon.json");
     let dockerd = Command::new("dockerd")
+        .env("PATH", &path)
         .arg("--config-file")
         .arg(dir.path().join("daemon.json"))
         .arg("--host")
@@ -165,6 +195,8 @@ pub fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
         .arg(dir.path().join("docker.pid"))
         .arg("--add-runtime")
         .arg(format!("eci={}", runtime.display()))
+        .arg("--add-runtime")
+        .arg(format!("runc-real={}", runc_binary().display()))
         .arg("--add-runtime")
         .arg(format!("runc-writable={}", writable_runc.display()))
         .arg("--add-runtime")

@@ -314,19 +314,8 @@ impl TestCgroup {
     /// joins the cgroup, as a runtime does). Arguments added by the caller
     /// go to `program`.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("unshare");
+        let mut cmd = container_namespaces();
         cmd.args([
-            "--fork",
-            "--pid",
-            "--uts",
-            "--ipc",
-            "--net",
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-        ])
-        .args([
             "/bin/sh",
             "-c",
             r#"echo 0 > "$1/cgroup.procs" && shift && exec "$@""#,
@@ -334,6 +323,16 @@ impl TestCgroup {
         ])
         .arg(&self.dir)
         .arg(program);
+        cmd
+    }
+
+    /// `eci-test-client` in container namespaces (as `command` makes them)
+    /// that joins this cgroup itself, before its attempt: no exec happens
+    /// inside the cgroup, which below a protected parent a task in the VM's
+    /// user namespace may not do.
+    pub fn self_joining_client(&self, client: &Path) -> Command {
+        let mut cmd = container_namespaces();
+        cmd.arg(client).env("ECI_TEST_JOIN_CGROUP", &self.dir);
         cmd
     }
 
@@ -388,6 +387,24 @@ impl Drop for TestCgroup {
     }
 }
 
+/// `unshare` into new uts, ipc, net, mount and pid namespaces, as a
+/// runtime makes them for a container; the program follows.
+fn container_namespaces() -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--fork",
+        "--pid",
+        "--uts",
+        "--ipc",
+        "--net",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+    ]);
+    cmd
+}
+
 /// Result of one `eci-test-client` run.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Attempt {
@@ -405,7 +422,7 @@ pub fn attempt(
     path: &Path,
 ) -> (Attempt, u32, String) {
     let out = cgroup
-        .command(client)
+        .self_joining_client(client)
         .args([mode, &path.display().to_string()])
         .output()
         .expect("run eci-test-client");

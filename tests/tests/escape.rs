@@ -1,10 +1,14 @@
 //! The escape suite: real attacks from inside containers, in the VM with
-//! dockerd, each run twice — with eci (`--runtime=eci`, under the protected
-//! `/docker` parent) and with plain runc in a cgroup outside every protected
-//! parent (`--cgroup-parent=/eci-baseline`) — so that no attack passes
-//! vacuously: the runc run shows the attack works there, or records that
-//! runc alone already stops it. Every attack must be stopped with eci; the
-//! kernel's refusals are in the audit log with the container's cgroup.
+//! dockerd, each run three ways — with eci (`--runtime=eci`, under the
+//! protected `/docker` parent); with plain runc in a cgroup outside every
+//! protected parent (`--runtime=runc-real --cgroup-parent=/eci-baseline`),
+//! so that no attack passes vacuously: that run shows the attack works
+//! there, or records that runc alone already stops it; and with plain runc
+//! under the protected parent (`--runtime=runc-real`, a runtime an
+//! administrator registered that bypasses eci-runc), which must be blocked
+//! or refused to run. (`--runtime=runc` itself is eci: eci-runc stands in
+//! for `runc` on the engine's PATH.) Every attack must be stopped with eci;
+//! the kernel's refusals are in the audit log with the container's cgroup.
 //! (A masked /proc file is /dev/null inside: writing to it reaches nothing,
 //! so the attacks check what they write to.)
 //!
@@ -69,7 +73,54 @@ const IN_CONTAINER: &[(&str, &str)] = &[
     ("vm_keyring", "eci-test-client key-find eci-vm-secret"),
     ("perf_event_open_vm", "eci-test-client perf -"),
     ("kernel_module", "eci-test-client module eci_no_such_module"),
+    // Device nodes that came with the image (not in /dev): the VM's disk
+    // (the loop device) and kernel log.
+    (
+        "device_node_in_image_disk",
+        "sh -c 'head -c 2048 /vmnodes/$(basename \"$DEV\") > /dev/null'",
+    ),
+    ("device_node_in_image_kmsg", "head -n 1 /vmnodes/kmsg"),
+    // Out of every cgroup: the cgroup2 root, and a task moved into it.
+    (
+        "cgroup_move_to_vm_root",
+        "sh -c 'mkdir -p /tmp/cg && mount -t cgroup2 none /tmp/cg && test -d /tmp/cg/docker && echo $$ > /tmp/cg/cgroup.procs'",
+    ),
 ];
+
+/// `docker volume create` arguments of the volumes the attacks use
+/// (`{dev}`: the loop device).
+const VOLUMES: &[&[&str]] = &[
+    &[
+        "--opt",
+        "type=none",
+        "--opt",
+        "o=bind",
+        "--opt",
+        "device=/etc",
+        "eci-vol-etc",
+    ],
+    &[
+        "--opt",
+        "type=none",
+        "--opt",
+        "o=bind",
+        "--opt",
+        "device=/run",
+        "eci-vol-run",
+    ],
+    &[
+        "--opt",
+        "type=ext2",
+        "--opt",
+        "device={dev}",
+        "eci-vol-disk",
+    ],
+];
+
+/// A cgroup parent 20 levels deep (`{deep}` in the flags): under the
+/// protected parent for the run that must be refused, elsewhere for eci.
+const DEEP_PARENT: &str =
+    "/eci-deep/l1/l2/l3/l4/l5/l6/l7/l8/l9/l10/l11/l12/l13/l14/l15/l16/l17/l18/l19";
 
 /// Attacks that need a `docker run` flag eci-runc refuses: (name, flags,
 /// command). `{sock}` and `{victim}` are filled in.
@@ -105,6 +156,42 @@ const WITH_FLAGS: &[(&str, &str, &str)] = &[
         "--pid=host --privileged",
         "eci-test-client ptrace {victim}",
     ),
+    // `--runtime=runc` needs no privilege: the opt-out anyone can type.
+    (
+        "runtime_flag_runc",
+        "--runtime=runc -v /etc:/vm-etc",
+        "head -c 1 /vm-etc/shadow",
+    ),
+    // Volumes the engine mounts from what the request said: a bind of the
+    // VM's /etc (made with `volume create`, and inline with --mount), of
+    // its /run (the engine's sockets), a mount of its disk. Made by the test
+    // before the runs (see VOLUMES).
+    (
+        "volume_bind_vm_etc",
+        "-v eci-vol-etc:/vol-etc",
+        "head -c 1 /vol-etc/shadow",
+    ),
+    (
+        "volume_inline_bind_vm_etc",
+        "--mount type=volume,src=eci-vol-inline,dst=/vol-inline,volume-opt=type=none,volume-opt=o=bind,volume-opt=device=/etc",
+        "head -c 1 /vol-inline/shadow",
+    ),
+    (
+        "volume_bind_vm_run",
+        "-v eci-vol-run:/vol-run",
+        "eci-test-client stream /vol-run/containerd/containerd.sock",
+    ),
+    (
+        "volume_block_device",
+        "-v eci-vol-disk:/vol-disk",
+        "ls /vol-disk/lost+found",
+    ),
+    // A cgroup deeper than a fixed ancestor walk looks.
+    (
+        "deep_cgroup_parent",
+        "--cgroup-parent={deep} -v {share}:/share",
+        "eci-test-client stream /share/hard-link.sock",
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +213,39 @@ fn parse(out: &str) -> BTreeMap<String, Verdict> {
             Some((name.to_owned(), verdict))
         })
         .collect()
+}
+
+/// Run `attacks` in one container with `runtime` and `flags`; a container
+/// that does not run at all blocks every one of them, with docker's reason.
+fn run_group(
+    engine: &Engine,
+    runtime: &[&str],
+    flags: &[&str],
+    attacks: &[(&str, String)],
+) -> BTreeMap<String, Verdict> {
+    let (started, out) = run(engine, runtime, flags, &script(attacks));
+    let mut verdicts = parse(&out);
+    if !started && verdicts.is_empty() {
+        let why = out
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("(no output)")
+            .chars()
+            .rev()
+            .take(90)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<String>();
+        for (name, _) in attacks {
+            verdicts.insert(
+                (*name).to_owned(),
+                Verdict::Blocked(format!("refused to run: {why}")),
+            );
+        }
+    }
+    verdicts
 }
 
 fn script(attacks: &[(&str, String)]) -> String {
@@ -357,11 +477,15 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
         .output()
         .expect("key-add");
     assert!(key.status.success(), "key-add: {key:?}");
-    let fill = |s: &str| {
+    let share_dir = share.display().to_string();
+    let fill_deep = |s: &str, deep: &str| {
         s.replace("{sock}", &sock)
             .replace("{victim}", &victim.0.id().to_string())
             .replace("{agent}", &agent_pid.to_string())
+            .replace("{share}", &share_dir)
+            .replace("{deep}", deep)
     };
+    let fill = |s: &str| fill_deep(s, DEEP_PARENT);
     let share_flag = format!("{}:/share", share.display());
     let dev_env = format!(
         "DEV={}",
@@ -370,12 +494,37 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
     let mut common = vec!["--privileged", "-v", &share_flag, "-e", &dev_env];
     let in_container: Vec<(&str, String)> = IN_CONTAINER
         .iter()
-        .filter(|(n, _)| device.is_some() || *n != "vm_block_device")
+        .filter(|(n, _)| {
+            device.is_some() || !["vm_block_device", "device_node_in_image_disk"].contains(n)
+        })
         .map(|(n, c)| (*n, c.to_string()))
         .collect();
     if device.is_none() {
         println!("SKIP: {name}: vm_block_device: no loop device in this VM (modprobe loop failed)");
     }
+
+    let dev_path = device.clone().unwrap_or_else(|| "/dev/none".into());
+    for volume in VOLUMES {
+        if device.is_none() && volume.iter().any(|a| a.contains("{dev}")) {
+            continue;
+        }
+        let mut args = vec!["volume", "create"];
+        let filled: Vec<String> = volume
+            .iter()
+            .map(|a| a.replace("{dev}", &dev_path))
+            .collect();
+        args.extend(filled.iter().map(String::as_str));
+        let out = docker(&engine, &args);
+        assert!(
+            out.status.success(),
+            "volume create {volume:?}: {}",
+            text(&out)
+        );
+    }
+    let with_flags: Vec<&(&str, &str, &str)> = WITH_FLAGS
+        .iter()
+        .filter(|(n, _, _)| device.is_some() || *n != "volume_block_device")
+        .collect();
 
     let binaries = runtime_binaries();
     let runc_size = std::fs::metadata(runc_binary()).expect("runc").len();
@@ -394,7 +543,7 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
         RUNTIME_EXE.to_owned(),
         exe_with_eci.verdict(writable_after_eci != writable_before),
     );
-    for (attack, flags, command) in WITH_FLAGS {
+    for (attack, flags, command) in with_flags.iter().copied() {
         let flags = fill(flags);
         let flags: Vec<&str> = flags.split_whitespace().collect();
         let (started, out) = run(
@@ -425,9 +574,26 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
         }
     }
 
+    // Plain runc under the protected parent (a runtime that bypasses
+    // eci-runc): blocked, or refused to run.
+    let under_parent = ["--runtime=runc-real"];
+    let mut runc_protected = run_group(&engine, &under_parent, &common, &in_container);
+    let deep_under_parent = format!("/docker{DEEP_PARENT}");
+    for (attack, flags, command) in with_flags.iter().copied() {
+        let flags = fill_deep(flags, &deep_under_parent);
+        let flags: Vec<&str> = flags.split_whitespace().collect();
+        runc_protected.extend(run_group(
+            &engine,
+            &under_parent,
+            &flags,
+            &[(attack, fill(command))],
+        ));
+    }
+
     // Plain runc, unprotected: the attacks for real.
     common.extend_from_slice(&[
         "--pid=host",
+        "--cgroupns=host",
         "-v",
         "/etc:/vm-etc",
         "-v",
@@ -435,9 +601,15 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
     ]);
     let sock_flag = format!("{sock}:/var/run/docker.sock");
     common.extend_from_slice(&["-v", &sock_flag]);
+    // The volumes, mounted as the attacks expect them.
+    for (attack, flags, _) in with_flags.iter().copied() {
+        if attack.starts_with("volume_") {
+            common.extend(flags.split_whitespace());
+        }
+    }
     let mut all: Vec<(&str, String)> = in_container.clone();
-    all.extend(WITH_FLAGS.iter().map(|(n, _, c)| (*n, fill(c))));
-    let baseline_runtime = ["--runtime=runc", "--cgroup-parent=/eci-baseline"];
+    all.extend(with_flags.iter().map(|(n, _, c)| (*n, fill(c))));
+    let baseline_runtime = ["--runtime=runc-real", "--cgroup-parent=/eci-baseline"];
     let (_, out) = run(&engine, &baseline_runtime, &common, &script(&all));
     let mut runc = parse(&out);
     // The same writable copy of runc, without eci.
@@ -488,24 +660,31 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
 
     // The table.
     println!("escape suite ({} attacks):", all.len());
-    println!("{:<28} {:<60} plain runc (unprotected)", "attack", "eci");
+    println!(
+        "{:<28} {:<50} {:<50} plain runc (unprotected)",
+        "attack", "eci", "plain runc under /docker"
+    );
     let mut blocked_by_eci = 0;
+    let mut blocked_under_parent = 0;
     let mut blocked_by_runc = 0;
+    let blocked = |v: Option<&Verdict>| usize::from(matches!(v, Some(Verdict::Blocked(_))));
     for (attack, _) in &all {
         let show = |v: Option<&Verdict>| match v {
             Some(Verdict::Escaped) => "ESCAPED".to_owned(),
             Some(Verdict::Blocked(why)) => {
-                format!("blocked ({})", why.chars().take(50).collect::<String>())
+                format!("blocked ({})", why.chars().take(40).collect::<String>())
             }
             None => "no result".to_owned(),
         };
         println!(
-            "{attack:<28} {:<60} {}",
+            "{attack:<28} {:<50} {:<50} {}",
             show(eci.get(*attack)),
+            show(runc_protected.get(*attack)),
             show(runc.get(*attack))
         );
-        blocked_by_eci += usize::from(matches!(eci.get(*attack), Some(Verdict::Blocked(_))));
-        blocked_by_runc += usize::from(matches!(runc.get(*attack), Some(Verdict::Blocked(_))));
+        blocked_by_eci += blocked(eci.get(*attack));
+        blocked_under_parent += blocked(runc_protected.get(*attack));
+        blocked_by_runc += blocked(runc.get(*attack));
     }
     println!("how eci stopped each:");
     for (attack, verdict) in &eci {
@@ -514,10 +693,19 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
         }
     }
     println!(
-        "escape suite: eci blocked {blocked_by_eci}/{n}; plain runc alone blocked {blocked_by_runc}/{n}",
+        "escape suite: eci blocked {blocked_by_eci}/{n}; plain runc under the protected parent blocked {blocked_under_parent}/{n}; plain runc alone blocked {blocked_by_runc}/{n}",
         n = all.len()
     );
 
+    for (attack, _) in &all {
+        if *attack != RUNTIME_EXE {
+            assert!(
+                matches!(runc_protected.get(*attack), Some(Verdict::Blocked(_))),
+                "{attack} was not stopped for plain runc under the protected parent: {:?}",
+                runc_protected.get(*attack)
+            );
+        }
+    }
     for (attack, _) in &all {
         assert!(
             matches!(eci.get(*attack), Some(Verdict::Blocked(_))),
@@ -539,6 +727,15 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
         "vm_block_device",
         "sysrq_trigger",
         "unmask_proc_kcore",
+        "device_node_in_image_disk",
+        "device_node_in_image_kmsg",
+        "cgroup_move_to_vm_root",
+        "runtime_flag_runc",
+        "deep_cgroup_parent",
+        "volume_bind_vm_etc",
+        "volume_inline_bind_vm_etc",
+        "volume_bind_vm_run",
+        "volume_block_device",
     ] {
         if !all.iter().any(|(n, _)| *n == attack) {
             continue; // skipped above, with the reason
@@ -554,6 +751,14 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
     // file system without FS_USERNS_MOUNT needs CAP_SYS_ADMIN in the VM.)
     for hook in ["unix_stream_connect", "sb_umount", "file_open"] {
         wait_container_denial(&agent, hook);
+    }
+    for volume in [
+        "eci-vol-etc",
+        "eci-vol-run",
+        "eci-vol-disk",
+        "eci-vol-inline",
+    ] {
+        let _ = docker(&engine, &["volume", "rm", "-f", volume]);
     }
     if let Some(dev) = device {
         let _ = Command::new("losetup").args(["-d", &dev]).status();

@@ -213,89 +213,123 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
         engine.write_policy(serde_json::json!({}));
     }
 
-    // 3. A plain runc container under /docker (a runtime that bypassed eci):
-    // the kernel rules hold there too.
+    // 3. `--runtime=runc` is eci: eci-runc stands in for `runc` on the
+    // engine's PATH, so the container gets a user namespace of its own.
+    let out = docker(
+        &engine,
+        &[
+            "run",
+            "--rm",
+            "--runtime=runc",
+            "--network=none",
+            IMAGE,
+            "cat",
+            "/proc/self/uid_map",
+        ],
+    );
+    let map = text(&out);
+    assert!(
+        out.status.success() && map.split_whitespace().nth(1).is_some_and(|b| b != "0"),
+        "--runtime=runc ran without eci's user namespace: {map}"
+    );
+    // 4. A runtime that bypasses eci-runc (the real runc, registered by an
+    // administrator as `runc-real`) under /docker: the container shares the
+    // VM's user namespace, so the kernel refuses its first exec — whatever it
+    // would have tried — and audits it.
     let sock = format!("{}:/var/run/docker.sock", engine_socket.display());
+    for flags in [
+        vec!["-v", sock.as_str()],
+        vec!["--privileged"],
+        vec!["--pid=host", "--privileged"],
+        vec!["--network=host"],
+    ] {
+        let mut args = vec!["run", "--rm", "--runtime=runc-real"];
+        if !flags.contains(&"--network=host") {
+            args.push("--network=none");
+        }
+        args.extend(flags.iter().copied());
+        args.extend([IMAGE, "eci-test-client", "stream", "/var/run/docker.sock"]);
+        let out = docker(&engine, &args);
+        let t = text(&out);
+        assert!(
+            !out.status.success() && t.to_lowercase().contains("operation not permitted"),
+            "a plain runc container under /docker ran ({flags:?}): {t}"
+        );
+    }
+    agent.wait_audit(|l| {
+        l["hook"] == "bprm_check_security"
+            && l["object"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("user namespace"))
+    });
+
+    // 5. A build's RUN step (the classic builder: the engine's default
+    // runtime, `runc`, which eci-runc stands in for) runs in a user
+    // namespace of its own — never as the VM's root.
+    let dockerfile = engine.dir.path().join("build");
+    std::fs::create_dir_all(&dockerfile).expect("build dir");
+    std::fs::write(
+        dockerfile.join("Dockerfile"),
+        format!("FROM {IMAGE}\nRUN cat /proc/self/uid_map > /uidmap\n"),
+    )
+    .expect("Dockerfile");
+    let built = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .arg("--host")
+        .arg(format!("unix://{}", engine.socket().display()))
+        .args(["build", "-q", "-t", "eci-built:1"])
+        .arg(&dockerfile)
+        .output()
+        .expect("docker build");
+    let built_text = text(&built);
+    if built.status.success() {
+        let out = docker(
+            &engine,
+            &[
+                "run",
+                "--rm",
+                "--runtime=eci",
+                "eci-built:1",
+                "cat",
+                "/uidmap",
+            ],
+        );
+        let map = text(&out);
+        println!("docker build: the RUN step's uid_map: {}", map.trim());
+        assert!(
+            map.split_whitespace().nth(1).is_some_and(|b| b != "0"),
+            "a RUN step ran as the VM's root: {map}"
+        );
+    } else {
+        println!("docker build: refused: {built_text}");
+        assert!(
+            built_text.contains("enhanced container isolation"),
+            "a build failed, not by eci's refusal: {built_text}"
+        );
+    }
+
+    // 6. A process that calls itself `dockerd` (every Docker-in-Docker
+    // container runs one) is not the engine: its container's namespaces do
+    // not become the VM's, so its own mounts stay its own.
     let out = docker(
         &engine,
         &[
             "run",
             "--rm",
-            "--runtime=runc",
-            "--network=none",
-            "-v",
-            &sock,
-            IMAGE,
-            "eci-test-client",
-            "stream",
-            "/var/run/docker.sock",
-        ],
-    );
-    assert!(
-        text(&out).contains("denied: Operation not permitted"),
-        "a plain runc container reached the engine: {}",
-        text(&out)
-    );
-    let out = docker(
-        &engine,
-        &[
-            "run",
-            "--rm",
-            "--runtime=runc",
+            "--runtime=eci",
             "--network=none",
             "--privileged",
             IMAGE,
-            "mount",
-            "-t",
-            "debugfs",
-            "none",
-            "/mnt",
+            "sh",
+            "-c",
+            "eci-test-client named dockerd 20 >/dev/null & sleep 4; mkdir -p /tmp/own && mount -t tmpfs none /tmp/own && echo own-mount-ok",
         ],
     );
     assert!(
-        !out.status.success(),
-        "a privileged runc container mounted debugfs: {}",
+        text(&out).contains("own-mount-ok"),
+        "a container with a process named dockerd lost its own mounts: {}",
         text(&out)
     );
-    let out = docker(
-        &engine,
-        &[
-            "run",
-            "--rm",
-            "--runtime=runc",
-            "--pid=host",
-            "--network=none",
-            "--privileged",
-            IMAGE,
-            "nsenter",
-            "-t",
-            "1",
-            "-m",
-            "true",
-        ],
-    );
-    assert!(
-        !out.status.success(),
-        "nsenter from a plain runc container with --pid=host worked: {}",
-        text(&out)
-    );
-    let out = docker(
-        &engine,
-        &[
-            "run",
-            "--rm",
-            "--runtime=runc",
-            "--network=host",
-            IMAGE,
-            "true",
-        ],
-    );
-    assert!(
-        !out.status.success(),
-        "a runc container sharing the VM's network ran: {}",
-        text(&out)
-    );
-    agent.wait_audit(|l| l["hook"] == "bprm_check_security");
 
     // And the VM itself is not locked out.
     assert!(docker(&engine, &["ps"]).status.success());

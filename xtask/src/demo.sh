@@ -61,8 +61,9 @@ say "docker run --runtime=eci -v <engine socket>: refused before it starts, with
 docker run --rm --runtime=eci --network=none -v $D/docker.sock:/var/run/docker.sock demo true 2>&1 | grep -o 'enhanced container isolation.*' | cut -c1-160
 say "docker run --runtime=eci: the engine socket, hard-linked into an allowed directory"
 docker run --rm --runtime=eci --network=none -v $D/share:/share demo eci-test-client stream /share/innocent.sock 2>/dev/null | grep -v pid=
-say "docker run --runtime=runc (a runtime that bypasses eci, under /docker): the kernel still refuses"
-docker run --rm --runtime=runc --network=none -v $D/docker.sock:/var/run/docker.sock demo eci-test-client stream /var/run/docker.sock 2>/dev/null | grep -v pid=
+say "docker run --runtime=runc, real runc here (a runtime that bypasses eci), under /docker: its root would be the VM's root, so the kernel refuses its first exec"
+docker run --rm --runtime=runc --network=none -v $D/docker.sock:/var/run/docker.sock demo eci-test-client stream /var/run/docker.sock 2>&1 | grep -v pid= | tail -n 1 | cut -c1-160
+say "(eci-agent install makes eci the default runtime and stands eci-runc in for runc, so --runtime=runc gets eci too)"
 fi
 
 say "The audit log (one JSON line per denial)"

@@ -130,45 +130,84 @@ fn guest_script(bins: &[PathBuf], filter: &[String]) -> String {
     s
 }
 
-/// Run the integration tests in each kernel of the matrix, plus one boot
-/// without `bpf` in `lsm=` for the refusal test.
+/// At most this many VMs at once: one vCPU each, and the machines have two
+/// cores.
+const VMS_AT_ONCE: usize = 2;
+
+/// Run the integration tests in each kernel of the matrix (two VMs side by
+/// side: the first one's console is echoed live, the others' when they
+/// end), plus one boot without `bpf` in `lsm=` for the refusal test.
 pub fn vm_test(kernel_spec: &str, filter: &[String], tally: &mut Tally) -> Result<bool> {
     let kernels = kernels::select(kernel_spec)?;
     let bins = build_test_binaries()?;
     let mut ok = true;
-    for kernel in &kernels {
-        let opts = vm::VmOptions {
-            env: vec![
-                ("ECI_REQUIRE_LSM".into(), "1".into()),
-                ("ECI_LSM_EXPECTED".into(), "present".into()),
-                ("RUST_BACKTRACE".into(), "1".into()),
-            ],
-            label: "vm-test".into(),
-            ..vm::VmOptions::default()
-        };
-        println!("vm-test: kernel {} ({})", kernel.name, kernel.release);
-        let args = test_args(&kernel.name, filter);
-        if args.iter().any(|a| a == "--skip") {
+    for batch in kernels.chunks(VMS_AT_ONCE) {
+        let outcomes: Vec<(usize, Result<vm::VmOutcome>)> = std::thread::scope(|scope| {
+            let runs: Vec<_> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, kernel)| {
+                    let bins = &bins;
+                    scope.spawn(move || {
+                        let opts = vm::VmOptions {
+                            env: vec![
+                                ("ECI_REQUIRE_LSM".into(), "1".into()),
+                                ("ECI_LSM_EXPECTED".into(), "present".into()),
+                                ("RUST_BACKTRACE".into(), "1".into()),
+                            ],
+                            label: "vm-test".into(),
+                            echo: i == 0,
+                            ..vm::VmOptions::default()
+                        };
+                        let args = test_args(&kernel.name, filter);
+                        println!("vm-test: kernel {} ({}) starting", kernel.name, kernel.release);
+                        if args.iter().any(|a| a == "--skip") {
+                            println!(
+                                "vm-test: kernel {}: SKIP {} here: the Docker suites run on {DOCKER_SUITES_KERNEL} in a full run (CI time budget); `cargo xtask vm-test --kernel {} -- full_stack` runs them here",
+                                kernel.name,
+                                DOCKER_SUITES.join(", "),
+                                kernel.name
+                            );
+                        }
+                        vm::run_in_vm(kernel, &guest_script(bins, &args), &opts)
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .enumerate()
+                .map(|(i, run)| {
+                    let outcome = run
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the VM thread panicked")));
+                    (i, outcome)
+                })
+                .collect()
+        });
+        for (i, outcome) in outcomes {
+            let kernel = &batch[i];
+            let outcome = outcome?;
+            if i != 0 {
+                println!(
+                    "vm-test: kernel {}: console (ran beside the one above):",
+                    kernel.name
+                );
+                for line in &outcome.output {
+                    println!("{line}");
+                }
+            }
+            tally.add_output(&outcome.output);
             println!(
-                "vm-test: kernel {}: SKIP {} here: the Docker suites run on {DOCKER_SUITES_KERNEL} in a full run (CI time budget); `cargo xtask vm-test --kernel {} -- full_stack` runs them here",
+                "vm-test: kernel {}: {} in {:.0}s (boot to tests {:.1}s)",
                 kernel.name,
-                DOCKER_SUITES.join(", "),
-                kernel.name
+                outcome.result,
+                outcome.duration.as_secs_f64(),
+                outcome
+                    .boot_to_script
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(f64::NAN)
             );
+            ok &= outcome.success();
         }
-        let outcome = vm::run_in_vm(kernel, &guest_script(&bins, &args), &opts)?;
-        tally.add_output(&outcome.output);
-        println!(
-            "vm-test: kernel {}: {} in {:.0}s (boot to tests {:.1}s)",
-            kernel.name,
-            outcome.result,
-            outcome.duration.as_secs_f64(),
-            outcome
-                .boot_to_script
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(f64::NAN)
-        );
-        ok &= outcome.success();
     }
     if filter.is_empty()
         && let Some(kernel) = kernels

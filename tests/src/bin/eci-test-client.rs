@@ -53,11 +53,24 @@ fn main() -> ExitCode {
     if let Ok(pid) = std::fs::read_link("/proc/self") {
         println!("pid={}", pid.display());
     }
+    // Join a cgroup first, without exec'ing afterwards (a protected task
+    // in the VM's user namespace below a protected parent cannot exec).
+    if let Some(dir) = std::env::var_os("ECI_TEST_JOIN_CGROUP") {
+        let procs = std::path::Path::new(&dir).join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, "0") {
+            eprintln!("joining {}: {e}", procs.display());
+            return ExitCode::from(3);
+        }
+    }
     if mode == "runtime-exe" {
         return runtime_exe::attack(path);
     }
     let result = match mode.as_str() {
         "open" => std::fs::File::open(path).map(|_| ()),
+        "open-write" => std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map(|_| ()),
         "stream" => UnixStream::connect(path).map(|_| ()),
         "dgram" => UnixDatagram::unbound()
             .and_then(|s| s.send_to(b"eci", path))
@@ -69,6 +82,7 @@ fn main() -> ExitCode {
         "key-add" => add_key(path),
         "key-find" => find_key(path),
         "perf" => open_cpu_counter(),
+        "named" => named(path, args.get(3).map(String::as_str)),
         "bind" | "bind-new-api" => match args.get(3) {
             Some(target) if mode == "bind" => bind(path, target),
             Some(target) => bind_new_api(path, target),
@@ -257,6 +271,19 @@ fn find_key(name: &str) -> std::io::Result<()> {
 }
 
 /// perf_event_open(cycles, pid -1, cpu 0): every task on CPU 0.
+/// Take `name` as this process's name (its `comm`) and sleep `seconds`
+/// (default 30): a process that only calls itself `dockerd`.
+fn named(name: &str, seconds: Option<&str>) -> std::io::Result<()> {
+    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let seconds = seconds.and_then(|s| s.parse().ok()).unwrap_or(30);
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    Ok(())
+}
+
 fn open_cpu_counter() -> std::io::Result<()> {
     // struct perf_event_attr: type u32, size u32, config u64, ...
     let mut attr = [0u8; 128];
