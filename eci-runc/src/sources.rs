@@ -430,7 +430,12 @@ fn vm_path_of(entry: &MountEntry, table: &[MountEntry]) -> PathBuf {
         .filter(|e| e.id != entry.id && e.dev == entry.dev)
         .filter_map(|e| {
             let rest = entry.root.strip_prefix(&e.root).ok()?;
-            Some((e.root.components().count(), e.point.join(rest)))
+            let path = if rest.as_os_str().is_empty() {
+                e.point.clone()
+            } else {
+                e.point.join(rest)
+            };
+            Some((e.root.components().count(), path))
         })
         // The widest view (the device's own root), then the shortest path.
         .min_by_key(|(depth, path)| (*depth, path.components().count()))
@@ -855,7 +860,11 @@ mod tests {
                 of: Some("/proc".into())
             })
         );
-        assert!(why.to_string().contains("proc"), "{why}");
+        assert!(
+            why.to_string()
+                .contains("a bind of the VM's /proc (proc, a kernel file system)"),
+            "{why}"
+        );
     }
 
     #[test]
