@@ -996,6 +996,46 @@ mod tests {
     }
 
     #[test]
+    fn the_refusal_names_the_volume_its_options_what_it_is_and_the_fix() {
+        let volumes = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(volumes.path().join("v")).unwrap();
+        std::fs::write(
+            volumes.path().join("v/opts.json"),
+            r#"{"MountType":"none","MountOpts":"bind","MountDevice":"/etc","Quota":{"Size":0}}"#,
+        )
+        .unwrap();
+        let mut mount = Mount::default();
+        mount.set_source(Some(volumes.path().join("v/_data")));
+        mount.set_destination("/x".into());
+        let why = verdict(&on("/var/lib/docker/volumes/etc/_data", 100), true).unwrap_err();
+        let refused = refusal(&mount, &why, volumes.path());
+        assert!(matches!(refused, Refusal::MountSource { .. }));
+        let text = refused.to_string();
+        for expected in [
+            "can't mount volume \"v\" (driver options: type=none, o=bind, device=/etc) at /x",
+            "it is a bind of /etc on the VM's root file system (ext4 on block device 254:0 (/dev/vda))",
+            "plain named volume",
+            "--tmpfs",
+            "eci.shareableHostPaths",
+        ] {
+            assert!(text.contains(expected), "no {expected:?} in {text}");
+        }
+        // Without opts.json: the name alone; not a volume: the path.
+        std::fs::remove_file(volumes.path().join("v/opts.json")).unwrap();
+        assert!(
+            refusal(&mount, &why, volumes.path())
+                .to_string()
+                .contains("can't mount volume \"v\" at /x")
+        );
+        mount.set_source(Some("/srv/data".into()));
+        assert!(
+            refusal(&mount, &why, volumes.path())
+                .to_string()
+                .contains("can't mount /srv/data at /x")
+        );
+    }
+
+    #[test]
     fn the_facts_of_a_real_path_name_its_mount() {
         let (_fd, facts) = open(Path::new("/proc/self")).unwrap();
         assert_eq!(facts.magic, 0x9fa0);
