@@ -1549,3 +1549,61 @@ fn tmpfs_volumes_plain_named_volumes_and_shm_keep_working() {
         text(&out)
     );
 }
+
+/// A bind of `source` at `target`, unmounted (and the mount point removed)
+/// at the end.
+struct BindMount(PathBuf);
+
+impl BindMount {
+    fn new(source: &str, target: &Path) -> Self {
+        std::fs::create_dir_all(target).expect("mount point");
+        let out = Command::new("mount")
+            .args(["--bind", source])
+            .arg(target)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "mount --bind: {}", text(&out));
+        Self(target.to_owned())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_recursive_bind_of_a_shareable_directory_is_refused_for_a_vm_mount_below_it() {
+    let Some(f) =
+        fixture("a_recursive_bind_of_a_shareable_directory_is_refused_for_a_vm_mount_below_it")
+    else {
+        return;
+    };
+    let dir = f.dir.join("shared/rbind");
+    let below = BindMount::new("/etc", &dir.join("vm-etc"));
+    let rbind = ["-v", &format!("{}:/x", dir.display())];
+    runc_mounts_it_and_eci_refuses_it(
+        f,
+        &rbind,
+        &rbind,
+        "test -s /x/vm-etc/passwd",
+        &[
+            "a recursive bind of it would take a bind of /etc on the VM's root file system",
+            &format!("mounted at {}", below.0.display()),
+        ],
+    );
+    // Without the mounts below it, the directory itself is fine.
+    let plain = format!(
+        "type=bind,source={},target=/x,bind-nonrecursive=true",
+        dir.display()
+    );
+    let out = run_on(
+        runtime(),
+        &["--mount", &plain],
+        "test -d /x/vm-etc && ! test -e /x/vm-etc/passwd && echo empty",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "empty\n");
+}
