@@ -503,10 +503,7 @@ impl Runtime {
                 continue;
             }
             let target = dir.join(format!("mount-{n}"));
-            let recursive = mount
-                .options()
-                .as_ref()
-                .is_some_and(|o| o.iter().any(|x| x == "rbind"));
+            let recursive = sources::is_recursive(mount);
             // Bound from the descriptor that was judged (`sources::vet`).
             let fd = vetted.fd(n)?;
             if source.starts_with(views.dir()) {
