@@ -202,7 +202,7 @@ impl std::fmt::Display for What {
                 dev(d)
             ),
             What::Other { fstype, device } => {
-                write!(f, "a {fstype} mount of {device:?}, not a fresh tmpfs")
+                write!(f, "a mount of {device:?} ({fstype}), not a fresh tmpfs")
             }
         }
     }
@@ -324,7 +324,7 @@ pub fn judge(
         .find_map(|dir| {
             allowance_below(entry, dir, table, fresh).map(|allowance| (*dir, allowance))
         })
-        .ok_or_else(|| Why::Is(what_is(entry, table)))?;
+        .ok_or_else(|| Why::Is(describe(entry, table, Some(facts.magic))))?;
     if recursive {
         for below in mounts_below(table, entry, &facts.path) {
             if allowance_below(below, dir, table, true).is_none() {
@@ -389,11 +389,23 @@ fn mounts_below<'a>(table: &'a [MountEntry], top: &MountEntry, path: &Path) -> V
 
 /// What a mount really is, for a refusal.
 pub fn what_is(entry: &MountEntry, table: &[MountEntry]) -> What {
+    describe(entry, table, None)
+}
+
+/// [`what_is`], with the `fstatfs` magic of a file on it when there is one:
+/// a kernel file system by its magic is one whatever mountinfo calls it.
+fn describe(entry: &MountEntry, table: &[MountEntry], magic: Option<u64>) -> What {
     let is_bind = entry.root != Path::new("/") || seen_elsewhere(entry, table);
     let of = is_bind.then(|| vm_path_of(entry, table));
     if KERNEL_TYPES.contains(&entry.fstype.as_str()) {
         return What::Kernel {
             fstype: entry.fstype.clone(),
+            of,
+        };
+    }
+    if let Some(name) = magic.and_then(kernel_fs_name) {
+        return What::Kernel {
+            fstype: name.to_owned(),
             of,
         };
     }
@@ -968,6 +980,29 @@ mod tests {
         assert_eq!(
             verdict(&facts, false),
             Err(Why::NotInMountTable { mnt_id: 999 })
+        );
+    }
+
+    #[test]
+    fn a_kernel_file_system_is_named_by_its_magic_and_other_mounts_by_their_type() {
+        // mountinfo says tmpfs, the kernel's magic says sysfs: sysfs.
+        let mut facts = on("/var/lib/docker/volumes/scratch/_data", 105);
+        facts.magic = 0x6265_6572;
+        assert_eq!(
+            verdict(&facts, false),
+            Err(Why::Is(What::Kernel {
+                fstype: "sysfs".into(),
+                of: None
+            }))
+        );
+        let fuse = parse_mountinfo(
+            "200 45 0:60 / /var/lib/docker/volumes/f/_data rw - fuse.sshfs me@host:/x rw\n",
+        )
+        .unwrap();
+        let what = what_is(&fuse[0], &fuse);
+        assert_eq!(
+            what.to_string(),
+            "a mount of \"me@host:/x\" (fuse.sshfs), not a fresh tmpfs"
         );
     }
 
