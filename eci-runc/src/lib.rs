@@ -6,6 +6,9 @@
 //! - [`report`]: messages for the caller (stderr and runc's `--log`).
 //! - [`ranges`]: the persistent, crash-safe allocator of exclusive id ranges.
 //! - [`spec`]: the rewrite (user namespace, masks) and the refusals.
+//! - [`sources`]: bind sources judged by the mount they are on (same mount
+//!   as an allowing directory, or a fresh tmpfs below one), descriptors kept
+//!   to bind from.
 //! - [`settings`]: what eci-runc reads of the policy file.
 //! - [`trusted`]: which image a container runs, and whether the policy
 //!   trusts it with a (filtered) Docker socket.
@@ -21,5 +24,6 @@ pub mod relocate;
 pub mod report;
 pub mod rootfs;
 pub mod settings;
+pub mod sources;
 pub mod spec;
 pub mod trusted;

@@ -36,6 +36,7 @@ use crate::{
     report::Reporter,
     rootfs::{self, RootfsError, RootfsView},
     settings::{self, RuntimeSettings, SettingsError},
+    sources,
     spec::{self, ProcView, Refusal},
     trusted,
 };
@@ -333,7 +334,8 @@ impl Runtime {
             for note in notes {
                 report.info(&format!("eci: {note}"));
             }
-            self.relocate_files(&mut oci, &bundle, &id, allocation.base, report)?;
+            let vetted = sources::vet(&oci, &ctx, &[self.views(&id)?.dir().to_owned()])?;
+            self.relocate_files(&mut oci, &bundle, &id, allocation.base, &vetted, report)?;
             if mode == Mode::Run {
                 add_hooks(&mut oci)?;
             }
@@ -436,6 +438,7 @@ impl Runtime {
         bundle: &Path,
         id: &str,
         base: u32,
+        vetted: &sources::Vetted,
         report: &Reporter,
     ) -> Result<(), LifecycleError> {
         let dir = relocate::prepare_container_dir(id)?;
@@ -513,13 +516,12 @@ impl Runtime {
                 continue;
             }
             let target = dir.join(format!("mount-{n}"));
-            let recursive = mount
-                .options()
-                .as_ref()
-                .is_some_and(|o| o.iter().any(|x| x == "rbind"));
+            let recursive = sources::is_recursive(mount);
+            // Bound from the descriptor that was judged (`sources::vet`).
+            let fd = vetted.fd(n)?;
             if source.starts_with(views.dir()) {
-                relocate::bind(&source, &target, None, false)?;
-            } else if !relocate::bind(&source, &target, Some(&userns), recursive)? {
+                relocate::bind_from(fd, &source, &target, None, false)?;
+            } else if !relocate::bind_from(fd, &source, &target, Some(&userns), recursive)? {
                 plain.push(source.display().to_string());
             }
             mount.set_source(Some(target));

@@ -118,27 +118,55 @@ pub fn bind(
     userns: Option<&OwnedFd>,
     recursive: bool,
 ) -> Result<bool, RelocateError> {
+    let src = cstr(source)?;
+    // SAFETY: a valid C string; the returned fd is owned below.
+    let fd = unsafe { libc::open(src.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(RelocateError::Io {
+            what: "open",
+            path: source.display().to_string(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: open returned a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    bind_from(&fd, source, target, userns, recursive)
+}
+
+/// [`bind`] from an open descriptor of the source (`O_PATH` is enough), so
+/// what is bound is what was opened, not what the path names now; `source`
+/// names it in errors.
+pub fn bind_from(
+    source_fd: &OwnedFd,
+    source: &Path,
+    target: &Path,
+    userns: Option<&OwnedFd>,
+    recursive: bool,
+) -> Result<bool, RelocateError> {
     let io = |what: &'static str, path: &Path| {
         let path = path.display().to_string();
         move |source| RelocateError::Io { what, path, source }
     };
-    let meta = std::fs::metadata(source).map_err(io("stat", source))?;
+    let meta = nix::sys::stat::fstat(source_fd.as_raw_fd())
+        .map_err(|e| io("stat", source)(std::io::Error::from(e)))?;
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
     }
-    if meta.is_dir() {
+    if meta.st_mode & libc::S_IFMT == libc::S_IFDIR {
         std::fs::create_dir_all(target).map_err(io("creating", target))?;
     } else if !target.exists() {
         std::fs::write(target, b"").map_err(io("creating", target))?;
     }
-    let src = cstr(source)?;
-    // SAFETY: plain syscalls with valid C strings; the returned fd is owned.
+    let empty = CString::default();
+    // SAFETY: plain syscalls with a valid fd and C string; the returned fd
+    // is owned.
     let tree = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            src.as_ptr(),
+            source_fd.as_raw_fd(),
+            empty.as_ptr(),
             OPEN_TREE_CLONE
+                | libc::AT_EMPTY_PATH as libc::c_uint
                 | libc::O_CLOEXEC as libc::c_uint
                 | if recursive {
                     libc::AT_RECURSIVE as libc::c_uint

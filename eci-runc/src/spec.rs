@@ -80,6 +80,14 @@ pub enum Refusal {
         destination: String,
         why: String,
     },
+    #[error(
+        "enhanced container isolation: can't mount {from} at {destination}: {why}. eci lets into a container only what is on the same mount as the container's own files, the engine's volume and container directories or the policy's shareable host paths, or on a fresh tmpfs of its own below them. Use a plain named volume, --tmpfs, or a tmpfs volume (docker volume create --opt type=tmpfs --opt device=tmpfs --opt o=size=100m NAME); or ask an administrator to add the directory to eci.shareableHostPaths in /etc/eci/admin-settings.json"
+    )]
+    MountSource {
+        from: String,
+        destination: String,
+        why: String,
+    },
     #[error("enhanced container isolation: invalid container spec: {0}")]
     Invalid(String),
 }
@@ -91,6 +99,8 @@ pub struct Context {
     pub bundle: PathBuf,
     pub base: u32,
     pub shareable_host_paths: Vec<PathBuf>,
+    /// Docker's volume directory (`<name>/_data` is a volume's source).
+    pub volumes_dir: PathBuf,
     /// Docker's volume directory and container directory.
     pub engine_dirs: Vec<PathBuf>,
     /// Inode numbers of the VM's namespaces, by kind name (`net`, `pid`...).
@@ -99,18 +109,20 @@ pub struct Context {
 
 impl Context {
     pub fn docker_defaults(container_id: &str, bundle: &Path, base: u32) -> Self {
+        let volumes_dir = PathBuf::from("/var/lib/docker/volumes");
         Self {
             container_id: container_id.to_owned(),
             bundle: bundle.to_owned(),
             base,
             shareable_host_paths: Vec::new(),
             engine_dirs: vec![
-                PathBuf::from("/var/lib/docker/volumes"),
+                volumes_dir.clone(),
                 PathBuf::from("/var/lib/docker/containers").join(container_id),
                 PathBuf::from("/run/containerd/io.containerd.runtime.v2.task")
                     .join("moby")
                     .join(container_id),
             ],
+            volumes_dir,
             // PID 1's and our own: eci-runc runs in the engine's namespaces.
             vm_namespaces: ["1", "self"]
                 .iter()
@@ -226,16 +238,7 @@ pub fn check(
             }
         }
     }
-    let rootfs = spec
-        .root()
-        .as_ref()
-        .map(|r| r.path().clone())
-        .unwrap_or_default();
-    let rootfs = if rootfs.is_absolute() {
-        rootfs
-    } else {
-        ctx.bundle.join(rootfs)
-    };
+    let allowed_dirs = allowed_dirs(spec, ctx);
     for mount in spec.mounts().iter().flatten().filter(|m| is_bind(m)) {
         let (Some(source), Some(real)) = (mount.source(), bind_source(mount, &ctx.bundle, resolve))
         else {
@@ -251,10 +254,8 @@ pub fn check(
                 destination,
             });
         }
-        let allowed = std::iter::once(&ctx.bundle)
-            .chain(std::iter::once(&rootfs))
-            .chain(ctx.engine_dirs.iter())
-            .chain(ctx.shareable_host_paths.iter())
+        let allowed = allowed_dirs
+            .iter()
             .any(|dir| real.starts_with(resolve(dir)) || real.starts_with(dir));
         if !allowed {
             return Err(Refusal::VmMount {
@@ -264,6 +265,28 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// The directories whose files a container may have bound in: its bundle,
+/// its rootfs, the engine's directories and the policy's shareable host
+/// paths (`sources` also requires a source to be on the same mount as one of
+/// them, or on a fresh tmpfs below one).
+pub fn allowed_dirs(spec: &Spec, ctx: &Context) -> Vec<PathBuf> {
+    let rootfs = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_default();
+    let rootfs = if rootfs.is_absolute() {
+        rootfs
+    } else {
+        ctx.bundle.join(rootfs)
+    };
+    [ctx.bundle.clone(), rootfs]
+        .into_iter()
+        .chain(ctx.engine_dirs.iter().cloned())
+        .chain(ctx.shareable_host_paths.iter().cloned())
+        .collect()
 }
 
 /// The binds whose source is one of the Docker API sockets (by any name
@@ -297,12 +320,21 @@ fn bind_source(
     bundle: &Path,
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Option<PathBuf> {
+    bind_source_path(mount, bundle).map(|p| resolve(&p))
+}
+
+/// A bind's source as a path (relative ones are relative to the bundle);
+/// `None` for a mount that is not a bind or has no source.
+pub fn bind_source_path(mount: &Mount, bundle: &Path) -> Option<PathBuf> {
+    if !is_bind(mount) {
+        return None;
+    }
     let source = mount.source().as_ref()?;
-    Some(resolve(&if source.is_absolute() {
+    Some(if source.is_absolute() {
         source.clone()
     } else {
         bundle.join(source)
-    }))
+    })
 }
 
 /// Rewrite the spec for eci; returns a note for each adjustment made.

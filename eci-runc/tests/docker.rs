@@ -1247,3 +1247,363 @@ fn the_docker_socket_is_refused_to_untrusted_and_retagged_images() {
     }
     assert_eq!(leaked_allocations(f), Vec::<String>::new());
 }
+
+/// Volumes a test made (or had the engine make), removed when the test
+/// ends, also when it fails.
+#[derive(Default)]
+struct Volumes(Vec<String>);
+
+impl Volumes {
+    /// A name of this test process for `what`, forgotten first if a failed
+    /// run left it, removed at the end.
+    fn name(&mut self, what: &str) -> String {
+        let name = format!("eci-test-{what}-{}", std::process::id());
+        let _ = docker(&["volume", "rm", "-f", &name]);
+        self.0.push(name.clone());
+        name
+    }
+
+    /// `docker volume create --opt <opt>... <name>`.
+    fn create(&mut self, what: &str, opts: &[&str]) -> String {
+        let name = self.name(what);
+        let mut args = vec!["volume", "create"];
+        for opt in opts {
+            args.extend_from_slice(&["--opt", opt]);
+        }
+        args.push(&name);
+        let out = docker(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        name
+    }
+}
+
+impl Drop for Volumes {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = docker(&["volume", "rm", "-f", name]);
+        }
+    }
+}
+
+/// `docker run --rm --runtime=<runtime> <flags> IMAGE sh -c <script>`.
+fn run_on(runtime: &str, flags: &[&str], script: &str) -> Output {
+    let rt = format!("--runtime={runtime}");
+    let mut args = vec!["run", "--rm", rt.as_str()];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[IMAGE, "sh", "-c", script]);
+    docker(&args)
+}
+
+/// Plain runc mounts what `flags` give (`proof` succeeds: the VM's files are
+/// there, so the refusal below is not vacuous), and eci refuses the same
+/// flags before start, naming what the source is and the fix, leaving
+/// nothing behind.
+fn runc_mounts_it_and_eci_refuses_it(
+    f: &Fixture,
+    runc_flags: &[&str],
+    eci_flags: &[&str],
+    proof: &str,
+    expected: &[&str],
+) {
+    let out = run_on("runc", runc_flags, proof);
+    assert!(
+        out.status.success(),
+        "plain runc should mount {runc_flags:?} ({proof}): {}",
+        text(&out)
+    );
+    let out = run_on(runtime(), eci_flags, "echo started");
+    let message = text(&out);
+    assert!(!out.status.success(), "{eci_flags:?} was not refused");
+    assert!(!message.contains("started"), "{message}");
+    for e in [
+        "enhanced container isolation",
+        "can't mount",
+        "plain named volume",
+        "eci.shareableHostPaths",
+    ]
+    .iter()
+    .chain(expected)
+    {
+        assert!(message.contains(e), "{eci_flags:?}: no {e:?} in: {message}");
+    }
+    assert_eq!(
+        leaked_allocations(f),
+        Vec::<String>::new(),
+        "a refusal left an allocation"
+    );
+}
+
+/// [`runc_mounts_it_and_eci_refuses_it`] for `-v <volume>:/x`, the volume
+/// created with `opts`; the refusal names the volume too.
+fn a_volume_is_refused(f: &Fixture, what: &str, opts: &[&str], proof: &str, expected: &[&str]) {
+    let mut volumes = Volumes::default();
+    let v = volumes.create(what, opts);
+    let flags = ["-v", &format!("{v}:/x")];
+    let named = format!("volume \"{v}\"");
+    let expected: Vec<&str> = expected.iter().copied().chain([named.as_str()]).collect();
+    runc_mounts_it_and_eci_refuses_it(f, &flags, &flags, proof, &expected);
+}
+
+#[test]
+fn a_volume_bound_to_the_vms_etc_is_refused_with_its_name_and_driver_options() {
+    let Some(f) =
+        fixture("a_volume_bound_to_the_vms_etc_is_refused_with_its_name_and_driver_options")
+    else {
+        return;
+    };
+    a_volume_is_refused(
+        f,
+        "etc",
+        &["type=none", "o=bind", "device=/etc"],
+        "test -s /x/passwd",
+        &[
+            "type=none, o=bind, device=/etc",
+            "a bind of /etc on the VM's root file system",
+        ],
+    );
+}
+
+#[test]
+fn an_inline_volume_mount_with_bind_driver_options_is_refused() {
+    let Some(f) = fixture("an_inline_volume_mount_with_bind_driver_options_is_refused") else {
+        return;
+    };
+    let mut volumes = Volumes::default();
+    let inline = |name: &str| {
+        format!(
+            "type=volume,src={name},dst=/x,volume-opt=type=none,volume-opt=o=bind,volume-opt=device=/etc"
+        )
+    };
+    // Two volumes: the engine creates each with the options on first use.
+    let (for_runc, for_eci) = (volumes.name("inline-runc"), volumes.name("inline-eci"));
+    runc_mounts_it_and_eci_refuses_it(
+        f,
+        &["--mount", &inline(&for_runc)],
+        &["--mount", &inline(&for_eci)],
+        "test -s /x/passwd",
+        &[
+            &format!("volume \"{for_eci}\""),
+            "device=/etc",
+            "a bind of /etc on the VM's root file system",
+        ],
+    );
+}
+
+#[test]
+fn a_volume_bound_to_the_vms_run_is_refused_as_a_bind_of_a_vm_path() {
+    let Some(f) = fixture("a_volume_bound_to_the_vms_run_is_refused_as_a_bind_of_a_vm_path") else {
+        return;
+    };
+    // /run is a tmpfs of its own on most VMs, a directory of / on others.
+    let what = if is_mount_point("/run") {
+        "a bind of the VM's /run (tmpfs"
+    } else {
+        "a bind of /run on the VM's root file system"
+    };
+    a_volume_is_refused(
+        f,
+        "run",
+        &["type=none", "o=bind", "device=/run"],
+        "test -e /x/docker.sock",
+        &["device=/run", what],
+    );
+}
+
+fn is_mount_point(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(path))
+}
+
+#[test]
+fn a_volume_bound_to_the_vms_dev_shm_is_refused_as_no_fresh_tmpfs() {
+    let Some(f) = fixture("a_volume_bound_to_the_vms_dev_shm_is_refused_as_no_fresh_tmpfs") else {
+        return;
+    };
+    if !is_mount_point("/dev/shm") {
+        println!(
+            "SKIP: a_volume_bound_to_the_vms_dev_shm_is_refused_as_no_fresh_tmpfs: /dev/shm is not a mount here"
+        );
+        return;
+    }
+    let marker = format!("/dev/shm/eci-test-{}", std::process::id());
+    std::fs::write(&marker, "the VM's\n").expect("marker in /dev/shm");
+    let proof = format!("test -e /x/eci-test-{}", std::process::id());
+    a_volume_is_refused(
+        f,
+        "shm",
+        &["type=none", "o=bind", "device=/dev/shm"],
+        &proof,
+        &["device=/dev/shm", "a bind of the VM's /dev/shm (tmpfs"],
+    );
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[test]
+fn a_volume_bound_to_the_vms_proc_is_refused_as_a_kernel_file_system() {
+    let Some(f) = fixture("a_volume_bound_to_the_vms_proc_is_refused_as_a_kernel_file_system")
+    else {
+        return;
+    };
+    a_volume_is_refused(
+        f,
+        "proc",
+        &["type=none", "o=bind", "device=/proc"],
+        "test -e /x/1/cmdline",
+        &[
+            "device=/proc",
+            "a bind of the VM's /proc (proc, a kernel file system)",
+        ],
+    );
+}
+
+/// A loop device with an ext4 file system, detached at the end.
+struct LoopDevice {
+    device: String,
+    file: PathBuf,
+}
+
+impl LoopDevice {
+    fn make() -> Result<Self, String> {
+        let file = std::env::temp_dir().join(format!("eci-test-disk-{}", std::process::id()));
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+            if out.status.success() {
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            } else {
+                Err(format!("{cmd:?}: {}", text(&out)))
+            }
+        };
+        std::fs::write(&file, vec![0u8; 8 << 20]).map_err(|e| e.to_string())?;
+        run(Command::new("mkfs.ext4").arg("-q").arg("-F").arg(&file))?;
+        let device = run(Command::new("losetup").args(["-f", "--show"]).arg(&file))?;
+        Ok(Self { device, file })
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+#[test]
+fn a_volume_on_a_vm_block_device_is_refused_with_its_device() {
+    let Some(f) = fixture("a_volume_on_a_vm_block_device_is_refused_with_its_device") else {
+        return;
+    };
+    let disk = match LoopDevice::make() {
+        Ok(disk) => disk,
+        Err(why) => {
+            println!(
+                "SKIP: a_volume_on_a_vm_block_device_is_refused_with_its_device: no loop device here ({why})"
+            );
+            return;
+        }
+    };
+    let device = format!("device={}", disk.device);
+    let rdev = std::fs::metadata(&disk.device).expect("loop device").rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    a_volume_is_refused(
+        f,
+        "disk",
+        &["type=ext4", &device],
+        "test -d /x/lost+found",
+        &[
+            &device,
+            &format!("ext4 on block device {major}:{minor} ({})", disk.device),
+        ],
+    );
+}
+
+#[test]
+fn tmpfs_volumes_plain_named_volumes_and_shm_keep_working() {
+    let Some(_) = fixture("tmpfs_volumes_plain_named_volumes_and_shm_keep_working") else {
+        return;
+    };
+    let mut volumes = Volumes::default();
+    let tmpfs = volumes.create("tmpfs", &["type=tmpfs", "device=tmpfs", "o=size=10m"]);
+    let plain = volumes.create("plain", &[]);
+    let inline = volumes.name("inline-tmpfs");
+    let inline_mount =
+        format!("type=volume,src={inline},dst=/i,volume-opt=type=tmpfs,volume-opt=device=tmpfs");
+    let out = run_on(
+        runtime(),
+        &[
+            "-v",
+            &format!("{tmpfs}:/t"),
+            "-v",
+            &format!("{plain}:/p"),
+            "--mount",
+            &inline_mount,
+        ],
+        "for d in /t /p /i /dev/shm; do echo ok > $d/f && cat $d/f || exit 1; done; grep -c ' /t tmpfs ' /proc/mounts",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok\nok\nok\nok\n1\n",
+        "{}",
+        text(&out)
+    );
+}
+
+/// A bind of `source` at `target`, unmounted (and the mount point removed)
+/// at the end.
+struct BindMount(PathBuf);
+
+impl BindMount {
+    fn new(source: &str, target: &Path) -> Self {
+        std::fs::create_dir_all(target).expect("mount point");
+        let out = Command::new("mount")
+            .args(["--bind", source])
+            .arg(target)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "mount --bind: {}", text(&out));
+        Self(target.to_owned())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_recursive_bind_of_a_shareable_directory_is_refused_for_a_vm_mount_below_it() {
+    let Some(f) =
+        fixture("a_recursive_bind_of_a_shareable_directory_is_refused_for_a_vm_mount_below_it")
+    else {
+        return;
+    };
+    let dir = f.dir.join("shared/rbind");
+    let below = BindMount::new("/etc", &dir.join("vm-etc"));
+    let rbind = ["-v", &format!("{}:/x", dir.display())];
+    runc_mounts_it_and_eci_refuses_it(
+        f,
+        &rbind,
+        &rbind,
+        "test -s /x/vm-etc/passwd",
+        &[
+            "a recursive bind of it would take a bind of /etc on the VM's root file system",
+            &format!("mounted at {}", below.0.display()),
+        ],
+    );
+    // Without the mounts below it, the directory itself is fine.
+    let plain = format!(
+        "type=bind,source={},target=/x,bind-nonrecursive=true",
+        dir.display()
+    );
+    let out = run_on(
+        runtime(),
+        &["--mount", &plain],
+        "test -d /x/vm-etc && ! test -e /x/vm-etc/passwd && echo empty",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "empty\n");
+}

@@ -1,0 +1,1085 @@
+//! Bind sources judged by what they are, not by how they are spelled.
+//!
+//! A path below the engine's volume directory can be anything the engine
+//! (or a volume driver's options) mounted there: a bind of the VM's `/etc`,
+//! `/run` or `/proc`, or a file system on a VM block device. So every bind
+//! source eci-runc lets into a container is opened (`O_PATH`, symlinks
+//! followed) and resolved to its *mount*: the mount id (`statx`
+//! `STATX_MNT_ID`, else `/proc/self/fdinfo/<fd>`), the file system magic
+//! (`fstatfs`), the device (`st_dev`) and the mountinfo line of that mount.
+//! It is allowed only when
+//!
+//! - it is on the **same mount** as a directory that allows it (the bundle,
+//!   the rootfs, the engine's directories, a shareable host path, the proxy
+//!   socket, the container's /proc views) and below that directory, or
+//! - it is on a **fresh tmpfs** mounted below such a directory: tmpfs magic
+//!   and type, mount root `/`, and a device no other mount in the table
+//!   shows (a bind of the VM's `/run` or `/dev/shm` is not one).
+//!
+//! For a recursive bind every mount below the source is judged the same way.
+//! Anything that cannot be judged (no mountinfo, a failing `statx` or
+//! `fstatfs`) is refused with the reason. The descriptor that was judged is
+//! kept ([`Vetted`]) and the bind is made from it (`relocate::bind_from`),
+//! so the path is not resolved a second time.
+//!
+//! [`judge`] is a pure function of parsed mountinfo and the source's facts;
+//! [`vet`] gathers those facts for a spec's binds.
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use eci_views::source::mountinfo_unescape;
+use oci_spec::runtime::{Mount, Spec};
+
+use crate::spec::{self, Context, Refusal};
+
+/// Why the facts of a source (or the mount table) could not be had: the
+/// source is then refused with this reason (fail closed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FactsError {
+    #[error("cannot open {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("statx of {path}: {reason}")]
+    Statx { path: String, reason: String },
+    #[error("fstatfs of {path}: {reason}")]
+    Statfs { path: String, reason: String },
+    #[error(
+        "no mount id for {path}: statx gave no STATX_MNT_ID and /proc/self/fdinfo has none ({reason})"
+    )]
+    MountId { path: String, reason: String },
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    MountinfoRead(String),
+    #[error("/proc/self/mountinfo, line {line}: cannot parse {text:?}")]
+    MountinfoParse { line: usize, text: String },
+}
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub id: u64,
+    pub parent: u64,
+    /// major, minor
+    pub dev: (u32, u32),
+    /// The path inside the file system that is mounted (`/` unless a bind).
+    pub root: PathBuf,
+    pub point: PathBuf,
+    pub fstype: String,
+    /// What was mounted (a device, `tmpfs`, `proc`...).
+    pub source: String,
+}
+
+/// Parse the text of `/proc/<pid>/mountinfo`; a line that does not parse
+/// makes the whole table unusable (it could be the line that matters).
+pub fn parse_mountinfo(text: &str) -> Result<Vec<MountEntry>, FactsError> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, line)| {
+            parse_line(line).ok_or_else(|| FactsError::MountinfoParse {
+                line: n + 1,
+                text: line.to_owned(),
+            })
+        })
+        .collect()
+}
+
+fn parse_line(line: &str) -> Option<MountEntry> {
+    let (before, after) = line.split_once(" - ")?;
+    let before: Vec<&str> = before.split_whitespace().collect();
+    let mut after = after.split_whitespace();
+    let (major, minor) = before.get(2)?.split_once(':')?;
+    Some(MountEntry {
+        id: before.first()?.parse().ok()?,
+        parent: before.get(1)?.parse().ok()?,
+        dev: (major.parse().ok()?, minor.parse().ok()?),
+        root: PathBuf::from(mountinfo_unescape(before.get(3)?)),
+        point: PathBuf::from(mountinfo_unescape(before.get(4)?)),
+        fstype: after.next()?.to_owned(),
+        source: mountinfo_unescape(after.next()?),
+    })
+}
+
+/// What the kernel says a source is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFacts {
+    /// The path it really has (`/proc/self/fd/<fd>`), symlinks resolved.
+    pub path: PathBuf,
+    pub mnt_id: u64,
+    /// `fstatfs` `f_type`.
+    pub magic: u64,
+    /// `st_dev` (major, minor).
+    pub dev: (u32, u32),
+}
+
+/// A directory that allows sources on its own mount, by its real path and
+/// the mount it resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowingDir {
+    pub path: PathBuf,
+    pub mnt_id: u64,
+}
+
+/// Why a source was let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowance {
+    /// On the same mount as `dir`.
+    SameMount { dir: PathBuf },
+    /// On a fresh tmpfs mounted at `point`, below `dir`.
+    FreshTmpfs { dir: PathBuf, point: PathBuf },
+}
+
+/// What a refused mount really is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// A kernel file system (proc, sysfs, debugfs...); `of` is the VM path
+    /// it is a bind of, when one is mounted elsewhere.
+    Kernel { fstype: String, of: Option<PathBuf> },
+    /// A file system on a block device.
+    BlockDevice {
+        fstype: String,
+        device: String,
+        dev: (u32, u32),
+        /// The VM path it is a bind of, when the mount is a bind.
+        of: Option<PathBuf>,
+        /// The device is the one the VM's `/` is on.
+        vm_root: bool,
+    },
+    /// A bind of a VM path (mount root not `/`, or a device that is
+    /// mounted elsewhere too).
+    VmBind {
+        fstype: String,
+        dev: (u32, u32),
+        of: PathBuf,
+    },
+    /// A mount that is none of the above and not a fresh tmpfs (fuse, nfs,
+    /// overlay...).
+    Other { fstype: String, device: String },
+}
+
+impl std::fmt::Display for What {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dev = |(major, minor): &(u32, u32)| format!("{major}:{minor}");
+        match self {
+            What::Kernel { fstype, of: None } => {
+                write!(f, "{fstype}, a kernel file system of the VM")
+            }
+            What::Kernel {
+                fstype,
+                of: Some(of),
+            } => write!(
+                f,
+                "a bind of the VM's {} ({fstype}, a kernel file system)",
+                of.display()
+            ),
+            What::BlockDevice {
+                fstype,
+                device,
+                dev: d,
+                of,
+                vm_root,
+            } => {
+                let fs = format!("{fstype} on block device {} ({device})", dev(d));
+                match (of, vm_root) {
+                    (Some(of), true) => write!(
+                        f,
+                        "a bind of {} on the VM's root file system ({fs})",
+                        of.display()
+                    ),
+                    (Some(of), false) => write!(f, "a bind of the VM's {} ({fs})", of.display()),
+                    (None, true) => write!(f, "the VM's root file system ({fs})"),
+                    (None, false) => write!(f, "{fs}"),
+                }
+            }
+            What::VmBind { fstype, dev: d, of } => write!(
+                f,
+                "a bind of the VM's {} ({fstype}, device {}), not a file system of its own",
+                of.display(),
+                dev(d)
+            ),
+            What::Other { fstype, device } => {
+                write!(f, "a mount of {device:?} ({fstype}), not a fresh tmpfs")
+            }
+        }
+    }
+}
+
+/// Why a source was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// Its facts or the mount table could not be had.
+    Unjudgeable(FactsError),
+    /// Its mount is not in the mount table.
+    NotInMountTable { mnt_id: u64 },
+    /// Below none of the allowing directories.
+    Outside,
+    /// The source's own mount is `what`.
+    Is(What),
+    /// A recursive bind would take `what`, mounted at `point` below it.
+    Below { point: PathBuf, what: What },
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Unjudgeable(e) => write!(f, "eci cannot tell what it is ({e})"),
+            Why::NotInMountTable { mnt_id } => write!(
+                f,
+                "eci cannot tell what it is (its mount, id {mnt_id}, is not in /proc/self/mountinfo)"
+            ),
+            Why::Outside => write!(
+                f,
+                "it is a VM path, outside the container's own files, the engine's directories and the policy's shareable host paths"
+            ),
+            Why::Is(what) => write!(f, "it is {what}"),
+            Why::Below { point, what } => write!(
+                f,
+                "a recursive bind of it would take {what}, mounted at {} below it",
+                point.display()
+            ),
+        }
+    }
+}
+
+pub const TMPFS_MAGIC: u64 = 0x0102_1994;
+
+/// Kernel file systems by `fstatfs` magic, to name what mountinfo may not.
+const KERNEL_MAGICS: &[(u64, &str)] = &[
+    (0x9fa0, "proc"),
+    (0x6265_6572, "sysfs"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0xcafe_4a11, "bpf"),
+    (0x7363_6673, "securityfs"),
+    (0x6265_6570, "configfs"),
+    (0x0027_e0eb, "cgroup"),
+    (0x6367_7270, "cgroup2"),
+    (0x1cd1, "devpts"),
+    (0x1980_0202, "mqueue"),
+    (0xde5e_81e4, "efivarfs"),
+    (0x6165_676c, "pstore"),
+    (0x6e73_6673, "nsfs"),
+    (0xf97c_ff8c, "selinuxfs"),
+    (0x4249_4e4d, "binfmt_misc"),
+    (0x6573_5543, "fusectl"),
+    (0x9584_58f6, "hugetlbfs"),
+    (0x0187, "autofs"),
+];
+
+/// Kernel file systems by mountinfo type.
+const KERNEL_TYPES: &[&str] = &[
+    "proc",
+    "sysfs",
+    "debugfs",
+    "tracefs",
+    "bpf",
+    "securityfs",
+    "configfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "efivarfs",
+    "pstore",
+    "nsfs",
+    "selinuxfs",
+    "binfmt_misc",
+    "fusectl",
+    "hugetlbfs",
+    "autofs",
+    "devtmpfs",
+    "rpc_pipefs",
+    "nfsd",
+];
+
+/// Judge one source: allowed (and by what), or refused (and why). `table`
+/// is the parsed mount table, or why there is none.
+pub fn judge(
+    facts: &SourceFacts,
+    dirs: &[AllowingDir],
+    table: Result<&[MountEntry], &FactsError>,
+    recursive: bool,
+) -> Result<Allowance, Why> {
+    let table = table.map_err(|e| Why::Unjudgeable(e.clone()))?;
+    let entry = table
+        .iter()
+        .find(|e| e.id == facts.mnt_id)
+        .ok_or(Why::NotInMountTable {
+            mnt_id: facts.mnt_id,
+        })?;
+    let containing: Vec<&AllowingDir> = dirs
+        .iter()
+        .filter(|d| facts.path.starts_with(&d.path))
+        .collect();
+    if containing.is_empty() {
+        return Err(Why::Outside);
+    }
+    let fresh = facts.magic == TMPFS_MAGIC && facts.dev == entry.dev;
+    let (dir, allowance) = containing
+        .iter()
+        .find_map(|dir| {
+            allowance_below(entry, dir, table, fresh).map(|allowance| (*dir, allowance))
+        })
+        .ok_or_else(|| Why::Is(describe(entry, table, Some(facts.magic))))?;
+    if recursive {
+        for below in mounts_below(table, entry, &facts.path) {
+            if allowance_below(below, dir, table, true).is_none() {
+                return Err(Why::Below {
+                    point: below.point.clone(),
+                    what: what_is(below, table),
+                });
+            }
+        }
+    }
+    Ok(allowance)
+}
+
+/// `entry` is allowed by `dir`: it is `dir`'s own mount, or a fresh tmpfs
+/// mounted below `dir` (`fresh`: what the kernel said of the source agrees).
+fn allowance_below(
+    entry: &MountEntry,
+    dir: &AllowingDir,
+    table: &[MountEntry],
+    fresh: bool,
+) -> Option<Allowance> {
+    if entry.id == dir.mnt_id {
+        return Some(Allowance::SameMount {
+            dir: dir.path.clone(),
+        });
+    }
+    let fresh_tmpfs = fresh
+        && entry.fstype == "tmpfs"
+        && entry.root == Path::new("/")
+        && entry.dev.0 == 0
+        && !seen_elsewhere(entry, table)
+        && entry.point.starts_with(&dir.path);
+    fresh_tmpfs.then(|| Allowance::FreshTmpfs {
+        dir: dir.path.clone(),
+        point: entry.point.clone(),
+    })
+}
+
+fn seen_elsewhere(entry: &MountEntry, table: &[MountEntry]) -> bool {
+    table.iter().any(|e| e.id != entry.id && e.dev == entry.dev)
+}
+
+/// The mounts a recursive bind of `path` (on `top`) takes: `top`'s children
+/// mounted below `path`, and all of theirs.
+fn mounts_below<'a>(table: &'a [MountEntry], top: &MountEntry, path: &Path) -> Vec<&'a MountEntry> {
+    let mut found: Vec<&MountEntry> = Vec::new();
+    let mut frontier = vec![top.id];
+    while let Some(parent) = frontier.pop() {
+        for e in table
+            .iter()
+            .filter(|e| e.parent == parent && e.id != parent)
+        {
+            let in_scope = parent != top.id || e.point.starts_with(path);
+            if in_scope && e.id != top.id && !found.iter().any(|f| f.id == e.id) {
+                found.push(e);
+                frontier.push(e.id);
+            }
+        }
+    }
+    found
+}
+
+/// What a mount really is, for a refusal.
+pub fn what_is(entry: &MountEntry, table: &[MountEntry]) -> What {
+    describe(entry, table, None)
+}
+
+/// [`what_is`], with the `fstatfs` magic of a file on it when there is one:
+/// a kernel file system by its magic is one whatever mountinfo calls it.
+fn describe(entry: &MountEntry, table: &[MountEntry], magic: Option<u64>) -> What {
+    let is_bind = entry.root != Path::new("/") || seen_elsewhere(entry, table);
+    let of = is_bind.then(|| vm_path_of(entry, table));
+    if KERNEL_TYPES.contains(&entry.fstype.as_str()) {
+        return What::Kernel {
+            fstype: entry.fstype.clone(),
+            of,
+        };
+    }
+    if let Some(name) = magic.and_then(kernel_fs_name) {
+        return What::Kernel {
+            fstype: name.to_owned(),
+            of,
+        };
+    }
+    if entry.dev.0 != 0 {
+        let vm_root = table
+            .iter()
+            .any(|e| e.point == Path::new("/") && e.dev == entry.dev);
+        return What::BlockDevice {
+            fstype: entry.fstype.clone(),
+            device: entry.source.clone(),
+            dev: entry.dev,
+            of,
+            vm_root,
+        };
+    }
+    match of {
+        Some(of) => What::VmBind {
+            fstype: entry.fstype.clone(),
+            dev: entry.dev,
+            of,
+        },
+        None => What::Other {
+            fstype: entry.fstype.clone(),
+            device: entry.source.clone(),
+        },
+    }
+}
+
+/// The VM path a bind shows: another mount of the same device whose root
+/// holds this one's, plus the rest (the root itself when there is none).
+fn vm_path_of(entry: &MountEntry, table: &[MountEntry]) -> PathBuf {
+    table
+        .iter()
+        .filter(|e| e.id != entry.id && e.dev == entry.dev)
+        .filter_map(|e| {
+            let rest = entry.root.strip_prefix(&e.root).ok()?;
+            let path = if rest.as_os_str().is_empty() {
+                e.point.clone()
+            } else {
+                e.point.join(rest)
+            };
+            Some((e.root.components().count(), path))
+        })
+        // The widest view (the device's own root), then the shortest path.
+        .min_by_key(|(depth, path)| (*depth, path.components().count()))
+        .map(|(_, path)| path)
+        .unwrap_or_else(|| entry.root.clone())
+}
+
+/// The kernel's name for an `fstatfs` magic, when it is a kernel one.
+pub fn kernel_fs_name(magic: u64) -> Option<&'static str> {
+    KERNEL_MAGICS
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, name)| *name)
+}
+
+fn cstr(path: &Path) -> Result<CString, FactsError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| FactsError::Open {
+        path: path.display().to_string(),
+        reason: "the path has a NUL byte".into(),
+    })
+}
+
+fn os_reason() -> String {
+    std::io::Error::last_os_error().to_string()
+}
+
+/// Open `path` `O_PATH` (symlinks followed) and ask the kernel what it is.
+pub fn open(path: &Path) -> Result<(OwnedFd, SourceFacts), FactsError> {
+    let shown = path.display().to_string();
+    let c = cstr(path)?;
+    // SAFETY: a valid C string; the returned fd is owned below.
+    let raw = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(FactsError::Open {
+            path: shown,
+            reason: os_reason(),
+        });
+    }
+    // SAFETY: open returned a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let facts = facts_of(&fd, &shown)?;
+    Ok((fd, facts))
+}
+
+/// The facts of an open descriptor (`shown` names it in errors).
+pub fn facts_of(fd: &OwnedFd, shown: &str) -> Result<SourceFacts, FactsError> {
+    let empty = CString::default();
+    // SAFETY: statx is plain data, zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd, an empty C string and a statx buffer.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    if rc != 0 {
+        return Err(FactsError::Statx {
+            path: shown.to_owned(),
+            reason: os_reason(),
+        });
+    }
+    let mnt_id = if stx.stx_mask & libc::STATX_MNT_ID != 0 {
+        stx.stx_mnt_id
+    } else {
+        fdinfo_mnt_id(fd).map_err(|reason| FactsError::MountId {
+            path: shown.to_owned(),
+            reason,
+        })?
+    };
+    // SAFETY: statfs is plain data, zero is a valid value.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and a statfs buffer.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut sfs) } != 0 {
+        return Err(FactsError::Statfs {
+            path: shown.to_owned(),
+            reason: os_reason(),
+        });
+    }
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let path = std::fs::read_link(&link).map_err(|e| FactsError::Open {
+        path: shown.to_owned(),
+        reason: format!("reading {link}: {e}"),
+    })?;
+    Ok(SourceFacts {
+        path,
+        mnt_id,
+        // f_type is a signed word; magics are 32 bits.
+        magic: (sfs.f_type as u64) & 0xffff_ffff,
+        dev: (stx.stx_dev_major, stx.stx_dev_minor),
+    })
+}
+
+fn fdinfo_mnt_id(fd: &OwnedFd) -> Result<u64, String> {
+    let file = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("{file} has no mnt_id line"))
+}
+
+/// The mount table of this process's mount namespace.
+pub fn mount_table() -> Result<Vec<MountEntry>, FactsError> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| FactsError::MountinfoRead(e.to_string()))?;
+    parse_mountinfo(&text)
+}
+
+/// The judged sources of a spec's binds, by index in its mounts: each one's
+/// descriptor, to bind from.
+#[derive(Debug, Default)]
+pub struct Vetted {
+    sources: BTreeMap<usize, (OwnedFd, Allowance)>,
+}
+
+impl Vetted {
+    /// The judged descriptor of mount `n`; a bind that was not judged is a
+    /// refusal (fail closed).
+    pub fn fd(&self, n: usize) -> Result<&OwnedFd, Refusal> {
+        self.sources.get(&n).map(|(fd, _)| fd).ok_or_else(|| {
+            Refusal::Invalid(format!(
+                "mount {n} is a bind whose source eci did not judge"
+            ))
+        })
+    }
+
+    pub fn allowance(&self, n: usize) -> Option<&Allowance> {
+        self.sources.get(&n).map(|(_, a)| a)
+    }
+}
+
+/// Judge every bind source of `spec` against the directories that allow
+/// sources (`spec::allowed_dirs`, plus `extra_dirs`): the first one refused
+/// is the refusal, with what it really is and the fix.
+pub fn vet(spec: &Spec, ctx: &Context, extra_dirs: &[PathBuf]) -> Result<Vetted, Refusal> {
+    let dirs: Vec<AllowingDir> = spec::allowed_dirs(spec, ctx)
+        .into_iter()
+        .chain(extra_dirs.iter().cloned())
+        // A directory that cannot be opened allows nothing.
+        .filter_map(|dir| open(&dir).ok())
+        .map(|(_, facts)| AllowingDir {
+            path: facts.path,
+            mnt_id: facts.mnt_id,
+        })
+        .collect();
+    let mut opened = Vec::new();
+    for (n, mount) in spec.mounts().iter().flatten().enumerate() {
+        if let Some(path) = spec::bind_source_path(mount, &ctx.bundle) {
+            opened.push((n, mount, open(&path)));
+        }
+    }
+    // Read after the sources were opened: every mount they are on is in it,
+    // unless it went away meanwhile (then: refused).
+    let table = mount_table();
+    let mut vetted = Vetted::default();
+    for (n, mount, source) in opened {
+        let recursive = is_recursive(mount);
+        let judged = source.map_err(Why::Unjudgeable).and_then(|(fd, facts)| {
+            let allowance = judge(&facts, &dirs, table.as_deref(), recursive)?;
+            Ok((fd, allowance))
+        });
+        match judged {
+            Ok(ok) => {
+                vetted.sources.insert(n, ok);
+            }
+            Err(why) => return Err(refusal(mount, &why, &ctx.volumes_dir)),
+        }
+    }
+    Ok(vetted)
+}
+
+/// `rbind`: the mounts below the source go with it.
+pub fn is_recursive(mount: &Mount) -> bool {
+    mount
+        .options()
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|x| x == "rbind"))
+}
+
+fn refusal(mount: &Mount, why: &Why, volumes_dir: &Path) -> Refusal {
+    let spelled = mount
+        .source()
+        .as_ref()
+        .map(|s| s.display().to_string())
+        .unwrap_or_default();
+    let from = match mount
+        .source()
+        .as_deref()
+        .and_then(|s| volume_of(s, volumes_dir))
+    {
+        Some(name) => describe_volume(&name, volumes_dir),
+        None => spelled,
+    };
+    Refusal::MountSource {
+        from,
+        destination: mount.destination().display().to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// `<volumes>/<name>/_data[/...]` → `<name>`.
+pub fn volume_of(source: &Path, volumes_dir: &Path) -> Option<String> {
+    let rest = spec::normalize(source);
+    let mut parts = rest.strip_prefix(volumes_dir).ok()?.components();
+    let name = parts.next()?.as_os_str().to_str()?.to_owned();
+    (parts.next()?.as_os_str() == "_data").then_some(name)
+}
+
+/// `volume "v" (driver options: type=none, o=bind, device=/etc)`, with the
+/// local driver's options when its `opts.json` can be read.
+fn describe_volume(name: &str, volumes_dir: &Path) -> String {
+    let opts = volumes_dir.join(name).join("opts.json");
+    match std::fs::read_to_string(&opts)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .map(|v| local_driver_options(&v))
+    {
+        Some(o) if !o.is_empty() => format!("volume {name:?} (driver options: {o})"),
+        _ => format!("volume {name:?}"),
+    }
+}
+
+/// The local volume driver's options as `docker volume create --opt` names
+/// them.
+pub fn local_driver_options(opts: &serde_json::Value) -> String {
+    [
+        ("type", "MountType"),
+        ("o", "MountOpts"),
+        ("device", "MountDevice"),
+    ]
+    .iter()
+    .filter_map(|(opt, key)| {
+        opts[key]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .map(|v| format!("{opt}={v}"))
+    })
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VM like this host's: root on /dev/vda, /var/lib/docker a bind of a
+    /// directory of it, /run a tmpfs, and volumes made by the engine.
+    const VM: &str = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+23 27 0:22 / /sys rw,relatime - sysfs sysfs rw
+24 27 0:6 / /dev rw,relatime - devtmpfs devtmpfs rw,mode=755
+25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+28 27 0:25 / /run rw,relatime shared:2 - tmpfs tmpfs rw,mode=755
+45 27 254:0 /var/lib/docker /var/lib/docker rw,relatime shared:1 - ext4 /dev/vda rw
+46 27 254:16 / /home rw,relatime - ext4 /dev/vdb rw
+100 45 254:0 /etc /var/lib/docker/volumes/etc/_data rw,relatime shared:1 - ext4 /dev/vda rw
+101 45 0:25 / /var/lib/docker/volumes/run/_data rw,relatime shared:2 - tmpfs tmpfs rw
+102 45 0:21 / /var/lib/docker/volumes/proc/_data rw,relatime - proc proc rw
+103 45 0:25 /user/0 /var/lib/docker/volumes/sub/_data rw,relatime - tmpfs tmpfs rw
+104 45 254:1 / /var/lib/docker/volumes/disk/_data rw,relatime - ext4 /dev/vdc rw
+105 45 0:50 / /var/lib/docker/volumes/scratch/_data rw,relatime - tmpfs tmpfs rw,size=10240k
+106 45 0:51 / /var/lib/docker/containers/c1/mounts/shm rw,relatime - tmpfs shm rw,size=65536k
+107 45 0:52 / /var/lib/docker/volumes/nest/_data rw,relatime - tmpfs tmpfs rw
+108 107 0:53 / /var/lib/docker/volumes/nest/_data/ok rw,relatime - tmpfs tmpfs rw
+109 108 0:22 / /var/lib/docker/volumes/nest/_data/ok/sys rw,relatime - sysfs sysfs rw
+110 45 0:54 / /var/lib/docker/volumes/good/_data/fresh rw,relatime - tmpfs tmpfs rw
+";
+
+    fn table() -> Vec<MountEntry> {
+        parse_mountinfo(VM).unwrap()
+    }
+
+    fn dirs() -> Vec<AllowingDir> {
+        vec![
+            AllowingDir {
+                path: "/var/lib/docker/volumes".into(),
+                mnt_id: 45,
+            },
+            AllowingDir {
+                path: "/var/lib/docker/containers/c1".into(),
+                mnt_id: 45,
+            },
+            AllowingDir {
+                path: "/home/shared".into(),
+                mnt_id: 46,
+            },
+        ]
+    }
+
+    /// The facts the kernel would give for a path on mount `id`.
+    fn on(path: &str, id: u64) -> SourceFacts {
+        let entry = table().into_iter().find(|e| e.id == id).unwrap();
+        let magic = match entry.fstype.as_str() {
+            "tmpfs" => TMPFS_MAGIC,
+            "proc" => 0x9fa0,
+            _ => 0xef53,
+        };
+        SourceFacts {
+            path: path.into(),
+            mnt_id: id,
+            magic,
+            dev: entry.dev,
+        }
+    }
+
+    fn verdict(facts: &SourceFacts, recursive: bool) -> Result<Allowance, Why> {
+        let t = table();
+        judge(facts, &dirs(), Ok(&t), recursive)
+    }
+
+    #[test]
+    fn mountinfo_lines_are_parsed_with_escapes_and_optional_fields() {
+        let t = parse_mountinfo(
+            "45 27 254:0 /var/lib/a\\040b /mnt/x\\040y rw shared:1 master:2 - ext4 /dev/vda rw\n",
+        )
+        .unwrap();
+        assert_eq!(
+            t[0],
+            MountEntry {
+                id: 45,
+                parent: 27,
+                dev: (254, 0),
+                root: "/var/lib/a b".into(),
+                point: "/mnt/x y".into(),
+                fstype: "ext4".into(),
+                source: "/dev/vda".into(),
+            }
+        );
+        let e = parse_mountinfo("27 1 254:0 / / rw - ext4 /dev/vda rw\ngarbage\n").unwrap_err();
+        assert_eq!(
+            e,
+            FactsError::MountinfoParse {
+                line: 2,
+                text: "garbage".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_plain_directory_on_the_allowing_directorys_mount_passes() {
+        assert_eq!(
+            verdict(&on("/var/lib/docker/volumes/data/_data", 45), true),
+            Ok(Allowance::SameMount {
+                dir: "/var/lib/docker/volumes".into()
+            })
+        );
+        assert_eq!(
+            verdict(&on("/home/shared/project", 46), true),
+            Ok(Allowance::SameMount {
+                dir: "/home/shared".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_fresh_tmpfs_below_an_allowing_directory_passes() {
+        for (path, id) in [
+            ("/var/lib/docker/volumes/scratch/_data", 105),
+            ("/var/lib/docker/containers/c1/mounts/shm", 106),
+        ] {
+            assert_eq!(
+                verdict(&on(path, id), true),
+                Ok(Allowance::FreshTmpfs {
+                    dir: if id == 106 {
+                        "/var/lib/docker/containers/c1".into()
+                    } else {
+                        "/var/lib/docker/volumes".into()
+                    },
+                    point: path.into()
+                }),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bind_of_the_vms_etc_is_refused_as_a_bind_on_its_root_file_system() {
+        let why = verdict(&on("/var/lib/docker/volumes/etc/_data", 100), true).unwrap_err();
+        assert_eq!(
+            why,
+            Why::Is(What::BlockDevice {
+                fstype: "ext4".into(),
+                device: "/dev/vda".into(),
+                dev: (254, 0),
+                of: Some("/etc".into()),
+                vm_root: true,
+            })
+        );
+        assert!(
+            why.to_string()
+                .contains("a bind of /etc on the VM's root file system"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_bind_of_the_vms_run_is_not_a_fresh_tmpfs() {
+        let why = verdict(&on("/var/lib/docker/volumes/run/_data", 101), true).unwrap_err();
+        assert_eq!(
+            why,
+            Why::Is(What::VmBind {
+                fstype: "tmpfs".into(),
+                dev: (0, 25),
+                of: "/run".into()
+            })
+        );
+        assert!(why.to_string().contains("a bind of the VM's /run"), "{why}");
+    }
+
+    #[test]
+    fn a_bind_of_the_vms_proc_is_refused_as_a_kernel_file_system() {
+        let why = verdict(&on("/var/lib/docker/volumes/proc/_data", 102), true).unwrap_err();
+        assert_eq!(
+            why,
+            Why::Is(What::Kernel {
+                fstype: "proc".into(),
+                of: Some("/proc".into())
+            })
+        );
+        assert!(
+            why.to_string()
+                .contains("a bind of the VM's /proc (proc, a kernel file system)"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_bind_of_a_sub_directory_is_refused_even_of_a_tmpfs_mounted_nowhere_else() {
+        // Root /user/0 of the /run tmpfs: the magic and the type say tmpfs.
+        let why = verdict(&on("/var/lib/docker/volumes/sub/_data", 103), false).unwrap_err();
+        assert_eq!(
+            why,
+            Why::Is(What::VmBind {
+                fstype: "tmpfs".into(),
+                dev: (0, 25),
+                of: "/run/user/0".into()
+            })
+        );
+        // Even when its device is nowhere else in the table.
+        let alone: Vec<MountEntry> = table()
+            .into_iter()
+            .filter(|e| e.id != 28 && e.id != 101)
+            .collect();
+        let why = judge(
+            &on("/var/lib/docker/volumes/sub/_data", 103),
+            &dirs(),
+            Ok(&alone),
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(why, Why::Is(What::VmBind { .. })), "{why:?}");
+    }
+
+    #[test]
+    fn a_block_device_file_system_is_refused_with_its_device() {
+        let why = verdict(&on("/var/lib/docker/volumes/disk/_data", 104), true).unwrap_err();
+        assert_eq!(
+            why,
+            Why::Is(What::BlockDevice {
+                fstype: "ext4".into(),
+                device: "/dev/vdc".into(),
+                dev: (254, 1),
+                of: None,
+                vm_root: false,
+            })
+        );
+        assert!(
+            why.to_string().contains("ext4 on block device 254:1"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_tmpfs_only_by_its_mountinfo_line_is_not_fresh() {
+        // The kernel says the source is not on a tmpfs (or on another
+        // device): mountinfo alone does not make it one.
+        let mut facts = on("/var/lib/docker/volumes/scratch/_data", 105);
+        facts.magic = 0xef53;
+        assert!(verdict(&facts, false).is_err());
+        let mut facts = on("/var/lib/docker/volumes/scratch/_data", 105);
+        facts.dev = (0, 99);
+        assert!(verdict(&facts, false).is_err());
+    }
+
+    #[test]
+    fn an_rbind_takes_a_bad_submount_below_a_good_directory_and_is_refused() {
+        // A fresh tmpfs with a fresh tmpfs below (fine) and sysfs below that.
+        let why = verdict(&on("/var/lib/docker/volumes/nest/_data", 107), true).unwrap_err();
+        assert_eq!(
+            why,
+            Why::Below {
+                point: "/var/lib/docker/volumes/nest/_data/ok/sys".into(),
+                what: What::Kernel {
+                    fstype: "sysfs".into(),
+                    of: Some("/sys".into())
+                }
+            }
+        );
+        // The same without rbind: the submounts do not go along.
+        assert!(verdict(&on("/var/lib/docker/volumes/nest/_data", 107), false).is_ok());
+        // A plain directory with a fresh tmpfs below: fine recursively.
+        assert!(verdict(&on("/var/lib/docker/volumes/good/_data", 45), true).is_ok());
+        // The whole volume directory, recursively: every volume is judged.
+        assert!(matches!(
+            verdict(&on("/var/lib/docker/volumes", 45), true),
+            Err(Why::Below { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_mount_table_is_a_refusal_with_the_reason() {
+        let e = FactsError::MountinfoRead("Permission denied (os error 13)".into());
+        let why = judge(
+            &on("/var/lib/docker/volumes/data/_data", 45),
+            &dirs(),
+            Err(&e),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(why, Why::Unjudgeable(e));
+        assert!(why.to_string().contains("Permission denied"), "{why}");
+        // A mount that is not in the table is no better.
+        let mut facts = on("/var/lib/docker/volumes/data/_data", 45);
+        facts.mnt_id = 999;
+        assert_eq!(
+            verdict(&facts, false),
+            Err(Why::NotInMountTable { mnt_id: 999 })
+        );
+    }
+
+    #[test]
+    fn a_kernel_file_system_is_named_by_its_magic_and_other_mounts_by_their_type() {
+        // mountinfo says tmpfs, the kernel's magic says sysfs: sysfs.
+        let mut facts = on("/var/lib/docker/volumes/scratch/_data", 105);
+        facts.magic = 0x6265_6572;
+        assert_eq!(
+            verdict(&facts, false),
+            Err(Why::Is(What::Kernel {
+                fstype: "sysfs".into(),
+                of: None
+            }))
+        );
+        let fuse = parse_mountinfo(
+            "200 45 0:60 / /var/lib/docker/volumes/f/_data rw - fuse.sshfs me@host:/x rw\n",
+        )
+        .unwrap();
+        let what = what_is(&fuse[0], &fuse);
+        assert_eq!(
+            what.to_string(),
+            "a mount of \"me@host:/x\" (fuse.sshfs), not a fresh tmpfs"
+        );
+    }
+
+    #[test]
+    fn a_source_below_no_allowing_directory_is_refused() {
+        assert_eq!(verdict(&on("/etc", 27), false), Err(Why::Outside));
+    }
+
+    #[test]
+    fn volumes_are_named_with_their_driver_options() {
+        let volumes = Path::new("/var/lib/docker/volumes");
+        assert_eq!(
+            volume_of(Path::new("/var/lib/docker/volumes/v/_data"), volumes),
+            Some("v".into())
+        );
+        assert_eq!(
+            volume_of(Path::new("/var/lib/docker/volumes/v"), volumes),
+            None
+        );
+        assert_eq!(volume_of(Path::new("/etc"), volumes), None);
+        let opts = serde_json::json!({"MountType": "none", "MountOpts": "bind", "MountDevice": "/etc", "Quota": {"Size": 0}});
+        assert_eq!(
+            local_driver_options(&opts),
+            "type=none, o=bind, device=/etc"
+        );
+    }
+
+    #[test]
+    fn the_refusal_names_the_volume_its_options_what_it_is_and_the_fix() {
+        let volumes = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(volumes.path().join("v")).unwrap();
+        std::fs::write(
+            volumes.path().join("v/opts.json"),
+            r#"{"MountType":"none","MountOpts":"bind","MountDevice":"/etc","Quota":{"Size":0}}"#,
+        )
+        .unwrap();
+        let mut mount = Mount::default();
+        mount.set_source(Some(volumes.path().join("v/_data")));
+        mount.set_destination("/x".into());
+        let why = verdict(&on("/var/lib/docker/volumes/etc/_data", 100), true).unwrap_err();
+        let refused = refusal(&mount, &why, volumes.path());
+        assert!(matches!(refused, Refusal::MountSource { .. }));
+        let text = refused.to_string();
+        for expected in [
+            "can't mount volume \"v\" (driver options: type=none, o=bind, device=/etc) at /x",
+            "it is a bind of /etc on the VM's root file system (ext4 on block device 254:0 (/dev/vda))",
+            "plain named volume",
+            "--tmpfs",
+            "eci.shareableHostPaths",
+        ] {
+            assert!(text.contains(expected), "no {expected:?} in {text}");
+        }
+        // Without opts.json: the name alone; not a volume: the path.
+        std::fs::remove_file(volumes.path().join("v/opts.json")).unwrap();
+        assert!(
+            refusal(&mount, &why, volumes.path())
+                .to_string()
+                .contains("can't mount volume \"v\" at /x")
+        );
+        mount.set_source(Some("/srv/data".into()));
+        assert!(
+            refusal(&mount, &why, volumes.path())
+                .to_string()
+                .contains("can't mount /srv/data at /x")
+        );
+    }
+
+    #[test]
+    fn the_facts_of_a_real_path_name_its_mount() {
+        let (_fd, facts) = open(Path::new("/proc/self")).unwrap();
+        assert_eq!(facts.magic, 0x9fa0);
+        assert_eq!(kernel_fs_name(facts.magic), Some("proc"));
+        let t = mount_table().unwrap();
+        assert!(t.iter().any(|e| e.id == facts.mnt_id && e.fstype == "proc"));
+        assert!(matches!(
+            open(Path::new("/nonexistent/eci")),
+            Err(FactsError::Open { .. })
+        ));
+    }
+}
