@@ -9,6 +9,13 @@
 //! it is one of its names, or ends in `*` and its stem begins the family or
 //! a name (`container*`, `image*`). `/_ping` is always allowed: every
 //! client sends it first and it reveals nothing.
+//!
+//! Some calls are refused whatever the list says (`Verdict::Refuse`):
+//! plugin endpoints (`/plugins`, `/plugins/...`: a plugin runs as the engine
+//! chooses, with plain runc, outside every protected cgroup, so installing
+//! or changing one is VM administration), and targets that do not decode.
+//! The engine routes case-sensitively (`/PLUGINS` is a 404 there); the
+//! plugin family is matched without regard to ASCII case all the same.
 
 use crate::policy::{CommandList, CommandListType};
 
@@ -24,8 +31,44 @@ pub struct ApiCall {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Allow,
-    /// Blocked, with the rule that blocked it (for the message).
+    /// Blocked by `commandList`, with the rule that blocked it (for the
+    /// message).
     Deny(String),
+    /// Refused to every trusted image, whatever `commandList` says.
+    Refuse(Refusal),
+}
+
+/// Why a call is refused whatever `commandList` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A plugin endpoint: plugins are VM administration.
+    Plugin,
+    /// A target that does not decode (bad `%xx`, NUL, `..` above the root).
+    UndecodableTarget,
+}
+
+impl Refusal {
+    /// The rule, for the message and the audit line.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Refusal::Plugin => {
+                "plugin endpoints (/plugins...) are refused to every container whatever commandList says: a plugin runs with plain runc outside eci's protection, so plugins are VM administration"
+            }
+            Refusal::UndecodableTarget => {
+                "the request path does not decode (bad %-escape, NUL, or `..` above the root)"
+            }
+        }
+    }
+
+    /// What to do instead.
+    pub fn fix(self) -> &'static str {
+        match self {
+            Refusal::Plugin => {
+                "an administrator installs and manages plugins on the VM itself (docker plugin ... as root there), not from a container"
+            }
+            Refusal::UndecodableTarget => "send the path the docker CLI sends",
+        }
+    }
 }
 
 /// Decode `%xx` escapes (the engine routes on the decoded path) and
@@ -69,9 +112,10 @@ pub fn canonical_segments(target: &str) -> Option<Vec<String>> {
     Some(segments)
 }
 
+/// `v1.41` (the engine's `/v{version:[0-9.]+}`; `V` too, to be safe).
 fn is_version(segment: &str) -> bool {
     segment
-        .strip_prefix('v')
+        .strip_prefix(['v', 'V'])
         .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
 }
 
@@ -84,12 +128,17 @@ fn api_segments(target: &str) -> Option<Vec<String>> {
     Some(segments)
 }
 
+/// The family of plugin endpoints, refused whatever the list says.
+const PLUGIN: &str = "plugin";
+/// The family of targets that do not decode, refused whatever the list says.
+const UNDECODABLE: &str = "undecodable";
+
 /// Classify a call; `None` for `/_ping` (always allowed).
 pub fn classify(method: &str, target: &str) -> Option<ApiCall> {
     let Some(segments) = api_segments(target) else {
         return Some(ApiCall {
             names: vec!["unknown"],
-            family: "unknown",
+            family: UNDECODABLE,
         });
     };
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
@@ -121,7 +170,7 @@ pub fn classify(method: &str, target: &str) -> Option<ApiCall> {
         (_, ["distribution", ..]) => call(vec!["pull"], "image"),
         (_, ["volumes", ..]) => call(vec!["volume"], "volume"),
         (_, ["networks", ..]) => call(vec!["network"], "network"),
-        (_, ["plugins", ..]) => call(vec!["plugin"], "plugin"),
+        (_, [first, ..]) if first.eq_ignore_ascii_case("plugins") => call(vec!["plugin"], PLUGIN),
         (
             _,
             [
@@ -190,6 +239,11 @@ pub fn judge(list: &CommandList, call: Option<&ApiCall>) -> Verdict {
     let Some(call) = call else {
         return Verdict::Allow;
     };
+    match call.family {
+        PLUGIN => return Verdict::Refuse(Refusal::Plugin),
+        UNDECODABLE => return Verdict::Refuse(Refusal::UndecodableTarget),
+        _ => {}
+    }
     let hit = list.commands.iter().find(|c| matches(c, call));
     match (list.kind, hit) {
         (CommandListType::Deny, Some(entry)) => Verdict::Deny(format!(
@@ -248,10 +302,62 @@ mod tests {
         );
         assert_eq!(names("POST", "//v1.41//images/x/push"), ["push"]);
         assert_eq!(names("POST", "http://docker/v1.41/images/x/push"), ["push"]);
-        // Unparseable: classified as unknown, which an allow list refuses.
-        assert_eq!(names("GET", "/../../x"), ["unknown"]);
-        assert_eq!(names("GET", "/v1.41/images/%zz/push"), ["unknown"]);
-        assert_eq!(names("GET", "/v1.41/%00/push"), ["unknown"]);
+        // Undecodable: refused whatever the list says.
+        let deny_nothing = list(CommandListType::Deny, &[]);
+        for target in ["/../../x", "/v1.41/images/%zz/push", "/v1.41/%00/push"] {
+            assert_eq!(
+                judge(&deny_nothing, classify("GET", target).as_ref()),
+                Verdict::Refuse(Refusal::UndecodableTarget),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn plugin_endpoints_are_refused_whatever_the_command_list_says() {
+        let lists = [
+            list(CommandListType::Deny, &[]),
+            list(CommandListType::Allow, &["plugin", "plugin*", "*"]),
+        ];
+        for (method, target) in [
+            ("GET", "/plugins"),
+            ("GET", "/v1.41/plugins"),
+            ("GET", "/v1.41/plugins/"),
+            ("GET", "/v1.41/plugins/privileges?remote=x"),
+            ("POST", "/v1.41/plugins/pull?remote=vieux/sshfs"),
+            ("POST", "/v1.41/plugins/create?name=x"),
+            ("POST", "/v1.41/plugins/vieux/sshfs:latest/enable"),
+            ("POST", "/v1.41/plugins/x/disable"),
+            ("POST", "/v1.41/plugins/x/set"),
+            ("POST", "/v1.41/plugins/x/upgrade"),
+            ("POST", "/v1.41/plugins/x/push"),
+            ("DELETE", "/v1.41/plugins/x"),
+            ("GET", "/v1.41/plugins/x/json"),
+            ("POST", "/v1.41/%70lugins/x/enable"),
+            ("POST", "/v1.41/plugins%2Fx%2Fenable"),
+            ("POST", "/v1.41/images/../plugins/x/enable"),
+            ("POST", "//v1.41/./plugins//x/enable"),
+            ("POST", "/V1.41/PLUGINS/x/enable"),
+            ("POST", "/v1.41/Plugins/pull"),
+            ("POST", "http://docker/v1.41/plugins/pull"),
+        ] {
+            for commands in &lists {
+                assert_eq!(
+                    judge(commands, classify(method, target).as_ref()),
+                    Verdict::Refuse(Refusal::Plugin),
+                    "{method} {target}"
+                );
+            }
+        }
+        // Not plugin endpoints: a container or an image named "plugins".
+        let anything = list(CommandListType::Deny, &[]);
+        assert_eq!(
+            judge(
+                &anything,
+                classify("GET", "/v1.41/containers/plugins/json").as_ref()
+            ),
+            Verdict::Allow
+        );
     }
 
     #[test]

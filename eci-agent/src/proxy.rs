@@ -231,30 +231,41 @@ impl Proxies {
             )
         };
         let call = docker_api::classify(&request.method, &request.target);
-        if let Verdict::Deny(rule) = docker_api::judge(&command_list, call.as_ref()) {
-            let command = call
-                .as_ref()
-                .and_then(|c| c.names.first().copied())
-                .unwrap_or("unknown");
-            tracing::warn!(container, method = %request.method, target = %request.target, command, "docker API call denied");
-            let line = serde_json::json!({
-                "time": eci_control::rfc3339_now(),
-                "event": "docker_api_denied",
-                "container": container,
-                "method": request.method,
-                "target": request.target,
-                "command": command,
-                "rule": rule,
-            });
-            if let Err(err) = self.audit.lock().await.write(&line) {
-                tracing::error!("{err}");
+        let command = call
+            .as_ref()
+            .and_then(|c| c.names.first().copied())
+            .unwrap_or("unknown");
+        match docker_api::judge(&command_list, call.as_ref()) {
+            Verdict::Allow => {}
+            Verdict::Deny(rule) => {
+                let message = format!(
+                    "enhanced container isolation: docker command \"{}\" is blocked ({rule}); if you wish to allow it, ask an administrator to change enhancedContainerIsolation.dockerSocketMount.commandList in {}",
+                    request.target,
+                    self.policy_path.display()
+                );
+                let denial = Denial {
+                    container,
+                    request: &request,
+                    command,
+                    rule: &rule,
+                };
+                return self.refuse(&mut client, denial, 403, &message).await;
             }
-            let message = format!(
-                "enhanced container isolation: docker command \"{}\" is blocked ({rule}); if you wish to allow it, ask an administrator to change enhancedContainerIsolation.dockerSocketMount.commandList in {}",
-                request.target,
-                self.policy_path.display()
-            );
-            return respond(&mut client, 403, "Forbidden", &message).await;
+            Verdict::Refuse(refusal) => {
+                let message = format!(
+                    "enhanced container isolation: docker command \"{}\" is refused: {}; {}",
+                    request.target,
+                    refusal.rule(),
+                    refusal.fix()
+                );
+                let denial = Denial {
+                    container,
+                    request: &request,
+                    command,
+                    rule: refusal.rule(),
+                };
+                return self.refuse(&mut client, denial, 403, &message).await;
+            }
         }
         let mut forwarded = request.forwarded(None);
         if docker_api::is_container_create(&request.method, &request.target) {
@@ -289,6 +300,53 @@ impl Proxies {
         tokio::io::copy_bidirectional(&mut client, &mut engine).await?;
         Ok(())
     }
+}
+
+impl Proxies {
+    /// Answer a refused call with an API error (`code`: 403 for a rule, 400
+    /// for a request the proxy cannot read), after an audit line
+    /// (`docker_api_denied`) and a warning.
+    async fn refuse(
+        &self,
+        client: &mut UnixStream,
+        denial: Denial<'_>,
+        code: u16,
+        message: &str,
+    ) -> std::io::Result<()> {
+        let Denial {
+            container,
+            request,
+            command,
+            rule,
+        } = denial;
+        tracing::warn!(container, method = %request.method, target = %request.target, command, rule, "docker API call denied");
+        let line = serde_json::json!({
+            "time": eci_control::rfc3339_now(),
+            "event": "docker_api_denied",
+            "container": container,
+            "method": request.method,
+            "target": request.target,
+            "command": command,
+            "rule": rule,
+        });
+        if let Err(err) = self.audit.lock().await.write(&line) {
+            tracing::error!("{err}");
+        }
+        let reason = if code == 400 {
+            "Bad Request"
+        } else {
+            "Forbidden"
+        };
+        respond(client, code, reason, message).await
+    }
+}
+
+/// A refused call, for its audit line.
+struct Denial<'a> {
+    container: &'a str,
+    request: &'a RequestHead,
+    command: &'a str,
+    rule: &'a str,
 }
 
 /// Whose proxy it is, and where it forwards.
