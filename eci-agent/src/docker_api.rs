@@ -218,10 +218,26 @@ fn image_action(action: &str) -> Vec<&'static str> {
     }
 }
 
-/// Is this call a container create (whose body the proxy rewrites)?
-pub fn is_container_create(method: &str, target: &str) -> bool {
-    method.eq_ignore_ascii_case("POST")
-        && api_segments(target).is_some_and(|s| s == ["containers", "create"])
+/// A call whose body the proxy judges (`docker_body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JudgedBody {
+    /// `POST /containers/create`.
+    ContainerCreate,
+    /// `POST /volumes/create`.
+    VolumeCreate,
+}
+
+/// Is this a call whose body the proxy judges?
+pub fn judged_body(method: &str, target: &str) -> Option<JudgedBody> {
+    if !method.eq_ignore_ascii_case("POST") {
+        return None;
+    }
+    let segments = api_segments(target)?;
+    match segments.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["containers", "create"] => Some(JudgedBody::ContainerCreate),
+        ["volumes", "create"] => Some(JudgedBody::VolumeCreate),
+        _ => None,
+    }
 }
 
 /// Does a list entry name this call?
