@@ -429,3 +429,158 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `segments` spelled as a client may spell them and the engine routes
+    /// the same: any byte percent-encoded (either hex case), runs of `/`,
+    /// `.` and `x/..` segments, an optional absolute form and query.
+    fn spelled(segments: Vec<String>, choices: Vec<u8>, absolute: bool, query: bool) -> String {
+        let mut choices = choices.into_iter().cycle();
+        let mut next = move || choices.next().unwrap_or(0);
+        let mut out = String::new();
+        if absolute {
+            out.push_str("http://docker");
+        }
+        for segment in segments {
+            out.push('/');
+            match next() % 8 {
+                0 => out.push('/'),
+                1 => out.push_str("./"),
+                2 => out.push_str("junk/../"),
+                _ => {}
+            }
+            for byte in segment.bytes() {
+                match next() % 5 {
+                    0 => out.push_str(&format!("%{byte:02X}")),
+                    1 => out.push_str(&format!("%{byte:02x}")),
+                    _ => out.push(char::from(byte)),
+                }
+            }
+        }
+        if query {
+            out.push_str("?name=x&remote=y");
+        }
+        out
+    }
+
+    fn version() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(
+            proptest::sample::select(&["v1.41", "v1.24", "v1.47", "v1"][..])
+                .prop_map(str::to_owned),
+        )
+    }
+
+    const NAMES: &[&[&str]] = &[&["sshfs"], &["vieux", "sshfs:latest"], &["x"]];
+
+    /// A plugin endpoint the engine routes, with `plugins` in any ASCII case.
+    fn plugin_call() -> impl Strategy<Value = (&'static str, Vec<String>)> {
+        let name = proptest::sample::select(NAMES);
+        let endpoint = prop_oneof![
+            Just(("GET", vec![])),
+            Just(("GET", vec!["privileges"])),
+            Just(("POST", vec!["pull"])),
+            Just(("POST", vec!["create"])),
+            name.clone().prop_flat_map(|name| {
+                proptest::sample::select(
+                    &[
+                        ("POST", "enable"),
+                        ("POST", "disable"),
+                        ("POST", "set"),
+                        ("POST", "upgrade"),
+                        ("POST", "push"),
+                        ("GET", "json"),
+                    ][..],
+                )
+                .prop_map(move |(method, action)| {
+                    let mut path: Vec<&str> = name.to_vec();
+                    path.push(action);
+                    (method, path)
+                })
+            }),
+            name.prop_map(|name| ("DELETE", name.to_vec())),
+        ];
+        let case = proptest::collection::vec(any::<bool>(), 7);
+        (version(), case, endpoint).prop_map(|(version, case, (method, rest))| {
+            let plugins: String = "plugins"
+                .chars()
+                .zip(case)
+                .map(|(c, upper)| if upper { c.to_ascii_uppercase() } else { c })
+                .collect();
+            let segments = version
+                .into_iter()
+                .chain(std::iter::once(plugins))
+                .chain(rest.into_iter().map(str::to_owned))
+                .collect();
+            (method, segments)
+        })
+    }
+
+    fn any_list() -> impl Strategy<Value = CommandList> {
+        let kind = prop_oneof![Just(CommandListType::Deny), Just(CommandListType::Allow)];
+        let commands = proptest::collection::vec(
+            proptest::sample::select(&["plugin", "plugin*", "*", "push", "container*"][..]),
+            0..3,
+        );
+        (kind, commands).prop_map(|(kind, commands)| CommandList {
+            kind,
+            commands: commands.into_iter().map(str::to_owned).collect(),
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_spelling_of_a_plugin_endpoint_is_refused_whatever_the_list(
+            (method, segments) in plugin_call(),
+            choices in proptest::collection::vec(any::<u8>(), 1..64),
+            absolute in any::<bool>(),
+            query in any::<bool>(),
+            commands in any_list(),
+        ) {
+            let target = spelled(segments, choices, absolute, query);
+            prop_assert_eq!(
+                judge(&commands, classify(method, &target).as_ref()),
+                Verdict::Refuse(Refusal::Plugin),
+                "{} {}", method, target
+            );
+        }
+
+        #[test]
+        fn every_spelling_of_a_denied_command_is_denied(
+            version in version(),
+            image in proptest::sample::select(&["busybox", "reg.io/a/b", "x"][..]),
+            choices in proptest::collection::vec(any::<u8>(), 1..64),
+            absolute in any::<bool>(),
+            query in any::<bool>(),
+        ) {
+            let deny = CommandList {
+                kind: CommandListType::Deny,
+                commands: vec!["push".into(), "create".into()],
+            };
+            let push: Vec<String> = version
+                .iter()
+                .cloned()
+                .chain(["images".to_owned()])
+                .chain(image.split('/').map(str::to_owned))
+                .chain(["push".to_owned()])
+                .collect();
+            let create: Vec<String> = version
+                .into_iter()
+                .chain(["containers".to_owned(), "create".to_owned()])
+                .collect();
+            for segments in [push, create] {
+                let target = spelled(segments, choices.clone(), absolute, query);
+                prop_assert!(
+                    matches!(judge(&deny, classify("POST", &target).as_ref()), Verdict::Deny(_)),
+                    "{}", target
+                );
+            }
+        }
+    }
+}

@@ -526,3 +526,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "docker_body_properties.rs"]
+mod properties;
