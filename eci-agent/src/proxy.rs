@@ -10,9 +10,15 @@
 //! start) it hijacks: after the upgrade the stream is the container's
 //! stdio, not API requests.
 //!
-//! A container created through the proxy gets eci's runtime whatever it asks
-//! for (`HostConfig.Runtime` is rewritten): a trusted container cannot start
-//! a sibling with plain runc and a bind of the VM's `/`.
+//! Plugin endpoints are refused whatever `commandList` says (plugins are VM
+//! administration: `docker_api`). Container and volume create bodies are
+//! read as the engine reads them, judged and forwarded re-encoded
+//! (`docker_body`): a container created through the proxy gets eci's
+//! runtime whatever it asks for and however it spells it, no cgroup
+//! parent, no bind of a VM path outside `eci.shareableHostPaths`, and no
+//! volume that binds a VM path or mounts a device — a trusted container
+//! cannot start a sibling with plain runc and a bind of the VM's `/`. Every
+//! refusal names its rule and fix and is audited (`docker_api_denied`).
 //!
 //! Proxies live as long as the agent: a restarted agent does not resume
 //! them, and the container's socket then refuses connections (closed, not
