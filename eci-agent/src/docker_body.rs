@@ -63,6 +63,10 @@ pub enum BodyRefusal {
         why: &'static str,
     },
     #[error(
+        "{0} is given at the top of the body, the deprecated form the engine still merges into HostConfig; the eci proxy refuses it there: put it in HostConfig"
+    )]
+    TopLevelHostField(&'static str),
+    #[error(
         "{0} has a ClusterVolumeSpec: cluster volumes are made by plugins, refused to containers; {VOLUME_FIX}"
     )]
     ClusterVolume(String),
@@ -73,7 +77,7 @@ impl BodyRefusal {
     /// would, 403 for one it reads and refuses.
     pub fn status(&self) -> u16 {
         match self {
-            BodyRefusal::Json(_) => 400,
+            BodyRefusal::Json(_) | BodyRefusal::TopLevelHostField(_) => 400,
             _ => 403,
         }
     }
@@ -82,6 +86,7 @@ impl BodyRefusal {
     pub fn rule(&self) -> &'static str {
         match self {
             BodyRefusal::Json(_) => "the body is not read as the engine would read it",
+            BodyRefusal::TopLevelHostField(_) => "host settings only in HostConfig",
             BodyRefusal::CgroupParent(_) => "no cgroup parent through the proxy",
             BodyRefusal::Bind { .. } => "binds only below eci.shareableHostPaths",
             BodyRefusal::Driver { .. } | BodyRefusal::ClusterVolume(_) => {
@@ -133,11 +138,22 @@ fn body_object(body: &[u8]) -> Result<Object, JsonError> {
     })
 }
 
+/// The fields of HostConfig judged or set here.
+const JUDGED_HOST_FIELDS: [&str; 5] =
+    ["Runtime", "CgroupParent", "VolumeDriver", "Binds", "Mounts"];
+
 /// A container-create body as it goes to the engine: judged, with eci's
 /// runtime.
 pub fn container_create(body: &[u8], policy: BodyPolicy) -> Result<Vec<u8>, BodyRefusal> {
     let mut top = body_object(body)?;
     let mut host = take_object(&mut top, "HostConfig", "")?.unwrap_or_default();
+    // The engine (up to 20.10 at least) also decodes HostConfig's fields at
+    // the top, and takes some of them (VolumeDriver) into HostConfig.
+    for field in JUDGED_HOST_FIELDS {
+        if take(&mut top, field, "")?.is_some() {
+            return Err(BodyRefusal::TopLevelHostField(field));
+        }
+    }
     let path = "HostConfig";
     // Runtime: whatever was asked, eci's.
     take(&mut host, "Runtime", path)?;
@@ -387,6 +403,22 @@ mod tests {
         }
         for body in ["", " ", r#"{"Image":"x"}"#, r#"{"HostConfig":null}"#] {
             assert_eq!(create(body).expect(body)["HostConfig"]["Runtime"], "eci");
+        }
+    }
+
+    #[test]
+    fn host_settings_at_the_top_of_the_body_are_refused() {
+        for body in [
+            r#"{"Image":"x","Runtime":"runc"}"#,
+            r#"{"Image":"x","HostConfig":{},"volumedriver":"sshfs"}"#,
+            r#"{"Image":"x","Binds":["/:/host"]}"#,
+            r#"{"Image":"x","CgroupParent":"/"}"#,
+        ] {
+            let refusal = refused(create(body));
+            assert!(
+                matches!(refusal, BodyRefusal::TopLevelHostField(_)),
+                "{body}: {refusal}"
+            );
         }
     }
 

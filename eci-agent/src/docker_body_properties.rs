@@ -157,7 +157,17 @@ fn go_value<'a>(object: &'a Json, field: &str, fields: &[&str]) -> Option<&'a Js
     values.into_iter().next()
 }
 
-const TOP: &[&str] = &["Image", "Cmd", "HostConfig", "NetworkingConfig"];
+/// The top of a create body: Config's fields, HostConfig, and (the
+/// deprecated form the engine still reads) HostConfig's own fields.
+const TOP: &[&str] = &[
+    "Image",
+    "Cmd",
+    "HostConfig",
+    "NetworkingConfig",
+    "Runtime",
+    "VolumeDriver",
+    "Binds",
+];
 const HOST: &[&str] = &[
     "Binds",
     "Runtime",
@@ -285,6 +295,9 @@ fn host_config() -> impl Strategy<Value = Json> + Clone {
 fn create_body() -> impl Strategy<Value = Json> {
     object(vec![
         entries("Image", strings(&["busybox"])).boxed(),
+        prop_oneof![9 => Just(Vec::new()), 1 => entries("VolumeDriver", strings(&["sshfs"]))]
+            .boxed(),
+        prop_oneof![9 => Just(Vec::new()), 1 => entries("Runtime", strings(&["runc"]))].boxed(),
         entries(
             "HostConfig",
             prop_oneof![6 => host_config(), 1 => Just(leaf(serde_json::Value::Null))],
@@ -353,6 +366,9 @@ proptest! {
             return Ok(());
         };
         let out = parse(&out);
+        for field in ["Runtime", "VolumeDriver", "Binds"] {
+            prop_assert!(go_value(&out, field, TOP).is_none(), "{} at the top: {}", field, out.text());
+        }
         let host = go_value(&out, "HostConfig", TOP).expect("HostConfig");
         let runtime = go_value(host, "Runtime", HOST).and_then(Json::str);
         prop_assert_eq!(runtime, Some("eci"), "{}", out.text());
