@@ -225,6 +225,9 @@ pub enum JudgedBody {
     ContainerCreate,
     /// `POST /volumes/create`.
     VolumeCreate,
+    /// `POST /containers/{id}/start`: before API 1.24 its body was a
+    /// HostConfig that replaced the container's (runtime, binds...).
+    ContainerStart,
 }
 
 /// Is this a call whose body the proxy judges?
@@ -236,6 +239,8 @@ pub fn judged_body(method: &str, target: &str) -> Option<JudgedBody> {
     match segments.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["containers", "create"] => Some(JudgedBody::ContainerCreate),
         ["volumes", "create"] => Some(JudgedBody::VolumeCreate),
+        // The engine's route takes any name, slashes included.
+        ["containers", _, .., "start"] => Some(JudgedBody::ContainerStart),
         _ => None,
     }
 }
@@ -409,6 +414,27 @@ mod tests {
             Verdict::Deny(_)
         ));
         assert!(matches!(verdict("GET", "/v1.41/nothing"), Verdict::Deny(_)));
+    }
+
+    #[test]
+    fn create_and_start_bodies_are_judged() {
+        assert_eq!(
+            judged_body("POST", "/v1.41/containers/create?name=x"),
+            Some(JudgedBody::ContainerCreate)
+        );
+        assert_eq!(
+            judged_body("POST", "/v1.41/volumes/%63reate"),
+            Some(JudgedBody::VolumeCreate)
+        );
+        for target in ["/v1.23/containers/abc/start", "/containers/a/b/start"] {
+            assert_eq!(
+                judged_body("POST", target),
+                Some(JudgedBody::ContainerStart),
+                "{target}"
+            );
+        }
+        assert_eq!(judged_body("GET", "/v1.41/containers/create"), None);
+        assert_eq!(judged_body("POST", "/v1.41/containers/json"), None);
     }
 
     #[test]

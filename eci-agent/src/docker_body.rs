@@ -63,6 +63,10 @@ pub enum BodyRefusal {
         why: &'static str,
     },
     #[error(
+        "a container start with a body (a HostConfig, API before 1.24) is refused: it would replace the container's settings, runtime included; start without one and give settings at create"
+    )]
+    StartWithHostConfig,
+    #[error(
         "{0} is given at the top of the body, the deprecated form the engine still merges into HostConfig; the eci proxy refuses it there: put it in HostConfig"
     )]
     TopLevelHostField(&'static str),
@@ -87,6 +91,7 @@ impl BodyRefusal {
         match self {
             BodyRefusal::Json(_) => "the body is not read as the engine would read it",
             BodyRefusal::TopLevelHostField(_) => "host settings only in HostConfig",
+            BodyRefusal::StartWithHostConfig => "no HostConfig at start",
             BodyRefusal::CgroupParent(_) => "no cgroup parent through the proxy",
             BodyRefusal::Bind { .. } => "binds only below eci.shareableHostPaths",
             BodyRefusal::Driver { .. } | BodyRefusal::ClusterVolume(_) => {
@@ -234,6 +239,19 @@ fn mount(raw: &RawValue, path: &str, policy: BodyPolicy) -> Result<Box<RawValue>
         mount.put("VolumeOptions", options.to_raw()?);
     }
     Ok(mount.to_raw()?)
+}
+
+/// A container-start body as it goes to the engine: none (empty, `{}` or
+/// `null`, forwarded as they came); any other is refused.
+pub fn container_start(body: &[u8]) -> Result<Vec<u8>, BodyRefusal> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(body.to_vec());
+    }
+    match Object::parse_body(body)? {
+        Some(object) if object.is_empty() => Ok(body.to_vec()),
+        None => Ok(body.to_vec()),
+        Some(_) => Err(BodyRefusal::StartWithHostConfig),
+    }
 }
 
 /// A volume-create body as it goes to the engine: judged.
@@ -404,6 +422,24 @@ mod tests {
         for body in ["", " ", r#"{"Image":"x"}"#, r#"{"HostConfig":null}"#] {
             assert_eq!(create(body).expect(body)["HostConfig"]["Runtime"], "eci");
         }
+    }
+
+    #[test]
+    fn a_start_that_carries_a_host_config_is_refused() {
+        for body in ["", "{}", " { } ", "null"] {
+            assert_eq!(
+                container_start(body.as_bytes()).expect(body),
+                body.as_bytes()
+            );
+        }
+        for body in [r#"{"Runtime":"runc"}"#, r#"{"binds":["/:/host"]}"#] {
+            let refusal = refused(container_start(body.as_bytes()));
+            assert!(
+                matches!(refusal, BodyRefusal::StartWithHostConfig),
+                "{refusal}"
+            );
+        }
+        assert_eq!(refused(container_start(b"[")).status(), 400);
     }
 
     #[test]

@@ -143,6 +143,11 @@ impl Object {
         self.entries.push((field.to_owned(), value));
     }
 
+    /// No keys at all?
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The keys, in order.
     #[cfg(test)]
     pub fn keys(&self) -> impl Iterator<Item = &str> {

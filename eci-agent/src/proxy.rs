@@ -274,6 +274,7 @@ impl Proxies {
             let what = match kind {
                 JudgedBody::ContainerCreate => "container create",
                 JudgedBody::VolumeCreate => "volume create",
+                JudgedBody::ContainerStart => "container start",
             };
             let denial = |rule| Denial {
                 container,
@@ -299,6 +300,7 @@ impl Proxies {
                     },
                 ),
                 JudgedBody::VolumeCreate => docker_body::volume_create(&body),
+                JudgedBody::ContainerStart => docker_body::container_start(&body),
             };
             body_start = match checked {
                 Ok(body) => body,
