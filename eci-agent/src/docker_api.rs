@@ -9,6 +9,13 @@
 //! it is one of its names, or ends in `*` and its stem begins the family or
 //! a name (`container*`, `image*`). `/_ping` is always allowed: every
 //! client sends it first and it reveals nothing.
+//!
+//! Some calls are refused whatever the list says (`Verdict::Refuse`):
+//! plugin endpoints (`/plugins`, `/plugins/...`: a plugin runs as the engine
+//! chooses, with plain runc, outside every protected cgroup, so installing
+//! or changing one is VM administration), and targets that do not decode.
+//! The engine routes case-sensitively (`/PLUGINS` is a 404 there); the
+//! plugin family is matched without regard to ASCII case all the same.
 
 use crate::policy::{CommandList, CommandListType};
 
@@ -24,8 +31,44 @@ pub struct ApiCall {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Allow,
-    /// Blocked, with the rule that blocked it (for the message).
+    /// Blocked by `commandList`, with the rule that blocked it (for the
+    /// message).
     Deny(String),
+    /// Refused to every trusted image, whatever `commandList` says.
+    Refuse(Refusal),
+}
+
+/// Why a call is refused whatever `commandList` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A plugin endpoint: plugins are VM administration.
+    Plugin,
+    /// A target that does not decode (bad `%xx`, NUL, `..` above the root).
+    UndecodableTarget,
+}
+
+impl Refusal {
+    /// The rule, for the message and the audit line.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Refusal::Plugin => {
+                "plugin endpoints (/plugins...) are refused to every container whatever commandList says: a plugin runs with plain runc outside eci's protection, so plugins are VM administration"
+            }
+            Refusal::UndecodableTarget => {
+                "the request path does not decode (bad %-escape, NUL, or `..` above the root)"
+            }
+        }
+    }
+
+    /// What to do instead.
+    pub fn fix(self) -> &'static str {
+        match self {
+            Refusal::Plugin => {
+                "an administrator installs and manages plugins on the VM itself (docker plugin ... as root there), not from a container"
+            }
+            Refusal::UndecodableTarget => "send the path the docker CLI sends",
+        }
+    }
 }
 
 /// Decode `%xx` escapes (the engine routes on the decoded path) and
@@ -69,9 +112,10 @@ pub fn canonical_segments(target: &str) -> Option<Vec<String>> {
     Some(segments)
 }
 
+/// `v1.41` (the engine's `/v{version:[0-9.]+}`; `V` too, to be safe).
 fn is_version(segment: &str) -> bool {
     segment
-        .strip_prefix('v')
+        .strip_prefix(['v', 'V'])
         .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
 }
 
@@ -84,12 +128,17 @@ fn api_segments(target: &str) -> Option<Vec<String>> {
     Some(segments)
 }
 
+/// The family of plugin endpoints, refused whatever the list says.
+const PLUGIN: &str = "plugin";
+/// The family of targets that do not decode, refused whatever the list says.
+const UNDECODABLE: &str = "undecodable";
+
 /// Classify a call; `None` for `/_ping` (always allowed).
 pub fn classify(method: &str, target: &str) -> Option<ApiCall> {
     let Some(segments) = api_segments(target) else {
         return Some(ApiCall {
             names: vec!["unknown"],
-            family: "unknown",
+            family: UNDECODABLE,
         });
     };
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
@@ -121,7 +170,7 @@ pub fn classify(method: &str, target: &str) -> Option<ApiCall> {
         (_, ["distribution", ..]) => call(vec!["pull"], "image"),
         (_, ["volumes", ..]) => call(vec!["volume"], "volume"),
         (_, ["networks", ..]) => call(vec!["network"], "network"),
-        (_, ["plugins", ..]) => call(vec!["plugin"], "plugin"),
+        (_, [first, ..]) if first.eq_ignore_ascii_case("plugins") => call(vec!["plugin"], PLUGIN),
         (
             _,
             [
@@ -169,10 +218,31 @@ fn image_action(action: &str) -> Vec<&'static str> {
     }
 }
 
-/// Is this call a container create (whose body the proxy rewrites)?
-pub fn is_container_create(method: &str, target: &str) -> bool {
-    method.eq_ignore_ascii_case("POST")
-        && api_segments(target).is_some_and(|s| s == ["containers", "create"])
+/// A call whose body the proxy judges (`docker_body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JudgedBody {
+    /// `POST /containers/create`.
+    ContainerCreate,
+    /// `POST /volumes/create`.
+    VolumeCreate,
+    /// `POST /containers/{id}/start`: before API 1.24 its body was a
+    /// HostConfig that replaced the container's (runtime, binds...).
+    ContainerStart,
+}
+
+/// Is this a call whose body the proxy judges?
+pub fn judged_body(method: &str, target: &str) -> Option<JudgedBody> {
+    if !method.eq_ignore_ascii_case("POST") {
+        return None;
+    }
+    let segments = api_segments(target)?;
+    match segments.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["containers", "create"] => Some(JudgedBody::ContainerCreate),
+        ["volumes", "create"] => Some(JudgedBody::VolumeCreate),
+        // The engine's route takes any name, slashes included.
+        ["containers", _, .., "start"] => Some(JudgedBody::ContainerStart),
+        _ => None,
+    }
 }
 
 /// Does a list entry name this call?
@@ -190,6 +260,11 @@ pub fn judge(list: &CommandList, call: Option<&ApiCall>) -> Verdict {
     let Some(call) = call else {
         return Verdict::Allow;
     };
+    match call.family {
+        PLUGIN => return Verdict::Refuse(Refusal::Plugin),
+        UNDECODABLE => return Verdict::Refuse(Refusal::UndecodableTarget),
+        _ => {}
+    }
     let hit = list.commands.iter().find(|c| matches(c, call));
     match (list.kind, hit) {
         (CommandListType::Deny, Some(entry)) => Verdict::Deny(format!(
@@ -248,10 +323,62 @@ mod tests {
         );
         assert_eq!(names("POST", "//v1.41//images/x/push"), ["push"]);
         assert_eq!(names("POST", "http://docker/v1.41/images/x/push"), ["push"]);
-        // Unparseable: classified as unknown, which an allow list refuses.
-        assert_eq!(names("GET", "/../../x"), ["unknown"]);
-        assert_eq!(names("GET", "/v1.41/images/%zz/push"), ["unknown"]);
-        assert_eq!(names("GET", "/v1.41/%00/push"), ["unknown"]);
+        // Undecodable: refused whatever the list says.
+        let deny_nothing = list(CommandListType::Deny, &[]);
+        for target in ["/../../x", "/v1.41/images/%zz/push", "/v1.41/%00/push"] {
+            assert_eq!(
+                judge(&deny_nothing, classify("GET", target).as_ref()),
+                Verdict::Refuse(Refusal::UndecodableTarget),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn plugin_endpoints_are_refused_whatever_the_command_list_says() {
+        let lists = [
+            list(CommandListType::Deny, &[]),
+            list(CommandListType::Allow, &["plugin", "plugin*", "*"]),
+        ];
+        for (method, target) in [
+            ("GET", "/plugins"),
+            ("GET", "/v1.41/plugins"),
+            ("GET", "/v1.41/plugins/"),
+            ("GET", "/v1.41/plugins/privileges?remote=x"),
+            ("POST", "/v1.41/plugins/pull?remote=vieux/sshfs"),
+            ("POST", "/v1.41/plugins/create?name=x"),
+            ("POST", "/v1.41/plugins/vieux/sshfs:latest/enable"),
+            ("POST", "/v1.41/plugins/x/disable"),
+            ("POST", "/v1.41/plugins/x/set"),
+            ("POST", "/v1.41/plugins/x/upgrade"),
+            ("POST", "/v1.41/plugins/x/push"),
+            ("DELETE", "/v1.41/plugins/x"),
+            ("GET", "/v1.41/plugins/x/json"),
+            ("POST", "/v1.41/%70lugins/x/enable"),
+            ("POST", "/v1.41/plugins%2Fx%2Fenable"),
+            ("POST", "/v1.41/images/../plugins/x/enable"),
+            ("POST", "//v1.41/./plugins//x/enable"),
+            ("POST", "/V1.41/PLUGINS/x/enable"),
+            ("POST", "/v1.41/Plugins/pull"),
+            ("POST", "http://docker/v1.41/plugins/pull"),
+        ] {
+            for commands in &lists {
+                assert_eq!(
+                    judge(commands, classify(method, target).as_ref()),
+                    Verdict::Refuse(Refusal::Plugin),
+                    "{method} {target}"
+                );
+            }
+        }
+        // Not plugin endpoints: a container or an image named "plugins".
+        let anything = list(CommandListType::Deny, &[]);
+        assert_eq!(
+            judge(
+                &anything,
+                classify("GET", "/v1.41/containers/plugins/json").as_ref()
+            ),
+            Verdict::Allow
+        );
     }
 
     #[test]
@@ -290,6 +417,27 @@ mod tests {
     }
 
     #[test]
+    fn create_and_start_bodies_are_judged() {
+        assert_eq!(
+            judged_body("POST", "/v1.41/containers/create?name=x"),
+            Some(JudgedBody::ContainerCreate)
+        );
+        assert_eq!(
+            judged_body("POST", "/v1.41/volumes/%63reate"),
+            Some(JudgedBody::VolumeCreate)
+        );
+        for target in ["/v1.23/containers/abc/start", "/containers/a/b/start"] {
+            assert_eq!(
+                judged_body("POST", target),
+                Some(JudgedBody::ContainerStart),
+                "{target}"
+            );
+        }
+        assert_eq!(judged_body("GET", "/v1.41/containers/create"), None);
+        assert_eq!(judged_body("POST", "/v1.41/containers/json"), None);
+    }
+
+    #[test]
     fn run_is_denied_at_create_and_start() {
         let deny = list(CommandListType::Deny, &["run"]);
         for (m, t) in [
@@ -305,5 +453,160 @@ mod tests {
             judge(&deny, classify("GET", "/v1.41/containers/json").as_ref()),
             Verdict::Allow
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `segments` spelled as a client may spell them and the engine routes
+    /// the same: any byte percent-encoded (either hex case), runs of `/`,
+    /// `.` and `x/..` segments, an optional absolute form and query.
+    fn spelled(segments: Vec<String>, choices: Vec<u8>, absolute: bool, query: bool) -> String {
+        let mut choices = choices.into_iter().cycle();
+        let mut next = move || choices.next().unwrap_or(0);
+        let mut out = String::new();
+        if absolute {
+            out.push_str("http://docker");
+        }
+        for segment in segments {
+            out.push('/');
+            match next() % 8 {
+                0 => out.push('/'),
+                1 => out.push_str("./"),
+                2 => out.push_str("junk/../"),
+                _ => {}
+            }
+            for byte in segment.bytes() {
+                match next() % 5 {
+                    0 => out.push_str(&format!("%{byte:02X}")),
+                    1 => out.push_str(&format!("%{byte:02x}")),
+                    _ => out.push(char::from(byte)),
+                }
+            }
+        }
+        if query {
+            out.push_str("?name=x&remote=y");
+        }
+        out
+    }
+
+    fn version() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(
+            proptest::sample::select(&["v1.41", "v1.24", "v1.47", "v1"][..])
+                .prop_map(str::to_owned),
+        )
+    }
+
+    const NAMES: &[&[&str]] = &[&["sshfs"], &["vieux", "sshfs:latest"], &["x"]];
+
+    /// A plugin endpoint the engine routes, with `plugins` in any ASCII case.
+    fn plugin_call() -> impl Strategy<Value = (&'static str, Vec<String>)> {
+        let name = proptest::sample::select(NAMES);
+        let endpoint = prop_oneof![
+            Just(("GET", vec![])),
+            Just(("GET", vec!["privileges"])),
+            Just(("POST", vec!["pull"])),
+            Just(("POST", vec!["create"])),
+            name.clone().prop_flat_map(|name| {
+                proptest::sample::select(
+                    &[
+                        ("POST", "enable"),
+                        ("POST", "disable"),
+                        ("POST", "set"),
+                        ("POST", "upgrade"),
+                        ("POST", "push"),
+                        ("GET", "json"),
+                    ][..],
+                )
+                .prop_map(move |(method, action)| {
+                    let mut path: Vec<&str> = name.to_vec();
+                    path.push(action);
+                    (method, path)
+                })
+            }),
+            name.prop_map(|name| ("DELETE", name.to_vec())),
+        ];
+        let case = proptest::collection::vec(any::<bool>(), 7);
+        (version(), case, endpoint).prop_map(|(version, case, (method, rest))| {
+            let plugins: String = "plugins"
+                .chars()
+                .zip(case)
+                .map(|(c, upper)| if upper { c.to_ascii_uppercase() } else { c })
+                .collect();
+            let segments = version
+                .into_iter()
+                .chain(std::iter::once(plugins))
+                .chain(rest.into_iter().map(str::to_owned))
+                .collect();
+            (method, segments)
+        })
+    }
+
+    fn any_list() -> impl Strategy<Value = CommandList> {
+        let kind = prop_oneof![Just(CommandListType::Deny), Just(CommandListType::Allow)];
+        let commands = proptest::collection::vec(
+            proptest::sample::select(&["plugin", "plugin*", "*", "push", "container*"][..]),
+            0..3,
+        );
+        (kind, commands).prop_map(|(kind, commands)| CommandList {
+            kind,
+            commands: commands.into_iter().map(str::to_owned).collect(),
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_spelling_of_a_plugin_endpoint_is_refused_whatever_the_list(
+            (method, segments) in plugin_call(),
+            choices in proptest::collection::vec(any::<u8>(), 1..64),
+            absolute in any::<bool>(),
+            query in any::<bool>(),
+            commands in any_list(),
+        ) {
+            let target = spelled(segments, choices, absolute, query);
+            prop_assert_eq!(
+                judge(&commands, classify(method, &target).as_ref()),
+                Verdict::Refuse(Refusal::Plugin),
+                "{} {}", method, target
+            );
+        }
+
+        #[test]
+        fn every_spelling_of_a_denied_command_is_denied(
+            version in version(),
+            image in proptest::sample::select(&["busybox", "reg.io/a/b", "x"][..]),
+            choices in proptest::collection::vec(any::<u8>(), 1..64),
+            absolute in any::<bool>(),
+            query in any::<bool>(),
+        ) {
+            let deny = CommandList {
+                kind: CommandListType::Deny,
+                commands: vec!["push".into(), "create".into()],
+            };
+            let push: Vec<String> = version
+                .iter()
+                .cloned()
+                .chain(["images".to_owned()])
+                .chain(image.split('/').map(str::to_owned))
+                .chain(["push".to_owned()])
+                .collect();
+            let create: Vec<String> = version
+                .into_iter()
+                .chain(["containers".to_owned(), "create".to_owned()])
+                .collect();
+            for segments in [push, create] {
+                let target = spelled(segments, choices.clone(), absolute, query);
+                prop_assert!(
+                    matches!(judge(&deny, classify("POST", &target).as_ref()), Verdict::Deny(_)),
+                    "{}", target
+                );
+            }
+        }
     }
 }

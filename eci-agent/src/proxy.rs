@@ -10,9 +10,15 @@
 //! start) it hijacks: after the upgrade the stream is the container's
 //! stdio, not API requests.
 //!
-//! A container created through the proxy gets eci's runtime whatever it asks
-//! for (`HostConfig.Runtime` is rewritten): a trusted container cannot start
-//! a sibling with plain runc and a bind of the VM's `/`.
+//! Plugin endpoints are refused whatever `commandList` says (plugins are VM
+//! administration: `docker_api`). Container and volume create bodies are
+//! read as the engine reads them, judged and forwarded re-encoded
+//! (`docker_body`): a container created through the proxy gets eci's
+//! runtime whatever it asks for and however it spells it, no cgroup
+//! parent, no bind of a VM path outside `eci.shareableHostPaths`, and no
+//! volume that binds a VM path or mounts a device — a trusted container
+//! cannot start a sibling with plain runc and a bind of the VM's `/`. Every
+//! refusal names its rule and fix and is audited (`docker_api_denied`).
 //!
 //! Proxies live as long as the agent: a restarted agent does not resume
 //! them, and the container's socket then refuses connections (closed, not
@@ -35,13 +41,15 @@ use tokio::{
 use crate::{
     agent::Shared,
     audit::AuditLog,
-    docker_api::{self, Verdict},
+    docker_api::{self, JudgedBody, Verdict},
+    docker_body::{self, BodyPolicy},
+    policy::CommandList,
 };
 
 /// A request head longer than this is refused.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// A container-create body longer than this is refused.
-const MAX_CREATE_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// A judged body (container or volume create) longer than this is refused.
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -223,55 +231,96 @@ impl Proxies {
             )
             .await;
         };
-        let (command_list, runtime) = {
-            let shared = self.shared.lock().await;
-            (
-                shared.policy.docker_socket_mount.command_list.clone(),
-                shared.policy.docker_runtime_name.clone(),
-            )
-        };
+        let policy = self.call_policy().await;
         let call = docker_api::classify(&request.method, &request.target);
-        if let Verdict::Deny(rule) = docker_api::judge(&command_list, call.as_ref()) {
-            let command = call
-                .as_ref()
-                .and_then(|c| c.names.first().copied())
-                .unwrap_or("unknown");
-            tracing::warn!(container, method = %request.method, target = %request.target, command, "docker API call denied");
-            let line = serde_json::json!({
-                "time": eci_control::rfc3339_now(),
-                "event": "docker_api_denied",
-                "container": container,
-                "method": request.method,
-                "target": request.target,
-                "command": command,
-                "rule": rule,
-            });
-            if let Err(err) = self.audit.lock().await.write(&line) {
-                tracing::error!("{err}");
+        let command = call
+            .as_ref()
+            .and_then(|c| c.names.first().copied())
+            .unwrap_or("unknown");
+        match docker_api::judge(&policy.command_list, call.as_ref()) {
+            Verdict::Allow => {}
+            Verdict::Deny(rule) => {
+                let message = format!(
+                    "enhanced container isolation: docker command \"{}\" is blocked ({rule}); if you wish to allow it, ask an administrator to change enhancedContainerIsolation.dockerSocketMount.commandList in {}",
+                    request.target,
+                    self.policy_path.display()
+                );
+                let denial = Denial {
+                    container,
+                    request: &request,
+                    command,
+                    rule: &rule,
+                };
+                return self.refuse(&mut client, denial, 403, &message).await;
             }
-            let message = format!(
-                "enhanced container isolation: docker command \"{}\" is blocked ({rule}); if you wish to allow it, ask an administrator to change enhancedContainerIsolation.dockerSocketMount.commandList in {}",
-                request.target,
-                self.policy_path.display()
-            );
-            return respond(&mut client, 403, "Forbidden", &message).await;
+            Verdict::Refuse(refusal) => {
+                let message = format!(
+                    "enhanced container isolation: docker command \"{}\" is refused: {}; {}",
+                    request.target,
+                    refusal.rule(),
+                    refusal.fix()
+                );
+                let denial = Denial {
+                    container,
+                    request: &request,
+                    command,
+                    rule: refusal.rule(),
+                };
+                return self.refuse(&mut client, denial, 403, &message).await;
+            }
         }
         let mut forwarded = request.forwarded(None);
-        if docker_api::is_container_create(&request.method, &request.target) {
+        if let Some(kind) = docker_api::judged_body(&request.method, &request.target) {
+            let what = match kind {
+                JudgedBody::ContainerCreate => "container create",
+                JudgedBody::VolumeCreate => "volume create",
+                JudgedBody::ContainerStart => "container start",
+            };
+            let denial = |rule| Denial {
+                container,
+                request: &request,
+                command,
+                rule,
+            };
             let body = match read_body(&mut client, &request, body_start).await? {
                 Ok(body) => body,
-                Err(message) => return respond(&mut client, 400, "Bad Request", &message).await,
+                Err(err) => {
+                    let message = format!("enhanced container isolation: {what} refused: {err}");
+                    return self
+                        .refuse(&mut client, denial(err.rule()), 400, &message)
+                        .await;
+                }
             };
-            body_start = match with_runtime(&body, &runtime) {
+            let checked = match kind {
+                JudgedBody::ContainerCreate => docker_body::container_create(
+                    &body,
+                    BodyPolicy {
+                        runtime: &policy.runtime,
+                        shareable_host_paths: &policy.shareable_host_paths,
+                    },
+                ),
+                JudgedBody::VolumeCreate => docker_body::volume_create(&body),
+                JudgedBody::ContainerStart => docker_body::container_start(&body),
+            };
+            body_start = match checked {
                 Ok(body) => body,
-                Err(message) => return respond(&mut client, 400, "Bad Request", &message).await,
+                Err(refusal) => {
+                    let message =
+                        format!("enhanced container isolation: {what} refused: {refusal}");
+                    let code = refusal.status();
+                    return self
+                        .refuse(&mut client, denial(refusal.rule()), code, &message)
+                        .await;
+                }
             };
             forwarded = request.forwarded(Some(body_start.len()));
-            tracing::info!(
-                container,
-                runtime,
-                "container create through the proxy: runtime set"
-            );
+            if kind == JudgedBody::ContainerCreate {
+                tracing::info!(
+                    container,
+                    runtime = policy.runtime,
+                    "container create through the proxy: runtime set"
+                );
+            }
         }
         let upstream = &route.upstream;
         let mut engine = match UnixStream::connect(upstream).await {
@@ -291,31 +340,116 @@ impl Proxies {
     }
 }
 
+/// The parts of the policy one call is judged by, copied when the call
+/// comes.
+struct CallPolicy {
+    command_list: CommandList,
+    runtime: String,
+    shareable_host_paths: Vec<PathBuf>,
+}
+
+impl Proxies {
+    /// The policy now, for one call (the one place the proxy reads it).
+    async fn call_policy(&self) -> CallPolicy {
+        let shared = self.shared.lock().await;
+        let policy = &shared.policy;
+        CallPolicy {
+            command_list: policy.docker_socket_mount.command_list.clone(),
+            runtime: policy.docker_runtime_name.clone(),
+            shareable_host_paths: policy.shareable_host_paths.clone(),
+        }
+    }
+
+    /// Answer a refused call with an API error (`code`: 403 for a rule, 400
+    /// for a request the proxy cannot read), after an audit line
+    /// (`docker_api_denied`) and a warning.
+    async fn refuse(
+        &self,
+        client: &mut UnixStream,
+        denial: Denial<'_>,
+        code: u16,
+        message: &str,
+    ) -> std::io::Result<()> {
+        let Denial {
+            container,
+            request,
+            command,
+            rule,
+        } = denial;
+        tracing::warn!(container, method = %request.method, target = %request.target, command, rule, "docker API call denied");
+        let line = serde_json::json!({
+            "time": eci_control::rfc3339_now(),
+            "event": "docker_api_denied",
+            "container": container,
+            "method": request.method,
+            "target": request.target,
+            "command": command,
+            "rule": rule,
+        });
+        if let Err(err) = self.audit.lock().await.write(&line) {
+            tracing::error!("{err}");
+        }
+        let reason = if code == 400 {
+            "Bad Request"
+        } else {
+            "Forbidden"
+        };
+        respond(client, code, reason, message).await
+    }
+}
+
+/// A refused call, for its audit line.
+struct Denial<'a> {
+    container: &'a str,
+    request: &'a RequestHead,
+    command: &'a str,
+    rule: &'a str,
+}
+
 /// Whose proxy it is, and where it forwards.
 struct Route {
     container: String,
     upstream: PathBuf,
 }
 
+/// Why a body the proxy judges was not read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error(
+        "the eci proxy judges this call's body and needs it with a Content-Length (not chunked); the docker CLI sends one"
+    )]
+    NoLength,
+    #[error("the body is larger than the eci proxy reads ({MAX_BODY_BYTES} bytes)")]
+    TooLarge,
+    #[error("the Content-Length {0:?} is not a number")]
+    BadLength(String),
+}
+
+impl BodyError {
+    fn rule(&self) -> &'static str {
+        "a judged body needs a Content-Length and at most 4 MiB"
+    }
+}
+
 /// The whole body of a request that has a `Content-Length` (a create from
-/// the docker CLI always has); an error message for one that has not, or
-/// is too large.
+/// the docker CLI always has); a `BodyError` for one that is chunked or too
+/// large.
 async fn read_body(
     client: &mut UnixStream,
     request: &RequestHead,
     mut body: Vec<u8>,
-) -> std::io::Result<Result<Vec<u8>, String>> {
+) -> std::io::Result<Result<Vec<u8>, BodyError>> {
     if request.header("transfer-encoding").is_some() {
-        return Ok(Err("enhanced container isolation: the eci proxy needs a container create with a Content-Length".into()));
+        return Ok(Err(BodyError::NoLength));
     }
-    let length = match request.header("content-length").map(|v| v.parse::<usize>()) {
+    let length = match request
+        .header("content-length")
+        .map(|v| (v, v.parse::<usize>()))
+    {
         None => 0,
-        Some(Ok(n)) if n <= MAX_CREATE_BODY_BYTES => n,
-        Some(_) => {
-            return Ok(Err(
-                "enhanced container isolation: container create body too large or malformed".into(),
-            ));
-        }
+        Some((_, Ok(n))) if n <= MAX_BODY_BYTES => n,
+        Some((_, Ok(_))) => return Ok(Err(BodyError::TooLarge)),
+        Some((v, Err(_))) => return Ok(Err(BodyError::BadLength(v.to_owned()))),
     };
     let mut chunk = [0u8; 8192];
     while body.len() < length {
@@ -327,33 +461,6 @@ async fn read_body(
     }
     body.truncate(length);
     Ok(Ok(body))
-}
-
-/// A container-create body with `HostConfig.Runtime` set to `runtime`.
-fn with_runtime(body: &[u8], runtime: &str) -> Result<Vec<u8>, String> {
-    let bad = |why: &str| format!("enhanced container isolation: container create refused: {why}");
-    let mut value: serde_json::Value = if body.is_empty() {
-        serde_json::json!({})
-    } else {
-        serde_json::from_slice(body).map_err(|e| bad(&format!("the body is not JSON: {e}")))?
-    };
-    let object = value
-        .as_object_mut()
-        .ok_or_else(|| bad("the body is not a JSON object"))?;
-    let host_config = object
-        .entry("HostConfig")
-        .or_insert_with(|| serde_json::json!({}));
-    if host_config.is_null() {
-        *host_config = serde_json::json!({});
-    }
-    let host_config = host_config
-        .as_object_mut()
-        .ok_or_else(|| bad("HostConfig is not an object"))?;
-    host_config.insert(
-        "Runtime".into(),
-        serde_json::Value::String(runtime.to_owned()),
-    );
-    serde_json::to_vec(&value).map_err(|e| bad(&e.to_string()))
 }
 
 /// Read up to the end of the request head; returns the head (as text) and
@@ -512,22 +619,9 @@ mod tests {
     }
 
     #[test]
-    fn containers_created_through_the_proxy_get_ecis_runtime() {
-        let body = br#"{"Image":"busybox","HostConfig":{"Runtime":"runc","Privileged":true}}"#;
-        let out: serde_json::Value =
-            serde_json::from_slice(&with_runtime(body, "eci").expect("rewrite")).expect("json");
-        assert_eq!(out["HostConfig"]["Runtime"], "eci");
-        assert_eq!(out["HostConfig"]["Privileged"], true);
-        for body in [&b""[..], br#"{"Image":"x"}"#, br#"{"HostConfig":null}"#] {
-            let out: serde_json::Value =
-                serde_json::from_slice(&with_runtime(body, "eci").expect("rewrite")).expect("json");
-            assert_eq!(out["HostConfig"]["Runtime"], "eci");
-        }
-        for bad in [&b"[]"[..], b"nope", br#"{"HostConfig":[]}"#] {
-            assert!(with_runtime(bad, "eci").is_err());
-        }
+    fn rewritten_bodies_go_out_with_their_new_length() {
         let head = RequestHead::parse(
-            "POST /v1.41/containers/create HTTP/1.1\r\nContent-Length: 10\r\n\r\n",
+            "POST /v1.41/containers/create HTTP/1.1\r\nContent-Length: 10\r\ncontent-length: 10\r\n\r\n",
         )
         .expect("parse");
         assert_eq!(head.header("content-length"), Some("10"));

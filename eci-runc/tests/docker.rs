@@ -1136,7 +1136,10 @@ fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
          echo nested-map=$($d run --rm --runtime=runc {IMAGE} cat /proc/self/uid_map); \
          c=$($d run -d --rm {IMAGE} sleep 60); echo exec=$($d exec $c echo ok); $d kill $c >/dev/null; \
          echo push: $($d push {IMAGE} 2>&1); \
-         echo rm: $($d rm no-such-container 2>&1)"
+         echo rm: $($d rm no-such-container 2>&1); \
+         echo plugin: $($d plugin ls 2>&1); \
+         echo volume: $($d volume create -o type=none -o o=bind -o device=/etc eci-etc 2>&1); \
+         echo bind: $($d run --rm -v /etc:/x {IMAGE} true 2>&1)"
     );
     let out = run_with_docker_socket(f, &f.trusted_image, &["sh", "-c", &script]);
     let output = text(&out);
@@ -1179,8 +1182,24 @@ fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
             "{command} was not blocked with the rule and the fix: {line}"
         );
     }
+    // Refused whatever commandList says: plugins (VM administration), a
+    // volume that binds a VM path, a bind of a VM path.
+    for (what, expected) in [
+        ("plugin:", "an administrator installs and manages plugins"),
+        ("volume:", "device=/etc"),
+        ("bind:", "eci.shareableHostPaths"),
+    ] {
+        let line = output
+            .lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_default();
+        assert!(
+            line.contains("enhanced container isolation") && line.contains(expected),
+            "{what} was not refused with the rule and the fix: {line}"
+        );
+    }
     let audit = std::fs::read_to_string(f.dir.join("audit.jsonl")).unwrap_or_default();
-    for command in ["push", "rm"] {
+    for command in ["push", "rm", "plugin", "volume", "create"] {
         assert!(
             audit.lines().any(|l| l.contains("docker_api_denied")
                 && l.contains(&format!("\"command\":\"{command}\""))),
