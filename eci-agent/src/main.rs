@@ -11,7 +11,6 @@ mod enforcement;
 mod install;
 mod lsm;
 mod pins;
-mod policy;
 mod proxy;
 mod rules;
 mod sockets;
@@ -23,6 +22,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 use eci_control::{Client, DEFAULT_CONTROL_SOCKET, Request, Response};
+/// The policy file's one reader (`crate::policy::...` throughout the agent).
+use eci_policy as policy;
 
 #[derive(Parser)]
 #[command(
