@@ -14,6 +14,7 @@ mod pins;
 mod proxy;
 mod rules;
 mod sockets;
+mod state;
 mod status;
 mod views;
 mod vm;
@@ -196,7 +197,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             unenforced_for_testing,
             views_dir,
         } => {
-            let config = agent::AgentConfig {
+            let config = state::AgentConfig {
                 pin_dir: at.pin_dir,
                 control_socket: at.control_socket,
                 policy_path: at.policy,

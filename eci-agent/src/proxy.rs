@@ -28,12 +28,11 @@ use std::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{UnixListener, UnixStream},
-    sync::Mutex,
+    sync::{Mutex, watch},
     task::{AbortHandle, JoinSet},
 };
 
 use crate::{
-    agent::Shared,
     audit::AuditLog,
     docker_api::{self, Verdict},
 };
@@ -67,7 +66,7 @@ struct OpenProxy {
 pub struct Proxies {
     dir: PathBuf,
     policy_path: PathBuf,
-    shared: Arc<Mutex<Shared>>,
+    policy: watch::Receiver<Arc<eci_policy::Policy>>,
     audit: Arc<Mutex<AuditLog>>,
     open: std::sync::Mutex<HashMap<String, OpenProxy>>,
 }
@@ -78,13 +77,13 @@ impl Proxies {
     pub fn new(
         dir: PathBuf,
         policy_path: PathBuf,
-        shared: Arc<Mutex<Shared>>,
+        policy: watch::Receiver<Arc<eci_policy::Policy>>,
         audit: Arc<Mutex<AuditLog>>,
     ) -> Self {
         Self {
             dir,
             policy_path,
-            shared,
+            policy,
             audit,
             open: std::sync::Mutex::new(HashMap::new()),
         }
@@ -176,7 +175,7 @@ impl Proxies {
     async fn engine_socket(&self, upstream: &str) -> Result<PathBuf, ProxyError> {
         let wanted = std::fs::canonicalize(upstream)
             .map_err(|_| ProxyError::NotAnEngineSocket(upstream.to_owned()))?;
-        let sockets = self.shared.lock().await.policy.docker_api_sockets.clone();
+        let sockets = self.policy.borrow().docker_api_sockets.clone();
         sockets
             .iter()
             .filter_map(|s| std::fs::canonicalize(s).ok())
@@ -224,10 +223,10 @@ impl Proxies {
             .await;
         };
         let (command_list, runtime) = {
-            let shared = self.shared.lock().await;
+            let policy = self.policy.borrow().clone();
             (
-                shared.policy.docker_socket_mount.command_list.clone(),
-                shared.policy.docker_runtime_name.clone(),
+                policy.docker_socket_mount.command_list.clone(),
+                policy.docker_runtime_name.clone(),
             )
         };
         let call = docker_api::classify(&request.method, &request.target);
