@@ -243,8 +243,9 @@ fn protect(shared: &mut Shared, spec: &str) -> Result<(u64, String), RegisterErr
     }
     // The mounts the container starts with become immutable. They are read
     // before the cgroup is protected, while the runtime still holds the
-    // container's init process before its first exec.
-    let mounts = cgroups::initial_mount_ids(&cgroup);
+    // container's init process before its first exec. Unreadable, the
+    // container is refused: registered, it would have no immutable mount.
+    let mounts = cgroups::initial_mount_ids(&cgroup)?;
     shared.rules.set_immutable_mounts(cgroup.id, &mounts)?;
     if let Err(err) = shared
         .rules
