@@ -1,12 +1,12 @@
 //! eci-runc: an OCI runtime that wraps runc. Only `create` and `run` touch
-//! the bundle's spec; every other command passes through unchanged.
+//! the bundle's spec; every other command passes through unchanged. It reads
+//! no policy file: `create` and `run` ask the agent for the policy in force.
 //!
 //! - [`args`]: runc's command line, as Docker and containerd pass it.
 //! - [`lifecycle`]: one function per runc command eci-runc looks into.
 //! - [`report`]: messages for the caller (stderr and runc's `--log`).
 //! - [`ranges`]: the persistent, crash-safe allocator of exclusive id ranges.
 //! - [`spec`]: the rewrite (user namespace, masks) and the refusals.
-//! - [`settings`]: what eci-runc reads of the policy file.
 //! - [`trusted`]: which image a container runs, and whether the policy
 //!   trusts it with a (filtered) Docker socket.
 //! - [`rootfs`]: the root file system, owned by the container's root (ID-mapped
@@ -20,6 +20,5 @@ pub mod ranges;
 pub mod relocate;
 pub mod report;
 pub mod rootfs;
-pub mod settings;
 pub mod spec;
 pub mod trusted;

@@ -25,7 +25,8 @@ use std::{
     process::Command,
 };
 
-use eci_control::{Client, Request, Response};
+use eci_control::{Client, ControlError, Request, Response};
+use eci_policy::Policy;
 use eci_views::{ContainerViews, ViewsError};
 use oci_spec::runtime::{HookBuilder, Hooks, Spec, State};
 
@@ -35,7 +36,6 @@ use crate::{
     relocate::{self, RelocateError},
     report::Reporter,
     rootfs::{self, RootfsError, RootfsView},
-    settings::{self, RuntimeSettings, SettingsError},
     spec::{self, ProcView, Refusal},
     trusted,
 };
@@ -46,8 +46,10 @@ pub enum LifecycleError {
     NoContainerId(String),
     #[error("the bundle: {0}")]
     Bundle(std::io::Error),
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
+    #[error(
+        "enhanced container isolation: the container was not created because eci-runc could not get the policy in force from the eci agent ({0}). Start the agent (`systemctl start eci-agent`, or `eci-agent run`) and try again"
+    )]
+    Policy(#[source] ControlError),
     #[error("invalid container spec {path}: {source}")]
     Spec {
         path: String,
@@ -278,7 +280,11 @@ impl Runtime {
                 ))
             })?,
         };
-        let settings = settings::load()?;
+        // The policy in force is the agent's (eci-runc reads no policy
+        // file); without it nothing is created.
+        let policy = Client::new(&self.agent_socket)
+            .policy()
+            .map_err(LifecycleError::Policy)?;
         let config = bundle.join("config.json");
         // The caller's spec is kept, and put back at release: a bundle stays
         // usable for the next `run` (engines write a fresh one each time).
@@ -305,11 +311,11 @@ impl Runtime {
         let allocation = allocated.allocation;
         let prepared = (|| {
             let mut ctx = spec::Context::docker_defaults(&id, &bundle, allocation.base);
-            ctx.shareable_host_paths = settings.shareable_host_paths.clone();
+            ctx.shareable_host_paths = policy.shareable_host_paths.clone();
             let resolve =
                 |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| spec::normalize(p));
             if let Some(proxy) =
-                self.docker_socket_proxy(&mut oci, &id, &bundle, &settings, &resolve, report)?
+                self.docker_socket_proxy(&mut oci, &id, &bundle, &policy, &resolve, report)?
             {
                 ctx.engine_dirs.push(proxy);
             }
@@ -360,11 +366,11 @@ impl Runtime {
         oci: &mut Spec,
         id: &str,
         bundle: &Path,
-        settings: &RuntimeSettings,
+        policy: &Policy,
         resolve: &dyn Fn(&Path) -> PathBuf,
         report: &Reporter,
     ) -> Result<Option<PathBuf>, LifecycleError> {
-        let binds = spec::docker_socket_binds(oci, bundle, &settings.docker_api_sockets, resolve);
+        let binds = spec::docker_socket_binds(oci, bundle, &policy.docker_api_sockets, resolve);
         let Some((first, upstream)) = binds.first().cloned() else {
             return Ok(None);
         };
@@ -380,9 +386,11 @@ impl Runtime {
         };
         let (image, references) = trusted::docker_image(oci, id)
             .map_err(|e| refuse("(unknown)".into(), e.to_string()))?;
+        let image_list = &policy.docker_socket_mount.image_list;
+        let images: Vec<String> = image_list.images.iter().map(ToString::to_string).collect();
         let entry = trusted::trusting_entry(
-            &settings.socket_mount_images,
-            settings.allow_derived_images,
+            &images,
+            image_list.allow_derived_images,
             &image,
             &references,
         )
@@ -683,4 +691,45 @@ fn add_hooks(oci: &mut Spec) -> Result<(), LifecycleError> {
     hooks.set_poststop(Some(poststop));
     oci.set_hooks(Some(hooks));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{args, ranges::Geometry};
+
+    fn runtime(dir: &Path) -> Runtime {
+        Runtime {
+            runc: dir.join("no-runc"),
+            agent_socket: dir.join("no-agent/agent.sock"),
+            ranges: Ranges::new(dir.join("state"), Geometry::default()),
+            views_root: dir.join("views"),
+        }
+    }
+
+    fn invocation(args: &[&str]) -> Invocation {
+        args::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn create_and_run_without_the_agent_are_refused_and_take_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let bundle_arg = bundle.display().to_string();
+        for command in ["create", "run"] {
+            let inv = invocation(&[command, "--bundle", &bundle_arg, "eci-noagent-test"]);
+            let report = Reporter::new(&inv);
+            let err = match command {
+                "create" => rt.create(&inv, &report).unwrap_err(),
+                _ => rt.run(&inv, &report),
+            };
+            assert!(matches!(err, LifecycleError::Policy(_)), "{err:?}");
+            let shown = err.to_string();
+            assert!(shown.contains("policy in force"), "{shown}");
+            assert!(shown.contains("eci-agent run"), "{shown}");
+            assert_eq!(rt.ranges.all().unwrap(), Vec::new());
+        }
+    }
 }

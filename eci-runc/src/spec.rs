@@ -42,21 +42,15 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// The Docker Engine's API sockets unless the policy names others
-/// (`eci.dockerApiSockets`): a container whose image the policy trusts gets
-/// a filtering proxy of one in its place (see `trusted`).
-pub const DOCKER_SOCKETS: &[&str] = &["/run/docker.sock", "/var/run/docker.sock"];
-
-/// Sockets no container may have mounted (the Docker socket's binds are
+/// Sockets no container may have mounted: the engines' (the policy's
+/// default protected sockets) and the agent's (the Docker socket's binds are
 /// replaced by a proxy before the check, for trusted images only).
-pub const ENGINE_SOCKETS: &[&str] = &[
-    "/run/docker.sock",
-    "/var/run/docker.sock",
-    "/run/containerd/containerd.sock",
-    "/run/docker/containerd/containerd.sock",
-    "/run/buildkit/buildkitd.sock",
-    "/run/eci/agent.sock",
-];
+pub fn engine_sockets() -> impl Iterator<Item = &'static str> {
+    eci_policy::DEFAULT_PROTECTED_SOCKETS
+        .iter()
+        .copied()
+        .chain([eci_control::DEFAULT_CONTROL_SOCKET])
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Refusal {
@@ -242,10 +236,7 @@ pub fn check(
             continue;
         };
         let destination = mount.destination().display().to_string();
-        if ENGINE_SOCKETS
-            .iter()
-            .any(|s| resolve(Path::new(s)) == real || Path::new(s) == real)
-        {
+        if engine_sockets().any(|s| resolve(Path::new(s)) == real || Path::new(s) == real) {
             return Err(Refusal::EngineSocket {
                 from: source.display().to_string(),
                 destination,
