@@ -162,46 +162,30 @@ impl Runtime {
     }
 
     pub fn create(&self, inv: &Invocation, report: &Reporter) -> Result<(), LifecycleError> {
-        let (id, allocation) = self.prepare(inv, report, Mode::Create)?;
-        let status = Command::new(&self.runc).args(&inv.argv).status();
-        match status {
-            Ok(s) if s.success() => {}
-            Ok(s) => {
-                self.release(&allocation, report);
-                return Err(LifecycleError::RuncFailed(s.code().unwrap_or(1)));
-            }
-            Err(e) => {
-                self.release(&allocation, report);
-                return Err(self.runc_error(e));
-            }
+        let (id, mut rollback) = self.prepare(inv, report, Mode::Create)?;
+        let status = Command::new(&self.runc)
+            .args(&inv.argv)
+            .status()
+            .map_err(|e| self.runc_error(e))?;
+        if !status.success() {
+            return Err(LifecycleError::RuncFailed(status.code().unwrap_or(1)));
         }
+        rollback.runc_created(inv);
         // Registration, before anything of the user's can run: fail closed.
-        let registered = init_pid(self, inv, &id).and_then(|pid| self.register(&id, pid));
-        match registered {
-            Ok(cgroup) => {
-                self.ranges.update(&id, |a| a.cgroup = Some(cgroup))?;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self
-                    .runc_with_root(inv)
-                    .args(["delete", "--force", &id])
-                    .status();
-                self.release(&allocation, report);
-                Err(e)
-            }
-        }
+        let cgroup = init_pid(self, inv, &id).and_then(|pid| self.register(&id, pid))?;
+        self.ranges.update(&id, |a| a.cgroup = Some(cgroup))?;
+        rollback.commit();
+        Ok(())
     }
 
-    /// `run`: prepare, then exec runc; the hooks register and release.
+    /// `run`: prepare, then exec runc; the hooks register and release. An
+    /// exec that returns failed: the rollback releases what was prepared.
     pub fn run(&self, inv: &Invocation, report: &Reporter) -> LifecycleError {
-        let (_, allocation) = match self.prepare(inv, report, Mode::Run) {
-            Ok(prepared) => prepared,
+        let _rollback = match self.prepare(inv, report, Mode::Run) {
+            Ok((_, rollback)) => rollback,
             Err(e) => return e,
         };
-        let err = self.pass_through(inv);
-        self.release(&allocation, report);
-        err
+        self.pass_through(inv)
     }
 
     pub fn start(&self, inv: &Invocation) -> Result<LifecycleError, LifecycleError> {
@@ -259,13 +243,15 @@ impl Runtime {
     }
 
     /// Allocate, check, rewrite and save the spec, with the container's files
-    /// ready; on failure everything is undone.
-    fn prepare(
-        &self,
-        inv: &Invocation,
-        report: &Reporter,
+    /// ready; on failure everything is undone. The caller commits the
+    /// returned rollback once the container is complete; dropped, it
+    /// releases the container.
+    fn prepare<'a>(
+        &'a self,
+        inv: &'a Invocation,
+        report: &'a Reporter,
         mode: Mode,
-    ) -> Result<(String, Allocation), LifecycleError> {
+    ) -> Result<(String, Rollback<'a>), LifecycleError> {
         let command = inv.command.clone().unwrap_or_default();
         let id = inv
             .container_id
@@ -308,8 +294,10 @@ impl Runtime {
             ));
             self.release(stale, report);
         }
-        let allocation = allocated.allocation;
-        let prepared = (|| {
+        let rollback = Rollback::new(self, report, allocated.allocation);
+        let allocation = &rollback.allocation;
+        // From here on, any failure drops `rollback`, which releases.
+        {
             let mut ctx = spec::Context::docker_defaults(&id, &bundle, allocation.base);
             ctx.shareable_host_paths = policy.shareable_host_paths.clone();
             let resolve =
@@ -347,15 +335,9 @@ impl Runtime {
             oci.save(&config).map_err(|source| LifecycleError::Spec {
                 path: config.display().to_string(),
                 source,
-            })
-        })();
-        match prepared {
-            Ok(()) => Ok((id, allocation)),
-            Err(e) => {
-                self.release(&allocation, report);
-                Err(e)
-            }
+            })?;
         }
+        Ok((id, rollback))
     }
 
     /// A container that binds the Docker socket gets the agent's filtering
@@ -638,6 +620,62 @@ impl Runtime {
     }
 }
 
+/// A half-made container, undone when dropped unless committed: every early
+/// return of `create` and `run` releases what was taken so far (fail
+/// closed, nothing left behind).
+struct Rollback<'a> {
+    runtime: &'a Runtime,
+    report: &'a Reporter,
+    allocation: Allocation,
+    /// runc created the container (as this invocation): delete it first.
+    runc_created: Option<&'a Invocation>,
+    committed: bool,
+}
+
+impl<'a> Rollback<'a> {
+    fn new(runtime: &'a Runtime, report: &'a Reporter, allocation: Allocation) -> Self {
+        Self {
+            runtime,
+            report,
+            allocation,
+            runc_created: None,
+            committed: false,
+        }
+    }
+
+    /// From now on, undoing includes runc's container.
+    fn runc_created(&mut self, inv: &'a Invocation) {
+        self.runc_created = Some(inv);
+    }
+
+    /// The container is complete: keep it.
+    fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if let Some(inv) = self.runc_created {
+            let id = &self.allocation.container_id;
+            let deleted = self
+                .runtime
+                .runc_with_root(inv)
+                .args(["delete", "--force", id])
+                .status();
+            if !deleted.is_ok_and(|s| s.success()) {
+                self.report.warning(&format!(
+                    "eci: deleting the half-made container {id} from runc failed"
+                ));
+            }
+        }
+        self.runtime.release(&self.allocation, self.report);
+    }
+}
+
 fn runc_root(inv: &Invocation) -> PathBuf {
     inv.root.clone().unwrap_or_else(|| "/run/runc".into())
 }
@@ -709,6 +747,31 @@ mod tests {
 
     fn invocation(args: &[&str]) -> Invocation {
         args::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn a_half_made_container_is_released_when_its_rollback_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let inv = invocation(&["create", "eci-rollback-test"]);
+        let report = Reporter::new(&inv);
+        let allocated = rt.ranges.allocate("eci-rollback-test", dir.path()).unwrap();
+        {
+            let _rollback = Rollback::new(&rt, &report, allocated.allocation);
+            assert!(rt.ranges.get("eci-rollback-test").unwrap().is_some());
+        }
+        assert_eq!(rt.ranges.get("eci-rollback-test").unwrap(), None);
+    }
+
+    #[test]
+    fn a_committed_container_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let inv = invocation(&["create", "eci-commit-test"]);
+        let report = Reporter::new(&inv);
+        let allocated = rt.ranges.allocate("eci-commit-test", dir.path()).unwrap();
+        Rollback::new(&rt, &report, allocated.allocation).commit();
+        assert!(rt.ranges.get("eci-commit-test").unwrap().is_some());
     }
 
     #[test]
