@@ -74,6 +74,14 @@ pub enum Refusal {
         destination: String,
         why: String,
     },
+    #[error(
+        "enhanced container isolation: the container's {kind} namespace is given as {path}, which cannot be checked ({error}), so it may be the VM's; the container is refused. Fix the path, or remove it to give the container a namespace of its own"
+    )]
+    NamespacePath {
+        kind: String,
+        path: String,
+        error: String,
+    },
     #[error("enhanced container isolation: invalid container spec: {0}")]
     Invalid(String),
 }
@@ -205,11 +213,19 @@ pub fn check(
             }
             Some(ns) => {
                 if let Some(path) = ns.path() {
-                    let ino = std::fs::metadata(path).map(|m| m.ino()).ok();
+                    // Fail closed: a path that cannot be looked at is not
+                    // taken for the container's own.
+                    let ino = std::fs::metadata(path)
+                        .map_err(|e| Refusal::NamespacePath {
+                            kind: ns_name(kind).into(),
+                            path: path.display().to_string(),
+                            error: e.to_string(),
+                        })?
+                        .ino();
                     let vm = ctx
                         .vm_namespaces
                         .iter()
-                        .any(|(k, i)| k == ns_proc_name(kind) && Some(*i) == ino);
+                        .any(|(k, i)| k == ns_proc_name(kind) && *i == ino);
                     if vm {
                         return Err(Refusal::HostNamespace(
                             ns_name(kind).into(),
@@ -549,6 +565,17 @@ mod tests {
             Refusal::HostNamespace("network".into(), "--network=host"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_namespace_path_that_cannot_be_checked_is_refused_and_named() {
+        let ns = r#"{"type": "mount"}, {"type": "network", "path": "/proc/999999999/ns/net"}, {"type": "uts"}, {"type": "pid"}, {"type": "ipc"}"#;
+        let e = check(&docker_like(ns, ""), &ctx(), &lexical).unwrap_err();
+        assert!(matches!(e, Refusal::NamespacePath { .. }), "{e:?}");
+        let shown = e.to_string();
+        assert!(shown.contains("network namespace"), "{shown}");
+        assert!(shown.contains("/proc/999999999/ns/net"), "{shown}");
+        assert!(shown.contains("Fix the path"), "{shown}");
     }
 
     #[test]
