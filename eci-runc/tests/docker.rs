@@ -1023,7 +1023,8 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
         );
         assert!(!leftovers(f, &id));
     }
-    // Without the agent: refused by the registration hook, nothing left.
+    // Without the agent: refused before anything is prepared (no policy in
+    // force to be had), nothing left.
     let out = eci_runc(f, &f.dir.join("nowhere/agent.sock"))
         .arg("--root")
         .arg(&root)
@@ -1038,7 +1039,11 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
         id: &id,
         original: &original,
     };
-    refused.assert(f, &out, "could not be registered with the eci agent");
+    refused.assert(
+        f,
+        &out,
+        "could not get the policy in force from the eci agent",
+    );
 }
 
 /// An `eci-runc run` that must have failed and left nothing behind.
