@@ -4,32 +4,10 @@
 
 use std::path::Path;
 
-/// Directories a shareable host path may neither be nor contain: sharing
-/// them (or a parent of them) hands containers the VM's system, the
-/// engine's state or eci's own.
-const CRITICAL_DIRS: &[&str] = &[
-    "/etc",
-    "/var/lib/docker",
-    "/var/lib/containerd",
-    "/var/lib/eci",
-    "/run",
-    "/var/run",
-    "/proc",
-    "/sys",
-    "/dev",
-    "/boot",
-    "/usr",
-    "/lib",
-    "/lib64",
-    "/bin",
-    "/sbin",
-    "/root",
-];
-
-/// Directories no shareable host path may lie in either (configuration,
-/// engine and eci state, runtime sockets, kernel interfaces, boot files).
-/// Below `/usr`, `/lib`, `/bin`, `/sbin` and `/root` an administrator may
-/// share a directory on purpose (e.g. `/usr/share/fonts`).
+/// Directories no shareable host path may be, contain or lie in
+/// (configuration, engine and eci state, runtime sockets, kernel
+/// interfaces, boot files): sharing them hands containers the VM's system,
+/// the engine's state or eci's own.
 const NOTHING_BELOW: &[&str] = &[
     "/etc",
     "/var/lib/docker",
@@ -42,6 +20,10 @@ const NOTHING_BELOW: &[&str] = &[
     "/dev",
     "/boot",
 ];
+
+/// Directories a shareable host path may neither be nor contain, but may
+/// lie in: an administrator may share e.g. `/usr/share/fonts` on purpose.
+const NOT_THEMSELVES: &[&str] = &["/usr", "/lib", "/lib64", "/bin", "/sbin", "/root"];
 
 /// A runtime name as Docker accepts it in daemon.json `runtimes`.
 pub(crate) fn check_runtime_name(name: &str) -> Result<(), String> {
@@ -87,7 +69,7 @@ pub(crate) fn check_path(path: &str) -> Result<(), String> {
 /// [`NOTHING_BELOW`], and not where the audit log is.
 pub(crate) fn check_shareable(path: &str, audit_log: &Path) -> Result<(), String> {
     let p = Path::new(path);
-    for dir in CRITICAL_DIRS {
+    for dir in NOTHING_BELOW.iter().chain(NOT_THEMSELVES) {
         let dir_path = Path::new(dir);
         if p == dir_path {
             return Err(format!(

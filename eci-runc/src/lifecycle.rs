@@ -749,17 +749,20 @@ mod tests {
         args::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
     }
 
+    /// A container `id` with its range taken, as `prepare` leaves it.
+    fn half_made(rt: &Runtime, dir: &Path, id: &str) -> (Reporter, Allocation) {
+        let report = Reporter::new(&invocation(&["create", id]));
+        let allocated = rt.ranges.allocate(id, dir).unwrap();
+        assert!(rt.ranges.get(id).unwrap().is_some());
+        (report, allocated.allocation)
+    }
+
     #[test]
     fn a_half_made_container_is_released_when_its_rollback_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime(dir.path());
-        let inv = invocation(&["create", "eci-rollback-test"]);
-        let report = Reporter::new(&inv);
-        let allocated = rt.ranges.allocate("eci-rollback-test", dir.path()).unwrap();
-        {
-            let _rollback = Rollback::new(&rt, &report, allocated.allocation);
-            assert!(rt.ranges.get("eci-rollback-test").unwrap().is_some());
-        }
+        let (report, allocation) = half_made(&rt, dir.path(), "eci-rollback-test");
+        drop(Rollback::new(&rt, &report, allocation));
         assert_eq!(rt.ranges.get("eci-rollback-test").unwrap(), None);
     }
 
@@ -767,10 +770,8 @@ mod tests {
     fn a_committed_container_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime(dir.path());
-        let inv = invocation(&["create", "eci-commit-test"]);
-        let report = Reporter::new(&inv);
-        let allocated = rt.ranges.allocate("eci-commit-test", dir.path()).unwrap();
-        Rollback::new(&rt, &report, allocated.allocation).commit();
+        let (report, allocation) = half_made(&rt, dir.path(), "eci-commit-test");
+        Rollback::new(&rt, &report, allocation).commit();
         assert!(rt.ranges.get("eci-commit-test").unwrap().is_some());
     }
 
