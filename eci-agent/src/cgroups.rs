@@ -232,6 +232,20 @@ pub fn cgroup_of(pid: &str) -> Result<String, CgroupError> {
         .ok_or(CgroupError::NoCgroup2)
 }
 
+/// The agent's own cgroup is unknown: it could not keep itself out of the
+/// protected cgroups.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "eci-agent cannot tell its own cgroup ({0}), so it cannot keep itself out of the protected cgroups; not starting. Run it with /proc mounted and cgroup2 in use"
+)]
+pub struct OwnCgroupUnknown(#[source] CgroupError);
+
+/// The cgroup of the agent's process `pid` (`self`), which it must never
+/// protect. Fails closed: unknown is an error, never `/`.
+pub fn own_cgroup(pid: &str) -> Result<String, OwnCgroupUnknown> {
+    cgroup_of(pid).map_err(OwnCgroupUnknown)
+}
+
 /// True when `inner` is `outer` or below it (cgroup2 paths relative to the root).
 pub fn is_same_or_below(inner: &str, outer: &str) -> bool {
     let outer = outer.trim_end_matches('/');
@@ -317,6 +331,14 @@ mod tests {
         // A live process: its mounts.
         std::fs::write(cg.join("cgroup.procs"), format!("{}\n", std::process::id())).unwrap();
         assert!(!initial_mount_ids(&cgroup).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unknown_own_cgroup_is_an_error_not_the_root() {
+        assert!(own_cgroup("self").unwrap().starts_with('/'));
+        let err = own_cgroup("999999999").unwrap_err().to_string();
+        assert!(err.contains("/proc/999999999/cgroup"), "{err}");
+        assert!(err.contains("not starting"), "{err}");
     }
 
     #[test]

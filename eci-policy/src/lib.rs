@@ -23,7 +23,6 @@
 //!
 //! `eci.auditLog` (a plain path), from the first version of this file, is
 //! still read as a shorthand for `eci.audit.path`.
-
 //!
 //! This crate is the only reader of the file: the agent loads it (and keeps
 //! the last good one on reload); eci-runc asks the agent for the policy in
