@@ -4,6 +4,18 @@
 
 use std::path::Path;
 
+/// Why a value is refused, in words for the person editing the file: the
+/// message of an [`Invalid`](crate::Invalid) placed at that value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Rejected(pub(crate) String);
+
+impl From<String> for Rejected {
+    fn from(message: String) -> Self {
+        Self(message)
+    }
+}
+
 /// Directories no shareable host path may be, contain or lie in
 /// (configuration, engine and eci state, runtime sockets, kernel
 /// interfaces, boot files): sharing them hands containers the VM's system,
@@ -26,7 +38,7 @@ const NOTHING_BELOW: &[&str] = &[
 const NOT_THEMSELVES: &[&str] = &["/usr", "/lib", "/lib64", "/bin", "/sbin", "/root"];
 
 /// A runtime name as Docker accepts it in daemon.json `runtimes`.
-pub(crate) fn check_runtime_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_runtime_name(name: &str) -> Result<(), Rejected> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -35,31 +47,37 @@ pub(crate) fn check_runtime_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
+        Err(Rejected::from(format!(
             "expected a Docker runtime name (letters, digits, `_`, `.`, `-`), found {name:?}"
-        ))
+        )))
     }
 }
 
 /// An absolute, normalized path: no `.`, `..` or empty segments, no
 /// trailing `/`, no control characters, not `/` itself.
-pub(crate) fn check_path(path: &str) -> Result<(), String> {
+pub(crate) fn check_path(path: &str) -> Result<(), Rejected> {
     if !path.starts_with('/') {
-        return Err(format!("expected an absolute path, found {path:?}"));
+        return Err(Rejected::from(format!(
+            "expected an absolute path, found {path:?}"
+        )));
     }
     if path == "/" {
-        return Err("expected a path below \"/\", found \"/\"".into());
+        return Err(Rejected::from(
+            "expected a path below \"/\", found \"/\"".to_owned(),
+        ));
     }
     if path.chars().any(char::is_control) {
-        return Err(format!("the path {path:?} holds a control character"));
+        return Err(Rejected::from(format!(
+            "the path {path:?} holds a control character"
+        )));
     }
     if path[1..]
         .split('/')
         .any(|s| s.is_empty() || s == "." || s == "..")
     {
-        return Err(format!(
+        return Err(Rejected::from(format!(
             "expected a normalized path (no `.`, `..`, `//` or trailing `/`), found {path:?}"
-        ));
+        )));
     }
     Ok(())
 }
@@ -67,35 +85,35 @@ pub(crate) fn check_path(path: &str) -> Result<(), String> {
 /// A host path containers may be given: not a system, engine or eci
 /// directory, not a parent of one, not inside one of those in
 /// [`NOTHING_BELOW`], and not where the audit log is.
-pub(crate) fn check_shareable(path: &str, audit_log: &Path) -> Result<(), String> {
+pub(crate) fn check_shareable(path: &str, audit_log: &Path) -> Result<(), Rejected> {
     let p = Path::new(path);
     for dir in NOTHING_BELOW.iter().chain(NOT_THEMSELVES) {
         let dir_path = Path::new(dir);
         if p == dir_path {
-            return Err(format!(
+            return Err(Rejected::from(format!(
                 "{path:?} is a directory of the VM's system or of its engines; containers must \
                  not share it"
-            ));
+            )));
         }
         if dir_path.starts_with(p) {
-            return Err(format!(
+            return Err(Rejected::from(format!(
                 "{path:?} contains {dir}, which containers must not reach; share a directory \
                  beside it instead"
-            ));
+            )));
         }
     }
     for dir in NOTHING_BELOW {
         if p.starts_with(dir) {
-            return Err(format!(
+            return Err(Rejected::from(format!(
                 "{path:?} lies inside {dir}, which containers must not reach"
-            ));
+            )));
         }
     }
     if audit_log.starts_with(p) {
-        return Err(format!(
+        return Err(Rejected::from(format!(
             "{path:?} contains the audit log {}, which containers must not reach",
             audit_log.display()
-        ));
+        )));
     }
     Ok(())
 }
@@ -103,54 +121,54 @@ pub(crate) fn check_shareable(path: &str, audit_log: &Path) -> Result<(), String
 /// An absolute cgroup2 path, normalized, not the root; `*` only in the last
 /// segment, which must not be all wildcard (that would take in every
 /// sibling: the engine's and the agent's own cgroups too).
-pub(crate) fn check_cgroup_parent(parent: &str) -> Result<(), String> {
+pub(crate) fn check_cgroup_parent(parent: &str) -> Result<(), Rejected> {
     if parent == "/" {
-        return Err(
+        return Err(Rejected::from(
             "protecting the root cgroup would lock out the agent and the container engine; \
              name the engines' container cgroups (e.g. \"/docker\")"
-                .into(),
-        );
+                .to_owned(),
+        ));
     }
     if !parent.starts_with('/') {
-        return Err(format!(
+        return Err(Rejected::from(format!(
             "expected a cgroup path from the cgroup2 root, starting with '/' (e.g. \"/docker\"), \
              found {parent:?}"
-        ));
+        )));
     }
     if parent.chars().any(char::is_control) {
-        return Err(format!(
+        return Err(Rejected::from(format!(
             "the cgroup path {parent:?} holds a control character"
-        ));
+        )));
     }
     let segments: Vec<&str> = parent[1..].split('/').collect();
     if segments
         .iter()
         .any(|s| s.is_empty() || *s == "." || *s == "..")
     {
-        return Err(format!(
+        return Err(Rejected::from(format!(
             "expected a normalized cgroup path (no `.`, `..`, `//` or trailing `/`), found \
              {parent:?}"
-        ));
+        )));
     }
     let (last, above) = segments.split_last().unwrap_or((&"", &[]));
     if above.iter().any(|s| s.contains('*')) {
-        return Err(format!(
+        return Err(Rejected::from(format!(
             "{parent:?}: `*` is allowed in the last segment only (e.g. \
              \"/system.slice/docker-*.scope\")"
-        ));
+        )));
     }
     if last.chars().all(|c| c == '*') {
-        return Err(format!(
+        return Err(Rejected::from(format!(
             "{parent:?}: a last segment of only `*` matches every sibling cgroup, the engine's \
              and the agent's included; protect the parent or use a pattern such as \"docker-*.scope\""
-        ));
+        )));
     }
     Ok(())
 }
 
 /// A Docker command name (`push`, `build`, `container`), optionally with a
 /// trailing `*` for a family (`container*`).
-pub(crate) fn check_command(command: &str) -> Result<(), String> {
+pub(crate) fn check_command(command: &str) -> Result<(), Rejected> {
     let name = command.strip_suffix('*').unwrap_or(command);
     let ok = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
@@ -159,10 +177,10 @@ pub(crate) fn check_command(command: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
+        Err(Rejected::from(format!(
             "expected a docker command such as \"push\", or a family such as \"container*\" \
              (`*` only at the end), found {command:?}"
-        ))
+        )))
     }
 }
 
@@ -170,14 +188,14 @@ pub(crate) fn check_command(command: &str) -> Result<(), String> {
 /// The name follows Docker's reference grammar: an optional registry
 /// (`host[:port]/`, recognised by a `.` or `:` or as `localhost`), then
 /// lowercase path components separated by `/`.
-pub(crate) fn split_image(image: &str) -> Result<(&str, Option<&str>, Option<&str>), String> {
+pub(crate) fn split_image(image: &str) -> Result<(&str, Option<&str>, Option<&str>), Rejected> {
     if image == "*" {
         return Ok((image, None, None));
     }
     let fail = |why: &str| {
-        Err(format!(
+        Err(Rejected::from(format!(
             "{image:?} is not an image reference (name[:tag], name@sha256:<digest>, or \"*\"): {why}"
-        ))
+        )))
     };
     let (name, tag, digest) = match image.split_once('@') {
         Some((name, digest)) => {

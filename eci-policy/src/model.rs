@@ -116,7 +116,7 @@ impl ImageRef {
     pub fn parse(text: &str) -> Result<Self, NotAnImageRef> {
         split_image(text)
             .map(|_| Self(text.to_owned()))
-            .map_err(NotAnImageRef)
+            .map_err(|why| NotAnImageRef(why.0))
     }
 
     pub fn as_str(&self) -> &str {

@@ -220,7 +220,7 @@ impl RawFile {
                     check_command(command).map_err(|why| {
                         bad(
                             item(&[ECI, "dockerSocketMount", "commandList", "commands"], i),
-                            why,
+                            why.0,
                         )
                     })?;
                 }
@@ -234,14 +234,14 @@ impl RawFile {
             if let Some(parents) = own.protected_cgroup_parents {
                 for (i, parent) in parents.iter().enumerate() {
                     check_cgroup_parent(parent)
-                        .map_err(|why| bad(item(&["eci", "protectedCgroupParents"], i), why))?;
+                        .map_err(|why| bad(item(&["eci", "protectedCgroupParents"], i), why.0))?;
                 }
                 policy.protected_cgroup_parents = parents;
             }
             if let Some(sockets) = own.protected_sockets {
                 for (i, socket) in sockets.iter().enumerate() {
                     check_path(socket)
-                        .map_err(|why| bad(item(&["eci", "protectedSockets"], i), why))?;
+                        .map_err(|why| bad(item(&["eci", "protectedSockets"], i), why.0))?;
                 }
                 policy.protected_sockets = sockets.into_iter().map(PathBuf::from).collect();
             }
@@ -260,11 +260,11 @@ impl RawFile {
                     ));
                 }
                 (Some(path), None) => {
-                    check_path(&path).map_err(|why| bad(keys(&["eci", "audit", "path"]), why))?;
+                    check_path(&path).map_err(|why| bad(keys(&["eci", "audit", "path"]), why.0))?;
                     policy.audit.path = PathBuf::from(path);
                 }
                 (None, Some(path)) => {
-                    check_path(&path).map_err(|why| bad(keys(&["eci", "auditLog"]), why))?;
+                    check_path(&path).map_err(|why| bad(keys(&["eci", "auditLog"]), why.0))?;
                     policy.audit.path = PathBuf::from(path);
                 }
                 (None, None) => {}
@@ -295,13 +295,13 @@ impl RawFile {
             if let Some(sockets) = own.docker_api_sockets {
                 for (i, socket) in sockets.iter().enumerate() {
                     check_path(socket)
-                        .map_err(|why| bad(item(&["eci", "dockerApiSockets"], i), why))?;
+                        .map_err(|why| bad(item(&["eci", "dockerApiSockets"], i), why.0))?;
                 }
                 policy.docker_api_sockets = sockets.into_iter().map(PathBuf::from).collect();
             }
             if let Some(name) = own.docker_runtime_name {
                 check_runtime_name(&name)
-                    .map_err(|why| bad(keys(&["eci", "dockerRuntimeName"]), why))?;
+                    .map_err(|why| bad(keys(&["eci", "dockerRuntimeName"]), why.0))?;
                 policy.docker_runtime_name = name;
             }
             // Checked last: a shareable path must not expose the audit log.
@@ -309,7 +309,7 @@ impl RawFile {
                 for (i, path) in paths.iter().enumerate() {
                     check_path(path)
                         .and_then(|()| check_shareable(path, &policy.audit.path))
-                        .map_err(|why| bad(item(&["eci", "shareableHostPaths"], i), why))?;
+                        .map_err(|why| bad(item(&["eci", "shareableHostPaths"], i), why.0))?;
                 }
                 policy.shareable_host_paths = paths.into_iter().map(PathBuf::from).collect();
             }
