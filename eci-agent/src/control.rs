@@ -294,32 +294,12 @@ fn unprotect(shared: &mut Shared, spec: &str) -> Result<(u64, String), RegisterE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{audit::Names, rules::UnenforcedRules, sockets::SocketSet};
 
     #[tokio::test]
     async fn the_policy_request_is_answered_with_the_policy_in_force() {
         let dir = tempfile::tempdir().unwrap();
-        let shared = Arc::new(Mutex::new(Shared {
-            rules: Box::new(UnenforcedRules::default()),
-            names: Names::default(),
-            own_cgroup: "/agent".into(),
-            parents: Vec::new(),
-            sockets: SocketSet::new(Vec::new()),
-        }));
-        let policy = PolicyInForce::new(
-            eci_policy::parse(r#"{"eci": {"shareableHostPaths": ["/home"]}}"#, "test").unwrap(),
-        );
-        let config = AgentConfig {
-            pin_dir: dir.path().join("pins"),
-            control_socket: dir.path().join("agent.sock"),
-            policy_path: dir.path().join("admin-settings.json"),
-            audit_log: None,
-            extra_sockets: Vec::new(),
-            no_policy_sockets: true,
-            parents: Some(Vec::new()),
-            unenforced_for_testing: true,
-            views_dir: dir.path().join("views"),
-        };
+        let (shared, policy, config) =
+            crate::state::for_tests(dir.path(), r#"{"eci": {"shareableHostPaths": ["/home"]}}"#);
         let audit = Arc::new(Mutex::new(
             crate::audit::AuditLog::open(&dir.path().join("audit.jsonl"), 1 << 20, 1).unwrap(),
         ));

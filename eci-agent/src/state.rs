@@ -293,44 +293,49 @@ pub fn run_dir(control_socket: &Path) -> PathBuf {
         .to_owned()
 }
 
+/// An agent's state for unit tests: unenforced rules, no parents, no
+/// sockets, `policy_text` as its policy file in `dir`, in force.
+#[cfg(test)]
+pub fn for_tests(
+    dir: &Path,
+    policy_text: &str,
+) -> (Arc<Mutex<Shared>>, PolicyInForce, AgentConfig) {
+    let config = AgentConfig {
+        pin_dir: dir.join("pins"),
+        control_socket: dir.join("run/agent.sock"),
+        policy_path: dir.join("admin-settings.json"),
+        audit_log: Some(dir.join("audit.jsonl")),
+        extra_sockets: Vec::new(),
+        no_policy_sockets: true,
+        parents: Some(Vec::new()),
+        unenforced_for_testing: true,
+        views_dir: dir.join("views"),
+    };
+    std::fs::create_dir_all(dir.join("run")).expect("run dir");
+    std::fs::write(&config.policy_path, policy_text).expect("policy file");
+    let (policy, _) = policy::load(&config.policy_path).expect("a valid policy");
+    let (parents, sockets) = config.effective(&policy);
+    let shared = Arc::new(Mutex::new(Shared {
+        rules: Box::new(crate::rules::UnenforcedRules::default()),
+        names: Names::default(),
+        own_cgroup: "/agent".into(),
+        parents,
+        sockets,
+    }));
+    (shared, PolicyInForce::new(policy), config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::UnenforcedRules;
 
     const GOOD: &str = r#"{"eci": {"shareableHostPaths": ["/home"]}}"#;
     const BAD: &str = r#"{"eci": {"shareableHostPaths": ["/etc"]}}"#;
 
-    fn setup(dir: &Path) -> (Arc<Mutex<Shared>>, PolicyInForce, AgentConfig) {
-        let config = AgentConfig {
-            pin_dir: dir.join("pins"),
-            control_socket: dir.join("run/agent.sock"),
-            policy_path: dir.join("admin-settings.json"),
-            audit_log: Some(dir.join("audit.jsonl")),
-            extra_sockets: Vec::new(),
-            no_policy_sockets: true,
-            parents: Some(Vec::new()),
-            unenforced_for_testing: true,
-            views_dir: dir.join("views"),
-        };
-        std::fs::create_dir_all(dir.join("run")).unwrap();
-        std::fs::write(&config.policy_path, GOOD).unwrap();
-        let (policy, _) = policy::load(&config.policy_path).unwrap();
-        let (parents, sockets) = config.effective(&policy);
-        let shared = Arc::new(Mutex::new(Shared {
-            rules: Box::new(UnenforcedRules::default()),
-            names: Names::default(),
-            own_cgroup: "/agent".into(),
-            parents,
-            sockets,
-        }));
-        (shared, PolicyInForce::new(policy), config)
-    }
-
     #[tokio::test]
     async fn a_refused_file_leaves_the_last_good_policy_in_force_for_every_reader() {
         let dir = tempfile::tempdir().unwrap();
-        let (shared, policy, config) = setup(dir.path());
+        let (shared, policy, config) = for_tests(dir.path(), GOOD);
         let reader = policy.subscribe();
         assert_eq!(
             policy.current().shareable_host_paths,
@@ -353,7 +358,7 @@ mod tests {
     #[tokio::test]
     async fn a_good_file_is_published_to_every_reader() {
         let dir = tempfile::tempdir().unwrap();
-        let (shared, policy, config) = setup(dir.path());
+        let (shared, policy, config) = for_tests(dir.path(), GOOD);
         let reader = policy.subscribe();
         std::fs::write(
             &config.policy_path,
@@ -371,7 +376,7 @@ mod tests {
     #[tokio::test]
     async fn a_locked_policy_is_not_unlocked_by_a_reload() {
         let dir = tempfile::tempdir().unwrap();
-        let (shared, _, config) = setup(dir.path());
+        let (shared, _, config) = for_tests(dir.path(), GOOD);
         let locked = Policy {
             locked: true,
             ..Policy::default()
