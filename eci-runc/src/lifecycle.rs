@@ -173,6 +173,7 @@ impl Runtime {
         rollback.runc_created(inv);
         // Registration, before anything of the user's can run: fail closed.
         let cgroup = init_pid(self, inv, &id).and_then(|pid| self.register(&id, pid))?;
+        rollback.registered(&cgroup);
         self.ranges.update(&id, |a| a.cgroup = Some(cgroup))?;
         rollback.commit();
         Ok(())
@@ -555,6 +556,18 @@ impl Runtime {
         Ok(cgroup)
     }
 
+    /// Unprotect a container's cgroup with the agent (agent down: warning).
+    fn unregister(&self, id: &str, cgroup: &str, report: &Reporter) {
+        let answer = Client::new(&self.agent_socket).call_ok(&Request::Unprotect {
+            cgroup: cgroup.to_owned(),
+        });
+        if let Err(e) = answer {
+            report.warning(&format!(
+                "eci: unregistering {cgroup} of container {id}: {e}"
+            ));
+        }
+    }
+
     /// Undo everything `create` or `run` did for a container; what cannot be
     /// undone is reported, never fatal (delete must go through).
     pub fn release(&self, allocation: &Allocation, report: &Reporter) {
@@ -569,14 +582,7 @@ impl Runtime {
         let allocation = recorded.as_ref().unwrap_or(allocation);
         let id = &allocation.container_id;
         if let Some(cgroup) = &allocation.cgroup {
-            let answer = Client::new(&self.agent_socket).call_ok(&Request::Unprotect {
-                cgroup: cgroup.clone(),
-            });
-            if let Err(e) = answer {
-                report.warning(&format!(
-                    "eci: unregistering {cgroup} of container {id}: {e}"
-                ));
-            }
+            self.unregister(id, cgroup, report);
         }
         if allocation.docker_api_proxy {
             let answer = Client::new(&self.agent_socket).call_ok(&Request::CloseProxy {
@@ -629,6 +635,9 @@ struct Rollback<'a> {
     allocation: Allocation,
     /// runc created the container (as this invocation): delete it first.
     runc_created: Option<&'a Invocation>,
+    /// The agent protects the container's cgroup, not recorded yet (what is
+    /// recorded, `release` unregisters).
+    registered: Option<String>,
     committed: bool,
 }
 
@@ -639,6 +648,7 @@ impl<'a> Rollback<'a> {
             report,
             allocation,
             runc_created: None,
+            registered: None,
             committed: false,
         }
     }
@@ -646,6 +656,11 @@ impl<'a> Rollback<'a> {
     /// From now on, undoing includes runc's container.
     fn runc_created(&mut self, inv: &'a Invocation) {
         self.runc_created = Some(inv);
+    }
+
+    /// From now on, undoing includes the registration of `cgroup`.
+    fn registered(&mut self, cgroup: &str) {
+        self.registered = Some(cgroup.to_owned());
     }
 
     /// The container is complete: keep it.
@@ -671,6 +686,10 @@ impl Drop for Rollback<'_> {
                     "eci: deleting the half-made container {id} from runc failed"
                 ));
             }
+        }
+        if let Some(cgroup) = &self.registered {
+            let id = &self.allocation.container_id;
+            self.runtime.unregister(id, cgroup, self.report);
         }
         self.runtime.release(&self.allocation, self.report);
     }
