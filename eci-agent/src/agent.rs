@@ -1,104 +1,24 @@
 //! `eci-agent run`: probe, load and pin, then serve until told to stop.
 //! The rules stay pinned in the kernel when the agent exits.
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, PerCpuArray};
-use serde::{Deserialize, Serialize};
 use tokio::{io::unix::AsyncFd, sync::Mutex};
 
 use crate::{
     audit::{self, AuditLog, Names},
     cgroups, control, enforcement,
     pins::PinLayout,
-    policy::{self, Policy},
+    policy,
     proxy::Proxies,
     rules::{RuleStore, UnenforcedRules},
-    sockets::SocketSet,
+    state::{
+        AgentConfig, PolicyInForce, Shared, refresh_parents, refresh_sockets, reload, run_dir,
+        state_file,
+    },
     views, vm,
 };
-
-/// Everything `run` is told.
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    pub pin_dir: PathBuf,
-    pub control_socket: PathBuf,
-    pub policy_path: PathBuf,
-    /// From the command line: overrides the policy's audit log.
-    pub audit_log: Option<PathBuf>,
-    /// From the command line: protected on top of the policy's sockets.
-    pub extra_sockets: Vec<PathBuf>,
-    /// From the command line: ignore the policy's protected sockets.
-    pub no_policy_sockets: bool,
-    /// From the command line: replace the policy's protected parents.
-    pub parents: Option<Vec<String>>,
-    pub unenforced_for_testing: bool,
-    /// The containers' /proc views, kept current every second.
-    pub views_dir: PathBuf,
-}
-
-impl AgentConfig {
-    /// What to protect under `policy`, after the command line's overrides.
-    /// The control socket is always protected.
-    pub fn effective(&self, policy: &Policy) -> (Vec<String>, SocketSet) {
-        let enforcing = policy.enforcement;
-        let parents = match &self.parents {
-            Some(p) => p.clone(),
-            None if enforcing => policy.protected_cgroup_parents.clone(),
-            None => Vec::new(),
-        };
-        let mut sockets = self.extra_sockets.clone();
-        if enforcing && !self.no_policy_sockets {
-            sockets.extend(policy.protected_sockets.iter().cloned());
-            sockets.extend(policy.docker_api_sockets.iter().cloned());
-        }
-        sockets.push(self.control_socket.clone());
-        (parents, SocketSet::new(sockets))
-    }
-
-    pub fn audit_log(&self, policy: &Policy) -> PathBuf {
-        self.audit_log
-            .clone()
-            .unwrap_or_else(|| policy.audit.path.clone())
-    }
-}
-
-/// State shared by the control server and the background tasks.
-pub struct Shared {
-    pub rules: Box<dyn RuleStore>,
-    pub names: Names,
-    /// The agent's own cgroup2 path: never protectable.
-    pub own_cgroup: String,
-    pub policy: Policy,
-    pub parents: Vec<String>,
-    pub sockets: SocketSet,
-}
-
-/// What the running agent tells `status` (written next to the control socket).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentState {
-    pub pid: u32,
-    pub mode: String,
-    pub pin_dir: PathBuf,
-    pub audit_log: PathBuf,
-    pub sockets: Vec<ProtectedSocket>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProtectedSocket {
-    pub path: PathBuf,
-    pub dev: String,
-    pub ino: u64,
-}
-
-pub fn state_file(control_socket: &Path) -> PathBuf {
-    control::run_dir(control_socket).join("agent-state.json")
-}
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -122,7 +42,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         );
     }
     let layout = PinLayout::new(&config.pin_dir);
-    let own_cgroup = cgroups::cgroup_of("self").unwrap_or_else(|_| "/".into());
+    let own_cgroup = cgroups::own_cgroup("self")?;
 
     let (rules, kernel): (Box<dyn RuleStore>, Option<KernelParts>) = if config
         .unenforced_for_testing
@@ -170,7 +90,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         rules,
         names,
         own_cgroup,
-        policy: policy.clone(),
         parents,
         sockets,
     }));
@@ -193,15 +112,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         policy.audit.keep,
     )?));
 
+    let policy = PolicyInForce::new(policy);
     let proxies = Arc::new(Proxies::new(
-        control::run_dir(&config.control_socket).join("proxy"),
+        run_dir(&config.control_socket).join("proxy"),
         config.policy_path.clone(),
-        shared.clone(),
+        policy.subscribe(),
         audit.clone(),
     ));
     let listener = control::bind(&config.control_socket)?;
     proxies.remove_stale();
-    refresh_sockets(&shared, &config).await?;
+    refresh_sockets(&shared, &policy, &config).await?;
     tracing::info!(socket = %config.control_socket.display(), "control socket ready");
     crate::install::notify_ready();
 
@@ -209,17 +129,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tasks.spawn(control::serve(
         listener,
         shared.clone(),
+        policy.clone(),
         proxies,
         config.clone(),
     ));
     {
         let shared = shared.clone();
+        let policy = policy.clone();
         let config = config.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if let Err(err) = refresh_sockets(&shared, &config).await {
+                if let Err(err) = refresh_sockets(&shared, &policy, &config).await {
                     tracing::error!("refreshing protected sockets: {err:#}");
                 }
                 refresh_parents(&shared).await;
@@ -250,13 +172,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     {
         let shared = shared.clone();
+        let policy = policy.clone();
         let config = config.clone();
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tasks.spawn(async move {
             while hangup.recv().await.is_some() {
-                match reload(&shared, &config).await {
+                match reload(&shared, &policy, &config).await {
                     Ok(message) => tracing::info!("SIGHUP: {message}"),
-                    Err(message) => tracing::error!("SIGHUP: {message}"),
+                    Err(err) => tracing::error!("SIGHUP: {err}"),
                 }
             }
         });
@@ -287,7 +210,7 @@ struct KernelParts {
 
 /// The engine's sockets among the protected ones (the agent's own control
 /// socket is not the engine's).
-fn engine_sockets(shared: &Shared, config: &AgentConfig) -> Vec<PathBuf> {
+fn engine_sockets(shared: &Shared, config: &AgentConfig) -> Vec<std::path::PathBuf> {
     shared
         .sockets
         .paths()
@@ -295,120 +218,6 @@ fn engine_sockets(shared: &Shared, config: &AgentConfig) -> Vec<PathBuf> {
         .filter(|p| **p != config.control_socket)
         .cloned()
         .collect()
-}
-
-/// Re-read the policy. A bad file changes nothing (the last good policy
-/// stays); a locked policy cannot be turned off or unlocked at runtime.
-pub async fn reload(shared: &Arc<Mutex<Shared>>, config: &AgentConfig) -> Result<String, String> {
-    let (new, _) = policy::load(&config.policy_path)
-        .map_err(|e| format!("policy not reloaded, the last good one stays in force: {e}"))?;
-    let mut guard = shared.lock().await;
-    if guard.policy.locked && (!new.enforcement || !new.locked) {
-        return Err(format!(
-            "policy not reloaded: the policy in force is locked, and {} would turn enforcement off or unlock it; restart the agent to apply an administrator's change",
-            config.policy_path.display()
-        ));
-    }
-    let (parents, sockets) = config.effective(&new);
-    guard.parents = parents;
-    guard.sockets = sockets;
-    let summary = new.summary();
-    guard.policy = new;
-    drop(guard);
-    refresh_parents(shared).await;
-    refresh_sockets(shared, config)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(format!("policy reloaded: {summary}"))
-}
-
-/// Protect the cgroups the policy names as parents (with their whole
-/// subtree) and stop protecting ones that went away.
-async fn refresh_parents(shared: &Arc<Mutex<Shared>>) {
-    let mut guard = shared.lock().await;
-    let patterns = guard.parents.clone();
-    let own = guard.own_cgroup.clone();
-    let mut wanted = std::collections::BTreeMap::new();
-    for pattern in &patterns {
-        for cgroup in cgroups::expand(pattern) {
-            if cgroups::is_same_or_below(&own, &cgroup.path) {
-                tracing::error!(parent = %cgroup.path, agent = %own, "not protecting a parent that holds the agent itself");
-                continue;
-            }
-            wanted.insert(cgroup.id, cgroup.path);
-        }
-    }
-    let current: Vec<u64> = guard
-        .rules
-        .protected_cgroups()
-        .into_iter()
-        .filter(|(_, r)| r & eci_common::protect_reason::POLICY_PARENT != 0)
-        .map(|(id, _)| id)
-        .collect();
-    for (id, path) in &wanted {
-        if !current.contains(id) {
-            match guard
-                .rules
-                .protect_cgroup(*id, eci_common::protect_reason::POLICY_PARENT)
-            {
-                Ok(()) => tracing::info!(parent = %path, id, "protected parent cgroup"),
-                Err(err) => tracing::error!(parent = %path, "protecting parent: {err}"),
-            }
-            guard.names.cgroups.insert(*id, path.clone());
-        }
-    }
-    for id in current.into_iter().filter(|id| !wanted.contains_key(id)) {
-        if let Err(err) = guard
-            .rules
-            .unprotect_cgroup(id, eci_common::protect_reason::POLICY_PARENT)
-        {
-            tracing::error!(id, "unprotecting a vanished parent: {err}");
-        }
-    }
-}
-
-async fn refresh_sockets(shared: &Arc<Mutex<Shared>>, config: &AgentConfig) -> anyhow::Result<()> {
-    let mut guard = shared.lock().await;
-    let found = guard.sockets.scan();
-    let wanted: BTreeSet<_> = found.keys().copied().collect();
-    let audit_log = config.audit_log(&guard.policy);
-    if guard.names.sockets != found {
-        guard.rules.sync_sockets(&wanted)?;
-        for (id, path) in &found {
-            if !guard.names.sockets.contains_key(id) {
-                tracing::info!(path = %path.display(), ino = id.ino, "socket protected");
-            }
-        }
-        guard.names.sockets = found.clone();
-    }
-    drop(guard);
-    let state = AgentState {
-        pid: std::process::id(),
-        mode: if config.unenforced_for_testing {
-            "unenforced".into()
-        } else {
-            "kernel".into()
-        },
-        pin_dir: config.pin_dir.clone(),
-        audit_log,
-        sockets: found
-            .iter()
-            .map(|(id, path)| {
-                let (major, minor) = audit::kernel_dev_parts(id.dev);
-                ProtectedSocket {
-                    path: path.clone(),
-                    dev: format!("{major}:{minor}"),
-                    ino: id.ino,
-                }
-            })
-            .collect(),
-    };
-    let text = serde_json::to_string_pretty(&state)?;
-    let path = state_file(&config.control_socket);
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
 }
 
 async fn read_events(

@@ -14,7 +14,9 @@ pub enum CgroupError {
         "no cgroup2 file system is mounted (looked in /proc/self/mountinfo); mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup`"
     )]
     NoCgroup2,
-    #[error("cannot read {path}: {source}")]
+    #[error(
+        "cannot read {path}: {source} (eci refuses to register a container whose cgroup or mounts it cannot read)"
+    )]
     Read {
         path: String,
         source: std::io::Error,
@@ -25,6 +27,10 @@ pub enum CgroupError {
     BadPath(String, &'static str),
     #[error("{path} is not a cgroup2 directory")]
     NotCgroup { path: String },
+    #[error(
+        "the mounts of process {pid} in cgroup {cgroup} could not be read (empty mountinfo), so none could be made immutable; the container is not registered"
+    )]
+    NoMounts { cgroup: String, pid: String },
 }
 
 /// Where cgroup2 is mounted (the last cgroup2 mount in our mount namespace).
@@ -179,17 +185,38 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 /// Mount ids in the mount namespace of the first process of a cgroup: the
-/// mounts a container starts with.
-pub fn initial_mount_ids(cgroup: &Cgroup) -> Vec<u32> {
-    let procs = std::fs::read_to_string(cgroup.dir.join("cgroup.procs")).unwrap_or_default();
+/// mounts a container starts with (none for a cgroup with no process yet).
+/// Fails closed: a cgroup whose processes or mounts cannot be read is an
+/// error (registered, its container would have no immutable mount).
+pub fn initial_mount_ids(cgroup: &Cgroup) -> Result<Vec<u32>, CgroupError> {
+    let procs = read(&cgroup.dir.join("cgroup.procs"))?;
     let Some(pid) = procs.lines().next() else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    let mountinfo = read(Path::new(&format!("/proc/{pid}/mountinfo")))?;
+    let ids = mount_ids(&mountinfo);
+    if ids.is_empty() {
+        return Err(CgroupError::NoMounts {
+            cgroup: cgroup.path.clone(),
+            pid: pid.to_owned(),
+        });
+    }
+    Ok(ids)
+}
+
+/// The mount ids (first field) of mountinfo's lines.
+fn mount_ids(mountinfo: &str) -> Vec<u32> {
     mountinfo
         .lines()
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect()
+}
+
+fn read(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// The cgroup2 path of a process (`0::<path>` in /proc/<pid>/cgroup).
@@ -203,6 +230,20 @@ pub fn cgroup_of(pid: &str) -> Result<String, CgroupError> {
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_owned)
         .ok_or(CgroupError::NoCgroup2)
+}
+
+/// The agent's own cgroup is unknown: it could not keep itself out of the
+/// protected cgroups.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "eci-agent cannot tell its own cgroup ({0}), so it cannot keep itself out of the protected cgroups; not starting. Run it with /proc mounted and cgroup2 in use"
+)]
+pub struct OwnCgroupUnknown(#[source] CgroupError);
+
+/// The cgroup of the agent's process `pid` (`self`), which it must never
+/// protect. Fails closed: unknown is an error, never `/`.
+pub fn own_cgroup(pid: &str) -> Result<String, OwnCgroupUnknown> {
+    cgroup_of(pid).map_err(OwnCgroupUnknown)
 }
 
 /// True when `inner` is `outer` or below it (cgroup2 paths relative to the root).
@@ -267,6 +308,37 @@ mod tests {
         std::fs::create_dir(dir.path().join("plain")).unwrap();
         let err = resolve_under(dir.path(), "/plain").unwrap_err().to_string();
         assert!(err.contains("not a cgroup2"), "{err}");
+    }
+
+    #[test]
+    fn registration_is_refused_when_the_cgroups_processes_or_mounts_cannot_be_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = dir.path().join("docker/abc");
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::write(cg.join("cgroup.procs"), "").unwrap();
+        let cgroup = resolve_under(dir.path(), "/docker/abc").unwrap();
+        // No process yet: no mount of its own to record.
+        assert_eq!(initial_mount_ids(&cgroup).unwrap(), Vec::<u32>::new());
+        // A process whose mounts cannot be read.
+        std::fs::write(cg.join("cgroup.procs"), "999999999\n").unwrap();
+        let err = initial_mount_ids(&cgroup).unwrap_err().to_string();
+        assert!(err.contains("/proc/999999999/mountinfo"), "{err}");
+        assert!(err.contains("refuses to register"), "{err}");
+        // cgroup.procs itself unreadable.
+        std::fs::remove_file(cg.join("cgroup.procs")).unwrap();
+        let err = initial_mount_ids(&cgroup).unwrap_err().to_string();
+        assert!(err.contains("cgroup.procs"), "{err}");
+        // A live process: its mounts.
+        std::fs::write(cg.join("cgroup.procs"), format!("{}\n", std::process::id())).unwrap();
+        assert!(!initial_mount_ids(&cgroup).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unknown_own_cgroup_is_an_error_not_the_root() {
+        assert!(own_cgroup("self").unwrap().starts_with('/'));
+        let err = own_cgroup("999999999").unwrap_err().to_string();
+        assert!(err.contains("/proc/999999999/cgroup"), "{err}");
+        assert!(err.contains("not starting"), "{err}");
     }
 
     #[test]

@@ -1,13 +1,10 @@
 //! The control socket: root-only, one JSON request per connection.
 
-use std::{
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
 
 use eci_common::protect_reason;
 use eci_control::{Request, Response};
+use eci_policy::Policy;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -15,9 +12,10 @@ use tokio::{
 };
 
 use crate::{
-    agent::{AgentConfig, Shared},
-    cgroups,
+    cgroups::{self, CgroupError},
     proxy::Proxies,
+    rules::RuleError,
+    state::{AgentConfig, PolicyInForce, Shared, reload},
 };
 
 /// Requests are small; anything longer is refused.
@@ -68,6 +66,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlServerError> {
 pub async fn serve(
     listener: UnixListener,
     shared: Arc<Mutex<Shared>>,
+    policy: PolicyInForce,
     proxies: Arc<Proxies>,
     config: AgentConfig,
 ) {
@@ -75,10 +74,11 @@ pub async fn serve(
         match listener.accept().await {
             Ok((stream, _)) => {
                 let shared = shared.clone();
+                let policy = policy.clone();
                 let proxies = proxies.clone();
                 let config = config.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = handle(stream, shared, &proxies, &config).await {
+                    if let Err(err) = handle(stream, shared, &policy, &proxies, &config).await {
                         tracing::warn!("control connection: {err}");
                     }
                 });
@@ -94,6 +94,7 @@ pub async fn serve(
 async fn handle(
     stream: UnixStream,
     shared: Arc<Mutex<Shared>>,
+    policy: &PolicyInForce,
     proxies: &Arc<Proxies>,
     config: &AgentConfig,
 ) -> std::io::Result<()> {
@@ -111,7 +112,7 @@ async fn handle(
         match serde_json::from_str::<Request>(line.trim()) {
             Ok(request) => {
                 tracing::debug!(?request, pid = ?peer.pid(), "control request");
-                answer(request, &shared, proxies, config).await
+                answer(request, &shared, policy, proxies, config).await
             }
             Err(err) => Response::Error {
                 message: format!("malformed request: {err}"),
@@ -127,17 +128,25 @@ async fn handle(
 async fn answer(
     request: Request,
     shared_lock: &Arc<Mutex<Shared>>,
+    policy: &PolicyInForce,
     proxies: &Arc<Proxies>,
     config: &AgentConfig,
 ) -> Response {
     match &request {
         Request::Reload => {
-            return match crate::agent::reload(shared_lock, config).await {
+            return match reload(shared_lock, policy, config).await {
                 Ok(message) => Response::Ok {
                     message,
                     cgroup_id: None,
                 },
-                Err(message) => Response::Error { message },
+                Err(err) => Response::Error {
+                    message: err.to_string(),
+                },
+            };
+        }
+        Request::Policy => {
+            return Response::Policy {
+                policy: Box::new(Policy::clone(&policy.current())),
             };
         }
         Request::OpenProxy {
@@ -184,7 +193,9 @@ async fn answer(
                     cgroup_id: Some(id),
                 }
             }
-            Err(message) => Response::Error { message },
+            Err(err) => Response::Error {
+                message: err.to_string(),
+            },
         },
         Request::Unprotect { cgroup } => match unprotect(&mut shared, &cgroup) {
             Ok((id, path)) => {
@@ -194,45 +205,61 @@ async fn answer(
                     cgroup_id: Some(id),
                 }
             }
-            Err(message) => Response::Error { message },
+            Err(err) => Response::Error {
+                message: err.to_string(),
+            },
         },
-        Request::Reload | Request::OpenProxy { .. } | Request::CloseProxy { .. } => {
-            Response::Error {
-                message: "answered above".into(),
-            }
-        }
+        Request::Reload
+        | Request::Policy
+        | Request::OpenProxy { .. }
+        | Request::CloseProxy { .. } => Response::Error {
+            message: "answered above".into(),
+        },
     }
 }
 
-fn protect(shared: &mut Shared, spec: &str) -> Result<(u64, String), String> {
-    let cgroup = cgroups::resolve(spec).map_err(|e| e.to_string())?;
+/// Why a cgroup was not (un)registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(
+        "refusing to protect cgroup {cgroup}: the eci agent itself runs in {agent} and would lock itself out"
+    )]
+    HoldsTheAgent { cgroup: String, agent: String },
+    #[error(transparent)]
+    Rules(#[from] RuleError),
+    #[error("cgroup {path} (id {id}) was not registered")]
+    NotRegistered { path: String, id: u64 },
+}
+
+fn protect(shared: &mut Shared, spec: &str) -> Result<(u64, String), RegisterError> {
+    let cgroup = cgroups::resolve(spec)?;
     if cgroups::is_same_or_below(&shared.own_cgroup, &cgroup.path) {
-        return Err(format!(
-            "refusing to protect cgroup {}: the eci agent itself runs in {} and would lock itself out",
-            cgroup.path, shared.own_cgroup
-        ));
+        return Err(RegisterError::HoldsTheAgent {
+            cgroup: cgroup.path,
+            agent: shared.own_cgroup.clone(),
+        });
     }
     // The mounts the container starts with become immutable. They are read
     // before the cgroup is protected, while the runtime still holds the
-    // container's init process before its first exec.
-    let mounts = cgroups::initial_mount_ids(&cgroup);
-    shared
-        .rules
-        .set_immutable_mounts(cgroup.id, &mounts)
-        .map_err(|e| e.to_string())?;
+    // container's init process before its first exec. Unreadable, the
+    // container is refused: registered, it would have no immutable mount.
+    let mounts = cgroups::initial_mount_ids(&cgroup)?;
+    shared.rules.set_immutable_mounts(cgroup.id, &mounts)?;
     if let Err(err) = shared
         .rules
         .protect_cgroup(cgroup.id, protect_reason::REGISTERED)
     {
         let _ = shared.rules.clear_immutable_mounts(cgroup.id);
-        return Err(err.to_string());
+        return Err(err.into());
     }
     shared.names.cgroups.insert(cgroup.id, cgroup.path.clone());
     tracing::info!(cgroup = %cgroup.path, immutable_mounts = mounts.len(), "initial mounts recorded");
     Ok((cgroup.id, cgroup.path))
 }
 
-fn unprotect(shared: &mut Shared, spec: &str) -> Result<(u64, String), String> {
+fn unprotect(shared: &mut Shared, spec: &str) -> Result<(u64, String), RegisterError> {
     // A runtime may unregister after the cgroup is gone: the registry still
     // knows its id.
     let (id, path) = match cgroups::resolve(spec) {
@@ -245,7 +272,7 @@ fn unprotect(shared: &mut Shared, spec: &str) -> Result<(u64, String), String> {
                 .iter()
                 .find(|(_, p)| **p == wanted)
                 .map(|(id, p)| (*id, p.clone()))
-                .ok_or_else(|| err.to_string())?
+                .ok_or(err)?
         }
     };
     match shared
@@ -259,15 +286,36 @@ fn unprotect(shared: &mut Shared, spec: &str) -> Result<(u64, String), String> {
             }
             Ok((id, path))
         }
-        Ok(None) => Err(format!("cgroup {path} (id {id}) was not registered")),
-        Err(err) => Err(err.to_string()),
+        Ok(None) => Err(RegisterError::NotRegistered { path, id }),
+        Err(err) => Err(err.into()),
     }
 }
 
-/// Directory holding the control socket and the agent's state file.
-pub fn run_dir(control_socket: &Path) -> PathBuf {
-    control_socket
-        .parent()
-        .unwrap_or(Path::new("/run/eci"))
-        .to_owned()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_policy_request_is_answered_with_the_policy_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, policy, config) =
+            crate::state::for_tests(dir.path(), r#"{"eci": {"shareableHostPaths": ["/home"]}}"#);
+        let audit = Arc::new(Mutex::new(
+            crate::audit::AuditLog::open(&dir.path().join("audit.jsonl"), 1 << 20, 1).unwrap(),
+        ));
+        let proxies = Arc::new(Proxies::new(
+            dir.path().join("proxy"),
+            config.policy_path.clone(),
+            policy.subscribe(),
+            audit,
+        ));
+        let answer = answer(Request::Policy, &shared, &policy, &proxies, &config).await;
+        // As it goes over the wire.
+        let wire = serde_json::to_string(&answer).unwrap();
+        let back: Response = serde_json::from_str(&wire).unwrap();
+        match back {
+            Response::Policy { policy: got } => assert_eq!(*got, *policy.current()),
+            other => panic!("expected the policy, got {other:?}"),
+        }
+    }
 }

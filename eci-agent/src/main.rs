@@ -13,10 +13,10 @@ mod engine_json;
 mod install;
 mod lsm;
 mod pins;
-mod policy;
 mod proxy;
 mod rules;
 mod sockets;
+mod state;
 mod status;
 mod views;
 mod vm;
@@ -25,6 +25,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 use eci_control::{Client, DEFAULT_CONTROL_SOCKET, Request, Response};
+/// The policy file's one reader (`crate::policy::...` throughout the agent).
+use eci_policy as policy;
 
 #[derive(Parser)]
 #[command(
@@ -205,7 +207,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             unenforced_for_testing,
             views_dir,
         } => {
-            let config = agent::AgentConfig {
+            let config = state::AgentConfig {
                 pin_dir: at.pin_dir,
                 control_socket: at.control_socket,
                 policy_path: at.policy,

@@ -34,12 +34,11 @@ use std::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{UnixListener, UnixStream},
-    sync::Mutex,
+    sync::{Mutex, watch},
     task::{AbortHandle, JoinSet},
 };
 
 use crate::{
-    agent::Shared,
     audit::AuditLog,
     docker_api::{self, JudgedBody, Verdict},
     docker_body::{self, BodyPolicy},
@@ -75,7 +74,7 @@ struct OpenProxy {
 pub struct Proxies {
     dir: PathBuf,
     policy_path: PathBuf,
-    shared: Arc<Mutex<Shared>>,
+    policy: watch::Receiver<Arc<eci_policy::Policy>>,
     audit: Arc<Mutex<AuditLog>>,
     open: std::sync::Mutex<HashMap<String, OpenProxy>>,
 }
@@ -86,13 +85,13 @@ impl Proxies {
     pub fn new(
         dir: PathBuf,
         policy_path: PathBuf,
-        shared: Arc<Mutex<Shared>>,
+        policy: watch::Receiver<Arc<eci_policy::Policy>>,
         audit: Arc<Mutex<AuditLog>>,
     ) -> Self {
         Self {
             dir,
             policy_path,
-            shared,
+            policy,
             audit,
             open: std::sync::Mutex::new(HashMap::new()),
         }
@@ -184,7 +183,7 @@ impl Proxies {
     async fn engine_socket(&self, upstream: &str) -> Result<PathBuf, ProxyError> {
         let wanted = std::fs::canonicalize(upstream)
             .map_err(|_| ProxyError::NotAnEngineSocket(upstream.to_owned()))?;
-        let sockets = self.shared.lock().await.policy.docker_api_sockets.clone();
+        let sockets = self.policy.borrow().docker_api_sockets.clone();
         sockets
             .iter()
             .filter_map(|s| std::fs::canonicalize(s).ok())
@@ -231,7 +230,7 @@ impl Proxies {
             )
             .await;
         };
-        let policy = self.call_policy().await;
+        let policy = self.call_policy();
         let call = docker_api::classify(&request.method, &request.target);
         let command = call
             .as_ref()
@@ -350,9 +349,8 @@ struct CallPolicy {
 
 impl Proxies {
     /// The policy now, for one call (the one place the proxy reads it).
-    async fn call_policy(&self) -> CallPolicy {
-        let shared = self.shared.lock().await;
-        let policy = &shared.policy;
+    fn call_policy(&self) -> CallPolicy {
+        let policy = self.policy.borrow().clone();
         CallPolicy {
             command_list: policy.docker_socket_mount.command_list.clone(),
             runtime: policy.docker_runtime_name.clone(),

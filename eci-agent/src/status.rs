@@ -11,7 +11,7 @@ use eci_common::{FileId, Hook, map_names};
 use eci_control::{Client, Request, Response};
 use serde::Serialize;
 
-use crate::{agent, audit, cgroups, lsm, pins::PinLayout};
+use crate::{audit, cgroups, lsm, pins::PinLayout, state};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -99,8 +99,8 @@ pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
             error: Some(err.to_string()),
         },
     };
-    let state: Option<agent::AgentState> =
-        std::fs::read_to_string(agent::state_file(control_socket))
+    let state: Option<state::AgentState> =
+        std::fs::read_to_string(state::state_file(control_socket))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
 

@@ -38,6 +38,9 @@ pub enum Request {
     OpenProxy { container: String, upstream: String },
     /// Stop serving the container's proxy socket and remove it.
     CloseProxy { container: String },
+    /// The policy in force (the last good one the agent read). Answered
+    /// with `Policy`. eci-runc reads no policy file: it asks this.
+    Policy,
 }
 
 /// The agent's answer.
@@ -59,6 +62,10 @@ pub enum Response {
     /// The socket a container's Docker API proxy listens on.
     Proxy {
         path: String,
+    },
+    /// The policy in force.
+    Policy {
+        policy: Box<eci_policy::Policy>,
     },
     Error {
         message: String,
@@ -88,6 +95,12 @@ pub enum ControlError {
     NoAnswer { path: PathBuf },
     #[error("the eci agent refused: {0}")]
     Refused(String),
+    #[error("the eci agent at {path} answered {request} with something else: {answer}")]
+    Unexpected {
+        path: PathBuf,
+        request: &'static str,
+        answer: String,
+    },
 }
 
 /// A blocking client for the control socket.
@@ -150,6 +163,18 @@ impl Client {
             other => Ok(other),
         }
     }
+
+    /// The policy in force in the agent.
+    pub fn policy(&self) -> Result<eci_policy::Policy, ControlError> {
+        match self.call_ok(&Request::Policy)? {
+            Response::Policy { policy } => Ok(*policy),
+            other => Err(ControlError::Unexpected {
+                path: self.path.clone(),
+                request: "policy",
+                answer: format!("{other:?}"),
+            }),
+        }
+    }
 }
 
 /// Time stamps in logs, shared by the agent's audit log and the runtime's
@@ -210,6 +235,21 @@ mod tests {
     #[test]
     fn unknown_requests_are_rejected() {
         assert!(serde_json::from_str::<Request>(r#"{"request":"format_disk"}"#).is_err());
+    }
+
+    #[test]
+    fn a_policy_answer_with_a_bad_image_reference_is_not_valid() {
+        let answer = Response::Policy {
+            policy: Box::default(),
+        };
+        let mut wire = serde_json::to_value(&answer).unwrap();
+        assert_eq!(
+            serde_json::from_value::<Response>(wire.clone()).unwrap(),
+            answer
+        );
+        wire["policy"]["docker_socket_mount"]["image_list"]["images"] =
+            serde_json::json!(["Bad Image"]);
+        assert!(serde_json::from_value::<Response>(wire).is_err());
     }
 
     #[test]

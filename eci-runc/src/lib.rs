@@ -1,5 +1,6 @@
 //! eci-runc: an OCI runtime that wraps runc. Only `create` and `run` touch
-//! the bundle's spec; every other command passes through unchanged.
+//! the bundle's spec; every other command passes through unchanged. It reads
+//! no policy file: `create` and `run` ask the agent for the policy in force.
 //!
 //! - [`args`]: runc's command line, as Docker and containerd pass it.
 //! - [`lifecycle`]: one function per runc command eci-runc looks into.
@@ -9,7 +10,6 @@
 //! - [`sources`]: bind sources judged by the mount they are on (same mount
 //!   as an allowing directory, or a fresh tmpfs below one), descriptors kept
 //!   to bind from.
-//! - [`settings`]: what eci-runc reads of the policy file.
 //! - [`trusted`]: which image a container runs, and whether the policy
 //!   trusts it with a (filtered) Docker socket.
 //! - [`rootfs`]: the root file system, owned by the container's root (ID-mapped
@@ -23,7 +23,6 @@ pub mod ranges;
 pub mod relocate;
 pub mod report;
 pub mod rootfs;
-pub mod settings;
 pub mod sources;
 pub mod spec;
 pub mod trusted;

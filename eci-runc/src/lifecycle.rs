@@ -25,7 +25,8 @@ use std::{
     process::Command,
 };
 
-use eci_control::{Client, Request, Response};
+use eci_control::{Client, ControlError, Request, Response};
+use eci_policy::Policy;
 use eci_views::{ContainerViews, ViewsError};
 use oci_spec::runtime::{HookBuilder, Hooks, Spec, State};
 
@@ -35,7 +36,6 @@ use crate::{
     relocate::{self, RelocateError},
     report::Reporter,
     rootfs::{self, RootfsError, RootfsView},
-    settings::{self, RuntimeSettings, SettingsError},
     sources,
     spec::{self, ProcView, Refusal},
     trusted,
@@ -47,8 +47,10 @@ pub enum LifecycleError {
     NoContainerId(String),
     #[error("the bundle: {0}")]
     Bundle(std::io::Error),
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
+    #[error(
+        "enhanced container isolation: the container was not created because eci-runc could not get the policy in force from the eci agent ({0}). Start the agent (`systemctl start eci-agent`, or `eci-agent run`) and try again"
+    )]
+    Policy(#[source] ControlError),
     #[error("invalid container spec {path}: {source}")]
     Spec {
         path: String,
@@ -174,46 +176,31 @@ impl Runtime {
     }
 
     pub fn create(&self, inv: &Invocation, report: &Reporter) -> Result<(), LifecycleError> {
-        let (id, allocation) = self.prepare(inv, report, Mode::Create)?;
-        let status = Command::new(&self.runc).args(&inv.argv).status();
-        match status {
-            Ok(s) if s.success() => {}
-            Ok(s) => {
-                self.release(&allocation, report);
-                return Err(LifecycleError::RuncFailed(s.code().unwrap_or(1)));
-            }
-            Err(e) => {
-                self.release(&allocation, report);
-                return Err(self.runc_error(e));
-            }
+        let (id, mut rollback) = self.prepare(inv, report, Mode::Create)?;
+        let status = Command::new(&self.runc)
+            .args(&inv.argv)
+            .status()
+            .map_err(|e| self.runc_error(e))?;
+        if !status.success() {
+            return Err(LifecycleError::RuncFailed(status.code().unwrap_or(1)));
         }
+        rollback.runc_created(inv);
         // Registration, before anything of the user's can run: fail closed.
-        let registered = init_pid(self, inv, &id).and_then(|pid| self.register(&id, pid));
-        match registered {
-            Ok(cgroup) => {
-                self.ranges.update(&id, |a| a.cgroup = Some(cgroup))?;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self
-                    .runc_with_root(inv)
-                    .args(["delete", "--force", &id])
-                    .status();
-                self.release(&allocation, report);
-                Err(e)
-            }
-        }
+        let cgroup = init_pid(self, inv, &id).and_then(|pid| self.register(&id, pid))?;
+        rollback.registered(&cgroup);
+        self.ranges.update(&id, |a| a.cgroup = Some(cgroup))?;
+        rollback.commit();
+        Ok(())
     }
 
-    /// `run`: prepare, then exec runc; the hooks register and release.
+    /// `run`: prepare, then exec runc; the hooks register and release. An
+    /// exec that returns failed: the rollback releases what was prepared.
     pub fn run(&self, inv: &Invocation, report: &Reporter) -> LifecycleError {
-        let (_, allocation) = match self.prepare(inv, report, Mode::Run) {
-            Ok(prepared) => prepared,
+        let _rollback = match self.prepare(inv, report, Mode::Run) {
+            Ok((_, rollback)) => rollback,
             Err(e) => return e,
         };
-        let err = self.pass_through(inv);
-        self.release(&allocation, report);
-        err
+        self.pass_through(inv)
     }
 
     pub fn start(&self, inv: &Invocation) -> Result<LifecycleError, LifecycleError> {
@@ -271,13 +258,15 @@ impl Runtime {
     }
 
     /// Allocate, check, rewrite and save the spec, with the container's files
-    /// ready; on failure everything is undone.
-    fn prepare(
-        &self,
-        inv: &Invocation,
-        report: &Reporter,
+    /// ready; on failure everything is undone. The caller commits the
+    /// returned rollback once the container is complete; dropped, it
+    /// releases the container.
+    fn prepare<'a>(
+        &'a self,
+        inv: &'a Invocation,
+        report: &'a Reporter,
         mode: Mode,
-    ) -> Result<(String, Allocation), LifecycleError> {
+    ) -> Result<(String, Rollback<'a>), LifecycleError> {
         let command = inv.command.clone().unwrap_or_default();
         let id = inv
             .container_id
@@ -292,7 +281,11 @@ impl Runtime {
                 ))
             })?,
         };
-        let settings = settings::load()?;
+        // The policy in force is the agent's (eci-runc reads no policy
+        // file); without it nothing is created.
+        let policy = Client::new(&self.agent_socket)
+            .policy()
+            .map_err(LifecycleError::Policy)?;
         let config = bundle.join("config.json");
         // The caller's spec is kept, and put back at release: a bundle stays
         // usable for the next `run` (engines write a fresh one each time).
@@ -316,14 +309,16 @@ impl Runtime {
             ));
             self.release(stale, report);
         }
-        let allocation = allocated.allocation;
-        let prepared = (|| {
+        let rollback = Rollback::new(self, report, allocated.allocation);
+        let allocation = &rollback.allocation;
+        // From here on, any failure drops `rollback`, which releases.
+        {
             let mut ctx = spec::Context::docker_defaults(&id, &bundle, allocation.base);
-            ctx.shareable_host_paths = settings.shareable_host_paths.clone();
+            ctx.shareable_host_paths = policy.shareable_host_paths.clone();
             let resolve =
                 |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| spec::normalize(p));
             if let Some(proxy) =
-                self.docker_socket_proxy(&mut oci, &id, &bundle, &settings, &resolve, report)?
+                self.docker_socket_proxy(&mut oci, &id, &bundle, &policy, &resolve, report)?
             {
                 ctx.engine_dirs.push(proxy);
             }
@@ -356,15 +351,9 @@ impl Runtime {
             oci.save(&config).map_err(|source| LifecycleError::Spec {
                 path: config.display().to_string(),
                 source,
-            })
-        })();
-        match prepared {
-            Ok(()) => Ok((id, allocation)),
-            Err(e) => {
-                self.release(&allocation, report);
-                Err(e)
-            }
+            })?;
         }
+        Ok((id, rollback))
     }
 
     /// A container that binds the Docker socket gets the agent's filtering
@@ -375,11 +364,11 @@ impl Runtime {
         oci: &mut Spec,
         id: &str,
         bundle: &Path,
-        settings: &RuntimeSettings,
+        policy: &Policy,
         resolve: &dyn Fn(&Path) -> PathBuf,
         report: &Reporter,
     ) -> Result<Option<PathBuf>, LifecycleError> {
-        let binds = spec::docker_socket_binds(oci, bundle, &settings.docker_api_sockets, resolve);
+        let binds = spec::docker_socket_binds(oci, bundle, &policy.docker_api_sockets, resolve);
         let Some((first, upstream)) = binds.first().cloned() else {
             return Ok(None);
         };
@@ -395,9 +384,11 @@ impl Runtime {
         };
         let (image, references) = trusted::docker_image(oci, id)
             .map_err(|e| refuse("(unknown)".into(), e.to_string()))?;
+        let image_list = &policy.docker_socket_mount.image_list;
+        let images: Vec<String> = image_list.images.iter().map(ToString::to_string).collect();
         let entry = trusted::trusting_entry(
-            &settings.socket_mount_images,
-            settings.allow_derived_images,
+            &images,
+            image_list.allow_derived_images,
             &image,
             &references,
         )
@@ -580,6 +571,18 @@ impl Runtime {
         Ok(cgroup)
     }
 
+    /// Unprotect a container's cgroup with the agent (agent down: warning).
+    fn unregister(&self, id: &str, cgroup: &str, report: &Reporter) {
+        let answer = Client::new(&self.agent_socket).call_ok(&Request::Unprotect {
+            cgroup: cgroup.to_owned(),
+        });
+        if let Err(e) = answer {
+            report.warning(&format!(
+                "eci: unregistering {cgroup} of container {id}: {e}"
+            ));
+        }
+    }
+
     /// Undo everything `create` or `run` did for a container; what cannot be
     /// undone is reported, never fatal (delete must go through).
     pub fn release(&self, allocation: &Allocation, report: &Reporter) {
@@ -594,14 +597,7 @@ impl Runtime {
         let allocation = recorded.as_ref().unwrap_or(allocation);
         let id = &allocation.container_id;
         if let Some(cgroup) = &allocation.cgroup {
-            let answer = Client::new(&self.agent_socket).call_ok(&Request::Unprotect {
-                cgroup: cgroup.clone(),
-            });
-            if let Err(e) = answer {
-                report.warning(&format!(
-                    "eci: unregistering {cgroup} of container {id}: {e}"
-                ));
-            }
+            self.unregister(id, cgroup, report);
         }
         if allocation.docker_api_proxy {
             let answer = Client::new(&self.agent_socket).call_ok(&Request::CloseProxy {
@@ -642,6 +638,75 @@ impl Runtime {
         if let Err(e) = self.ranges.free(id) {
             report.warning(&format!("eci: freeing the range of container {id}: {e}"));
         }
+    }
+}
+
+/// A half-made container, undone when dropped unless committed: every early
+/// return of `create` and `run` releases what was taken so far (fail
+/// closed, nothing left behind).
+struct Rollback<'a> {
+    runtime: &'a Runtime,
+    report: &'a Reporter,
+    allocation: Allocation,
+    /// runc created the container (as this invocation): delete it first.
+    runc_created: Option<&'a Invocation>,
+    /// The agent protects the container's cgroup, not recorded yet (what is
+    /// recorded, `release` unregisters).
+    registered: Option<String>,
+    committed: bool,
+}
+
+impl<'a> Rollback<'a> {
+    fn new(runtime: &'a Runtime, report: &'a Reporter, allocation: Allocation) -> Self {
+        Self {
+            runtime,
+            report,
+            allocation,
+            runc_created: None,
+            registered: None,
+            committed: false,
+        }
+    }
+
+    /// From now on, undoing includes runc's container.
+    fn runc_created(&mut self, inv: &'a Invocation) {
+        self.runc_created = Some(inv);
+    }
+
+    /// From now on, undoing includes the registration of `cgroup`.
+    fn registered(&mut self, cgroup: &str) {
+        self.registered = Some(cgroup.to_owned());
+    }
+
+    /// The container is complete: keep it.
+    fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if let Some(inv) = self.runc_created {
+            let id = &self.allocation.container_id;
+            let deleted = self
+                .runtime
+                .runc_with_root(inv)
+                .args(["delete", "--force", id])
+                .status();
+            if !deleted.is_ok_and(|s| s.success()) {
+                self.report.warning(&format!(
+                    "eci: deleting the half-made container {id} from runc failed"
+                ));
+            }
+        }
+        if let Some(cgroup) = &self.registered {
+            let id = &self.allocation.container_id;
+            self.runtime.unregister(id, cgroup, self.report);
+        }
+        self.runtime.release(&self.allocation, self.report);
     }
 }
 
@@ -698,4 +763,71 @@ fn add_hooks(oci: &mut Spec) -> Result<(), LifecycleError> {
     hooks.set_poststop(Some(poststop));
     oci.set_hooks(Some(hooks));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{args, ranges::Geometry};
+
+    fn runtime(dir: &Path) -> Runtime {
+        Runtime {
+            runc: dir.join("no-runc"),
+            agent_socket: dir.join("no-agent/agent.sock"),
+            ranges: Ranges::new(dir.join("state"), Geometry::default()),
+            views_root: dir.join("views"),
+        }
+    }
+
+    fn invocation(args: &[&str]) -> Invocation {
+        args::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    /// A container `id` with its range taken, as `prepare` leaves it.
+    fn half_made(rt: &Runtime, dir: &Path, id: &str) -> (Reporter, Allocation) {
+        let report = Reporter::new(&invocation(&["create", id]));
+        let allocated = rt.ranges.allocate(id, dir).unwrap();
+        assert!(rt.ranges.get(id).unwrap().is_some());
+        (report, allocated.allocation)
+    }
+
+    #[test]
+    fn a_half_made_container_is_released_when_its_rollback_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let (report, allocation) = half_made(&rt, dir.path(), "eci-rollback-test");
+        drop(Rollback::new(&rt, &report, allocation));
+        assert_eq!(rt.ranges.get("eci-rollback-test").unwrap(), None);
+    }
+
+    #[test]
+    fn a_committed_container_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let (report, allocation) = half_made(&rt, dir.path(), "eci-commit-test");
+        Rollback::new(&rt, &report, allocation).commit();
+        assert!(rt.ranges.get("eci-commit-test").unwrap().is_some());
+    }
+
+    #[test]
+    fn create_and_run_without_the_agent_are_refused_and_take_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let bundle_arg = bundle.display().to_string();
+        for command in ["create", "run"] {
+            let inv = invocation(&[command, "--bundle", &bundle_arg, "eci-noagent-test"]);
+            let report = Reporter::new(&inv);
+            let err = match command {
+                "create" => rt.create(&inv, &report).unwrap_err(),
+                _ => rt.run(&inv, &report),
+            };
+            assert!(matches!(err, LifecycleError::Policy(_)), "{err:?}");
+            let shown = err.to_string();
+            assert!(shown.contains("policy in force"), "{shown}");
+            assert!(shown.contains("eci-agent run"), "{shown}");
+            assert_eq!(rt.ranges.all().unwrap(), Vec::new());
+        }
+    }
 }

@@ -42,21 +42,15 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// The Docker Engine's API sockets unless the policy names others
-/// (`eci.dockerApiSockets`): a container whose image the policy trusts gets
-/// a filtering proxy of one in its place (see `trusted`).
-pub const DOCKER_SOCKETS: &[&str] = &["/run/docker.sock", "/var/run/docker.sock"];
-
-/// Sockets no container may have mounted (the Docker socket's binds are
+/// Sockets no container may have mounted: the engines' (the policy's
+/// default protected sockets) and the agent's (the Docker socket's binds are
 /// replaced by a proxy before the check, for trusted images only).
-pub const ENGINE_SOCKETS: &[&str] = &[
-    "/run/docker.sock",
-    "/var/run/docker.sock",
-    "/run/containerd/containerd.sock",
-    "/run/docker/containerd/containerd.sock",
-    "/run/buildkit/buildkitd.sock",
-    "/run/eci/agent.sock",
-];
+pub fn engine_sockets() -> impl Iterator<Item = &'static str> {
+    eci_policy::DEFAULT_PROTECTED_SOCKETS
+        .iter()
+        .copied()
+        .chain([eci_control::DEFAULT_CONTROL_SOCKET])
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Refusal {
@@ -87,6 +81,14 @@ pub enum Refusal {
         from: String,
         destination: String,
         why: String,
+    },
+    #[error(
+        "enhanced container isolation: the container's {kind} namespace is given as {path}, which cannot be checked ({error}), so it may be the VM's; the container is refused. Fix the path, or remove it to give the container a namespace of its own"
+    )]
+    NamespacePath {
+        kind: String,
+        path: String,
+        error: String,
     },
     #[error("enhanced container isolation: invalid container spec: {0}")]
     Invalid(String),
@@ -223,11 +225,19 @@ pub fn check(
             }
             Some(ns) => {
                 if let Some(path) = ns.path() {
-                    let ino = std::fs::metadata(path).map(|m| m.ino()).ok();
+                    // Fail closed: a path that cannot be looked at is not
+                    // taken for the container's own.
+                    let ino = std::fs::metadata(path)
+                        .map_err(|e| Refusal::NamespacePath {
+                            kind: ns_name(kind).into(),
+                            path: path.display().to_string(),
+                            error: e.to_string(),
+                        })?
+                        .ino();
                     let vm = ctx
                         .vm_namespaces
                         .iter()
-                        .any(|(k, i)| k == ns_proc_name(kind) && Some(*i) == ino);
+                        .any(|(k, i)| k == ns_proc_name(kind) && *i == ino);
                     if vm {
                         return Err(Refusal::HostNamespace(
                             ns_name(kind).into(),
@@ -245,10 +255,7 @@ pub fn check(
             continue;
         };
         let destination = mount.destination().display().to_string();
-        if ENGINE_SOCKETS
-            .iter()
-            .any(|s| resolve(Path::new(s)) == real || Path::new(s) == real)
-        {
+        if engine_sockets().any(|s| resolve(Path::new(s)) == real || Path::new(s) == real) {
             return Err(Refusal::EngineSocket {
                 from: source.display().to_string(),
                 destination,
@@ -590,6 +597,17 @@ mod tests {
             Refusal::HostNamespace("network".into(), "--network=host"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_namespace_path_that_cannot_be_checked_is_refused_and_named() {
+        let ns = r#"{"type": "mount"}, {"type": "network", "path": "/proc/999999999/ns/net"}, {"type": "uts"}, {"type": "pid"}, {"type": "ipc"}"#;
+        let e = check(&docker_like(ns, ""), &ctx(), &lexical).unwrap_err();
+        assert!(matches!(e, Refusal::NamespacePath { .. }), "{e:?}");
+        let shown = e.to_string();
+        assert!(shown.contains("network namespace"), "{shown}");
+        assert!(shown.contains("/proc/999999999/ns/net"), "{shown}");
+        assert!(shown.contains("Fix the path"), "{shown}");
     }
 
     #[test]

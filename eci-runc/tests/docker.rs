@@ -63,10 +63,9 @@ fn text(out: &Output) -> String {
 fn wrapper(dir: &Path, name: &str, socket: &Path) -> PathBuf {
     let path = dir.join(name);
     let script = format!(
-        "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={} ECI_POLICY={} ECI_RUNC_RUN_DIR={} ECI_VIEWS_DIR={}\nexec {} \"$@\"\n",
+        "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={} ECI_RUNC_RUN_DIR={} ECI_VIEWS_DIR={}\nexec {} \"$@\"\n",
         socket.display(),
         dir.join("state").display(),
-        dir.join("admin-settings.json").display(),
         dir.join("run").display(),
         dir.join("views").display(),
         env!("CARGO_BIN_EXE_eci-runc")
@@ -426,6 +425,42 @@ fn refusals_name_the_rule_and_the_fix_and_leave_nothing() {
         Vec::<String>::new(),
         "a refusal left an allocation"
     );
+}
+
+#[test]
+fn a_policy_file_the_agent_refused_does_not_steer_eci_runc() {
+    let Some(f) = fixture("a_policy_file_the_agent_refused_does_not_steer_eci_runc") else {
+        return;
+    };
+    // The agent alone reads the file: a bad one, refused at reload, leaves
+    // the last good policy in force for eci-runc too.
+    let path = f.dir.join("admin-settings.json");
+    let good = std::fs::read_to_string(&path).expect("policy");
+    std::fs::write(&path, r#"{"eci": {"shareableHostPaths": ["/etc"]}}"#).expect("bad policy");
+    let reload = eci_control::Client::new(f.dir.join("agent/agent.sock"))
+        .call_ok(&eci_control::Request::Reload);
+    std::fs::write(&path, good).expect("good policy back");
+    let refused = reload
+        .expect_err("the agent took a policy sharing /etc")
+        .to_string();
+    assert!(
+        refused.contains("the last good one stays in force"),
+        "{refused}"
+    );
+    assert!(refused.contains("eci.shareableHostPaths[0]"), "{refused}");
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime(),
+        "-v",
+        "/etc:/vm-etc",
+        IMAGE,
+        "true",
+    ]);
+    assert!(!out.status.success(), "-v /etc was not refused");
+    assert!(text(&out).contains("can't mount /etc"), "{}", text(&out));
+    assert_eq!(leaked_allocations(f), Vec::<String>::new());
 }
 
 #[test]
@@ -886,7 +921,7 @@ fn without_the_agent_containers_do_not_start_and_nothing_is_left() {
     );
     let message = text(&out);
     assert!(
-        message.contains("could not be registered with the eci agent"),
+        message.contains("could not get the policy in force from the eci agent"),
         "{message}"
     );
     assert!(message.contains("eci-agent run"), "{message}");
@@ -940,7 +975,6 @@ fn eci_runc(f: &Fixture, socket: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_eci-runc"));
     cmd.env("ECI_AGENT_SOCKET", socket)
         .env("ECI_STATE_DIR", f.dir.join("state"))
-        .env("ECI_POLICY", f.dir.join("admin-settings.json"))
         .env("ECI_RUNC_RUN_DIR", f.dir.join("run"))
         .env("ECI_VIEWS_DIR", f.dir.join("views"));
     cmd
@@ -989,7 +1023,8 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
         );
         assert!(!leftovers(f, &id));
     }
-    // Without the agent: refused by the registration hook, nothing left.
+    // Without the agent: refused before anything is prepared (no policy in
+    // force to be had), nothing left.
     let out = eci_runc(f, &f.dir.join("nowhere/agent.sock"))
         .arg("--root")
         .arg(&root)
@@ -1004,7 +1039,11 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
         id: &id,
         original: &original,
     };
-    refused.assert(f, &out, "could not be registered with the eci agent");
+    refused.assert(
+        f,
+        &out,
+        "could not get the policy in force from the eci agent",
+    );
 }
 
 /// An `eci-runc run` that must have failed and left nothing behind.

@@ -21,6 +21,9 @@ pub const IMAGE: &str = "eci-fullstack:latest";
 pub struct Engine {
     daemons: Vec<Child>,
     pub dir: tempfile::TempDir,
+    /// The agent eci-runc asks for the policy in force, and its policy file.
+    agent_socket: PathBuf,
+    agent_policy: PathBuf,
 }
 
 impl Drop for Engine {
@@ -109,7 +112,8 @@ pub fn runc_binary() -> PathBuf {
         .expect("runc is not installed in /usr/sbin or /usr/bin")
 }
 
-pub fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
+pub fn start_engine(dir: tempfile::TempDir, agent: &TestAgent) -> Engine {
+    let agent_socket = &agent.control_socket;
     // runc from a writable file (the engine's directory is on tmpfs in the
     // VM): what stops a write to this one is runc's doing, not the VM's
     // read-only root.
@@ -122,10 +126,9 @@ pub fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={} ECI_POLICY={}{extra_env}\nexec {} \"$@\"\n",
+                "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={}{extra_env}\nexec {} \"$@\"\n",
                 agent_socket.display(),
                 dir.path().join("state").display(),
-                dir.path().join("admin-settings.json").display(),
                 workspace_bin("eci-runc").display()
             ),
         )
@@ -211,8 +214,11 @@ pub fn start_engine(dir: tempfile::TempDir, agent_socket: &Path) -> Engine {
     let engine = Engine {
         daemons: vec![containerd, dockerd],
         dir,
+        agent_socket: agent_socket.clone(),
+        agent_policy: agent.dir.path().join("admin-settings.json"),
     };
-    // eci-runc reads it at each create: in place before the first.
+    // eci-runc asks the agent for it at each create: in force before the
+    // first.
     engine.write_policy(serde_json::json!({}));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !docker(&engine, &["info"]).status.success() {
@@ -269,7 +275,7 @@ pub fn protected_engine(prefix: &str) -> (TestAgent, Engine) {
         .expect("tempdir");
     let socket = dir.path().join("docker.sock");
     let agent = TestAgent::start(&["--protect-socket", &socket.display().to_string()]);
-    let engine = start_engine(dir, &agent.control_socket);
+    let engine = start_engine(dir, &agent);
     // The agent protects a socket within a second of its appearing.
     std::thread::sleep(Duration::from_secs(2));
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
@@ -294,15 +300,14 @@ impl Engine {
         self.dir.path().join("share")
     }
 
-    /// Replace the policy eci-runc reads for this engine's containers
-    /// (the shareable directory stays shareable).
+    /// Replace the agent's policy, which eci-runc asks for at each create
+    /// (the shareable directory stays shareable), and reload it.
     pub fn write_policy(&self, mut policy: serde_json::Value) {
         policy["eci"]["shareableHostPaths"] = serde_json::json!([self.share()]);
-        std::fs::write(
-            self.dir.path().join("admin-settings.json"),
-            policy.to_string(),
-        )
-        .expect("policy");
+        std::fs::write(&self.agent_policy, policy.to_string()).expect("policy");
+        eci_control::Client::new(&self.agent_socket)
+            .call_ok(&eci_control::Request::Reload)
+            .expect("reload the agent's policy");
     }
 
     /// Commit a container of the test image with one file added (a layer

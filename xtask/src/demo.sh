@@ -6,7 +6,10 @@ mkdir -p /tmp/demo
 say "The kernel: $(uname -r); active LSMs: $(cat /sys/kernel/security/lsm)"
 
 say "Start the agent (probes BPF-LSM for real, attaches and pins its programs)"
-$T/eci-agent run --protect-socket /tmp/demo/engine.sock --protect-socket /tmp/demo/docker/docker.sock --audit-log /tmp/demo/audit.jsonl \
+# The policy: the agent is its only reader; eci-runc asks the agent for it.
+mkdir -p /tmp/demo/docker/share
+echo '{"eci": {"shareableHostPaths": ["/tmp/demo/docker/share"]}}' > /tmp/demo/policy.json
+$T/eci-agent run --policy /tmp/demo/policy.json --protect-socket /tmp/demo/engine.sock --protect-socket /tmp/demo/docker/docker.sock --audit-log /tmp/demo/audit.jsonl \
     >/tmp/demo/agent.log 2>&1 &
 # A stand-in for the Docker Engine's API socket.
 $T/eci-demo-listener /tmp/demo/engine.sock &
@@ -38,8 +41,7 @@ in_container mount -t debugfs none /tmp/demo/debug
 if command -v dockerd >/dev/null 2>&1; then
 say "Now a real Docker Engine in this VM, with eci-runc as its runtime 'eci'"
 D=/tmp/demo/docker; mkdir -p $D/share $D/rootfs/bin $D/rootfs/proc $D/rootfs/sys $D/rootfs/dev $D/rootfs/etc $D/rootfs/tmp
-echo "{\"eci\": {\"shareableHostPaths\": [\"$D/share\"]}}" > $D/policy.json
-printf '#!/bin/sh\nexport ECI_POLICY=%s\nexec %s "$@"\n' $D/policy.json "$(cd $T && pwd)/eci-runc" > $D/eci-runc
+printf '#!/bin/sh\nexec %s "$@"\n' "$(cd $T && pwd)/eci-runc" > $D/eci-runc
 chmod 755 $D/eci-runc
 echo '{}' > $D/daemon.json
 containerd >$D/containerd.log 2>&1 &

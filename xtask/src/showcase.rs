@@ -158,7 +158,6 @@ pub fn bench_startup(runs: usize) -> Result<serde_json::Value> {
             .arg("eci-bench-run")
             .env("ECI_AGENT_SOCKET", &socket)
             .env("ECI_STATE_DIR", dir.join("state"))
-            .env("ECI_POLICY", dir.join("none.json"))
             .output()?;
         if !out.status.success() {
             bail!(
