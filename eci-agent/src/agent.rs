@@ -100,7 +100,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         guard.rules.sync_denied_filesystems(&magics)?;
         guard
             .rules
-            .sync_allowed_devices(&vm::allowed_device_keys())?;
+            .sync_allowed_devices(&vm::allowed_device_keys(&policy.allowed_devices))?;
         let namespaces = vm_namespaces.learn(&engine_sockets(&guard, &config));
         guard.rules.sync_vm_namespaces(&namespaces)?;
         tracing::info!(count = namespaces.len(), "VM namespaces learned");

@@ -120,6 +120,10 @@ pub enum ReloadError {
     Locked(String),
     #[error("policy reloaded, but the protected sockets were not refreshed: {0}")]
     Sockets(#[from] StateError),
+    #[error(
+        "policy not reloaded, the last good one stays in force: the allowed devices could not be set in the kernel: {0}"
+    )]
+    Devices(#[source] RuleError),
 }
 
 /// Applying the protected sockets and writing the state file for `status`.
@@ -179,6 +183,10 @@ pub async fn reload(
     let (parents, sockets) = config.effective(&new);
     guard.parents = parents;
     guard.sockets = sockets;
+    guard
+        .rules
+        .sync_allowed_devices(&crate::vm::allowed_device_keys(&new.allowed_devices))
+        .map_err(ReloadError::Devices)?;
     let summary = new.summary();
     policy.sender.send_replace(Arc::new(new));
     drop(guard);

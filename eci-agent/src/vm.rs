@@ -13,7 +13,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use eci_common::{FileId, device_key};
+use eci_common::{ANY_MINOR, FileId, device_key};
+use eci_policy::DeviceRule;
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, UnixAddr, connect, getsockopt, socket, sockopt,
 };
@@ -38,12 +39,16 @@ pub const DENIED_FILESYSTEM_MAGICS: &[u64] = &[
 pub const STANDARD_DEVICES: &[(u32, u32)] =
     &[(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2)];
 
-/// The allowed-device map's keys: the standard set.
-pub fn allowed_device_keys() -> BTreeSet<u64> {
-    STANDARD_DEVICES
+/// The allowed-device map's keys: the standard set and the policy's
+/// `eci.allowedDevices`.
+pub fn allowed_device_keys(policy: &[DeviceRule]) -> BTreeSet<u64> {
+    let standard = STANDARD_DEVICES
         .iter()
-        .map(|&(major, minor)| device_key(false, major, minor))
-        .collect()
+        .map(|&(major, minor)| device_key(false, major, minor));
+    let allowed = policy
+        .iter()
+        .map(|d| device_key(d.block, d.major, d.minor.unwrap_or(ANY_MINOR)));
+    standard.chain(allowed).collect()
 }
 
 const NAMESPACE_FILES: &[&str] = &["mnt", "net", "pid", "ipc", "uts", "cgroup", "user", "time"];
@@ -181,10 +186,23 @@ mod tests {
 
     #[test]
     fn standard_devices_exclude_the_vm_console_and_kmsg() {
-        let keys = allowed_device_keys();
+        let keys = allowed_device_keys(&[]);
         assert!(keys.contains(&device_key(false, 1, 3)));
         assert!(!keys.contains(&device_key(false, 5, 1)));
         assert!(!keys.contains(&device_key(false, 1, 11)));
         assert!(!keys.contains(&device_key(true, 8, 0)));
+        let tun = DeviceRule {
+            block: false,
+            major: 10,
+            minor: Some(200),
+        };
+        let loops = DeviceRule {
+            block: true,
+            major: 7,
+            minor: None,
+        };
+        let keys = allowed_device_keys(&[tun, loops]);
+        assert!(keys.contains(&device_key(false, 10, 200)));
+        assert!(keys.contains(&device_key(true, 7, ANY_MINOR)));
     }
 }

@@ -35,8 +35,65 @@ pub struct Policy {
     /// (default `eci`, as `eci-agent install` registers it). Containers
     /// created through a trusted container's Docker socket proxy get it.
     pub docker_runtime_name: String,
+    /// `eci.allowedDevices`: device nodes containers may open beyond the
+    /// standard set (null, zero, full, random, urandom, tty, ptmx and their
+    /// own ptys), by what they are: `"c 10:200"`, `"c 10:*"`, `"b 7:0"`.
+    /// Default none: a VM disk never is.
+    #[serde(default)]
+    pub allowed_devices: Vec<DeviceRule>,
     /// `eci.audit`.
     pub audit: AuditSettings,
+}
+
+/// One entry of `eci.allowedDevices`: a character or block device by its
+/// major and minor number (`None`: every minor of the major).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRule {
+    pub block: bool,
+    pub major: u32,
+    pub minor: Option<u32>,
+}
+
+impl DeviceRule {
+    /// `"c 10:200"`, `"c 10:*"`, `"b 7:0"`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "expected a device as \"c MAJOR:MINOR\" or \"b MAJOR:MINOR\" (MINOR may be *), found {text:?}"
+            )
+        };
+        let (kind, numbers) = text.trim().split_once(' ').ok_or_else(bad)?;
+        let block = match kind {
+            "c" => false,
+            "b" => true,
+            _ => return Err(bad()),
+        };
+        let (major, minor) = numbers.trim().split_once(':').ok_or_else(bad)?;
+        let major: u32 = major.parse().map_err(|_| bad())?;
+        let minor = match minor {
+            "*" => None,
+            m => Some(m.parse::<u32>().map_err(|_| bad())?),
+        };
+        // The kernel's dev_t: 12 bits of major, 20 of minor.
+        if major >= 1 << 12 || minor.is_some_and(|m| m >= (1 << 20) - 1) {
+            return Err(format!("{text:?}: the device number is out of range"));
+        }
+        Ok(Self {
+            block,
+            major,
+            minor,
+        })
+    }
+}
+
+impl fmt::Display for DeviceRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.block { 'b' } else { 'c' };
+        match self.minor {
+            Some(minor) => write!(f, "{kind} {}:{minor}", self.major),
+            None => write!(f, "{kind} {}:*", self.major),
+        }
+    }
 }
 
 /// Which containers may mount the Docker socket, and what they may do with it.
@@ -168,6 +225,7 @@ impl Default for Policy {
                 .map(PathBuf::from)
                 .collect(),
             docker_runtime_name: DEFAULT_DOCKER_RUNTIME_NAME.to_owned(),
+            allowed_devices: Vec::new(),
             audit: AuditSettings::default(),
         }
     }
@@ -198,6 +256,7 @@ impl Policy {
              protected cgroup parents: {}\n\
              protected sockets: {}\n\
              shareable host paths: {}\n\
+             allowed devices beyond the standard set: {}\n\
              docker socket mount: images {}{}; commands {kind} {}\n\
              audit log: {} (rotated at {} bytes, {} kept)",
             if self.enforcement { "on" } else { "OFF" },
@@ -205,6 +264,7 @@ impl Policy {
             list(&self.protected_cgroup_parents),
             paths(&self.protected_sockets),
             paths(&self.shareable_host_paths),
+            list(&self.allowed_devices),
             list(&mount.image_list.images),
             if mount.image_list.allow_derived_images {
                 " and images derived from them"
@@ -244,6 +304,11 @@ impl Policy {
                 shareable_host_paths: &self.shareable_host_paths,
                 docker_api_sockets: &self.docker_api_sockets,
                 docker_runtime_name: &self.docker_runtime_name,
+                allowed_devices: self
+                    .allowed_devices
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
                 audit: AuditOut {
                     path: &self.audit.path,
                     max_bytes: self.audit.max_bytes,
@@ -317,5 +382,6 @@ struct OwnOut<'a> {
     shareable_host_paths: &'a [PathBuf],
     docker_api_sockets: &'a [PathBuf],
     docker_runtime_name: &'a str,
+    allowed_devices: Vec<String>,
     audit: AuditOut<'a>,
 }

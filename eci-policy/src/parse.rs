@@ -110,6 +110,8 @@ struct RawOwn {
     docker_api_sockets: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     docker_runtime_name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    allowed_devices: Option<Vec<String>>,
     #[serde(default, deserialize_with = "object")]
     audit: Option<RawAudit>,
     /// The first version's spelling of `audit.path`.
@@ -303,6 +305,16 @@ impl RawFile {
                 check_runtime_name(&name)
                     .map_err(|why| bad(keys(&["eci", "dockerRuntimeName"]), why.0))?;
                 policy.docker_runtime_name = name;
+            }
+            if let Some(devices) = own.allowed_devices {
+                policy.allowed_devices = devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        DeviceRule::parse(d)
+                            .map_err(|why| bad(item(&["eci", "allowedDevices"], i), why))
+                    })
+                    .collect::<Result<_, _>>()?;
             }
             // Checked last: a shareable path must not expose the audit log.
             if let Some(paths) = own.shareable_host_paths {

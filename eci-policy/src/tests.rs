@@ -244,7 +244,7 @@ fn unknown_keys_are_named_with_the_allowed_ones() {
     let e = expect(text, "eci.protectedParents", 4);
     assert!(e.contains("line 4, column 5:"), "{e}");
     assert!(
-        e.contains("unknown key \"protectedParents\"; the keys allowed here are protectedCgroupParents, protectedSockets, shareableHostPaths, dockerApiSockets, dockerRuntimeName, audit, auditLog"),
+        e.contains("unknown key \"protectedParents\"; the keys allowed here are protectedCgroupParents, protectedSockets, shareableHostPaths, dockerApiSockets, dockerRuntimeName, allowedDevices, audit, auditLog"),
         "{e}"
     );
     // Deeper down.
@@ -507,4 +507,41 @@ fn values_are_found_past_lookalike_keys_and_strings() {
         "{e}"
     );
     assert_eq!((e.line, e.column), (Some(2), Some(40)), "{e}");
+}
+
+#[test]
+fn allowed_devices_are_read_by_kind_and_number_and_written_back() {
+    let p = parse(
+        r#"{"eci": {"allowedDevices": ["c 10:200", "c 10:*", "b 7:0"]}}"#,
+        FILE,
+    )
+    .unwrap();
+    assert_eq!(
+        p.allowed_devices,
+        [
+            DeviceRule {
+                block: false,
+                major: 10,
+                minor: Some(200)
+            },
+            DeviceRule {
+                block: false,
+                major: 10,
+                minor: None
+            },
+            DeviceRule {
+                block: true,
+                major: 7,
+                minor: Some(0)
+            },
+        ]
+    );
+    assert_eq!(parse(&p.to_file_text(), FILE).unwrap(), p);
+    assert!(Policy::default().allowed_devices.is_empty());
+    let shown = expect(
+        "{\"eci\": {\n\"allowedDevices\": [\"/dev/sda\"]}}",
+        "eci.allowedDevices[0]",
+        2,
+    );
+    assert!(shown.contains("c MAJOR:MINOR"), "{shown}");
 }
