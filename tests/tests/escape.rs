@@ -83,7 +83,7 @@ const IN_CONTAINER: &[(&str, &str)] = &[
     // Out of every cgroup: the cgroup2 root, and a task moved into it.
     (
         "cgroup_move_to_vm_root",
-        "sh -c 'mkdir -p /tmp/cg && mount -t cgroup2 none /tmp/cg && test -d /tmp/cg/docker && echo $$ > /tmp/cg/cgroup.procs'",
+        "sh -c 'mkdir -p /tmp/cg && mount -t cgroup2 none /tmp/cg && { test -d /tmp/cg/docker || { echo no VM cgroup tree here, only its own; exit 1; }; } && echo $$ > /tmp/cg/cgroup.procs'",
     ),
 ];
 
@@ -226,10 +226,12 @@ fn run_group(
     let (started, out) = run(engine, runtime, flags, &script(attacks));
     let mut verdicts = parse(&out);
     if !started && verdicts.is_empty() {
+        // Docker's own error line says why; else the last line.
         let why = out
             .lines()
             .rev()
-            .find(|l| !l.trim().is_empty())
+            .find(|l| l.contains("Error response") || l.contains("exec "))
+            .or_else(|| out.lines().rev().find(|l| !l.trim().is_empty()))
             .unwrap_or("(no output)")
             .chars()
             .rev()

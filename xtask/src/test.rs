@@ -374,10 +374,7 @@ mod tests {
     #[test]
     fn the_full_stack_runs_on_the_newest_kernel_only_in_a_full_run() {
         assert!(test_args("6.12", &[]).is_empty());
-        assert_eq!(
-            test_args("6.1", &[]),
-            ["--skip", "full_stack"]
-        );
+        assert_eq!(test_args("6.1", &[]), ["--skip", "full_stack"]);
         assert_eq!(test_args("6.1", &["escape".to_string()]), ["escape"]);
     }
 
