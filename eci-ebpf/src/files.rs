@@ -7,16 +7,13 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use eci_common::{Hook, undecided, verdict};
 
-use crate::{audit, cgroups, devices, kernel, namespaces, protection};
+use crate::{audit, cgroups, devices, kernel, namespaces};
 
 /// `file_open(struct file *file)`
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
     let hook = Hook::FileOpen;
-    let cgroup_id = match protection::enter(hook, ctx.arg(1)) {
-        Ok(p) => p.cgroup_id,
-        Err(v) => return v,
-    };
+    let cgroup_id = protected_or_return!(hook, ctx.arg(1)).cgroup_id;
     let file: *const u8 = ctx.arg(0);
     // SAFETY: the hook's `struct file *`; probe reads only.
     let Some(facts) = (unsafe { kernel::file_facts(file) }) else {

@@ -11,6 +11,19 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+/// The prologue every hook starts with (`protection::enter`): evaluates to
+/// the protected task's cgroup, or returns the hook's answer at once (an
+/// earlier LSM's denial, or allow for an unprotected task).
+#[cfg(target_arch = "bpf")]
+macro_rules! protected_or_return {
+    ($hook:expr, $previous:expr) => {
+        match $crate::protection::enter($hook, $previous) {
+            Ok(protected) => protected,
+            Err(answer) => return answer,
+        }
+    };
+}
+
 #[cfg(target_arch = "bpf")]
 mod audit;
 #[cfg(target_arch = "bpf")]

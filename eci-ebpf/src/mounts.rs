@@ -24,7 +24,6 @@ use eci_common::{FileId, Hook, MAX_IMMUTABLE_MOUNTS, ObjectKind, undecided, verd
 use crate::{
     audit, kernel,
     namespaces::{self, MNT_KIND},
-    protection,
 };
 
 const MS_RDONLY: u64 = 1;
@@ -81,15 +80,23 @@ fn undecided(hook: Hook, cgroup_id: u64) -> i32 {
     audit::undecided(hook, cgroup_id, undecided::MOUNT, verdict::DENY)
 }
 
+/// A protected task still in the VM's mount namespace (a runtime that gave
+/// it none) changes no mount: `Some(answer)` when that decides.
+#[inline(always)]
+fn in_vm_mount_namespace(hook: Hook, cgroup_id: u64) -> Option<i32> {
+    match namespaces::current_vm_mount_namespace() {
+        Some(Some(inum)) => Some(namespaces::deny_shared(hook, cgroup_id, MNT_KIND, inum)),
+        Some(None) => None,
+        None => Some(undecided(hook, cgroup_id)),
+    }
+}
+
 /// `sb_kern_mount(const struct super_block *sb)`: a new mount(2) of a file
 /// system, after its superblock exists.
 #[lsm(hook = "sb_kern_mount")]
 pub fn sb_kern_mount(ctx: LsmContext) -> i32 {
     let hook = Hook::SbKernMount;
-    let cgroup_id = match protection::enter(hook, ctx.arg(1)) {
-        Ok(p) => p.cgroup_id,
-        Err(v) => return v,
-    };
+    let cgroup_id = protected_or_return!(hook, ctx.arg(1)).cgroup_id;
     let sb: *const u8 = ctx.arg(0);
     // SAFETY: the hook's superblock; probe reads only.
     match unsafe { kernel::super_block(sb) } {
@@ -104,14 +111,9 @@ pub fn sb_kern_mount(ctx: LsmContext) -> i32 {
 #[lsm(hook = "move_mount")]
 pub fn move_mount(ctx: LsmContext) -> i32 {
     let hook = Hook::MoveMount;
-    let cgroup_id = match protection::enter(hook, ctx.arg(2)) {
-        Ok(p) => p.cgroup_id,
-        Err(v) => return v,
-    };
-    match namespaces::current_vm_mount_namespace() {
-        Some(Some(inum)) => return namespaces::deny_shared(hook, cgroup_id, MNT_KIND, inum),
-        Some(None) => {}
-        None => return undecided(hook, cgroup_id),
+    let cgroup_id = protected_or_return!(hook, ctx.arg(2)).cgroup_id;
+    if let Some(answer) = in_vm_mount_namespace(hook, cgroup_id) {
+        return answer;
     }
     let from: *const u8 = ctx.arg(0);
     // SAFETY: the hook's paths; probe reads only.
@@ -133,14 +135,9 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
 #[lsm(hook = "sb_umount")]
 pub fn sb_umount(ctx: LsmContext) -> i32 {
     let hook = Hook::SbUmount;
-    let cgroup_id = match protection::enter(hook, ctx.arg(2)) {
-        Ok(p) => p.cgroup_id,
-        Err(v) => return v,
-    };
-    match namespaces::current_vm_mount_namespace() {
-        Some(Some(inum)) => return namespaces::deny_shared(hook, cgroup_id, MNT_KIND, inum),
-        Some(None) => {}
-        None => return undecided(hook, cgroup_id),
+    let cgroup_id = protected_or_return!(hook, ctx.arg(2)).cgroup_id;
+    if let Some(answer) = in_vm_mount_namespace(hook, cgroup_id) {
+        return answer;
     }
     let mnt: *const u8 = ctx.arg(0);
     // SAFETY: the hook's vfsmount; probe reads only.
@@ -158,14 +155,9 @@ pub fn sb_umount(ctx: LsmContext) -> i32 {
 #[lsm(hook = "sb_mount")]
 pub fn sb_mount(ctx: LsmContext) -> i32 {
     let hook = Hook::SbMount;
-    let cgroup_id = match protection::enter(hook, ctx.arg(5)) {
-        Ok(p) => p.cgroup_id,
-        Err(v) => return v,
-    };
-    match namespaces::current_vm_mount_namespace() {
-        Some(Some(inum)) => return namespaces::deny_shared(hook, cgroup_id, MNT_KIND, inum),
-        Some(None) => {}
-        None => return undecided(hook, cgroup_id),
+    let cgroup_id = protected_or_return!(hook, ctx.arg(5)).cgroup_id;
+    if let Some(answer) = in_vm_mount_namespace(hook, cgroup_id) {
+        return answer;
     }
     let flags: u64 = ctx.arg(3);
     if flags & MS_REMOUNT == 0 || flags & MS_RDONLY != 0 {

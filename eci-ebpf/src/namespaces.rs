@@ -19,7 +19,7 @@ use eci_common::{
     protect_reason, undecided, verdict,
 };
 
-use crate::{audit, kernel, protection};
+use crate::{audit, kernel};
 
 /// Index of the mount namespace in `NS_KIND_NAMES`.
 pub const MNT_KIND: usize = 2;
@@ -94,10 +94,7 @@ pub fn judge_open(cgroup_id: u64, facts: &kernel::FileFacts) -> Option<i32> {
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let hook = Hook::BprmCheckSecurity;
-    let protected = match protection::enter(hook, ctx.arg(1)) {
-        Ok(p) => p,
-        Err(v) => return v,
-    };
+    let protected = protected_or_return!(hook, ctx.arg(1));
     let cgroup_id = protected.cgroup_id;
     let (Some(inums), Some(user)) = (
         kernel::current_namespaces(),

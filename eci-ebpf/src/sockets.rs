@@ -11,7 +11,7 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use eci_common::{FileId, Hook, MAX_PROTECTED_SOCKETS, ObjectKind, undecided, verdict};
 
-use crate::{audit, kernel, protection};
+use crate::{audit, kernel};
 
 /// Socket file identity -> unused (presence is the rule).
 #[map]
@@ -44,10 +44,7 @@ fn decide(ctx: &LsmContext, hook: Hook, cgroup_id: u64, other_sk: *const u8) -> 
 #[lsm(hook = "unix_stream_connect")]
 pub fn unix_stream_connect(ctx: LsmContext) -> i32 {
     let hook = Hook::UnixStreamConnect;
-    let cgroup_id = match protection::enter(hook, ctx.arg(3)) {
-        Ok(p) => p.cgroup_id,
-        Err(v) => return v,
-    };
+    let cgroup_id = protected_or_return!(hook, ctx.arg(3)).cgroup_id;
     let other: *const u8 = ctx.arg(1);
     decide(&ctx, hook, cgroup_id, other)
 }
@@ -56,10 +53,7 @@ pub fn unix_stream_connect(ctx: LsmContext) -> i32 {
 #[lsm(hook = "unix_may_send")]
 pub fn unix_may_send(ctx: LsmContext) -> i32 {
     let hook = Hook::UnixMaySend;
-    let cgroup_id = match protection::enter(hook, ctx.arg(2)) {
-        Ok(p) => p.cgroup_id,
-        Err(v) => return v,
-    };
+    let cgroup_id = protected_or_return!(hook, ctx.arg(2)).cgroup_id;
     let other_socket: *const u8 = ctx.arg(1);
     // SAFETY: `other_socket` is the hook's `struct socket *`.
     match unsafe { kernel::socket_sock(other_socket) } {

@@ -31,6 +31,15 @@ fn mknod(path: &std::path::Path, kind: &str, major: u32, minor: u32) {
     assert!(status.success(), "mknod {}", path.display());
 }
 
+/// An agent, a cgroup it protects and one it does not.
+fn agent_with_a_protected_cgroup() -> (TestAgent, TestCgroup, TestCgroup) {
+    let agent = TestAgent::start(&[]);
+    let protected = TestCgroup::new("eci-prot");
+    let unprotected = TestCgroup::new("eci-free");
+    agent.protect(&protected);
+    (agent, protected, unprotected)
+}
+
 #[test]
 fn a_protected_task_opens_no_device_node_beyond_the_standard_set_wherever_the_node_lives() {
     let name =
@@ -38,10 +47,7 @@ fn a_protected_task_opens_no_device_node_beyond_the_standard_set_wherever_the_no
     if !bpf_lsm_or_skip(name) {
         return;
     }
-    let agent = TestAgent::start(&[]);
-    let protected = TestCgroup::new("eci-prot");
-    let unprotected = TestCgroup::new("eci-free");
-    agent.protect(&protected);
+    let (agent, protected, unprotected) = agent_with_a_protected_cgroup();
     let scratch = Scratch(tmp_dir().join(unique("eci-devices")));
     std::fs::create_dir_all(&scratch.0).expect("scratch");
     // Nodes as an image layer or a volume would carry them: the VM's kernel
@@ -106,10 +112,7 @@ fn a_protected_task_cannot_write_to_a_cgroup_outside_protection() {
     if !bpf_lsm_or_skip(name) {
         return;
     }
-    let agent = TestAgent::start(&[]);
-    let protected = TestCgroup::new("eci-prot");
-    let unprotected = TestCgroup::new("eci-free");
-    agent.protect(&protected);
+    let (agent, protected, unprotected) = agent_with_a_protected_cgroup();
     let inside = protected.dir.join("sub");
     std::fs::create_dir(&inside).expect("sub cgroup");
     // Out of protection: an unprotected cgroup, and the root of the
