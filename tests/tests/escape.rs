@@ -604,7 +604,7 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
     let sock_flag = format!("{sock}:/var/run/docker.sock");
     common.extend_from_slice(&["-v", &sock_flag]);
     // The volumes, mounted as the attacks expect them.
-    for (attack, flags, _) in with_flags.iter().copied() {
+    for (attack, flags, _) in &with_flags {
         if attack.starts_with("volume_") {
             common.extend(flags.split_whitespace());
         }
