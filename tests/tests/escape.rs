@@ -46,7 +46,6 @@ const IN_CONTAINER: &[(&str, &str)] = &[
         "socket_hard_link",
         "eci-test-client stream /share/hard-link.sock",
     ),
-    ("setns_smuggled_ns_file", "nsenter --net=/share/vm-net true"),
     ("vm_block_device", "mount -t ext2 \"$DEV\" /mnt"),
     ("debugfs", "mount -t debugfs none /mnt"),
     (
@@ -156,6 +155,14 @@ const WITH_FLAGS: &[(&str, &str, &str)] = &[
         "--pid=host --privileged",
         "eci-test-client ptrace {victim}",
     ),
+    // The VM's network namespace file, bound into the shareable directory
+    // by a VM process after the other attacks ran (eci-runc judges every
+    // mount below a recursive bind source, so it refuses the share then).
+    (
+        "setns_smuggled_ns_file",
+        "--privileged -v {share}:/share",
+        "nsenter --net=/share/vm-net true",
+    ),
     // `--runtime=runc` needs no privilege: the opt-out anyone can type.
     (
         "runtime_flag_runc",
@@ -189,7 +196,7 @@ const WITH_FLAGS: &[(&str, &str, &str)] = &[
     // A cgroup deeper than a fixed ancestor walk looks.
     (
         "deep_cgroup_parent",
-        "--cgroup-parent={deep} -v {share}:/share",
+        "--cgroup-parent={deep} --mount type=bind,src={share},dst=/share,bind-nonrecursive=true",
         "eci-test-client stream /share/hard-link.sock",
     ),
 ];
@@ -462,8 +469,6 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
     let sock = engine.socket().display().to_string();
     let share = engine.share();
     std::fs::hard_link(engine.socket(), share.join("hard-link.sock")).expect("hard link");
-    // The VM's network namespace file, bound into the shared directory.
-    let vm_net = engine.smuggle(Path::new("/proc/1/ns/net"), "vm-net");
     let device = loop_device(engine.dir.path());
     let victim = Victim(
         Command::new("sleep")
@@ -545,6 +550,8 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
         RUNTIME_EXE.to_owned(),
         exe_with_eci.verdict(writable_after_eci != writable_before),
     );
+    // Now the VM's network namespace file is smuggled into the share.
+    let vm_net = engine.smuggle(Path::new("/proc/1/ns/net"), "vm-net");
     for (attack, flags, command) in with_flags.iter().copied() {
         let flags = fill(flags);
         let flags: Vec<&str> = flags.split_whitespace().collect();
