@@ -259,48 +259,37 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
 
     // 5. A build's RUN step (the classic builder: the engine's default
     // runtime, `runc`, which eci-runc stands in for) runs in a user
-    // namespace of its own — never as the VM's root.
+    // namespace of its own — never as the VM's root. The step prints its
+    // uid_map into the build's output (it writes nothing: on kernels whose
+    // tmpfs cannot be ID-mapped the test engine's vfs layers stay the VM's,
+    // which the step's root may not write).
     let dockerfile = engine.dir.path().join("build");
     std::fs::create_dir_all(&dockerfile).expect("build dir");
     std::fs::write(
         dockerfile.join("Dockerfile"),
-        format!("FROM {IMAGE}\nRUN cat /proc/self/uid_map > /uidmap\n"),
+        format!("FROM {IMAGE}\nRUN cat /proc/self/uid_map\n"),
     )
     .expect("Dockerfile");
     let built = Command::new("docker")
         .env("DOCKER_BUILDKIT", "0")
         .arg("--host")
         .arg(format!("unix://{}", engine.socket().display()))
-        .args(["build", "-q", "-t", "eci-built:1"])
+        .args(["build", "--no-cache", "-t", "eci-built:1"])
         .arg(&dockerfile)
         .output()
         .expect("docker build");
     let built_text = text(&built);
-    if built.status.success() {
-        let out = docker(
-            &engine,
-            &[
-                "run",
-                "--rm",
-                "--runtime=eci",
-                "eci-built:1",
-                "cat",
-                "/uidmap",
-            ],
-        );
-        let map = text(&out);
-        println!("docker build: the RUN step's uid_map: {}", map.trim());
-        assert!(
-            map.split_whitespace().nth(1).is_some_and(|b| b != "0"),
-            "a RUN step ran as the VM's root: {map}"
-        );
-    } else {
-        println!("docker build: refused: {built_text}");
-        assert!(
-            built_text.contains("enhanced container isolation"),
-            "a build failed, not by eci's refusal: {built_text}"
-        );
-    }
+    let step_map = built_text
+        .lines()
+        .map(str::split_whitespace)
+        .map(Iterator::collect::<Vec<_>>)
+        .find(|w| w.len() == 3 && w[0] == "0" && w[2] == "65536")
+        .map(|w| w[1].to_owned());
+    println!("docker build: the RUN step's uid_map base: {step_map:?}");
+    assert!(
+        built.status.success() && step_map.as_deref().is_some_and(|b| b != "0"),
+        "a RUN step did not run in a user namespace of its own: {built_text}"
+    );
 
     // 6. A process that calls itself `dockerd` (every Docker-in-Docker
     // container runs one) is not the engine: its container's namespaces do
