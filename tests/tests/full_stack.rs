@@ -279,12 +279,14 @@ fn full_stack_kernel_rules_hold_for_eci_and_for_plain_runc_containers() {
         .output()
         .expect("docker build");
     let built_text = text(&built);
-    let step_map = built_text
-        .lines()
-        .map(str::split_whitespace)
-        .map(Iterator::collect::<Vec<_>>)
-        .find(|w| w.len() == 3 && w[0] == "0" && w[2] == "65536")
-        .map(|w| w[1].to_owned());
+    // `0 <base> 65536`, possibly behind the builder's colour codes.
+    let step_map = built_text.lines().find_map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words
+            .windows(3)
+            .find(|w| w[0].ends_with('0') && w[2] == "65536")
+            .map(|w| w[1].to_owned())
+    });
     println!("docker build: the RUN step's uid_map base: {step_map:?}");
     assert!(
         built.status.success() && step_map.as_deref().is_some_and(|b| b != "0"),
