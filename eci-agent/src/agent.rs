@@ -12,7 +12,7 @@ use crate::{
     pins::PinLayout,
     policy,
     proxy::Proxies,
-    rules::{RuleStore, UnenforcedRules},
+    rules::{RuleError, RuleStore, UnenforcedRules},
     state::{
         AgentConfig, PolicyInForce, Shared, refresh_parents, refresh_sockets, reload, run_dir,
         state_file,
@@ -101,10 +101,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         guard
             .rules
             .sync_allowed_devices(&vm::allowed_device_keys(&policy.allowed_devices))?;
-        let namespaces = vm_namespaces.learn(&engine_sockets(&guard, &config));
-        guard.rules.sync_vm_namespaces(&namespaces)?;
-        tracing::info!(count = namespaces.len(), "VM namespaces learned");
     }
+    let count = refresh_vm_namespaces(&shared, &mut vm_namespaces, &config).await?;
+    tracing::info!(count, "VM namespaces learned");
     refresh_parents(&shared).await;
     let audit = Arc::new(Mutex::new(AuditLog::open(
         &config.audit_log(&policy),
@@ -145,9 +144,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     tracing::error!("refreshing protected sockets: {err:#}");
                 }
                 refresh_parents(&shared).await;
-                let mut guard = shared.lock().await;
-                let namespaces = vm_namespaces.learn(&engine_sockets(&guard, &config));
-                if let Err(err) = guard.rules.sync_vm_namespaces(&namespaces) {
+                if let Err(err) = refresh_vm_namespaces(&shared, &mut vm_namespaces, &config).await
+                {
                     tracing::error!("refreshing VM namespaces: {err:#}");
                 }
             }
@@ -208,16 +206,27 @@ struct KernelParts {
     _ebpf: aya::Ebpf,
 }
 
-/// The engine's sockets among the protected ones (the agent's own control
-/// socket is not the engine's).
-fn engine_sockets(shared: &Shared, config: &AgentConfig) -> Vec<std::path::PathBuf> {
-    shared
-        .sockets
-        .paths()
-        .iter()
-        .filter(|p| **p != config.control_socket)
-        .cloned()
-        .collect()
+/// Learn the VM's namespaces again and put them in force; returns how
+/// many. The engine's sockets are the protected ones but the agent's own
+/// control socket; they are asked (and /proc read) outside the rules' lock.
+async fn refresh_vm_namespaces(
+    shared: &Arc<Mutex<Shared>>,
+    vm_namespaces: &mut vm::VmNamespaces,
+    config: &AgentConfig,
+) -> Result<usize, RuleError> {
+    let engine_sockets: Vec<std::path::PathBuf> = {
+        let guard = shared.lock().await;
+        guard
+            .sockets
+            .paths()
+            .iter()
+            .filter(|p| **p != config.control_socket)
+            .cloned()
+            .collect()
+    };
+    let namespaces = vm_namespaces.learn(&engine_sockets);
+    shared.lock().await.rules.sync_vm_namespaces(&namespaces)?;
+    Ok(namespaces.len())
 }
 
 async fn read_events(
