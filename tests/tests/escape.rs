@@ -234,19 +234,15 @@ fn run_group(
     let mut verdicts = parse(&out);
     if !started && verdicts.is_empty() {
         // Docker's own error line says why; else the last line.
-        let why = out
+        let line = out
             .lines()
             .rev()
             .find(|l| l.contains("Error response") || l.contains("exec "))
             .or_else(|| out.lines().rev().find(|l| !l.trim().is_empty()))
-            .unwrap_or("(no output)")
-            .chars()
-            .rev()
-            .take(90)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<String>();
+            .unwrap_or("(no output)");
+        // Its last 90 characters: the reason ends the line.
+        let from = line.char_indices().rev().nth(89).map_or(0, |(i, _)| i);
+        let why = &line[from..];
         for (name, _) in attacks {
             verdicts.insert(
                 (*name).to_owned(),
