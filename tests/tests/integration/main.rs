@@ -1,0 +1,16 @@
+//! eci's integration tests as one binary, one module per feature (aya's
+//! `src/tests/<feature>.rs` layout): the kernel rules against a real agent
+//! (natively or in the test VM), and the engine suites against a real
+//! dockerd/containerd. `cargo xtask vm-test -- <filter>` and `cargo test -p
+//! eci-integration-tests -- <filter>` select by `module::test_name`.
+
+mod agent;
+mod deploy;
+mod escape;
+mod full_stack;
+mod mounts;
+mod namespaces;
+mod policy;
+mod protection;
+mod resources;
+mod sockets;
