@@ -10,6 +10,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::apt::PrivateApt;
 use crate::util::{self, output, run};
 
 /// One kernel of the matrix, extracted under `build/vm/kernels/<release>/`.
@@ -23,6 +24,22 @@ pub struct Kernel {
     pub version: String,
     /// Kernel release (`uname -r` in the guest), e.g. `6.1.0-56-amd64`.
     pub release: String,
+    /// Debian suite the package came from when it is not the machine's own
+    /// (reached through a private apt configuration, see `apt.rs`).
+    #[serde(default)]
+    pub suite: Option<String>,
+    /// Packages extracted beside `package` (sid splits image and modules).
+    #[serde(default)]
+    pub companions: Vec<String>,
+    /// The root file system the VM boots with this kernel: `bookworm` (this
+    /// machine's root, Docker 20.10 / containerd 1.6 / runc 1.1) or `sid`
+    /// (Docker 28 / containerd 2 / runc 1.3, see `stacks.rs`).
+    #[serde(default = "bookworm")]
+    pub stack: String,
+}
+
+fn bookworm() -> String {
+    "bookworm".into()
 }
 
 impl Kernel {
@@ -31,9 +48,15 @@ impl Kernel {
         vm_dir().join("kernels").join(&self.release)
     }
     pub fn vmlinuz(&self) -> PathBuf {
-        self.root()
+        let boot = self
+            .root()
             .join("boot")
-            .join(format!("vmlinuz-{}", self.release))
+            .join(format!("vmlinuz-{}", self.release));
+        if boot.is_file() {
+            return boot;
+        }
+        // sid's linux-binary-unsigned packages (merged /usr).
+        self.modules_dir().join("vmlinuz.unsigned")
     }
     /// `lib/modules/<release>` inside the extracted tree.
     pub fn modules_dir(&self) -> PathBuf {
@@ -50,20 +73,53 @@ struct Series {
     /// Package names are `<prefix><n><suffix>`; the newest `n` wins.
     prefix: &'static str,
     suffix: &'static str,
+    /// `None`: the machine's own apt sources; else a private configuration.
+    suite: Option<&'static str>,
+    /// Prefix replacements naming packages to extract beside the image
+    /// (`linux-binary-unsigned-` -> `linux-modules-`).
+    companions: &'static [(&'static str, &'static str)],
+    stack: &'static str,
 }
 
 const SERIES: &[Series] = &[
     Series {
+        name: "5.10",
+        prefix: "linux-image-5.10.0-",
+        suffix: "-amd64-unsigned",
+        suite: Some("bullseye"),
+        companions: &[],
+        stack: "bookworm",
+    },
+    Series {
         name: "6.1",
         prefix: "linux-image-6.1.0-",
         suffix: "-amd64-unsigned",
+        suite: None,
+        companions: &[],
+        stack: "bookworm",
     },
     Series {
         name: "6.12",
         prefix: "linux-image-6.12.",
         suffix: "+deb12-amd64-unsigned",
+        suite: None,
+        companions: &[],
+        stack: "bookworm",
+    },
+    Series {
+        name: "7.2",
+        prefix: "linux-binary-unsigned-7.2.",
+        suffix: "+deb14-amd64",
+        suite: Some("sid"),
+        companions: &[("linux-binary-unsigned-", "linux-modules-")],
+        stack: "sid",
     },
 ];
+
+/// The names of the matrix, for messages.
+pub fn names() -> String {
+    SERIES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+}
 
 pub fn vm_dir() -> PathBuf {
     util::build_dir().join("vm")
@@ -84,12 +140,15 @@ pub fn load() -> Result<Vec<Kernel>> {
 /// Picks kernels by name: "6.1", "6.12" or "all".
 pub fn select(spec: &str) -> Result<Vec<Kernel>> {
     let all = ensure()?;
-    if spec == "all" {
-        return Ok(all);
+    let picked: Vec<Kernel> = all
+        .into_iter()
+        .filter(|k| spec == "all" || k.name == spec)
+        .collect();
+    for k in &picked {
+        crate::stacks::ensure(&k.stack)?;
     }
-    let picked: Vec<Kernel> = all.into_iter().filter(|k| k.name == spec).collect();
     if picked.is_empty() {
-        bail!("unknown kernel {spec:?}: expected one of 6.1, 6.12, all");
+        bail!("unknown kernel {spec:?}: expected one of {}, all", names());
     }
     Ok(picked)
 }
@@ -101,12 +160,16 @@ fn newest_package(series: &Series) -> Result<Option<String>> {
         series.prefix.replace('.', r"\."),
         series.suffix.replace('.', r"\.").replace('+', r"\+")
     );
-    let text = output(Command::new("apt-cache").args(["search", "--names-only", &pattern]))?;
+    let names: Vec<String> = match series.suite {
+        None => output(Command::new("apt-cache").args(["search", "--names-only", &pattern]))?
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect(),
+        Some(suite) => PrivateApt::new(suite).search(&pattern)?,
+    };
     let mut best: Option<(u64, String)> = None;
-    for line in text.lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
+    for name in &names {
         let Some(n) = name
             .strip_prefix(series.prefix)
             .and_then(|r| r.strip_suffix(series.suffix))
@@ -121,73 +184,140 @@ fn newest_package(series: &Series) -> Result<Option<String>> {
     Ok(best.map(|(_, name)| name))
 }
 
-/// Downloads (if needed) and extracts one package version; returns the kernel.
-fn fetch(name: &str, package: &str, version: Option<&str>) -> Result<Kernel> {
+/// Where a kernel's packages come from and what the VM boots with it.
+struct Origin<'a> {
+    name: &'a str,
+    suite: Option<&'a str>,
+    companions: Vec<String>,
+    stack: &'a str,
+}
+
+impl<'a> Origin<'a> {
+    fn of_series(series: &'a Series, package: &str) -> Self {
+        Origin {
+            name: series.name,
+            suite: series.suite,
+            companions: series
+                .companions
+                .iter()
+                .filter_map(|(from, to)| {
+                    package.strip_prefix(from).map(|rest| format!("{to}{rest}"))
+                })
+                .collect(),
+            stack: series.stack,
+        }
+    }
+
+    fn of_kernel(k: &'a Kernel) -> Self {
+        Origin {
+            name: &k.name,
+            suite: k.suite.as_deref(),
+            companions: k.companions.clone(),
+            stack: &k.stack,
+        }
+    }
+}
+
+/// The downloaded `.deb` of `package` (at `version` when given).
+fn existing_deb(debs: &Path, package: &str, version: Option<&str>) -> Result<Option<PathBuf>> {
+    let prefix = format!("{package}_");
+    let ver = version.map(|v| v.replace(':', "%3a"));
+    let mut found = None;
+    for entry in fs::read_dir(debs)? {
+        let p = entry?.path();
+        let fname = p
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if fname.starts_with(&prefix)
+            && fname.ends_with(".deb")
+            && ver
+                .as_ref()
+                .is_none_or(|v| fname.contains(&format!("_{v}_")))
+        {
+            found = Some(p);
+        }
+    }
+    Ok(found)
+}
+
+/// Downloads (if needed) and extracts one kernel's packages; returns the kernel.
+fn fetch(origin: &Origin, package: &str, version: Option<&str>) -> Result<Kernel> {
     let debs = vm_dir().join("debs");
     fs::create_dir_all(&debs)?;
-    let existing = |debs: &Path| -> Result<Option<PathBuf>> {
-        let prefix = format!("{package}_");
-        let ver = version.map(|v| v.replace(':', "%3a"));
-        let mut found = None;
-        for entry in fs::read_dir(debs)? {
-            let p = entry?.path();
-            let fname = p
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if fname.starts_with(&prefix)
-                && fname.ends_with(".deb")
-                && ver
-                    .as_ref()
-                    .is_none_or(|v| fname.contains(&format!("_{v}_")))
-            {
-                found = Some(p);
+    let packages: Vec<&str> = std::iter::once(package)
+        .chain(origin.companions.iter().map(String::as_str))
+        .collect();
+    let mut files = Vec::new();
+    for pkg in &packages {
+        let deb = match existing_deb(&debs, pkg, version)? {
+            Some(deb) if version.is_some() => deb,
+            _ => {
+                let spec = match version {
+                    Some(v) => format!("{pkg}={v}"),
+                    None => pkg.to_string(),
+                };
+                println!(
+                    "kernels: downloading {spec}{}",
+                    origin
+                        .suite
+                        .map(|s| format!(" from {s} (private apt configuration)"))
+                        .unwrap_or_default()
+                );
+                let started = std::time::Instant::now();
+                match origin.suite {
+                    None => run(Command::new("apt-get")
+                        .args(["download", "-q", &spec])
+                        .current_dir(&debs))?,
+                    Some(suite) => PrivateApt::new(suite).download(&[spec.clone()], &debs)?,
+                }
+                println!(
+                    "kernels: downloaded {spec} in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                existing_deb(&debs, pkg, version)?
+                    .with_context(|| format!("apt-get download left no .deb for {pkg}"))?
             }
-        }
-        Ok(found)
-    };
-    let deb = match existing(&debs)? {
-        Some(deb) if version.is_some() => deb,
-        _ => {
-            let spec = match version {
-                Some(v) => format!("{package}={v}"),
-                None => package.to_string(),
-            };
-            println!("kernels: downloading {spec}");
-            let started = std::time::Instant::now();
-            run(Command::new("apt-get")
-                .args(["download", "-q", &spec])
-                .current_dir(&debs))?;
-            println!(
-                "kernels: downloaded {spec} in {:.1}s",
-                started.elapsed().as_secs_f64()
-            );
-            existing(&debs)?
-                .with_context(|| format!("apt-get download left no .deb for {package}"))?
-        }
-    };
-    let version = output(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Version"))?
-        .trim()
-        .to_string();
+        };
+        files.push(deb);
+    }
+    let version = output(
+        Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(&files[0])
+            .arg("Version"),
+    )?
+    .trim()
+    .to_string();
     // Extract into a scratch dir, then name it after the kernel release.
     let scratch = vm_dir().join("kernels").join(format!(".extract-{package}"));
     if scratch.exists() {
         fs::remove_dir_all(&scratch)?;
     }
     fs::create_dir_all(&scratch)?;
-    run(Command::new("dpkg").arg("-x").arg(&deb).arg(&scratch))?;
+    for deb in &files {
+        run(Command::new("dpkg").arg("-x").arg(deb).arg(&scratch))?;
+    }
+    // Merged-/usr packages (sid): modules under usr/lib/modules. A `lib`
+    // link keeps one layout for depmod, the initramfs and the guest.
+    if !scratch.join("lib").exists() && scratch.join("usr/lib/modules").is_dir() {
+        std::os::unix::fs::symlink("usr/lib", scratch.join("lib"))?;
+    }
     let mods = scratch.join("lib/modules");
     let release = fs::read_dir(&mods)
-        .with_context(|| format!("{} has no lib/modules", deb.display()))?
+        .with_context(|| format!("{} has no lib/modules", files[0].display()))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
-        .with_context(|| format!("{} has no kernel release dir", deb.display()))?;
+        .with_context(|| format!("{} has no kernel release dir", files[0].display()))?;
     let kernel = Kernel {
-        name: name.to_string(),
+        name: origin.name.to_string(),
         package: package.to_string(),
         version,
         release,
+        suite: origin.suite.map(str::to_string),
+        companions: origin.companions.clone(),
+        stack: origin.stack.to_string(),
     };
     let root = kernel.root();
     if root.exists() {
@@ -210,44 +340,46 @@ fn fetch(name: &str, package: &str, version: Option<&str>) -> Result<Kernel> {
 }
 
 /// Makes sure the matrix is recorded and extracted. Offline and quick when
-/// it already is; otherwise resolves the newest packages and downloads them.
+/// it already is; a series not yet recorded is resolved (newest package of
+/// its suite) and downloaded, the recorded ones stay as they are.
 pub fn ensure() -> Result<Vec<Kernel>> {
-    if let Ok(recorded) = load()
-        && recorded.len() == SERIES.len()
-    {
-        let mut all = Vec::new();
-        let mut changed = false;
-        for k in recorded {
+    let recorded = load().unwrap_or_default();
+    let mut all = Vec::new();
+    let mut changed = false;
+    for series in SERIES {
+        if let Some(k) = recorded.iter().find(|k| k.name == series.name) {
             if k.is_extracted() {
-                all.push(k);
+                all.push(k.clone());
             } else {
                 changed = true;
-                all.push(fetch(&k.name, &k.package, Some(&k.version))?);
+                all.push(fetch(&Origin::of_kernel(k), &k.package, Some(&k.version))?);
             }
+            continue;
         }
-        if changed {
-            save(&all)?;
-        } else {
-            println!("kernels: skipped (recorded in {})", matrix_file().display());
-        }
-        return Ok(all);
-    }
-    let mut all = Vec::new();
-    for series in SERIES {
+        changed = true;
         let mut package = newest_package(series)?;
         if package.is_none() {
-            run(Command::new("apt-get").arg("update"))?;
+            match series.suite {
+                None => run(Command::new("apt-get").arg("update"))?,
+                Some(suite) => PrivateApt::new(suite).update(true)?,
+            }
             package = newest_package(series)?;
         }
         let package = package.with_context(|| {
             format!(
-                "no {}<n>{} package in the apt sources",
-                series.prefix, series.suffix
+                "no {}<n>{} package in the apt sources{}",
+                series.prefix,
+                series.suffix,
+                series.suite.map(|s| format!(" of {s}")).unwrap_or_default()
             )
         })?;
-        all.push(fetch(series.name, &package, None)?);
+        all.push(fetch(&Origin::of_series(series, &package), &package, None)?);
     }
-    save(&all)?;
+    if changed {
+        save(&all)?;
+    } else {
+        println!("kernels: skipped (recorded in {})", matrix_file().display());
+    }
     Ok(all)
 }
 

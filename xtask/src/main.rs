@@ -1,10 +1,12 @@
 //! eci's workflows beyond `cargo build`: set-up, VM tests, the full test
 //! run, the demo and the benchmarks.
 
+mod apt;
 mod docker;
 mod kernels;
 mod setup;
 mod showcase;
+mod stacks;
 mod test;
 mod util;
 mod vm;

@@ -25,6 +25,7 @@ const APT_PACKAGES: &[&str] = &[
     "xz-utils",
     "util-linux",
     "systemd",
+    "mmdebstrap",
 ];
 
 fn installed(package: &str) -> bool {
@@ -187,7 +188,9 @@ pub fn setup() -> Result<()> {
     rustup_components()?;
     nightly()?;
     bpf_linker()?;
-    kernels::ensure()?;
+    for k in kernels::ensure()? {
+        crate::stacks::ensure(&k.stack)?;
+    }
     modules_mount_point()?;
     println!("setup: done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())

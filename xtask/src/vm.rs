@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result, bail};
 
 use crate::kernels::{Kernel, vm_dir};
+use crate::stacks;
 use crate::util::{self, Line, shell_quote};
 
 /// The default `lsm=` list: BPF-LSM enabled, AppArmor/SELinux left out.
@@ -250,6 +251,7 @@ fn boot(kernel: &Kernel, guest_script: &str, opts: &VmOptions, accel: Accel) -> 
         format!("eci_release={}", kernel.release),
         format!("eci_modules={}", kernel.modules_dir().display()),
         format!("eci_repo={}", util::repo_root().display()),
+        format!("eci_root={}", stacks::root(&kernel.stack)?.display()),
     ];
     cmdline.extend(opts.extra_cmdline.iter().cloned());
 
@@ -422,7 +424,7 @@ echo "eci-vm: kernel $(uname -r), lsm=$(cat /sys/kernel/security/lsm)"
     s.push_str(&format!("/bin/sh -c {}\n", shell_quote(guest_script)));
     s.push_str("rc=$?\nsync\n");
     s.push_str(&format!("echo \"ECI-VM-RESULT {nonce} $rc\"\n"));
-    s.push_str("poweroff -f || /bin/busybox poweroff -f\n");
+    s.push_str("poweroff -f 2>/dev/null || /bin/busybox poweroff -f\n");
     s
 }
 
@@ -444,14 +446,18 @@ arg() {{ sed -n "s/.*\<$1=\([^ ]*\).*/\1/p" /proc/cmdline; }}
 stage=$(arg eci_stage)
 release=$(arg eci_release)
 modules=$(arg eci_modules)
-mkdir -p /newroot /hostvarlib
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /newroot \
+mkdir -p /newroot /hostvarlib /hostfs
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /hostfs \
     || fail "mounting the host root over 9p"
+# The root the guest runs on: the host's own (/) or an engine stack's root
+# below it (build/vm/roots/sid).
+root=$(arg eci_root)
+mount --bind "/hostfs${{root:-/}}" /newroot || fail "binding the stack root ${{root:-/}}"
 # The repository may live below a directory that gets a tmpfs (a CI clone
 # in /tmp, say): hold it aside and put it back on top afterwards.
 repo=$(arg eci_repo)
 mkdir -p /repo-hold
-[ -n "$repo" ] && [ -d "/newroot$repo" ] && mount --bind "/newroot$repo" /repo-hold
+[ -n "$repo" ] && [ -d "/hostfs$repo" ] && mount --bind "/hostfs$repo" /repo-hold
 for d in /tmp /run /var/log; do
     mount -t tmpfs -o mode=0755 tmpfs "/newroot$d" || fail "tmpfs on $d"
 done
@@ -496,8 +502,10 @@ pub fn ensure_initramfs(kernel: &Kernel) -> Result<PathBuf> {
     if !busybox.is_file() {
         bail!("{BUSYBOX} is missing (apt-get install busybox-static; `cargo xtask setup` does it)");
     }
-    let builtin = fs::read_to_string(kernel.modules_dir().join("modules.builtin"))
-        .with_context(|| format!("reading modules.builtin of {}", kernel.release))?;
+    // sid's packages carry no modules.builtin (it is in linux-base-<v>): a
+    // module that is neither listed there nor found as a file is built in.
+    let builtin =
+        fs::read_to_string(kernel.modules_dir().join("modules.builtin")).unwrap_or_default();
     let mut modules: Vec<(&str, PathBuf)> = Vec::new();
     for name in INITRAMFS_MODULES {
         let is_builtin = builtin

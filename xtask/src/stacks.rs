@@ -1,0 +1,143 @@
+//! The engine stacks the VM tests run on. `bookworm` is this machine's own
+//! root (shared read-only over 9p): Docker 20.10, containerd 1.6, runc 1.1.
+//! `sid` is a Debian unstable root made with mmdebstrap under
+//! `build/vm/roots/sid/` (Docker 28, containerd 2, runc 1.3, BuildKit): the
+//! newest stack users run. The project's binaries, built here against glibc
+//! 2.36, run unchanged on it; the repository is bound into it at the same
+//! path.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::apt;
+use crate::util::{self, run};
+
+/// What the sid root holds: the engine stack, what the tests and the guest
+/// script run (mount, losetup, mke2fs, unshare, ip, python3), busybox for
+/// the test image.
+const SID_PACKAGES: &[&str] = &[
+    "docker.io",
+    "docker-cli",
+    "docker-buildx",
+    "containerd",
+    "runc",
+    "crun",
+    "iptables",
+    "iproute2",
+    "procps",
+    "util-linux",
+    "mount",
+    "kmod",
+    "e2fsprogs",
+    "busybox-static",
+    "python3",
+];
+
+/// The root directory of a stack, as a path on this machine; `/` for the
+/// machine's own.
+pub fn root(stack: &str) -> Result<PathBuf> {
+    match stack {
+        "bookworm" => Ok(PathBuf::from("/")),
+        "sid" => Ok(sid_dir()),
+        other => bail!("unknown engine stack {other:?} (bookworm or sid)"),
+    }
+}
+
+fn sid_dir() -> PathBuf {
+    util::build_dir().join("vm/roots/sid")
+}
+
+fn stamp_text() -> String {
+    format!("packages: {}\n", SID_PACKAGES.join(","))
+}
+
+/// Makes the sid root if it is missing or was made for another package
+/// list; quick and offline when it is there.
+pub fn ensure(stack: &str) -> Result<()> {
+    if stack != "sid" {
+        return Ok(());
+    }
+    let dir = sid_dir();
+    let stamp = dir.with_extension("stamp");
+    if dir.join("usr/sbin/dockerd").is_file()
+        && fs::read_to_string(&stamp).ok().as_deref() == Some(stamp_text().as_str())
+    {
+        mount_points(&dir)?;
+        println!("stacks: sid root: skipped (present in {})", dir.display());
+        return Ok(());
+    }
+    if util::which("mmdebstrap").is_none() {
+        bail!(
+            "mmdebstrap is missing: `cargo xtask setup` installs it (apt-get install mmdebstrap)"
+        );
+    }
+    let scratch = dir.with_extension("new");
+    if scratch.exists() {
+        fs::remove_dir_all(&scratch)?;
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::create_dir_all(dir.parent().context("roots dir")?)?;
+    println!(
+        "stacks: making the sid root with mmdebstrap ({})",
+        SID_PACKAGES.join(" ")
+    );
+    let started = Instant::now();
+    run(Command::new("mmdebstrap")
+        .args([
+            "--quiet",
+            "--variant=apt",
+            "--aptopt=Acquire::Check-Valid-Until \"false\"",
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/locale/*",
+        ])
+        .arg(format!("--include={}", SID_PACKAGES.join(",")))
+        .arg("sid")
+        .arg(&scratch)
+        .arg(apt::mirror()))
+    .context("mmdebstrap of the sid root")?;
+    fs::rename(&scratch, &dir)?;
+    mount_points(&dir)?;
+    let versions = util::output(
+        Command::new("chroot")
+            .arg(&dir)
+            .args(["dpkg-query", "-W", "-f", "${Package} ${Version}\n"])
+            .args(["docker.io", "containerd", "runc", "crun", "docker-buildx"]),
+    )
+    .unwrap_or_default();
+    fs::write(dir.with_extension("versions"), &versions)?;
+    fs::write(&stamp, stamp_text())?;
+    println!(
+        "stacks: sid root made in {:.0}s: {}",
+        started.elapsed().as_secs_f64(),
+        versions.lines().collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+/// Directories the guest mounts on (the root is read-only in the VM): the
+/// repository at its own path, and `/lib/modules` for the kernel's modules.
+fn mount_points(dir: &std::path::Path) -> Result<()> {
+    let repo = util::repo_root();
+    let inside = dir.join(repo.strip_prefix("/").unwrap_or(&repo));
+    fs::create_dir_all(&inside)
+        .with_context(|| format!("making the repository's mount point {}", inside.display()))?;
+    fs::create_dir_all(dir.join("usr/lib/modules"))?;
+    Ok(())
+}
+
+/// One line naming a stack's engine versions, for summaries.
+pub fn describe(stack: &str) -> String {
+    match stack {
+        "sid" => fs::read_to_string(sid_dir().with_extension("versions"))
+            .map(|v| format!("sid ({})", v.lines().collect::<Vec<_>>().join(", ")))
+            .unwrap_or_else(|_| "sid".into()),
+        other => other.to_string(),
+    }
+}
