@@ -4,6 +4,7 @@
 mod apt;
 mod docker;
 mod kernels;
+mod matrix;
 mod setup;
 mod showcase;
 mod stacks;

@@ -27,9 +27,26 @@ pub fn demo() -> Result<()> {
     );
     let opts = vm::VmOptions {
         label: "demo".into(),
+        // Each step has its own limit inside; this one ends a VM that hangs
+        // outside any step.
+        timeout: std::time::Duration::from_secs(15 * 60),
         ..vm::VmOptions::default()
     };
     let outcome = vm::run_in_vm(&kernel, DEMO_SCRIPT, &opts)?;
+    let verdict = outcome
+        .output
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("ECI-DEMO-VERDICT:"))
+        .cloned();
+    match verdict {
+        Some(v) => println!("demo: {v}"),
+        None => println!(
+            "demo: no verdict: {} (console log: {})",
+            outcome.result,
+            outcome.log.display()
+        ),
+    }
     outcome.ensure_success()
 }
 

@@ -2,11 +2,15 @@
 //! tests run natively where the host kernel allows BPF-LSM programs and in
 //! the VM matrix where it does not.
 
-use std::{path::PathBuf, process::Command, time::Instant};
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 
-use crate::{docker, kernels, util, vm};
+use crate::{docker, kernels, matrix, util};
 
 /// Totals parsed from libtest's `test result:` lines.
 #[derive(Default, Debug, Clone, Copy)]
@@ -94,38 +98,19 @@ pub fn build_test_binaries() -> Result<Vec<PathBuf>> {
     Ok(bins)
 }
 
-/// The Docker suites (each starts its own dockerd in the VM): the slowest
-/// tests under emulation, so a full matrix run gives each to one kernel —
-/// one to each, as the kernels boot side by side — to keep CI within its
-/// time budget. A suite whose kernel is not in the run goes everywhere; a
-/// filter that names a suite runs it on every kernel asked for.
-const DOCKER_SUITES: &[(&str, &str)] = &[("escape_suite", "6.12"), ("full_stack", "6.1")];
-
-/// Test-binary arguments for one kernel of a run over `kernels`: the
-/// filter, or, for a full run, `--skip` for each Docker suite given to
-/// another kernel of the run.
-fn test_args(kernel: &str, kernels: &[&str], filter: &[String]) -> Vec<String> {
-    if !filter.is_empty() {
-        return filter.to_vec();
-    }
-    DOCKER_SUITES
-        .iter()
-        .filter(|(_, home)| *home != kernel && kernels.contains(home))
-        .flat_map(|(suite, _)| ["--skip".to_string(), suite.to_string()])
-        .collect()
-}
-
-fn guest_script(bins: &[PathBuf], filter: &[String]) -> String {
+fn guest_script(bins: &[PathBuf], args: &[String]) -> String {
     let mut s = String::from("rc=0\n");
     if bins.is_empty() {
         s.push_str("echo 'eci-vm: no integration test binaries'\n");
     }
-    let filter: Vec<String> = filter.iter().map(|f| util::shell_quote(f)).collect();
+    let args: Vec<String> = args.iter().map(|f| util::shell_quote(f)).collect();
     for bin in bins {
+        // libtest's JSON events (one line per test, with its time) are read
+        // by matrix.rs; RUSTC_BOOTSTRAP lets the stable test binary print them.
         s.push_str(&format!(
-            "{} --test-threads=1 --nocapture {} || rc=1\n",
+            "RUSTC_BOOTSTRAP=1 {} -Z unstable-options --format json --report-time --test-threads=1 --nocapture {} || rc=1\n",
             util::shell_quote(&bin.to_string_lossy()),
-            filter.join(" ")
+            args.join(" ")
         ));
     }
     s.push_str("exit $rc\n");
@@ -136,106 +121,44 @@ fn guest_script(bins: &[PathBuf], filter: &[String]) -> String {
 /// cores.
 const VMS_AT_ONCE: usize = 2;
 
-/// Run the integration tests in each kernel of the matrix (two VMs side by
-/// side: the first one's console is echoed live, the others' when they
-/// end), plus one boot without `bpf` in `lsm=` for the refusal test.
+/// A VM that runs longer than this is killed and counted as failed.
+const VM_TIMEOUT: Duration = Duration::from_secs(35 * 60);
+
+/// Run the integration tests in the VM matrix (see `matrix.rs`): with a
+/// filter, that filter on each kernel asked for; without, every kernel's
+/// kernel suites, each stack's engine suites and one boot without `bpf` in
+/// `lsm=`. Prints a line per VM and the slowest ten tests.
 pub fn vm_test(kernel_spec: &str, filter: &[String], tally: &mut Tally) -> Result<bool> {
     let kernels = kernels::select(kernel_spec)?;
     let bins = build_test_binaries()?;
-    let names: &[&str] = &kernels.iter().map(|k| k.name.as_str()).collect::<Vec<_>>();
+    let jobs = matrix::plan(&kernels, filter);
+    println!(
+        "vm-test: {} VM runs, {} at a time: {}",
+        jobs.len(),
+        VMS_AT_ONCE,
+        jobs.iter()
+            .map(|j| format!("{} / {} / {}", j.kernel.name, j.kernel.stack, j.part))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let lines = matrix::run(
+        jobs,
+        |args| guest_script(&bins, args),
+        VMS_AT_ONCE,
+        VM_TIMEOUT,
+    )?;
     let mut ok = true;
-    for batch in kernels.chunks(VMS_AT_ONCE) {
-        let outcomes: Vec<(usize, Result<vm::VmOutcome>)> = std::thread::scope(|scope| {
-            let runs: Vec<_> = batch
-                .iter()
-                .enumerate()
-                .map(|(i, kernel)| {
-                    let bins = &bins;
-                    scope.spawn(move || {
-                        let opts = vm::VmOptions {
-                            env: vec![
-                                ("ECI_REQUIRE_LSM".into(), "1".into()),
-                                ("ECI_LSM_EXPECTED".into(), "present".into()),
-                                ("RUST_BACKTRACE".into(), "1".into()),
-                            ],
-                            label: "vm-test".into(),
-                            echo: i == 0,
-                            ..vm::VmOptions::default()
-                        };
-                        let args = test_args(&kernel.name, names, filter);
-                        println!("vm-test: kernel {} ({}) starting", kernel.name, kernel.release);
-                        for (suite, home) in DOCKER_SUITES {
-                            if args.iter().any(|a| a == suite) && filter.is_empty() {
-                                println!(
-                                    "vm-test: kernel {}: SKIP {suite} here: it runs on {home} in a full run (CI time budget); `cargo xtask vm-test --kernel {} -- {suite}` runs it here",
-                                    kernel.name, kernel.name
-                                );
-                            }
-                        }
-                        vm::run_in_vm(kernel, &guest_script(bins, &args), &opts)
-                    })
-                })
-                .collect();
-            runs.into_iter()
-                .enumerate()
-                .map(|(i, run)| {
-                    let outcome = run
-                        .join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the VM thread panicked")));
-                    (i, outcome)
-                })
-                .collect()
-        });
-        for (i, outcome) in outcomes {
-            let kernel = &batch[i];
-            let outcome = outcome?;
-            if i != 0 {
-                println!(
-                    "vm-test: kernel {}: console (ran beside the one above):",
-                    kernel.name
-                );
-                for line in &outcome.output {
-                    println!("{line}");
-                }
-            }
-            tally.add_output(&outcome.output);
-            println!(
-                "vm-test: kernel {}: {} in {:.0}s (boot to tests {:.1}s)",
-                kernel.name,
-                outcome.result,
-                outcome.duration.as_secs_f64(),
-                outcome
-                    .boot_to_script
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(f64::NAN)
-            );
-            ok &= outcome.success();
-        }
+    println!("vm-test: summary per VM run");
+    for l in &lines {
+        println!("  {}{}", l.line, if l.ok { "" } else { "  <-- FAILED" });
+        tally.passed += l.report.passed;
+        tally.failed += l.report.failed;
+        tally.ignored += l.report.skipped;
+        ok &= l.ok;
     }
-    if filter.is_empty()
-        && let Some(kernel) = kernels
-            .iter()
-            .find(|k| k.name == "6.12")
-            .or(kernels.first())
-    {
-        let opts = vm::VmOptions {
-            lsm: "lockdown,capability,landlock,yama".into(),
-            env: vec![
-                ("ECI_LSM_EXPECTED".into(), "absent".into()),
-                ("RUST_BACKTRACE".into(), "1".into()),
-            ],
-            label: "vm-test-no-bpf-lsm".into(),
-            ..vm::VmOptions::default()
-        };
-        println!("vm-test: kernel {} booted WITHOUT bpf in lsm=", kernel.name);
-        let outcome = vm::run_in_vm(
-            kernel,
-            &guest_script(&bins, &["lsm_unavailable".into()]),
-            &opts,
-        )?;
-        tally.add_output(&outcome.output);
-        println!("vm-test: no-bpf-lsm boot: {}", outcome.result);
-        ok &= outcome.success();
+    println!("vm-test: the slowest ten tests");
+    for s in matrix::slowest(&lines, 10) {
+        println!("  {s}");
     }
     Ok(ok)
 }
@@ -341,7 +264,8 @@ pub fn test_all() -> Result<()> {
                 }
                 ok &= vm_ok;
                 stages.push(format!(
-                    "VM matrix (6.1, 6.12, 6.12 without bpf in lsm=): {}",
+                    "VM matrix ({} kernels, both stacks, one boot without bpf in lsm=): {}",
+                    kernels::names(),
                     if vm_ok { "ok" } else { "FAILED" }
                 ));
             }
@@ -373,16 +297,6 @@ pub fn test_all() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn each_docker_suite_runs_on_one_kernel_of_a_full_run() {
-        let both = ["6.1", "6.12"];
-        assert_eq!(test_args("6.12", &both, &[]), ["--skip", "full_stack"]);
-        assert_eq!(test_args("6.1", &both, &[]), ["--skip", "escape_suite"]);
-        // A suite whose kernel is not in the run runs everywhere.
-        assert!(test_args("6.12", &["6.12"], &[]).is_empty());
-        assert_eq!(test_args("6.1", &both, &["escape".to_string()]), ["escape"]);
-    }
 
     #[test]
     fn tally_reads_libtest_lines_with_colour() {

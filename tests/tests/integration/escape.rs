@@ -503,7 +503,9 @@ fn escape_suite_every_attack_is_stopped_with_eci_and_shown_against_plain_runc() 
         .map(|(n, c)| (*n, c.to_string()))
         .collect();
     if device.is_none() {
-        println!("SKIP: {name}: vm_block_device: no loop device in this VM (modprobe loop failed)");
+        println!(
+            "SKIP PART: {name}: vm_block_device: no loop device in this VM (modprobe loop failed)"
+        );
     }
 
     let dev_path = device.clone().unwrap_or_else(|| "/dev/none".into());

@@ -76,7 +76,7 @@ fn a_protected_task_opens_no_device_node_beyond_the_standard_set_wherever_the_no
         assert_denied_only_when_protected(&protected, &unprotected, "open", &disk);
         let _ = Command::new("losetup").args(["-d", &loop_dev]).status();
     } else {
-        println!("SKIP: {name}: block device part: no loop device here ({out:?})");
+        println!("SKIP PART: {name}: block device part: no loop device here ({out:?})");
     }
     // The standard set stays open, wherever its node lives.
     let null = scratch.0.join("null");
