@@ -6,16 +6,67 @@ use std::path::PathBuf;
 
 /// runc global flags that take a value.
 const GLOBAL_WITH_VALUE: &[&str] = &["--root", "--log", "--log-format", "--criu", "--rootless"];
-/// Command flags that take a value (of the commands eci-runc looks into).
+/// Command flags that take a value, as runc 1.1 to 1.3 define them (a flag
+/// missing here would make its value look like the container id: runc 1.2
+/// added `--pidfd-socket` to create, run and exec).
 const COMMAND_WITH_VALUE: &[&str] = &[
+    // create, run, restore
     "--bundle",
     "-b",
     "--pid-file",
     "--console-socket",
+    "--pidfd-socket",
     "--preserve-fds",
+    // exec
     "--process",
     "-p",
+    "--cwd",
+    "--env",
+    "-e",
+    "--user",
+    "-u",
+    "--additional-gids",
+    "-g",
+    "--process-label",
+    "--apparmor",
+    "--cap",
+    "-c",
+    "--cgroup",
+    // kill (older runc), events
     "--signal",
+    "--interval",
+    // update
+    "--resources",
+    "-r",
+    "--blkio-weight",
+    "--cpu-period",
+    "--cpu-quota",
+    "--cpu-rt-period",
+    "--cpu-rt-runtime",
+    "--cpu-share",
+    "--cpuset-cpus",
+    "--cpuset-mems",
+    "--cpu-idle",
+    "--kernel-memory",
+    "--kernel-memory-tcp",
+    "--memory",
+    "--memory-reservation",
+    "--memory-swap",
+    "--pids-limit",
+    "--l3-cache-schema",
+    "--mem-bw-schema",
+    // checkpoint, restore
+    "--image-path",
+    "--work-path",
+    "--parent-path",
+    "--page-server",
+    "--manage-cgroups-mode",
+    "--empty-ns",
+    "--status-fd",
+    "--lsm-profile",
+    "--lsm-mount-context",
+    // ps, list
+    "--format",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -75,6 +126,12 @@ pub fn parse(argv: &[String]) -> Invocation {
     while i < argv.len() {
         let mut step = 1;
         if argv[i].starts_with('-') {
+            // `-f` is `--force` for delete, `--format <f>` for ps and list.
+            let short_format = argv[i] == "-f" && matches!(command.as_str(), "ps" | "list");
+            if short_format {
+                i += 2;
+                continue;
+            }
             if argv[i] == "--force" || argv[i] == "-f" {
                 inv.force = true;
             }
@@ -101,6 +158,27 @@ pub fn parse(argv: &[String]) -> Invocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runc_1_2_and_1_3_flags_with_values_are_not_taken_for_the_container_id() {
+        let inv = parse(&v(
+            "--root /r --systemd-cgroup create --pidfd-socket /run/p.sock --bundle /b --pid-file /b/p abc",
+        ));
+        assert_eq!(inv.container_id.as_deref(), Some("abc"));
+        assert_eq!(inv.bundle, Some(PathBuf::from("/b")));
+        let inv = parse(&v(
+            "exec --env A=B -e C=D --cwd /x --user 0:0 --cgroup sub --pidfd-socket /s --process-label l --cap CAP_X abc sh",
+        ));
+        assert_eq!(inv.container_id.as_deref(), Some("abc"));
+        let inv = parse(&v("update --memory 100 --pids-limit 5 abc"));
+        assert_eq!(inv.container_id.as_deref(), Some("abc"));
+        let inv = parse(&v("ps -f json abc"));
+        assert_eq!(inv.container_id.as_deref(), Some("abc"));
+        assert!(!inv.force);
+        let inv = parse(&v("delete -f abc"));
+        assert_eq!(inv.container_id.as_deref(), Some("abc"));
+        assert!(inv.force);
+    }
 
     fn v(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()

@@ -63,6 +63,12 @@ pub struct ContainerImage {
 pub struct References {
     by_reference: BTreeMap<String, String>,
     image_records: Option<PathBuf>,
+    /// The engine keeps its images in containerd (Docker's containerd image
+    /// store, an option since Docker 24, the default of new installs from
+    /// Docker 29): no reference store or image records under its data root.
+    /// Names then trust nothing (their pull history is not readable here);
+    /// entries pinned by id still do.
+    containerd_image_store: bool,
 }
 
 #[derive(Deserialize)]
@@ -130,10 +136,21 @@ pub fn docker_image(
         .parent()
         .and_then(Path::parent)
         .ok_or(TrustError::NotADockerContainer)?;
-    let store_path = data_root
-        .join("image")
-        .join(&record.driver)
-        .join("repositories.json");
+    let image_dir = data_root.join("image").join(&record.driver);
+    if !image_dir.is_dir() {
+        // Never "trusted" for want of a record: nothing is trusted by name.
+        return Ok((
+            ContainerImage {
+                id: record.image,
+                name: record.config.image,
+            },
+            References {
+                containerd_image_store: true,
+                ..References::default()
+            },
+        ));
+    }
+    let store_path = image_dir.join("repositories.json");
     let references = match read_json::<ReferenceStore>(&store_path) {
         Ok(store) => References::from_store(store),
         // No image was ever tagged or pulled: nothing is trusted by name.
@@ -203,6 +220,7 @@ impl References {
         Self {
             by_reference,
             image_records: None,
+            containerd_image_store: false,
         }
     }
 
@@ -283,7 +301,8 @@ pub fn trusting_entry<'a>(
     image: &ContainerImage,
     references: &References,
 ) -> Result<&'a str, String> {
-    let direct = directly_trusting_entry(images, image, references);
+    let direct = directly_trusting_entry(images, image, references)
+        .map_err(|why| format!("{why}{}", store_note(references)));
     if direct.is_ok() || !allow_derived {
         return direct;
     }
@@ -301,6 +320,15 @@ pub fn trusting_entry<'a>(
         }
     }
     direct.map_err(|why| format!("{why}; nor is it built from an allowed image"))
+}
+
+/// Why names cannot trust an image on this engine, if that is the case.
+fn store_note(references: &References) -> &'static str {
+    if references.containerd_image_store {
+        " (this engine keeps its images in containerd's image store, where eci does not read a name's pull history: only entries pinned by image id, name@sha256:<id>, trust an image here)"
+    } else {
+        ""
+    }
 }
 
 fn directly_trusting_entry<'a>(
@@ -370,6 +398,24 @@ mod tests {
         );
         assert_eq!(normalize_name("localhost/app"), "localhost/app");
         assert_eq!(normalize_name("reg:5000/app"), "reg:5000/app");
+    }
+
+    #[test]
+    fn on_the_containerd_image_store_names_trust_nothing_and_say_why_while_ids_still_do() {
+        let refs = References {
+            containerd_image_store: true,
+            ..References::default()
+        };
+        let a = image(ID_A, "docker:cli");
+        let why = trusting_entry_direct(&entries(&["docker:cli"]), &a, &refs)
+            .expect_err("a name must not trust an image whose records eci cannot read");
+        assert!(why.contains("containerd's image store"), "{why}");
+        let pinned = format!("docker@{ID_A}");
+        assert_eq!(
+            trusting_entry_direct(&entries(&[&pinned]), &a, &refs),
+            Ok(pinned.as_str())
+        );
+        assert!(trusting_entry(&entries(&["docker:cli"]), true, &a, &refs).is_err());
     }
 
     #[test]

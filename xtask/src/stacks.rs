@@ -30,6 +30,7 @@ const SID_PACKAGES: &[&str] = &[
     "iproute2",
     "procps",
     "util-linux",
+    "util-linux-extra",
     "mount",
     "kmod",
     "e2fsprogs",
