@@ -306,7 +306,7 @@ fn expected_mode() -> &'static str {
 
 /// Every rule and its state, per kernel of the matrix: Debian 11's 5.10
 /// has every hook eci attaches (only the ancestor walk's helper is
-/// missing, which the registry replaces), and so have 6.1 and 6.12.
+/// missing, which the registry replaces), and so have 6.1, 6.12 and 7.2.
 fn expected_rules() -> Vec<(&'static str, &'static str)> {
     let all_enforced = vec![
         ("protected_descendants", "enforced"),
@@ -320,7 +320,7 @@ fn expected_rules() -> Vec<(&'static str, &'static str)> {
     ];
     match kernel_version() {
         (5, 10) => all_enforced,
-        (6, _) => all_enforced,
+        (6, _) | (7, _) => all_enforced,
         other => panic!("no expected rule list for kernel {other:?}: add one"),
     }
 }
