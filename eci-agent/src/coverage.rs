@@ -159,13 +159,26 @@ pub fn rule_states(
             status,
         }
     };
-    // The ancestor walk needs no program of its own: the load proved the
-    // helper is there (`eci_probe_ancestor`).
-    let descendants: &[&str] = match mode {
-        ProtectionMode::AncestorWalk => &[],
-        ProtectionMode::Registry => &[CGROUP_MKDIR.name],
+    // The ancestor walk needs no program of its own (the load proved its
+    // helper is there, `eci_probe_ancestor`): it is in every hook's
+    // prologue, so it is in force as soon as one hook is.
+    let descendants = match mode {
+        ProtectionMode::AncestorWalk => {
+            if all
+                .iter()
+                .any(|p| p.attach == Attach::Lsm && attached(p.name))
+            {
+                state(PROTECTED_DESCENDANTS, &[])
+            } else {
+                RuleState {
+                    rule: PROTECTED_DESCENDANTS.to_owned(),
+                    status: "missing: no hook program is attached".to_owned(),
+                }
+            }
+        }
+        ProtectionMode::Registry => state(PROTECTED_DESCENDANTS, &[CGROUP_MKDIR.name]),
     };
-    let mut states = vec![state(PROTECTED_DESCENDANTS, descendants)];
+    let mut states = vec![descendants];
     states.extend(RULES.iter().map(|r| state(r.name, r.programs)));
     states
 }
@@ -223,5 +236,7 @@ mod tests {
                 .all(|s| s.status.starts_with("missing: program")),
             "{states:?}"
         );
+        let states = rule_states(ProtectionMode::AncestorWalk, &|_| false, &|_| Some(true));
+        assert!(states.iter().all(|s| !s.is_enforced()), "{states:?}");
     }
 }

@@ -296,7 +296,7 @@ pub fn render(status: &Status) -> String {
         "rules:            {enforced}/{} enforced{}",
         status.rules.len(),
         if status.degraded {
-            " (DEGRADED: a rule is missing on this kernel)"
+            " (DEGRADED: a rule is missing)"
         } else {
             ""
         }
