@@ -44,6 +44,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let layout = PinLayout::new(&config.pin_dir);
     let own_cgroup = cgroups::own_cgroup("self")?;
 
+    let mut mode = None;
+    let mut coverage = Vec::new();
     let (rules, kernel): (Box<dyn RuleStore>, Option<KernelParts>) = if config
         .unenforced_for_testing
     {
@@ -53,8 +55,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         (Box::new(UnenforcedRules::default()), None)
     } else {
         let started = std::time::Instant::now();
-        let ebpf = enforcement::probe_lsm(&layout)?;
-        let mut enforcement = enforcement::attach_all(ebpf, &layout)?;
+        let loaded = enforcement::probe_lsm(&layout, config.protection_mode)?;
+        let mut enforcement = enforcement::attach_all(loaded, &layout)?;
+        tracing::info!(
+            mode = enforcement.mode.name(),
+            "protection: {}",
+            enforcement.mode.describe()
+        );
+        for rule in enforcement.coverage.iter().filter(|r| !r.is_enforced()) {
+            tracing::warn!(rule = %rule.rule, "rule {} is NOT enforced on this kernel: {}", rule.rule, rule.status);
+        }
+        mode = Some(enforcement.mode);
+        coverage = enforcement.coverage.clone();
         let logger = match aya_log::EbpfLogger::init(&mut enforcement.ebpf) {
             Ok(logger) => Some(logger),
             Err(err) => {
@@ -92,6 +104,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         own_cgroup,
         parents,
         sockets,
+        mode,
+        coverage,
     }));
     let mut vm_namespaces = vm::VmNamespaces::default();
     {

@@ -90,6 +90,9 @@ fn undecided_reason(what: u64) -> &'static str {
         undecided::MOUNT => "a superblock or mount could not be read",
         undecided::CGROUP_TREE => "a cgroup directory's ancestry could not be read",
         undecided::SOCKET => "a socket's file could not be read",
+        undecided::REGISTRY => {
+            "a new cgroup below a protected one could not be registered (its parent unreadable, or the protected map full); the agent's next walk of cgroupfs registers it"
+        }
         _ => "unknown",
     }
 }
@@ -121,6 +124,9 @@ pub fn to_line(event: &AuditEvent, names: &Names, wall_clock_ns: i128) -> AuditL
             "write to cgroup id {} outside every protected cgroup",
             event.object.ino
         )),
+        "undecided" if event.object.ino == undecided::REGISTRY => {
+            Some(undecided_reason(event.object.ino).to_owned())
+        }
         "undecided" => Some(format!(
             "could not be decided ({}): refused where the hook guards the VM",
             undecided_reason(event.object.ino)

@@ -6,7 +6,10 @@
 //! are looked up in `/sys/kernel/btf/vmlinux` of the running kernel at load
 //! time instead of being compiled in.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use eci_common::KernelOffsets;
 
@@ -64,7 +67,16 @@ enum Type {
 pub struct Btf {
     types: Vec<Type>,
     structs_by_name: HashMap<String, u32>,
+    /// Names of the functions and typedefs that tell which attach points
+    /// this kernel has: `bpf_lsm_<hook>` (a BPF-LSM hook) and
+    /// `btf_trace_<tracepoint>` (a tracepoint BTF programs can attach to).
+    attach_points: HashSet<String>,
 }
+
+/// Prefixes of the names kept in `Btf::attach_points`.
+const LSM_PREFIX: &str = "bpf_lsm_";
+const TRACEPOINT_PREFIX: &str = "btf_trace_";
+const KIND_FUNC: u32 = 12;
 
 struct Reader<'a> {
     data: &'a [u8],
@@ -77,6 +89,12 @@ impl Reader<'_> {
             .get(at..at + 4)
             .ok_or(BtfError::Malformed("truncated"))?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+}
+
+fn keep_attach_point(points: &mut HashSet<String>, name: String, prefix: &str) {
+    if name.starts_with(prefix) {
+        points.insert(name);
     }
 }
 
@@ -122,6 +140,7 @@ impl Btf {
 
         let mut types = vec![Type::Other];
         let mut structs_by_name = HashMap::new();
+        let mut attach_points = HashSet::new();
         let mut at = types_start;
         while at < types_end {
             let name_off = r.u32_at(at)?;
@@ -158,9 +177,15 @@ impl Btf {
                     Type::Composite { members }
                 }
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    if kind == KIND_TYPEDEF {
+                        keep_attach_point(&mut attach_points, name_at(name_off), TRACEPOINT_PREFIX);
+                    }
                     Type::Alias(size_or_type)
                 }
                 _ => {
+                    if kind == KIND_FUNC {
+                        keep_attach_point(&mut attach_points, name_at(name_off), LSM_PREFIX);
+                    }
                     at += match kind {
                         1 | 14 | 17 => 4,     // int, var, decl tag
                         3 => 12,              // array
@@ -178,7 +203,20 @@ impl Btf {
         Ok(Self {
             types,
             structs_by_name,
+            attach_points,
         })
+    }
+
+    /// Whether BPF-LSM programs can attach to `hook` (`bpf_lsm_<hook>`).
+    pub fn has_lsm_hook(&self, hook: &str) -> bool {
+        self.attach_points.contains(&format!("{LSM_PREFIX}{hook}"))
+    }
+
+    /// Whether BTF tracepoint programs can attach to `tracepoint`
+    /// (`btf_trace_<tracepoint>`).
+    pub fn has_btf_tracepoint(&self, tracepoint: &str) -> bool {
+        self.attach_points
+            .contains(&format!("{TRACEPOINT_PREFIX}{tracepoint}"))
     }
 
     fn resolve(&self, mut id: u32) -> Option<&Type> {
@@ -279,6 +317,12 @@ impl Btf {
             task_cred: self.member_offset("task_struct", "cred")?,
             cred_user_ns: self.member_offset("cred", "user_ns")?,
             user_ns_common: self.member_offset("user_namespace", "ns")?,
+            cgroup_kn: self.member_offset("cgroup", "kn")?,
+            cgroup_self: self.member_offset("cgroup", "self")?,
+            css_parent: self.member_offset("cgroup_subsys_state", "parent")?,
+            cgroup_root: self.member_offset("cgroup", "root")?,
+            cgroup_root_hierarchy_id: self.member_offset("cgroup_root", "hierarchy_id")?,
+            kernfs_node_id: self.member_offset("kernfs_node", "id")?,
             valid: 1,
         })
     }
@@ -379,5 +423,8 @@ mod tests {
         assert_eq!(offsets.valid, 1);
         // `struct path` is { vfsmount *mnt; dentry *dentry; } on every kernel.
         assert_eq!(offsets.path_dentry, 8);
+        assert!(btf.has_lsm_hook("file_open"));
+        assert!(btf.has_btf_tracepoint("cgroup_mkdir"));
+        assert!(!btf.has_lsm_hook("no_such_hook"));
     }
 }

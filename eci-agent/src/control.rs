@@ -255,6 +255,7 @@ fn protect(shared: &mut Shared, spec: &str) -> Result<(u64, String), RegisterErr
         return Err(err.into());
     }
     shared.names.cgroups.insert(cgroup.id, cgroup.path.clone());
+    shared.register_descendants(cgroup.id, &cgroup.dir);
     tracing::info!(cgroup = %cgroup.path, immutable_mounts = mounts.len(), "initial mounts recorded");
     Ok((cgroup.id, cgroup.path))
 }
@@ -262,8 +263,8 @@ fn protect(shared: &mut Shared, spec: &str) -> Result<(u64, String), RegisterErr
 fn unprotect(shared: &mut Shared, spec: &str) -> Result<(u64, String), RegisterError> {
     // A runtime may unregister after the cgroup is gone: the registry still
     // knows its id.
-    let (id, path) = match cgroups::resolve(spec) {
-        Ok(cgroup) => (cgroup.id, cgroup.path),
+    let (id, path, dir) = match cgroups::resolve(spec) {
+        Ok(cgroup) => (cgroup.id, cgroup.path, Some(cgroup.dir)),
         Err(err) => {
             let wanted = format!("/{}", spec.trim_start_matches('/'));
             shared
@@ -271,7 +272,7 @@ fn unprotect(shared: &mut Shared, spec: &str) -> Result<(u64, String), RegisterE
                 .cgroups
                 .iter()
                 .find(|(_, p)| **p == wanted)
-                .map(|(id, p)| (*id, p.clone()))
+                .map(|(id, p)| (*id, p.clone(), None))
                 .ok_or(err)?
         }
     };
@@ -283,6 +284,9 @@ fn unprotect(shared: &mut Shared, spec: &str) -> Result<(u64, String), RegisterE
             let _ = shared.rules.clear_immutable_mounts(id);
             if left == 0 {
                 shared.names.cgroups.remove(&id);
+            }
+            if let Some(dir) = dir {
+                shared.register_descendants(id, &dir);
             }
             Ok((id, path))
         }

@@ -6,20 +6,29 @@
 //! attaches a fresh set of programs while the old set still holds, and only
 //! then drops the old links: no gap, and no duplicate attachment afterwards.
 
-use std::path::Path;
+use std::{collections::BTreeSet, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, RingBuf},
-    programs::{Lsm, links::FdLink},
+    programs::{BtfTracePoint, Lsm, links::FdLink},
 };
-use eci_common::{Hook, KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROBE_TGID_GLOBAL, map_names};
+use eci_common::{
+    KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROBE_TGID_GLOBAL, PROTECTION_MODE_GLOBAL, map_names,
+};
 
-use crate::{btf, lsm, pins::PinLayout, rules::KernelRules};
+use crate::{
+    btf,
+    coverage::{self, Attach, Program, RuleState},
+    lsm,
+    pins::PinLayout,
+    registry::{ModeChoice, ProtectionMode},
+    rules::KernelRules,
+};
 
-/// The programs eci attaches, by program name (= hook name).
-pub const PROGRAMS: [Hook; Hook::ALL.len()] = Hook::ALL;
 const PROBE_PROGRAM: &str = "eci_probe";
+/// Loads where LSM programs may walk cgroup ancestors (Linux 5.14+).
+const PROBE_ANCESTOR_PROGRAM: &str = "eci_probe_ancestor";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforcementError {
@@ -53,6 +62,10 @@ pub enum EnforcementError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "--protection-mode ancestor-walk: this kernel does not let LSM programs call bpf_get_current_ancestor_cgroup_id (Linux 5.14+; {0}); use auto or registry"
+    )]
+    NoAncestorWalk(String),
 }
 
 /// The BPF object, built for the BPF target by build.rs.
@@ -60,16 +73,30 @@ fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eci-ebpf"))
 }
 
-fn load_object(layout: &PinLayout, offsets: KernelOffsets) -> Result<Ebpf, EnforcementError> {
+fn load_object(
+    layout: &PinLayout,
+    offsets: KernelOffsets,
+    mode: ProtectionMode,
+) -> Result<Ebpf, EnforcementError> {
     let tgid = std::process::id();
+    let mode = mode.global();
     let kernel_btf = aya::Btf::from_sys_fs().ok();
     EbpfLoader::new()
         .btf(kernel_btf.as_ref())
         .default_map_pin_directory(layout.maps_dir())
         .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
         .override_global(PROBE_TGID_GLOBAL, &tgid, true)
+        .override_global(PROTECTION_MODE_GLOBAL, &mode, true)
         .load(object())
         .map_err(EnforcementError::Load)
+}
+
+/// The loaded object and the protection mode its programs were built for.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub mode: ProtectionMode,
+    /// The running kernel's BTF (its attach points).
+    pub kernel: btf::Btf,
 }
 
 fn lsm_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Lsm, EnforcementError> {
@@ -84,13 +111,26 @@ fn lsm_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Lsm, Enforc
 
 /// Prove that BPF-LSM programs load and run here: load the probe program,
 /// attach it, trigger its hook from this process, and check it counted.
-pub fn probe_lsm(layout: &PinLayout) -> Result<Ebpf, EnforcementError> {
+/// Then choose the protection mode: the ancestor walk where the kernel lets
+/// LSM programs call its helper (`choice` permitting), the registry
+/// elsewhere; the object is loaded for that mode.
+pub fn probe_lsm(layout: &PinLayout, choice: ModeChoice) -> Result<Loaded, EnforcementError> {
     let active = lsm::active_lsms();
     let btf = aya::Btf::from_sys_fs().map_err(|e| lsm::LsmUnavailable::NoBtf(e.to_string()))?;
-    let offsets = btf::Btf::from_sys_fs()?.kernel_offsets()?;
+    let kernel = btf::Btf::from_sys_fs()?;
+    let offsets = kernel.kernel_offsets()?;
     let existed = layout.exists();
     layout.create()?;
-    let result = probe_with(layout, offsets, &btf, active);
+    let result = probe_with(layout, offsets, &btf, active).and_then(|mut ebpf| {
+        let mode = choose_mode(&mut ebpf, &btf, choice)?;
+        if mode != ProtectionMode::AncestorWalk {
+            // Loaded again with the mode's constant: the verifier then drops
+            // the ancestor walk from every hook.
+            drop(ebpf);
+            ebpf = load_object(layout, offsets, mode)?;
+        }
+        Ok(Loaded { ebpf, mode, kernel })
+    });
     if result.is_err() && !existed {
         // Leave nothing behind on a kernel that cannot enforce.
         let _ = unload(layout);
@@ -104,7 +144,7 @@ fn probe_with(
     btf: &aya::Btf,
     active: Option<String>,
 ) -> Result<Ebpf, EnforcementError> {
-    let mut ebpf = load_object(layout, offsets)?;
+    let mut ebpf = load_object(layout, offsets, ProtectionMode::AncestorWalk)?;
     let program = lsm_program(&mut ebpf, PROBE_PROGRAM)?;
     if let Err(err) = program.load("socket_create", btf) {
         return Err(lsm::LsmUnavailable::LoadRefused {
@@ -145,43 +185,70 @@ fn probe_with(
     Ok(ebpf)
 }
 
+/// The mode `choice` asks for on this kernel: whether it lets LSM programs
+/// call `bpf_get_current_ancestor_cgroup_id` is tried by loading (never
+/// attaching) a program that does.
+fn choose_mode(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    choice: ModeChoice,
+) -> Result<ProtectionMode, EnforcementError> {
+    let program = lsm_program(ebpf, PROBE_ANCESTOR_PROGRAM)?;
+    let refused = match program.load("socket_create", btf) {
+        Ok(()) => {
+            let _ = program.unload();
+            None
+        }
+        Err(err) => Some(lsm::describe_program_error(&err)),
+    };
+    if let Some(why) = &refused {
+        tracing::info!("no ancestor walk on this kernel: {why}");
+    }
+    match (choice, refused) {
+        (ModeChoice::Registry, _) => Ok(ProtectionMode::Registry),
+        (ModeChoice::Auto | ModeChoice::AncestorWalk, None) => Ok(ProtectionMode::AncestorWalk),
+        (ModeChoice::Auto, Some(_)) => Ok(ProtectionMode::Registry),
+        (ModeChoice::AncestorWalk, Some(why)) => Err(EnforcementError::NoAncestorWalk(why)),
+    }
+}
+
 /// Handles to the maps the agent writes and reads while it runs.
 pub struct Enforcement {
     pub rules: KernelRules,
     pub events: RingBuf<MapData>,
+    pub mode: ProtectionMode,
+    /// Every rule, enforced or missing (and what it needs).
+    pub coverage: Vec<RuleState>,
     /// Keeps the object (and its aya-log buffer) alive.
     pub ebpf: Ebpf,
 }
 
-/// Attach every program and pin its link, replacing links a previous
-/// agent pinned (the new link is attached before the old one is dropped).
-pub fn attach_all(mut ebpf: Ebpf, layout: &PinLayout) -> Result<Enforcement, EnforcementError> {
+/// Attach every program of `mode` this kernel has an attach point for, and
+/// pin its link, replacing links a previous agent pinned (the new link is
+/// attached before the old one is dropped); links of programs not attached
+/// now go. A program whose attach point is missing leaves its rules
+/// missing (see `coverage`); one the kernel refuses is an error.
+pub fn attach_all(loaded: Loaded, layout: &PinLayout) -> Result<Enforcement, EnforcementError> {
+    let Loaded {
+        mut ebpf,
+        mode,
+        kernel,
+    } = loaded;
     let btf = aya::Btf::from_sys_fs().map_err(|e| lsm::LsmUnavailable::NoBtf(e.to_string()))?;
-    for hook in PROGRAMS {
-        let name = hook.name();
-        let program = lsm_program(&mut ebpf, name)?;
-        program
-            .load(name, &btf)
-            .map_err(|source| EnforcementError::Program {
-                name: name.into(),
-                source,
-            })?;
-        let link_id = program
-            .attach()
-            .map_err(|source| EnforcementError::Program {
-                name: name.into(),
-                source,
-            })?;
-        let link: FdLink = program
-            .take_link(link_id)
-            .map_err(|source| EnforcementError::Program {
-                name: name.into(),
-                source,
-            })?
-            .into();
-        replace_pinned_link(&layout.link(name), link)?;
-        tracing::info!(program = name, "attached and pinned");
+    let mut attached = BTreeSet::new();
+    for program in coverage::programs(mode) {
+        if !program.available(&kernel) {
+            continue;
+        }
+        let link = attach(&mut ebpf, &btf, program)?;
+        replace_pinned_link(&layout.link(program.name), link)?;
+        tracing::info!(program = program.name, "attached and pinned");
+        attached.insert(program.name);
     }
+    remove_other_links(layout, &attached)?;
+    let coverage = coverage::rule_states(mode, &|p| attached.contains(p), &|p| {
+        Some(p.available(&kernel))
+    });
     let rules = KernelRules {
         cgroups: take_map(&mut ebpf, map_names::PROTECTED_CGROUPS, HashMap::try_from)?,
         generation: take_map(&mut ebpf, map_names::PROTECTION_GENERATION, Array::try_from)?,
@@ -195,8 +262,60 @@ pub fn attach_all(mut ebpf: Ebpf, layout: &PinLayout) -> Result<Enforcement, Enf
     Ok(Enforcement {
         rules,
         events,
+        mode,
+        coverage,
         ebpf,
     })
+}
+
+/// Load and attach one program; its link, to pin.
+fn attach(ebpf: &mut Ebpf, btf: &aya::Btf, program: Program) -> Result<FdLink, EnforcementError> {
+    let name = program.name;
+    let err = |source| EnforcementError::Program {
+        name: name.into(),
+        source,
+    };
+    match program.attach {
+        Attach::Lsm => {
+            let p = lsm_program(ebpf, name)?;
+            p.load(name, btf).map_err(err)?;
+            let id = p.attach().map_err(err)?;
+            Ok(p.take_link(id).map_err(err)?.into())
+        }
+        Attach::BtfTracepoint => {
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| EnforcementError::Missing(format!("program {name}")))?
+                .try_into()
+                .map_err(err)?;
+            p.load(name, btf).map_err(err)?;
+            let id = p.attach().map_err(err)?;
+            Ok(p.take_link(id).map_err(err)?.into())
+        }
+    }
+}
+
+/// Drop the pinned links of programs not attached now (another mode's, a
+/// previous version's): their programs detach.
+fn remove_other_links(
+    layout: &PinLayout,
+    attached: &BTreeSet<&str>,
+) -> Result<(), EnforcementError> {
+    let Ok(entries) = std::fs::read_dir(layout.links_dir()) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if attached.contains(name.to_string_lossy().as_ref()) {
+            continue;
+        }
+        std::fs::remove_file(entry.path()).map_err(|source| EnforcementError::Replace {
+            path: entry.path().display().to_string(),
+            source,
+        })?;
+        tracing::info!(link = %entry.path().display(), "removed a link of a program not attached now");
+    }
+    Ok(())
 }
 
 fn take_map<T>(

@@ -6,6 +6,7 @@ mod audit;
 mod btf;
 mod cgroups;
 mod control;
+mod coverage;
 mod docker_api;
 mod docker_body;
 mod enforcement;
@@ -14,6 +15,7 @@ mod install;
 mod lsm;
 mod pins;
 mod proxy;
+mod registry;
 mod rules;
 mod sockets;
 mod state;
@@ -80,6 +82,12 @@ enum Command {
         /// second; eci-runc's `ECI_VIEWS_DIR` must name the same directory.
         #[arg(long, default_value = eci_views::DEFAULT_ROOT)]
         views_dir: PathBuf,
+        /// How the kernel tells a protected task: the ancestor walk where
+        /// LSM programs may call bpf_get_current_ancestor_cgroup_id (Linux
+        /// 5.14+), else a registry of descendants kept by the cgroup_mkdir
+        /// tracepoint. `registry` forces that on any kernel.
+        #[arg(long, value_enum, default_value_t = registry::ModeChoice::Auto)]
+        protection_mode: registry::ModeChoice,
     },
     /// Protect a cgroup (path relative to the cgroup2 root, or absolute).
     Protect {
@@ -112,6 +120,8 @@ enum Command {
     Probe {
         #[command(flatten)]
         at: Locations,
+        #[arg(long, value_enum, default_value_t = registry::ModeChoice::Auto)]
+        protection_mode: registry::ModeChoice,
     },
     /// Remove every pinned program and map: enforcement ends. Refused when
     /// the policy is locked.
@@ -206,6 +216,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             protected_parents,
             unenforced_for_testing,
             views_dir,
+            protection_mode,
         } => {
             let config = state::AgentConfig {
                 pin_dir: at.pin_dir,
@@ -217,6 +228,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 parents: (!protected_parents.is_empty()).then_some(protected_parents),
                 unenforced_for_testing,
                 views_dir,
+                protection_mode,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -240,10 +252,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
-        Command::Probe { at } => {
+        Command::Probe {
+            at,
+            protection_mode,
+        } => {
             let layout = pins::PinLayout::new(&at.pin_dir);
-            enforcement::probe_lsm(&layout)?;
-            println!("BPF-LSM programs load, attach and run on this kernel");
+            let loaded = enforcement::probe_lsm(&layout, protection_mode)?;
+            println!(
+                "BPF-LSM programs load, attach and run on this kernel; protection: {}",
+                loaded.mode.describe()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Unload { at } => {

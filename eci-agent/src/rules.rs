@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{Array, HashMap, MapData, MapError};
-use eci_common::FileId;
+use eci_common::{FileId, protect_reason};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
@@ -19,7 +19,12 @@ pub trait RuleStore: Send {
     /// Remove `reason`; returns the reasons left (0: no longer protected), or
     /// `None` when the cgroup had that reason not.
     fn unprotect_cgroup(&mut self, id: u64, reason: u32) -> Result<Option<u32>, RuleError>;
+    /// Every entry of the protected map: own and inherited reasons.
     fn protected_cgroups(&self) -> BTreeMap<u64, u32>;
+    /// Set the reasons a cgroup inherits (registry mode; the high half,
+    /// `protect_reason::inherited_from`), keeping its own; an entry left
+    /// with no reason goes.
+    fn set_inherited(&mut self, id: u64, inherited: u32) -> Result<(), RuleError>;
     /// Make the protected-socket set exactly `wanted`.
     fn sync_sockets(&mut self, wanted: &BTreeSet<FileId>) -> Result<(), RuleError>;
     /// Make the set of VM namespace inode numbers exactly `wanted`.
@@ -122,6 +127,31 @@ impl RuleStore for KernelRules {
         self.cgroups.iter().filter_map(Result::ok).collect()
     }
 
+    fn set_inherited(&mut self, id: u64, inherited: u32) -> Result<(), RuleError> {
+        let err = |source| RuleError::Map {
+            map: "protected cgroups",
+            source,
+        };
+        let current = match self.cgroups.get(&id, 0) {
+            Ok(v) => v,
+            Err(MapError::KeyNotFound) => 0,
+            Err(source) => return Err(err(source)),
+        };
+        let wanted = protect_reason::own(current) | inherited;
+        if wanted == current {
+            return Ok(());
+        }
+        if wanted == 0 {
+            match self.cgroups.remove(&id) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(err(source)),
+            }
+        } else {
+            self.cgroups.insert(id, wanted, 0).map_err(err)?;
+        }
+        self.bump_generation()
+    }
+
     fn sync_sockets(&mut self, wanted: &BTreeSet<FileId>) -> Result<(), RuleError> {
         sync_set(&mut self.sockets, wanted, "protected sockets")
     }
@@ -209,6 +239,17 @@ impl RuleStore for UnenforcedRules {
 
     fn protected_cgroups(&self) -> BTreeMap<u64, u32> {
         self.cgroups.clone()
+    }
+
+    fn set_inherited(&mut self, id: u64, inherited: u32) -> Result<(), RuleError> {
+        let current = self.cgroups.get(&id).copied().unwrap_or(0);
+        let wanted = protect_reason::own(current) | inherited;
+        if wanted == 0 {
+            self.cgroups.remove(&id);
+        } else {
+            self.cgroups.insert(id, wanted);
+        }
+        Ok(())
     }
 
     fn sync_sockets(&mut self, _: &BTreeSet<FileId>) -> Result<(), RuleError> {

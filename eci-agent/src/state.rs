@@ -22,7 +22,9 @@ use tokio::sync::{Mutex, watch};
 use crate::{
     audit::{self, Names},
     cgroups,
+    coverage::RuleState,
     policy::{self, Policy, PolicyError},
+    registry::{self, ModeChoice, ProtectionMode},
     rules::{RuleError, RuleStore},
     sockets::SocketSet,
 };
@@ -44,6 +46,8 @@ pub struct AgentConfig {
     pub unenforced_for_testing: bool,
     /// The containers' /proc views, kept current every second.
     pub views_dir: PathBuf,
+    /// How the kernel is to tell a protected task (auto: by the kernel).
+    pub protection_mode: ModeChoice,
 }
 
 impl AgentConfig {
@@ -82,6 +86,57 @@ pub struct Shared {
     /// What the policy in force (after the command line) protects.
     pub parents: Vec<String>,
     pub sockets: SocketSet,
+    /// How the kernel tells a protected task (`None`: nothing is enforced).
+    pub mode: Option<ProtectionMode>,
+    /// Every rule, enforced or missing.
+    pub coverage: Vec<RuleState>,
+}
+
+impl Shared {
+    /// Registry mode: make the descendants of the cgroup `dir` inherit
+    /// what its map entry (now) says; nothing in the other modes.
+    pub fn register_descendants(&mut self, id: u64, dir: &Path) {
+        if self.mode != Some(ProtectionMode::Registry) {
+            return;
+        }
+        // No entry left: the cgroup has no protected ancestor either (it
+        // would inherit from it), so neither have its descendants.
+        let value = self
+            .rules
+            .protected_cgroups()
+            .get(&id)
+            .copied()
+            .unwrap_or(0);
+        match registry::sync_subtree(self.rules.as_mut(), dir, value) {
+            Ok(synced) if synced != registry::Synced::default() => {
+                tracing::info!(cgroup = %dir.display(), registered = synced.registered, released = synced.released, "registry: descendants synced")
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(cgroup = %dir.display(), "registry: {err}"),
+        }
+    }
+
+    /// Make the whole registry match cgroupfs (see `registry::sync`).
+    pub fn sync_registry(&mut self) {
+        let Some(mode) = self.mode else { return };
+        let mount = match cgroups::cgroup2_mount() {
+            Ok(mount) => mount,
+            Err(err) => {
+                tracing::error!("registry: {err}");
+                return;
+            }
+        };
+        match registry::sync(self.rules.as_mut(), mode, &mount) {
+            Ok(synced) if synced != registry::Synced::default() => tracing::info!(
+                registered = synced.registered,
+                released = synced.released,
+                mode = mode.name(),
+                "registry: protected map synced with cgroupfs"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::error!("registry: {err}"),
+        }
+    }
 }
 
 /// The owner of the policy in force. Readers take the current `Arc<Policy>`
@@ -149,6 +204,12 @@ pub struct AgentState {
     pub pin_dir: PathBuf,
     pub audit_log: PathBuf,
     pub sockets: Vec<ProtectedSocket>,
+    /// How the kernel tells a protected task (absent: nothing enforced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection: Option<ProtectionMode>,
+    /// Every rule, enforced or missing, as the agent attached them.
+    #[serde(default)]
+    pub rules: Vec<RuleState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,6 +299,7 @@ pub async fn refresh_parents(shared: &Arc<Mutex<Shared>>) {
             tracing::error!(id, "unprotecting a vanished parent: {err}");
         }
     }
+    guard.sync_registry();
 }
 
 /// Protect the sockets the policy in force names (as they are now on disk)
@@ -249,6 +311,7 @@ pub async fn refresh_sockets(
 ) -> Result<(), StateError> {
     let audit_log = config.audit_log(&policy.current());
     let mut guard = shared.lock().await;
+    let (protection, rules) = (guard.mode, guard.coverage.clone());
     let found = guard.sockets.scan();
     let wanted: BTreeSet<_> = found.keys().copied().collect();
     if guard.names.sockets != found {
@@ -270,6 +333,8 @@ pub async fn refresh_sockets(
         },
         pin_dir: config.pin_dir.clone(),
         audit_log,
+        protection,
+        rules,
         sockets: found
             .iter()
             .map(|(id, path)| {
@@ -318,6 +383,7 @@ pub fn for_tests(
         parents: Some(Vec::new()),
         unenforced_for_testing: true,
         views_dir: dir.join("views"),
+        protection_mode: ModeChoice::Auto,
     };
     std::fs::create_dir_all(dir.join("run")).expect("run dir");
     std::fs::write(&config.policy_path, policy_text).expect("policy file");
@@ -329,6 +395,8 @@ pub fn for_tests(
         own_cgroup: "/agent".into(),
         parents,
         sockets,
+        mode: None,
+        coverage: Vec::new(),
     }));
     (shared, PolicyInForce::new(policy), config)
 }

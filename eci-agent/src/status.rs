@@ -7,11 +7,18 @@ use aya::{
     maps::{HashMap, Map, MapData, PerCpuArray},
     programs::links::{FdLink, PinnedLink},
 };
-use eci_common::{FileId, Hook, map_names};
+use eci_common::{FileId, Hook, map_names, protect_reason};
 use eci_control::{Client, Request, Response};
 use serde::Serialize;
 
-use crate::{audit, cgroups, lsm, pins::PinLayout, state};
+use crate::{
+    audit, btf, cgroups,
+    coverage::{self, CGROUP_MKDIR, RuleState},
+    lsm,
+    pins::PinLayout,
+    registry::ProtectionMode,
+    state,
+};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -20,9 +27,21 @@ pub struct Status {
     pub active_lsms: Option<String>,
     pub pin_dir: String,
     pub programs: Vec<ProgramStatus>,
-    /// bpf is an active LSM and every program is attached.
+    /// bpf is an active LSM and every program the kernel has an attach
+    /// point for is attached.
     pub enforcing: bool,
+    /// How the kernel tells a protected task (`ancestor_walk`, `registry`).
+    pub protection_mode: ProtectionMode,
+    /// The same, in words.
+    pub protection: String,
+    /// Every rule: `enforced` or `missing: <what it needs>`.
+    pub rules: Vec<RuleState>,
+    /// Some rule is missing.
+    pub degraded: bool,
+    /// Cgroups with reasons of their own (registered, protected parents).
     pub protected_cgroups: Vec<CgroupStatus>,
+    /// Registry mode: descendants registered below them.
+    pub registered_descendants: usize,
     pub protected_sockets: Vec<SocketStatus>,
     pub denials: BTreeMap<String, u64>,
     /// Decisions a hook could not make (a kernel read failed, a cgroup too
@@ -48,6 +67,8 @@ pub struct AgentStatus {
 pub struct ProgramStatus {
     pub hook: String,
     pub attached: bool,
+    /// The kernel has its attach point.
+    pub available: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,23 +125,44 @@ pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
 
-    let programs: Vec<ProgramStatus> = Hook::ALL
+    // The running agent says which mode it loaded; otherwise the pinned
+    // links tell (only the registry pins the cgroup_mkdir tracepoint).
+    let protection_mode = state
+        .as_ref()
+        .and_then(|s| s.protection)
+        .unwrap_or_else(|| {
+            if layout.link(CGROUP_MKDIR.name).exists() {
+                ProtectionMode::Registry
+            } else {
+                ProtectionMode::AncestorWalk
+            }
+        });
+    let kernel = btf::Btf::from_sys_fs().ok();
+    let kernel_has = |p: &coverage::Program| kernel.as_ref().map(|k| p.available(k));
+    let programs: Vec<ProgramStatus> = coverage::programs(protection_mode)
         .iter()
-        .map(|hook| {
-            let path = layout.link(hook.name());
+        .map(|program| {
+            let path = layout.link(program.name);
             let info = PinnedLink::from_pin(&path)
                 .ok()
                 .and_then(|p| FdLink::from(p).info().ok());
             ProgramStatus {
-                hook: hook.name().into(),
+                hook: program.name.into(),
                 attached: info.is_some(),
+                available: kernel_has(program).unwrap_or(true),
                 link_id: info.as_ref().map(|i| i.id()),
                 program_id: info.as_ref().map(|i| i.program_id()),
             }
         })
         .collect();
+    let rules = coverage::rule_states(
+        protection_mode,
+        &|name| programs.iter().any(|p| p.hook == name && p.attached),
+        &kernel_has,
+    );
 
     let mut protected_cgroups = Vec::new();
+    let mut registered_descendants = 0;
     let mut protected_sockets = Vec::new();
     let mut denials = BTreeMap::new();
     let mut undecided = BTreeMap::new();
@@ -131,6 +173,10 @@ pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
         {
             Ok(map) => {
                 for (id, reasons) in map.iter().filter_map(Result::ok) {
+                    if protect_reason::own(reasons) == 0 {
+                        registered_descendants += 1;
+                        continue;
+                    }
                     protected_cgroups.push(CgroupStatus {
                         id,
                         reasons,
@@ -191,12 +237,17 @@ pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
     let bpf_lsm_active = lsm::bpf_listed(active_lsms.as_deref());
     Status {
         agent,
-        enforcing: bpf_lsm_active && programs.iter().all(|p| p.attached),
+        enforcing: bpf_lsm_active && programs.iter().all(|p| p.attached || !p.available),
         bpf_lsm_active,
         active_lsms,
         pin_dir: layout.root().display().to_string(),
         programs,
+        protection_mode,
+        protection: protection_mode.describe().to_owned(),
+        degraded: rules.iter().any(|r| !r.is_enforced()),
+        rules,
         protected_cgroups,
+        registered_descendants,
         protected_sockets,
         denials,
         undecided,
@@ -233,11 +284,26 @@ pub fn render(status: &Status) -> String {
         out,
         "enforcing:        {}",
         if status.enforcing {
-            "yes (every program attached)"
+            "yes (every program this kernel can run attached)"
         } else {
             "NO"
         }
     );
+    let _ = writeln!(out, "protection:       {}", status.protection);
+    let enforced = status.rules.iter().filter(|r| r.is_enforced()).count();
+    let _ = writeln!(
+        out,
+        "rules:            {enforced}/{} enforced{}",
+        status.rules.len(),
+        if status.degraded {
+            " (DEGRADED: a rule is missing)"
+        } else {
+            ""
+        }
+    );
+    for r in &status.rules {
+        let _ = writeln!(out, "  {:<28} {}", r.rule, r.status);
+    }
     let _ = writeln!(
         out,
         "programs:         {attached}/{} attached (pinned under {})",
@@ -251,6 +317,11 @@ pub fn render(status: &Status) -> String {
                 "  {:<22} attached (link {link}, program {prog})",
                 p.hook
             ),
+            _ if !p.available => writeln!(
+                out,
+                "  {:<22} NOT attached (this kernel has no such attach point)",
+                p.hook
+            ),
             _ => writeln!(out, "  {:<22} NOT attached", p.hook),
         };
     }
@@ -261,6 +332,13 @@ pub fn render(status: &Status) -> String {
             "  {:<10} {}",
             c.id,
             c.path.as_deref().unwrap_or("(path unknown)")
+        );
+    }
+    if status.protection_mode == ProtectionMode::Registry {
+        let _ = writeln!(
+            out,
+            "registered descendants: {}",
+            status.registered_descendants
         );
     }
     let _ = writeln!(out, "protected sockets: {}", status.protected_sockets.len());

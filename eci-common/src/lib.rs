@@ -25,8 +25,24 @@ pub mod map_names {
 pub const KERNEL_OFFSETS_GLOBAL: &str = "ECI_KERNEL_OFFSETS";
 /// Name of the global that tells the probe program which process to count.
 pub const PROBE_TGID_GLOBAL: &str = "ECI_PROBE_TGID";
+/// Name of the global that selects how the hooks decide protection (a
+/// [`protection_mode`] value, set at load; the verifier drops the other way).
+pub const PROTECTION_MODE_GLOBAL: &str = "ECI_PROTECTION_MODE";
 
-/// Capacity of the protected-cgroup map.
+/// How the hooks answer "is the current task protected?".
+pub mod protection_mode {
+    /// Walk the task's cgroup ancestors with
+    /// `bpf_get_current_ancestor_cgroup_id` (offered to LSM programs from
+    /// Linux 5.14), looking each up in the protected map; verdicts cached.
+    pub const ANCESTOR_WALK: u32 = 0;
+    /// Look up the task's own cgroup only: every descendant of a protected
+    /// cgroup is in the map, registered as it is made (`cgroup_mkdir`
+    /// tracepoint) or by the agent's walk of cgroupfs.
+    pub const REGISTRY: u32 = 1;
+}
+
+/// Capacity of the protected-cgroup map (in registry mode it holds every
+/// descendant of a protected cgroup too).
 pub const MAX_PROTECTED_CGROUPS: u32 = 16384;
 /// Capacity of the protected-socket map.
 pub const MAX_PROTECTED_SOCKETS: u32 = 1024;
@@ -85,11 +101,14 @@ pub enum Hook {
     MoveMount = 5,
     SbUmount = 6,
     SbMount = 7,
+    /// Not an LSM hook: the `cgroup_mkdir` tracepoint of the registry mode
+    /// (its counters and events: a descendant it could not register).
+    CgroupMkdir = 8,
 }
 
 impl Hook {
-    /// Every hook, in index order.
-    pub const ALL: [Hook; 8] = [
+    /// The LSM hooks, in index order (each is a program of that name).
+    pub const LSM: [Hook; 8] = [
         Hook::UnixStreamConnect,
         Hook::UnixMaySend,
         Hook::FileOpen,
@@ -98,6 +117,18 @@ impl Hook {
         Hook::MoveMount,
         Hook::SbUmount,
         Hook::SbMount,
+    ];
+    /// Every counter slot in use, in index order.
+    pub const ALL: [Hook; 9] = [
+        Hook::UnixStreamConnect,
+        Hook::UnixMaySend,
+        Hook::FileOpen,
+        Hook::BprmCheckSecurity,
+        Hook::SbKernMount,
+        Hook::MoveMount,
+        Hook::SbUmount,
+        Hook::SbMount,
+        Hook::CgroupMkdir,
     ];
     /// Number of counter slots (room for the hooks later issues add).
     pub const SLOTS: u32 = 32;
@@ -113,6 +144,7 @@ impl Hook {
             Hook::MoveMount => "move_mount",
             Hook::SbUmount => "sb_umount",
             Hook::SbMount => "sb_mount",
+            Hook::CgroupMkdir => "cgroup_mkdir",
         }
     }
 
@@ -126,17 +158,46 @@ impl Hook {
             5 => Some(Hook::MoveMount),
             6 => Some(Hook::SbUmount),
             7 => Some(Hook::SbMount),
+            8 => Some(Hook::CgroupMkdir),
             _ => None,
         }
     }
 }
 
 /// Why a cgroup is in the protected map (bit flags, the map's value).
+///
+/// The low half holds the cgroup's own reasons; the high half (registry
+/// mode only) the reasons it inherits from its protected ancestors, so that
+/// one lookup of a task's own cgroup tells what the ancestor walk would.
 pub mod protect_reason {
     /// Registered over the control socket (`eci-agent protect`, eci-runc).
     pub const REGISTERED: u32 = 1 << 0;
     /// Named by the policy as a protected parent.
     pub const POLICY_PARENT: u32 = 1 << 1;
+    /// The cgroup's own reasons.
+    pub const OWN_MASK: u32 = 0xffff;
+    /// Where the inherited reasons start.
+    pub const INHERITED_SHIFT: u32 = 16;
+    /// A descendant of a registered cgroup (registry mode).
+    pub const DESCENDANT_OF_REGISTERED: u32 = REGISTERED << INHERITED_SHIFT;
+    /// A descendant of a protected parent (registry mode).
+    pub const DESCENDANT_OF_POLICY_PARENT: u32 = POLICY_PARENT << INHERITED_SHIFT;
+
+    /// The reasons that apply to a cgroup with map value `value`: its own
+    /// and the ones it inherits.
+    pub const fn effective(value: u32) -> u32 {
+        (value | (value >> INHERITED_SHIFT)) & OWN_MASK
+    }
+
+    /// The inherited half of a child of a cgroup with map value `parent`.
+    pub const fn inherited_from(parent: u32) -> u32 {
+        effective(parent) << INHERITED_SHIFT
+    }
+
+    /// The cgroup's own reasons in map value `value`.
+    pub const fn own(value: u32) -> u32 {
+        value & OWN_MASK
+    }
 }
 
 /// Identity of a file: the kernel's `dev_t` of its superblock and its inode
@@ -221,6 +282,18 @@ pub struct KernelOffsets {
     pub cred_user_ns: u32,
     /// Offset of `struct ns_common ns` in `struct user_namespace`.
     pub user_ns_common: u32,
+    /// `struct cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `struct cgroup.self` (the cgroup's own `cgroup_subsys_state`)
+    pub cgroup_self: u32,
+    /// `struct cgroup_subsys_state.parent`
+    pub css_parent: u32,
+    /// `struct cgroup.root`
+    pub cgroup_root: u32,
+    /// `struct cgroup_root.hierarchy_id` (0: the cgroup2 hierarchy)
+    pub cgroup_root_hierarchy_id: u32,
+    /// `struct kernfs_node.id` (u64 since Linux 5.5: the cgroup id)
+    pub kernfs_node_id: u32,
     /// Non-zero once filled in by the agent; the programs deny nothing
     /// on objects they cannot identify without it.
     pub valid: u32,
@@ -288,6 +361,10 @@ pub mod undecided {
     pub const CGROUP_TREE: u64 = 5;
     /// A socket's file.
     pub const SOCKET: u64 = 6;
+    /// A new cgroup (registry mode): its parent could not be read, or the
+    /// protected map had no room for it; the agent's next walk of
+    /// cgroupfs registers it.
+    pub const REGISTRY: u64 = 7;
 }
 
 impl ObjectKind {

@@ -37,6 +37,12 @@ static ECI_KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     task_cred: 0,
     cred_user_ns: 0,
     user_ns_common: 0,
+    cgroup_kn: 0,
+    cgroup_self: 0,
+    css_parent: 0,
+    cgroup_root: 0,
+    cgroup_root_hierarchy_id: 0,
+    kernfs_node_id: 0,
     valid: 0,
 };
 
@@ -296,5 +302,57 @@ pub fn current_user_namespace() -> Option<u32> {
         let cred = read_ptr(task, off.task_cred)?;
         let user_ns = read_ptr(cred, off.cred_user_ns)?;
         read(user_ns, off.user_ns_common + off.ns_common_inum)
+    }
+}
+
+/// What the registry needs to know about a `struct cgroup` being made or
+/// removed.
+#[derive(Clone, Copy)]
+pub struct CgroupFacts {
+    /// Its id (`cgrp->kn->id`, the inode number of its cgroup2 directory).
+    pub id: u64,
+    /// Its parent's id (`cgrp->self.parent`, the parent's own css, whose
+    /// cgroup's `kn->id`); 0 for a root.
+    pub parent_id: u64,
+    /// Whether it is in the cgroup2 hierarchy (`cgrp->root->hierarchy_id
+    /// == 0`); cgroup v1 hierarchies number their ids on their own.
+    pub unified: bool,
+}
+
+/// The id of a `struct cgroup *` (`cgrp->kn->id`).
+#[inline(always)]
+unsafe fn cgroup_id(off: &KernelOffsets, cgrp: *const u8) -> Option<u64> {
+    // SAFETY: probe reads.
+    unsafe {
+        let kn = read_ptr(cgrp, off.cgroup_kn)?;
+        read(kn, off.kernfs_node_id)
+    }
+}
+
+/// Facts of a `struct cgroup *` (the `cgroup_mkdir`/`cgroup_rmdir`
+/// tracepoints' argument); `None` when a read failed.
+#[inline(always)]
+pub unsafe fn cgroup(cgrp: *const u8) -> Option<CgroupFacts> {
+    let off = offsets();
+    if off.valid == 0 || cgrp.is_null() {
+        return None;
+    }
+    // SAFETY: probe reads; `self` is embedded in the cgroup, and a css's
+    // `parent` points at the parent cgroup's embedded `self`.
+    unsafe {
+        let root = read_ptr(cgrp, off.cgroup_root)?;
+        let hierarchy_id: i32 = read(root, off.cgroup_root_hierarchy_id)?;
+        let id = cgroup_id(&off, cgrp)?;
+        let parent_css: *const u8 = read(cgrp, off.cgroup_self + off.css_parent)?;
+        let parent_id = if parent_css.is_null() {
+            0
+        } else {
+            cgroup_id(&off, parent_css.sub(off.cgroup_self as usize))?
+        };
+        Some(CgroupFacts {
+            id,
+            parent_id,
+            unified: hierarchy_id == 0,
+        })
     }
 }

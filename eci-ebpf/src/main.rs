@@ -3,9 +3,11 @@
 //! One file per concern: `sockets` (protected Unix sockets), `mounts` (VM
 //! file systems, immutable mounts), `namespaces` (the VM's namespaces, exec
 //! while sharing them), `devices` (device nodes), `cgroups` (writes to
-//! unprotected cgroups), `probe` (the start-up self test); `files` is the
+//! unprotected cgroups), `probe` (the start-up self tests); `files` is the
 //! one `file_open` program, which asks three of them. `protection` holds
 //! the prologue every hook starts with ("is the current task protected?"),
+//! `registry` keeps descendants of protected cgroups registered where the
+//! kernel offers no ancestor walk,
 //! `kernel` every read of a kernel struct, `audit` reports decisions and
 //! counts what a hook could not decide.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -42,6 +44,8 @@ mod namespaces;
 mod probe;
 #[cfg(target_arch = "bpf")]
 mod protection;
+#[cfg(target_arch = "bpf")]
+mod registry;
 #[cfg(target_arch = "bpf")]
 mod sockets;
 

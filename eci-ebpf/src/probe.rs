@@ -1,10 +1,11 @@
-//! Start-up self test: proves that BPF-LSM programs really run in this
-//! kernel. `lsm=` without `bpf` lets programs attach and then never calls
-//! them, so the agent triggers this hook from its own process and checks the
-//! counter moved.
+//! Start-up self tests: `eci_probe` proves that BPF-LSM programs really run
+//! in this kernel (`lsm=` without `bpf` lets programs attach and then never
+//! calls them, so the agent triggers this hook from its own process and
+//! checks the counter moved); `eci_probe_ancestor`, loaded and never
+//! attached, tells whether LSM programs may walk cgroup ancestors here.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_ancestor_cgroup_id},
     macros::{lsm, map},
     maps::Array,
     programs::LsmContext,
@@ -29,5 +30,16 @@ pub fn eci_probe(ctx: LsmContext) -> i32 {
             unsafe { *hits += 1 };
         }
     }
+    previous
+}
+
+/// Loaded, never attached: the kernel accepts it when LSM programs may call
+/// `bpf_get_current_ancestor_cgroup_id` (Linux 5.14+), and the agent picks
+/// the protection mode by that.
+#[lsm(hook = "socket_create")]
+pub fn eci_probe_ancestor(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    // SAFETY: helper with a scalar argument.
+    core::hint::black_box(unsafe { bpf_get_current_ancestor_cgroup_id(1) });
     previous
 }

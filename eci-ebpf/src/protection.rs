@@ -3,10 +3,18 @@
 //! A cgroup is protected when it, or one of its ancestors, is in
 //! `ECI_PROT_CGROUPS` (registered containers, and the policy's protected
 //! parents such as `/docker`, which covers every container below them,
-//! whichever runtime made it). The walk up the hierarchy happens once per
-//! cgroup and policy generation; after that the verdict comes from an LRU
-//! cache, so an unprotected task (the VM itself, the agent, the engine) pays
-//! one hash lookup plus an array read per hook.
+//! whichever runtime made it). Two ways to find out, chosen per kernel at
+//! load (`ECI_PROTECTION_MODE`; the verifier drops the other one, so a
+//! kernel that lacks the walk's helper never sees the call):
+//!
+//! - ancestor walk (Linux 5.14+, where LSM programs may call
+//!   `bpf_get_current_ancestor_cgroup_id`): the walk up the hierarchy
+//!   happens once per cgroup and policy generation; after that the verdict
+//!   comes from an LRU cache, so an unprotected task (the VM itself, the
+//!   agent, the engine) pays one hash lookup plus an array read per hook;
+//! - registry (older kernels): every descendant of a protected cgroup is in
+//!   the map itself (registry.rs), so one lookup of the task's own cgroup
+//!   answers.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
@@ -15,10 +23,14 @@ use aya_ebpf::{
 };
 use eci_common::{
     CachedVerdict, Hook, MAX_CGROUP_DEPTH, MAX_PROTECTED_CGROUPS, VERDICT_CACHE_ENTRIES,
-    protect_reason, undecided, verdict,
+    protect_reason, protection_mode, undecided, verdict,
 };
 
 use crate::audit;
+
+/// Set by the agent at load: a `protection_mode` value.
+#[unsafe(no_mangle)]
+static ECI_PROTECTION_MODE: u32 = protection_mode::ANCESTOR_WALK;
 
 /// cgroup v2 id -> `protect_reason` bits.
 #[map]
@@ -48,8 +60,7 @@ pub struct Protected {
 /// and reported under `hook`.
 #[inline(always)]
 fn protection_reasons(hook: Hook, own: u64) -> u32 {
-    // SAFETY: the value is copied out at once.
-    let mut reasons = unsafe { ECI_PROT_CGROUPS.get(&own) }.copied().unwrap_or(0);
+    let mut reasons = registered_reasons(own);
     // Level 0 is the root cgroup, which is never protected.
     let mut level = 1;
     while level <= MAX_CGROUP_DEPTH {
@@ -58,12 +69,27 @@ fn protection_reasons(hook: Hook, own: u64) -> u32 {
         if id == 0 || id == own {
             return reasons;
         }
-        // SAFETY: the value is copied out at once.
-        reasons |= unsafe { ECI_PROT_CGROUPS.get(&id) }.copied().unwrap_or(0);
+        reasons |= registered_reasons(id);
         level += 1;
     }
     audit::undecided(hook, own, undecided::CGROUP_DEPTH, verdict::ALLOW);
     reasons | protect_reason::POLICY_PARENT
+}
+
+/// The `protect_reason` bits that apply to cgroup `id` by its own entry
+/// (in registry mode that includes what it inherits); 0 without one.
+#[inline(always)]
+fn registered_reasons(id: u64) -> u32 {
+    // SAFETY: the value is copied out at once.
+    let value = unsafe { ECI_PROT_CGROUPS.get(&id) }.copied().unwrap_or(0);
+    protect_reason::effective(value)
+}
+
+#[inline(always)]
+fn registry_mode() -> bool {
+    // SAFETY: reading a global; volatile so the loader's value is used (a
+    // constant of a frozen map to the verifier, which prunes the other way).
+    unsafe { core::ptr::read_volatile(&ECI_PROTECTION_MODE) == protection_mode::REGISTRY }
 }
 
 /// The current task's cgroup when that cgroup is protected.
@@ -71,10 +97,22 @@ fn protection_reasons(hook: Hook, own: u64) -> u32 {
 pub fn protected_cgroup(hook: Hook) -> Option<Protected> {
     // SAFETY: helper without arguments, allowed in LSM programs.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let reasons = if registry_mode() {
+        registered_reasons(cgroup_id)
+    } else {
+        walked_reasons(hook, cgroup_id)
+    };
+    (reasons != 0).then_some(Protected { cgroup_id, reasons })
+}
+
+/// Ancestor walk: the reasons of `cgroup_id` from the verdict cache, or
+/// walked and cached.
+#[inline(always)]
+fn walked_reasons(hook: Hook, cgroup_id: u64) -> u32 {
     let generation = ECI_PROT_GEN.get(0).copied().unwrap_or(0);
     // SAFETY: the value is copied out at once.
     let cached = unsafe { ECI_VERDICTS.get(&cgroup_id) }.copied();
-    let reasons = match cached {
+    match cached {
         Some(v) if v.generation == generation => v.protected as u32,
         _ => {
             let reasons = protection_reasons(hook, cgroup_id);
@@ -85,8 +123,7 @@ pub fn protected_cgroup(hook: Hook) -> Option<Protected> {
             let _ = ECI_VERDICTS.insert(&cgroup_id, &verdict, 0);
             reasons
         }
-    };
-    (reasons != 0).then_some(Protected { cgroup_id, reasons })
+    }
 }
 
 /// The prologue every hook starts with: a denial by an earlier LSM stands,

@@ -8,7 +8,9 @@
 //! Then the agent: time from start to enforcing, resident memory idle and
 //! under an event storm, and how fast it drains denial events (and drops).
 //!
-//! `eci-bench [--rounds N] [--iterations N] [--storm N] [--json PATH]`
+//! `eci-bench [--rounds N] [--iterations N] [--storm N] [--json PATH]
+//! [--protection-mode auto|ancestor-walk|registry]` (the agent's, to compare
+//! the ancestor walk with the registry on one kernel)
 //! `eci-bench worker OP ITERATIONS` (internal: one measurement)
 
 use std::{
@@ -73,11 +75,11 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The agent's own figures: start to enforcing, memory, audit throughput.
-fn agent_figures(dir: &str, storm: u64) -> serde_json::Value {
+fn agent_figures(dir: &str, storm: u64, mode: &str) -> serde_json::Value {
     let prot = TestCgroup::new("eci-bench-storm");
     let socket = format!("{dir}/bench.sock");
     let started = Instant::now();
-    let agent = TestAgent::start(&["--protect-socket", &socket]);
+    let agent = TestAgent::start(&["--protect-socket", &socket, "--protection-mode", mode]);
     let ready = started.elapsed();
     agent.protect(&prot);
     // Enforcing: the first connect from the protected cgroup is refused
@@ -199,6 +201,7 @@ fn main() -> ExitCode {
     let storm: u64 = flag("--storm")
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    let mode = flag("--protection-mode").unwrap_or_else(|| "auto".to_owned());
 
     let dir = tempfile::Builder::new()
         .prefix("eci-bench")
@@ -219,7 +222,7 @@ fn main() -> ExitCode {
         for (i, op) in OPS.iter().enumerate() {
             without[i].push(measure(&free, op, iterations, &dir_s));
         }
-        let agent = TestAgent::start(&[]);
+        let agent = TestAgent::start(&["--protection-mode", &mode]);
         agent.protect(&prot);
         for (i, op) in OPS.iter().enumerate() {
             unprotected[i].push(measure(&free, op, iterations, &dir_s));
@@ -254,7 +257,7 @@ fn main() -> ExitCode {
             "ratio_unprotected": unp / base, "ratio_protected": pro / base,
         }));
     }
-    let agent = agent_figures(&dir_s, storm);
+    let agent = agent_figures(&dir_s, storm, &mode);
     println!("agent (one run):");
     for key in [
         "start_to_ready_ms",

@@ -233,3 +233,222 @@ fn denials_continue_through_agent_kill_and_restart_and_every_one_is_audited() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// `depth` nested cgroups named `d` below `top`, removed deepest first.
+struct Chain(Vec<PathBuf>);
+
+impl Chain {
+    fn new(top: &std::path::Path, depth: usize) -> Self {
+        let mut dirs = Vec::with_capacity(depth);
+        let mut dir = top.to_path_buf();
+        for _ in 0..depth {
+            dir = dir.join("d");
+            std::fs::create_dir(&dir).expect("create nested cgroup");
+            dirs.push(dir.clone());
+        }
+        Self(dirs)
+    }
+
+    /// The deepest cgroup (its drop removes it; the chain the rest).
+    fn deepest(&self) -> TestCgroup {
+        let dir = self.0.last().expect("a chain").clone();
+        let mount = cgroup2_mount();
+        let rel = format!(
+            "/{}",
+            dir.strip_prefix(&mount).expect("below cgroup2").display()
+        );
+        let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).expect("stat"));
+        TestCgroup::at(dir, rel, id)
+    }
+
+    /// Its levels below the cgroup2 root.
+    fn depth(&self) -> usize {
+        let mount = cgroup2_mount();
+        self.0
+            .last()
+            .and_then(|d| d.strip_prefix(&mount).ok())
+            .map_or(0, |rel| rel.components().count())
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// `eci-agent status --json`.
+fn status(agent: &TestAgent) -> serde_json::Value {
+    serde_json::from_slice(&agent.cli(&["status", "--json"]).stdout).expect("status JSON")
+}
+
+/// The running kernel's version (major, minor).
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// The protection mode eci must choose here: LSM programs may call
+/// `bpf_get_current_ancestor_cgroup_id` from Linux 5.14.
+fn expected_mode() -> &'static str {
+    if kernel_version() >= (5, 14) {
+        "ancestor_walk"
+    } else {
+        "registry"
+    }
+}
+
+/// Every rule and its state, per kernel of the matrix: Debian 11's 5.10
+/// has every hook eci attaches (only the ancestor walk's helper is
+/// missing, which the registry replaces), and so have 6.1, 6.12 and 7.2.
+fn expected_rules() -> Vec<(&'static str, &'static str)> {
+    let all_enforced = vec![
+        ("protected_descendants", "enforced"),
+        ("sockets", "enforced"),
+        ("namespace_files", "enforced"),
+        ("exec_sharing_vm_namespaces", "enforced"),
+        ("mounts", "enforced"),
+        ("move_mount", "enforced"),
+        ("devices", "enforced"),
+        ("cgroup_writes", "enforced"),
+    ];
+    match kernel_version() {
+        (5, 10) => all_enforced,
+        (6, _) | (7, _) => all_enforced,
+        other => panic!("no expected rule list for kernel {other:?}: add one"),
+    }
+}
+
+fn rules_of(status: &serde_json::Value) -> Vec<(String, String)> {
+    status["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| {
+            (
+                r["rule"].as_str().unwrap_or_default().to_owned(),
+                r["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_protection_mode_is_chosen_by_the_kernel_and_every_rule_is_listed() {
+    if !bpf_lsm_or_skip("the_protection_mode_is_chosen_by_the_kernel_and_every_rule_is_listed") {
+        return;
+    }
+    let sockets = TestSockets::new();
+    let parent_name = unique("eci-parent");
+    let parent = Dir(cgroup2_mount().join(&parent_name));
+    std::fs::create_dir(&parent.0).expect("parent cgroup");
+    let agent = TestAgent::start(&[
+        "--protect-socket",
+        &sockets.stream.display().to_string(),
+        "--protected-parent",
+        &format!("/{parent_name}"),
+    ]);
+    let status = status(&agent);
+    assert_eq!(status["protection_mode"], expected_mode(), "{status}");
+    let wanted: Vec<(String, String)> = expected_rules()
+        .into_iter()
+        .map(|(r, s)| (r.to_owned(), s.to_owned()))
+        .collect();
+    assert_eq!(rules_of(&status), wanted, "{status}");
+    assert_eq!(status["degraded"], false, "{status}");
+    assert_eq!(status["enforcing"], true, "{status}");
+    let said = if expected_mode() == "registry" {
+        "protection: registry of descendants (cgroup_mkdir)"
+    } else {
+        "protection: ancestor walk"
+    };
+    assert!(agent.stderr().contains(said), "{}", agent.stderr());
+    // Whichever the mode, a container made now is protected.
+    let (_dir, child) = nested(&parent.0, "ctr");
+    let (result, _, text) = attempt(&client(), &child, "stream", &sockets.stream);
+    assert_eq!(result, Attempt::Denied, "{text}");
+}
+
+#[test]
+fn the_registry_protects_descendants_made_before_and_after_at_any_depth() {
+    if !bpf_lsm_or_skip("the_registry_protects_descendants_made_before_and_after_at_any_depth") {
+        return;
+    }
+    let sockets = TestSockets::new();
+    let parent_name = unique("eci-parent");
+    let parent = Dir(cgroup2_mount().join(&parent_name));
+    std::fs::create_dir(&parent.0).expect("parent cgroup");
+    // Made before the agent: registered by its walk of cgroupfs.
+    let (_before_dir, before) = nested(&parent.0, "before");
+    let before_chain = Chain::new(&before.dir, 66);
+    let agent = TestAgent::start(&[
+        "--protect-socket",
+        &sockets.stream.display().to_string(),
+        "--protected-parent",
+        &format!("/{parent_name}"),
+        "--protection-mode",
+        "registry",
+    ]);
+    let status_now = status(&agent);
+    assert_eq!(status_now["protection_mode"], "registry", "{status_now}");
+    assert_eq!(status_now["degraded"], false, "{status_now}");
+    assert!(
+        agent
+            .stderr()
+            .contains("protection: registry of descendants (cgroup_mkdir)"),
+        "{}",
+        agent.stderr()
+    );
+    // Made after: registered by the cgroup_mkdir tracepoint as they are made.
+    let (_after_dir, after) = nested(&parent.0, "after");
+    let after_chain = Chain::new(&after.dir, 66);
+    assert!(after_chain.depth() > 64, "{}", after_chain.depth());
+    let deep_before = before_chain.deepest();
+    let deep_after = after_chain.deepest();
+    for cgroup in [&before, &deep_before, &after, &deep_after] {
+        let (result, _, text) = attempt(&client(), cgroup, "stream", &sockets.stream);
+        assert_eq!(
+            result,
+            Attempt::Denied,
+            "{} is below a protected parent: {text}",
+            cgroup.path
+        );
+    }
+    // Outside the parent, as deep: the registry knows it is not protected
+    // (no walk that stops at 64 levels).
+    let outside = TestCgroup::new("eci-free");
+    let outside_chain = Chain::new(&outside.dir, 66);
+    let deep_outside = outside_chain.deepest();
+    let (result, _, text) = attempt(&client(), &deep_outside, "stream", &sockets.stream);
+    assert_eq!(result, Attempt::Allowed, "{text}");
+    let registered = status(&agent)["registered_descendants"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(registered >= 2 + 2 * 66, "{registered} registered");
+    // Removed cgroups leave the registry (cgroup_rmdir).
+    drop((deep_after, deep_before, deep_outside));
+    drop(after_chain);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = status(&agent)["registered_descendants"]
+            .as_u64()
+            .unwrap_or(0);
+        if now <= registered - 66 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{now} still registered, {registered} before the rmdirs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(agent);
+    drop(outside_chain);
+    drop(before_chain);
+}
