@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "xz-utils",
     "util-linux",
     "systemd",
+    // k8s-cri's build script (the CRI client of the tests) runs protoc.
+    "protobuf-compiler",
 ];
 
 fn installed(package: &str) -> bool {

@@ -5,6 +5,7 @@
 //! eci-integration-tests -- <filter>` select by `module::test_name`.
 
 mod agent;
+mod cri;
 mod deploy;
 mod escape;
 mod full_stack;
