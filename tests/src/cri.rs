@@ -825,6 +825,22 @@ impl Drop for PrivateContainerd {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // runc's state of the killed containers (the shims keep it in the
+        // machine's /run/containerd/runc/<namespace>, whatever --state is).
+        let tasks = self
+            .dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(K8S_NAMESPACE);
+        for entry in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(Path::new("/run/containerd/runc").join(K8S_NAMESPACE))
+                .args(["delete", "--force"])
+                .arg(entry.file_name())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         for parent in &self.cgroup_parents {
             for dir in cgroup_dirs(parent) {
                 remove_cgroup_tree(&dir);
