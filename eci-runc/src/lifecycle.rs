@@ -315,6 +315,12 @@ impl Runtime {
         {
             let mut ctx = spec::Context::docker_defaults(&id, &bundle, allocation.base);
             ctx.shareable_host_paths = policy.shareable_host_paths.clone();
+            for dir in ctx.add_cri_sandbox_dirs(&oci, &spec::containerd_root_from_env()) {
+                report.info(&format!(
+                    "eci: a Kubernetes pod's container: its pod's files in {} may be bound",
+                    dir.display()
+                ));
+            }
             let resolve =
                 |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| spec::normalize(p));
             if let Some(proxy) =
@@ -331,6 +337,16 @@ impl Runtime {
             }
             let vetted = sources::vet(&oci, &ctx, &[self.views(&id)?.dir().to_owned()])?;
             self.relocate_files(&mut oci, &bundle, &id, allocation.base, &vetted, report)?;
+            let container_dir = relocate::container_dir(&id);
+            let mut joined =
+                relocate::kernel_mounts_for_joined_namespaces(&mut oci, &container_dir)?;
+            joined.extend(relocate::net_sysctls_for_joined_network_namespace(
+                &mut oci,
+                allocation.base,
+            )?);
+            for note in joined {
+                report.info(&format!("eci: {note}"));
+            }
             if mode == Mode::Run {
                 add_hooks(&mut oci)?;
             }
@@ -515,6 +531,9 @@ impl Runtime {
             } else if !relocate::bind_from(fd, &source, &target, Some(&userns), recursive)? {
                 plain.push(source.display().to_string());
             }
+            let locked = relocate::locked_flag_options(&target)?;
+            let options = mount.options().clone().unwrap_or_default();
+            mount.set_options(Some(relocate::with_locked_options(&options, &locked)));
             mount.set_source(Some(target));
         }
         oci.set_mounts(Some(mounts));

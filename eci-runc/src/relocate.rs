@@ -288,3 +288,305 @@ pub fn create_mount_points(
     }
     Ok(())
 }
+
+/// A container that joins a namespace it did not make cannot mount that
+/// namespace's kernel file system from its own user namespace: sysfs wants
+/// `CAP_SYS_ADMIN` over the owner of the network namespace, mqueue over the
+/// owner of the IPC namespace. A Kubernetes pod's containers join the pod's
+/// network namespace (made by containerd, for CNI: owned by the VM's user
+/// namespace) and the sandbox container's IPC namespace (owned by the
+/// sandbox's user namespace, not theirs), so runc fails their start with
+/// EPERM. eci-runc mounts such a file system itself, from a thread that
+/// joined the namespace (so the instance is that namespace's), with the
+/// mount's own flags, in the container's private directory; the spec binds
+/// it where the mount was. Returns notes for what it did. The namespace
+/// paths have been checked (none is the VM's) before this runs.
+pub fn kernel_mounts_for_joined_namespaces(
+    oci: &mut oci_spec::runtime::Spec,
+    container_dir: &Path,
+) -> Result<Vec<String>, RelocateError> {
+    use nix::sched::CloneFlags;
+    use oci_spec::runtime::LinuxNamespaceType;
+    let joined = |kind: LinuxNamespaceType| {
+        oci.linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .and_then(|ns| {
+                ns.iter()
+                    .find(|n| n.typ() == kind)
+                    .and_then(|n| n.path().clone())
+            })
+    };
+    let wanted = [
+        (
+            "sysfs",
+            joined(LinuxNamespaceType::Network),
+            CloneFlags::CLONE_NEWNET,
+        ),
+        (
+            "mqueue",
+            joined(LinuxNamespaceType::Ipc),
+            CloneFlags::CLONE_NEWIPC,
+        ),
+    ];
+    let mut mounts = oci.mounts().clone().unwrap_or_default();
+    let mut notes = Vec::new();
+    for (fstype, namespace, flag) in wanted {
+        let Some(namespace) = namespace else { continue };
+        let Some(mount) = mounts
+            .iter_mut()
+            .find(|m| m.typ().as_deref() == Some(fstype))
+        else {
+            continue;
+        };
+        let options = mount.options().clone().unwrap_or_default();
+        let target = container_dir.join(fstype);
+        mount_in_namespace(fstype, &namespace, flag, &options, &target)?;
+        let destination = mount.destination().display().to_string();
+        mount.set_typ(Some("bind".into()));
+        mount.set_source(Some(target));
+        let mut bind_options = vec!["rbind".to_owned()];
+        bind_options.extend(options.into_iter().filter(|o| o != "bind" && o != "rbind"));
+        mount.set_options(Some(bind_options));
+        notes.push(format!(
+            "{destination}: the {fstype} of the joined namespace {} (mounted by eci-runc: the container's user namespace does not own it)",
+            namespace.display()
+        ));
+    }
+    oci.set_mounts(Some(mounts));
+    Ok(notes)
+}
+
+/// The `net.*` sysctls of a container that joins a network namespace its
+/// user namespace does not own (a Kubernetes pod's; containerd 2 asks
+/// `net.ipv4.ip_unprivileged_port_start` and `net.ipv4.ping_group_range`
+/// for every sandbox): runc writes them from inside the container's user
+/// namespace, which the kernel refuses (EACCES). eci-runc writes them
+/// itself, from a thread that joined the network namespace, and takes them
+/// out of the spec. `ping_group_range` is in the container's ids (clamped
+/// to its range by `spec::rewrite`): written from the VM's user namespace
+/// it is shifted by `base`. Returns notes for what it wrote.
+pub fn net_sysctls_for_joined_network_namespace(
+    oci: &mut oci_spec::runtime::Spec,
+    base: u32,
+) -> Result<Vec<String>, RelocateError> {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let Some(mut linux) = oci.linux().clone() else {
+        return Ok(Vec::new());
+    };
+    let Some(netns) = linux.namespaces().as_ref().and_then(|ns| {
+        ns.iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+            .and_then(|n| n.path().clone())
+    }) else {
+        return Ok(Vec::new());
+    };
+    let mut sysctls = linux.sysctl().clone().unwrap_or_default();
+    let mut net: Vec<(String, String)> = sysctls
+        .iter()
+        .filter(|(k, _)| k.starts_with("net."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if net.is_empty() {
+        return Ok(Vec::new());
+    }
+    for (key, value) in &mut net {
+        if key == "net.ipv4.ping_group_range" {
+            let shifted: Vec<String> = value
+                .split_whitespace()
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map(|v| (v + u64::from(base)).to_string())
+                        .unwrap_or_else(|_| v.to_owned())
+                })
+                .collect();
+            *value = shifted.join(" ");
+        }
+    }
+    let file = std::fs::File::open(&netns).map_err(|source| RelocateError::Io {
+        what: "opening the network namespace",
+        path: netns.display().to_string(),
+        source,
+    })?;
+    let written = std::thread::scope(|s| {
+        s.spawn(|| {
+            // This thread only: /proc/sys/net is the opener's namespace's.
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| (netns.display().to_string(), std::io::Error::from(e)))?;
+            for (key, value) in &net {
+                let path = format!("/proc/sys/{}", key.replace('.', "/"));
+                std::fs::write(&path, value).map_err(|e| (format!("{path} = {value}"), e))?;
+            }
+            Ok::<(), (String, std::io::Error)>(())
+        })
+        .join()
+    });
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err((path, source))) => {
+            return Err(RelocateError::Io {
+                what: "writing a sysctl of the joined network namespace",
+                path,
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(RelocateError::Io {
+                what: "writing the sysctls of the joined network namespace",
+                path: netns.display().to_string(),
+                source: std::io::Error::other("the writing thread panicked"),
+            });
+        }
+    }
+    for (key, _) in &net {
+        sysctls.remove(key);
+    }
+    linux.set_sysctl(Some(sysctls));
+    oci.set_linux(Some(linux));
+    Ok(net
+        .into_iter()
+        .map(|(k, v)| {
+            format!(
+                "{k} = {v:?} written by eci-runc in the joined network namespace {}",
+                netns.display()
+            )
+        })
+        .collect())
+}
+
+/// Mount `fstype` at `target` (created) from a thread that joined the
+/// namespace at `namespace`, with the flags among `options`.
+fn mount_in_namespace(
+    fstype: &str,
+    namespace: &Path,
+    kind: nix::sched::CloneFlags,
+    options: &[String],
+    target: &Path,
+) -> Result<(), RelocateError> {
+    use nix::mount::MsFlags;
+    let mut flags = MsFlags::empty();
+    for option in options {
+        flags |= match option.as_str() {
+            "ro" => MsFlags::MS_RDONLY,
+            "nosuid" => MsFlags::MS_NOSUID,
+            "nodev" => MsFlags::MS_NODEV,
+            "noexec" => MsFlags::MS_NOEXEC,
+            _ => MsFlags::empty(),
+        };
+    }
+    let io = |what: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |source| RelocateError::Io { what, path, source }
+    };
+    std::fs::create_dir_all(target).map_err(io("creating", target))?;
+    let file = std::fs::File::open(namespace).map_err(io("opening the namespace", namespace))?;
+    let mounted = std::thread::scope(|s| {
+        s.spawn(|| {
+            // This thread only: the process keeps its own namespaces.
+            nix::sched::setns(&file, kind)?;
+            nix::mount::mount(Some(fstype), target, Some(fstype), flags, None::<&str>)
+        })
+        .join()
+    });
+    let failed = |source| RelocateError::Io {
+        what: "mounting the kernel file system of a joined namespace",
+        path: format!(
+            "{fstype} of {} at {}",
+            namespace.display(),
+            target.display()
+        ),
+        source,
+    };
+    match mounted {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(errno)) => Err(failed(std::io::Error::from(errno))),
+        Err(_) => Err(failed(std::io::Error::other(
+            "the mounting thread panicked",
+        ))),
+    }
+}
+
+/// The options that keep the flags of the mount at `target` which a
+/// container's mount namespace inherits *locked*: its mounts come from a
+/// more privileged mount namespace, so the kernel refuses a remount that
+/// would clear `nosuid`, `nodev`, `noexec`, `ro` or change the atime mode
+/// (EPERM). runc remounts a bind with only the options the spec names
+/// (before runc 1.1.10), so a bind whose source has more — containerd's
+/// CRI plugin binds a pod's `/dev/shm`, a `nosuid,nodev,noexec` tmpfs,
+/// with `rbind,ro` — fails the start unless the spec names them too.
+pub fn locked_flag_options(target: &Path) -> Result<Vec<&'static str>, RelocateError> {
+    use nix::sys::statvfs::FsFlags;
+    let flags = nix::sys::statvfs::statvfs(target)
+        .map_err(|e| RelocateError::Io {
+            what: "reading the mount flags of",
+            path: target.display().to_string(),
+            source: std::io::Error::from(e),
+        })?
+        .flags();
+    Ok([
+        (FsFlags::ST_RDONLY, "ro"),
+        (FsFlags::ST_NOSUID, "nosuid"),
+        (FsFlags::ST_NODEV, "nodev"),
+        (FsFlags::ST_NOEXEC, "noexec"),
+        (FsFlags::ST_NOATIME, "noatime"),
+        (FsFlags::ST_NODIRATIME, "nodiratime"),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| flags.contains(*flag))
+    .map(|(_, option)| option)
+    .collect())
+}
+
+/// `options` with `locked` added where missing (`ro` replaces `rw`).
+pub fn with_locked_options(options: &[String], locked: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = options
+        .iter()
+        .filter(|o| !(o.as_str() == "rw" && locked.contains(&"ro")))
+        .cloned()
+        .collect();
+    for option in locked {
+        if !out.iter().any(|o| o == option) {
+            out.push((*option).to_owned());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locked_flags_are_added_to_a_binds_options() {
+        let options: Vec<String> = ["rbind", "rw"].map(String::from).into();
+        assert_eq!(
+            with_locked_options(&options, &["ro", "nosuid", "nodev", "noexec"]),
+            ["rbind", "ro", "nosuid", "nodev", "noexec"]
+        );
+        let options: Vec<String> = ["rbind", "ro", "nosuid"].map(String::from).into();
+        assert_eq!(
+            with_locked_options(&options, &["nosuid", "nodev"]),
+            ["rbind", "ro", "nosuid", "nodev"]
+        );
+        assert_eq!(with_locked_options(&options, &[]), options);
+    }
+
+    #[test]
+    fn the_flags_of_a_mount_are_read_as_mountinfo_shows_them() {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let options = mountinfo
+            .lines()
+            .rfind(|l| l.split_whitespace().nth(4) == Some("/proc"))
+            .and_then(|l| l.split_whitespace().nth(5))
+            .unwrap()
+            .to_owned();
+        let locked = locked_flag_options(Path::new("/proc")).unwrap();
+        for flag in ["ro", "nosuid", "nodev", "noexec", "noatime"] {
+            assert_eq!(
+                locked.contains(&flag),
+                options.split(',').any(|o| o == flag),
+                "{flag}: {locked:?} / {options}"
+            );
+        }
+    }
+}

@@ -604,8 +604,13 @@ pub fn vet(spec: &Spec, ctx: &Context, extra_dirs: &[PathBuf]) -> Result<Vetted,
         }
     }
     // Read after the sources were opened: every mount they are on is in it,
-    // unless it went away meanwhile (then: refused).
-    let table = mount_table();
+    // unless it went away meanwhile (then: refused). eci-runc's own binds
+    // for running containers (below its run directory, each made from a
+    // source vetted then) are not "another mount of the device": without
+    // this, a pod's /dev/shm tmpfs, bound for its sandbox, would look like
+    // a bind of the VM's to the pod's next container.
+    let run_dir = crate::relocate::run_dir();
+    let table = mount_table().map(|t| without_own_binds(t, &run_dir));
     let mut vetted = Vetted::default();
     for (n, mount, source) in opened {
         let recursive = is_recursive(mount);
@@ -621,6 +626,15 @@ pub fn vet(spec: &Spec, ctx: &Context, extra_dirs: &[PathBuf]) -> Result<Vetted,
         }
     }
     Ok(vetted)
+}
+
+/// The mount table without the mounts at points strictly below `run_dir`
+/// (eci-runc's relocations for containers).
+pub fn without_own_binds(table: Vec<MountEntry>, run_dir: &Path) -> Vec<MountEntry> {
+    table
+        .into_iter()
+        .filter(|e| !(e.point.starts_with(run_dir) && e.point != run_dir))
+        .collect()
 }
 
 /// `rbind`: the mounts below the source go with it.
@@ -761,6 +775,23 @@ mod tests {
     fn verdict(facts: &SourceFacts, recursive: bool) -> Result<Allowance, Why> {
         let t = table();
         judge(facts, &dirs(), Ok(&t), recursive)
+    }
+
+    #[test]
+    fn a_pods_shm_bound_for_its_sandbox_stays_a_fresh_tmpfs_for_the_next_container() {
+        // The pod's shm (mount 106), and eci-runc's bind of it for the
+        // sandbox container below its run directory.
+        let text =
+            format!("{VM}120 28 0:51 / /run/eci-runc/sandbox/mount-6 rw,relatime - tmpfs shm rw\n");
+        let with_bind = parse_mountinfo(&text).unwrap();
+        let facts = on("/var/lib/docker/containers/c1/mounts/shm", 106);
+        assert!(judge(&facts, &dirs(), Ok(&with_bind), false).is_err());
+        let own = without_own_binds(with_bind, Path::new("/run/eci-runc"));
+        assert!(own.iter().any(|e| e.point == Path::new("/run")));
+        assert!(judge(&facts, &dirs(), Ok(&own), false).is_ok());
+        // The VM's /run itself (a bind of it is not fresh) is still seen.
+        let run = on("/var/lib/docker/volumes/run/_data", 101);
+        assert!(judge(&run, &dirs(), Ok(&own), false).is_err());
     }
 
     #[test]

@@ -142,6 +142,64 @@ impl Context {
     }
 }
 
+/// The annotation containerd's CRI plugin (Kubernetes) puts on every
+/// container of a pod, sandbox (pause) container included: the pod's
+/// sandbox id.
+pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// Where containerd keeps a runtime v2 task's bundle, below its state
+/// directory: `<state>/io.containerd.runtime.v2.task/<namespace>/<id>`.
+const CONTAINERD_TASKS: &str = "io.containerd.runtime.v2.task";
+/// The CRI plugin's directory below containerd's root and state.
+const CRI_PLUGIN_DIR: &str = "io.containerd.grpc.v1.cri";
+
+/// containerd's root directory (`ECI_CONTAINERD_ROOT`, default
+/// /var/lib/containerd): the CRI plugin keeps a pod's /etc files below it.
+pub fn containerd_root_from_env() -> PathBuf {
+    std::env::var_os("ECI_CONTAINERD_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/containerd".into())
+}
+
+impl Context {
+    /// A container of a Kubernetes pod (containerd's CRI plugin) may have
+    /// the files the plugin made for its pod bound in: `/etc/hosts`,
+    /// `/etc/hostname` and `/etc/resolv.conf` from
+    /// `<root>/io.containerd.grpc.v1.cri/sandboxes/<sandbox id>/`, and the
+    /// pod's `/dev/shm` (a tmpfs) from the same directory below the state
+    /// directory. The sandbox id is the pod's (annotation
+    /// [`CRI_SANDBOX_ID`]), a single path component; the state directory
+    /// is the one the bundle is in. Nothing is added for any other spec.
+    /// Returns the directories added.
+    pub fn add_cri_sandbox_dirs(&mut self, spec: &Spec, containerd_root: &Path) -> Vec<PathBuf> {
+        let Some(sandbox) = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(CRI_SANDBOX_ID))
+        else {
+            return Vec::new();
+        };
+        if sandbox.is_empty() || !sandbox.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Vec::new();
+        }
+        let mut dirs = vec![
+            containerd_root
+                .join(CRI_PLUGIN_DIR)
+                .join("sandboxes")
+                .join(sandbox),
+        ];
+        let bundle = normalize(&self.bundle);
+        let tasks = bundle.parent().and_then(Path::parent);
+        if let Some(tasks) = tasks
+            && tasks.file_name() == Some(std::ffi::OsStr::new(CONTAINERD_TASKS))
+            && let Some(state) = tasks.parent()
+        {
+            dirs.push(state.join(CRI_PLUGIN_DIR).join("sandboxes").join(sandbox));
+        }
+        self.engine_dirs.extend(dirs.iter().cloned());
+        dirs
+    }
+}
+
 fn ns_name(t: LinuxNamespaceType) -> &'static str {
     match t {
         LinuxNamespaceType::Network => "network",
@@ -558,6 +616,73 @@ mod tests {
         assert!(
             notes.iter().any(|n| n.contains("ping_group_range")),
             "{notes:?}"
+        );
+    }
+
+    /// A container of a Kubernetes pod as containerd's CRI plugin hands it
+    /// over: the pod's files bound from the plugin's sandbox directories.
+    fn cri_pod_container(sandbox: &str, mounts: &str) -> (Spec, Context) {
+        let bundle = "/run/containerd/io.containerd.runtime.v2.task/k8s.io/c2";
+        let text = format!(
+            r#"{{
+  "ociVersion": "1.0.2",
+  "process": {{"user": {{"uid": 0, "gid": 0}}, "args": ["sleep"], "cwd": "/"}},
+  "root": {{"path": "rootfs"}},
+  "annotations": {{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "{sandbox}"}},
+  "mounts": [
+    {{"destination": "/proc", "type": "proc", "source": "proc"}},
+    {{"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/{sandbox}/hosts", "options": ["rbind", "rprivate", "rw"]}},
+    {{"destination": "/dev/shm", "type": "bind", "source": "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/{sandbox}/shm", "options": ["rbind", "rprivate", "rw"]}}
+    {mounts}
+  ],
+  "linux": {{"namespaces": [{ALL_NS}], "cgroupsPath": "/kubepods/pod1/c2"}}
+}}"#
+        );
+        let mut c = Context::docker_defaults("c2", Path::new(bundle), 165536);
+        c.vm_namespaces.clear();
+        (serde_json::from_str(&text).unwrap(), c)
+    }
+
+    #[test]
+    fn a_kubernetes_pods_files_from_containerds_sandbox_directories_pass() {
+        let (spec, mut c) = cri_pod_container("abc123", "");
+        assert!(
+            check(&spec, &c, &lexical).is_err(),
+            "allowed before the pod's dirs"
+        );
+        let added = c.add_cri_sandbox_dirs(&spec, Path::new("/var/lib/containerd"));
+        assert_eq!(
+            added,
+            [
+                PathBuf::from("/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/abc123"),
+                PathBuf::from("/run/containerd/io.containerd.grpc.v1.cri/sandboxes/abc123"),
+            ]
+        );
+        check(&spec, &c, &lexical).unwrap();
+    }
+
+    #[test]
+    fn another_pods_files_and_odd_sandbox_ids_are_not_allowed() {
+        let other = r#", {"destination": "/x", "type": "bind", "source": "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/other/hosts", "options": ["rbind"]}"#;
+        let (spec, mut c) = cri_pod_container("abc123", other);
+        c.add_cri_sandbox_dirs(&spec, Path::new("/var/lib/containerd"));
+        assert!(matches!(
+            check(&spec, &c, &lexical),
+            Err(Refusal::VmMount { .. })
+        ));
+        for odd in ["", "..", "abc/../../../../etc", "a.b"] {
+            let (spec, mut c) = cri_pod_container(odd, "");
+            assert!(
+                c.add_cri_sandbox_dirs(&spec, Path::new("/var/lib/containerd"))
+                    .is_empty(),
+                "{odd:?}"
+            );
+        }
+        // Docker's containers carry no sandbox id: nothing added.
+        let mut c = ctx();
+        assert!(
+            c.add_cri_sandbox_dirs(&docker_like(ALL_NS, ""), Path::new("/var/lib/containerd"))
+                .is_empty()
         );
     }
 

@@ -59,7 +59,7 @@ pub fn text(o: &Output) -> String {
 }
 
 /// A busybox image that also holds eci-test-client and the libraries it needs.
-fn image_rootfs(dir: &Path) -> PathBuf {
+pub fn image_rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
     for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "share", "mnt"] {
         std::fs::create_dir_all(root.join(d)).expect("rootfs dir");

@@ -2,6 +2,7 @@
 //! real processes. Tests that need BPF-LSM run where the kernel has it (the
 //! test VM, or a capable host) and say why when they skip elsewhere.
 
+pub mod cri;
 pub mod engine;
 
 use std::{

@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "systemd",
     "mmdebstrap",
+    // k8s-cri's build script (the CRI client of the tests) runs protoc.
+    "protobuf-compiler",
 ];
 
 fn installed(package: &str) -> bool {

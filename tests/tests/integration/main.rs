@@ -5,6 +5,7 @@
 //! eci-integration-tests -- <filter>` select by `module::test_name`.
 
 mod agent;
+mod cri;
 mod demo;
 mod deploy;
 mod escape;
