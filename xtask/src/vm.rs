@@ -252,6 +252,7 @@ fn boot(kernel: &Kernel, guest_script: &str, opts: &VmOptions, accel: Accel) -> 
         format!("eci_modules={}", kernel.modules_dir().display()),
         format!("eci_repo={}", util::repo_root().display()),
         format!("eci_root={}", stacks::root(&kernel.stack)?.display()),
+        format!("eci_9p_cache={}", nine_p_cache()),
     ];
     cmdline.extend(opts.extra_cmdline.iter().cloned());
 
@@ -428,6 +429,18 @@ echo "eci-vm: kernel $(uname -r), lsm=$(cat /sys/kernel/security/lsm)"
     s
 }
 
+/// The guest's cache mode for the host root over 9p. `loose` keeps what the
+/// guest has read in its page cache (each exec of dockerd, runc or the test
+/// binary otherwise reads the file again through 9p); safe because the guest
+/// mounts the share read-only and nothing it reads changes during a run.
+/// `ECI_9P_CACHE=none` turns it off.
+fn nine_p_cache() -> String {
+    match std::env::var("ECI_9P_CACHE") {
+        Ok(v) if ["none", "loose", "mmap", "fscache"].contains(&v.as_str()) => v,
+        _ => "loose".into(),
+    }
+}
+
 /// The initramfs /init: load modules, mount the host root, switch_root.
 fn init_script() -> String {
     let fresh = FRESH_VAR_LIB.join(" ");
@@ -447,7 +460,8 @@ stage=$(arg eci_stage)
 release=$(arg eci_release)
 modules=$(arg eci_modules)
 mkdir -p /newroot /hostvarlib /hostfs
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /hostfs \
+cache=$(arg eci_9p_cache)
+mount -t 9p -o "trans=virtio,version=9p2000.L,ro,msize=262144,cache=${{cache:-none}}" hostroot /hostfs \
     || fail "mounting the host root over 9p"
 # The root the guest runs on: the host's own (/) or an engine stack's root
 # below it (build/vm/roots/sid).
