@@ -25,10 +25,10 @@ pub fn mirror() -> String {
         for e in rd.flatten() {
             let p = e.path();
             let name = p.to_string_lossy().into_owned();
-            if name.ends_with(".sources") || name.ends_with(".list") {
-                if let Ok(t) = fs::read_to_string(&p) {
-                    texts.push(t);
-                }
+            if (name.ends_with(".sources") || name.ends_with(".list"))
+                && let Ok(t) = fs::read_to_string(&p)
+            {
+                texts.push(t);
             }
         }
     }

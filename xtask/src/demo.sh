@@ -67,7 +67,9 @@ $T/eci-agent run --policy /tmp/demo/policy.json --protect-socket /tmp/demo/engin
     >/tmp/demo/agent.log 2>&1 &
 agent_pid=$!
 # A stand-in for the Docker Engine's API socket.
-$T/eci-demo-listener /tmp/demo/engine.sock &
+# (Its output goes to a file: a daemon left holding the demo's stdout would
+# keep whoever reads it waiting for an end that never comes.)
+$T/eci-demo-listener /tmp/demo/engine.sock >/tmp/demo/listener.log 2>&1 &
 wait_for "the agent" 60 $T/eci-agent status || { tail -n 5 /tmp/demo/agent.log; verdict; }
 grep -E "probe passed|protected" /tmp/demo/agent.log | sed 's/^.*INFO /  /'
 

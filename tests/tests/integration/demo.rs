@@ -2,7 +2,10 @@
 //! (`xtask/src/demo.sh`) must finish with every step as expected, each step
 //! within its time limit, and say so in its last line.
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
 
 use eci_integration_tests::{bpf_lsm_or_skip, workspace_bin};
 
@@ -19,29 +22,37 @@ fn demo_ends_with_every_step_as_expected() {
         .parent()
         .expect("the binaries' directory")
         .to_path_buf();
-    let out = Command::new("sh")
+    // Its lines are shown as they come (the VM's console shows progress),
+    // and kept for the verdict.
+    let mut child = Command::new("sh")
         .arg(repo.join("xtask/src/demo.sh"))
         .current_dir(repo)
         .env("ECI_DEMO_BIN", &bin_dir)
-        .output()
+        .stdout(Stdio::piped())
+        .spawn()
         .expect("running the demo script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    print!("{stdout}");
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    let verdict = stdout
-        .lines()
+    // Up to the verdict line, the script's last: what it started in the
+    // background may hold the pipe open after it has ended.
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stdout.take().expect("the demo's stdout")).lines() {
+        let line = line.expect("reading the demo's output");
+        println!("{line}");
+        let done = line.starts_with("ECI-DEMO-VERDICT:");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let status = child.wait().expect("waiting for the demo script");
+    let verdict = lines
+        .iter()
         .rev()
         .find(|l| l.starts_with("ECI-DEMO-VERDICT:"))
-        .unwrap_or_else(|| {
-            panic!(
-                "the demo printed no verdict line (exit {:?})",
-                out.status.code()
-            )
-        });
+        .unwrap_or_else(|| panic!("the demo printed no verdict line (exit {:?})", status.code()));
     assert!(
-        verdict.starts_with("ECI-DEMO-VERDICT: PASS:") && out.status.success(),
+        verdict.starts_with("ECI-DEMO-VERDICT: PASS:") && status.success(),
         "{verdict} (exit {:?})",
-        out.status.code()
+        status.code()
     );
     // The demo leaves its engine and pinned rules behind (it runs in a VM
     // of its own); stop them so that nothing else in this VM sees them.

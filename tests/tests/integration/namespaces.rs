@@ -67,11 +67,11 @@ fn nsenter_into_the_vm_fails_from_a_protected_cgroup() {
     let protected = TestCgroup::new("eci-prot");
     let unprotected = TestCgroup::new("eci-free");
     agent.protect(&protected);
-    for ns in ["--net", "--mount", "--uts", "--ipc"] {
+    for (ns, name) in [("--net", "net"), ("--mount", "mnt"), ("--uts", "uts"), ("--ipc", "ipc")] {
         // The namespace file named: what every nsenter opens. (util-linux
         // 2.39+ with `--target` alone joins through a pidfd instead, which
         // opens no namespace file: see the known gap printed below.)
-        let file = format!("{ns}=/proc/1/ns/{}", &ns[2..]);
+        let file = format!("{ns}=/proc/1/ns/{name}");
         let out = protected
             .command("nsenter")
             .args([file.as_str(), "--", "true"])
