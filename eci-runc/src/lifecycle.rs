@@ -313,7 +313,7 @@ impl Runtime {
         let allocation = &rollback.allocation;
         // From here on, any failure drops `rollback`, which releases.
         {
-            let mut ctx = spec::Context::docker_defaults(&id, &bundle, allocation.base);
+            let mut ctx = spec::Context::docker(&id, &bundle, allocation.base, &oci);
             ctx.shareable_host_paths = policy.shareable_host_paths.clone();
             for dir in ctx.add_cri_sandbox_dirs(&oci, &spec::containerd_root_from_env()) {
                 report.info(&format!(
@@ -526,7 +526,9 @@ impl Runtime {
             let recursive = sources::is_recursive(mount);
             // Bound from the descriptor that was judged (`sources::vet`).
             let fd = vetted.fd(n)?;
-            if source.starts_with(views.dir()) {
+            if let Some(sources::Allowance::HarmlessReadOnly { .. }) = vetted.allowance(n) {
+                relocate::bind_read_only_from(fd, &source, &target, recursive)?;
+            } else if source.starts_with(views.dir()) {
                 relocate::bind_from(fd, &source, &target, None, false)?;
             } else if !relocate::bind_from(fd, &source, &target, Some(&userns), recursive)? {
                 plain.push(source.display().to_string());

@@ -36,6 +36,9 @@ pub enum RelocateError {
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 
 #[repr(C)]
 struct MountAttr {
@@ -143,6 +146,42 @@ pub fn bind_from(
     userns: Option<&OwnedFd>,
     recursive: bool,
 ) -> Result<bool, RelocateError> {
+    let how = match userns {
+        Some(ns) => Attrs::IdMapIfPossible(ns),
+        None => Attrs::None,
+    };
+    clone_tree_to(source_fd, source, target, how, recursive)
+}
+
+/// [`bind_from`] for a harmless VM file: not ID-mapped, and read-only,
+/// `nosuid` and `nodev` as a whole (mounts below included) before it is
+/// moved into place, so the container's mount namespace inherits the flags
+/// locked. A failure to set them is an error, not a plainer bind.
+pub fn bind_read_only_from(
+    source_fd: &OwnedFd,
+    source: &Path,
+    target: &Path,
+    recursive: bool,
+) -> Result<(), RelocateError> {
+    clone_tree_to(source_fd, source, target, Attrs::ReadOnly, recursive).map(|_| ())
+}
+
+/// What [`clone_tree_to`] sets on the cloned tree.
+enum Attrs<'a> {
+    None,
+    /// ID-mapped by this user namespace where the file system allows it.
+    IdMapIfPossible(&'a OwnedFd),
+    /// Read-only, nosuid, nodev, or the bind fails.
+    ReadOnly,
+}
+
+fn clone_tree_to(
+    source_fd: &OwnedFd,
+    source: &Path,
+    target: &Path,
+    attrs: Attrs<'_>,
+    recursive: bool,
+) -> Result<bool, RelocateError> {
     let io = |what: &'static str, path: &Path| {
         let path = path.display().to_string();
         move |source| RelocateError::Io { what, path, source }
@@ -180,14 +219,7 @@ pub fn bind_from(
     }
     // SAFETY: open_tree returned a new fd that nothing else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
-    let mut idmapped = false;
-    if let Some(ns) = userns {
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_IDMAP,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: ns.as_raw_fd() as u64,
-        };
+    let setattr = |attr: MountAttr| {
         let empty = CString::default();
         // SAFETY: attr is a valid mount_attr of the size passed.
         let rc = unsafe {
@@ -200,7 +232,32 @@ pub fn bind_from(
                 std::mem::size_of::<MountAttr>(),
             )
         };
-        idmapped = rc == 0;
+        rc == 0
+    };
+    let mut idmapped = false;
+    match attrs {
+        Attrs::None => {}
+        Attrs::IdMapIfPossible(ns) => {
+            idmapped = setattr(MountAttr {
+                attr_set: MOUNT_ATTR_IDMAP,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: ns.as_raw_fd() as u64,
+            });
+        }
+        Attrs::ReadOnly => {
+            let set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+            if !setattr(MountAttr {
+                attr_set: set,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: 0,
+            }) {
+                return Err(io("making read-only, nosuid and nodev", source)(
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
     }
     let dst = cstr(target)?;
     let empty = CString::default();

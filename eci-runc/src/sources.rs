@@ -16,6 +16,16 @@
 //!   and type, mount root `/`, and a device no other mount in the table
 //!   shows (a bind of the VM's `/run` or `/dev/shm` is not one).
 //!
+//! - it is one of a few **harmless VM files, read-only**: the VM's time
+//!   zone (`/etc/localtime`, `/etc/timezone`, `/usr/share/zoneinfo`), the
+//!   kernel's modules (`/lib/modules`, as kind binds them) and the engine's
+//!   init binary (`docker run --init`), each known by the path the kernel
+//!   resolved the source to (or, for the init binary, by its inode), root's
+//!   and readable by every VM user already, never setuid or setgid. The
+//!   bind asks for `ro`, and eci-runc makes it read-only, `nosuid` and
+//!   `nodev` itself, mounts below included (locked in the container's mount
+//!   namespace), without ID-mapping: the container's root owns none of it.
+//!
 //! For a recursive bind every mount below the source is judged the same way.
 //! Anything that cannot be judged (no mountinfo, a failing `statx` or
 //! `fstatfs`) is refused with the reason. The descriptor that was judged is
@@ -114,6 +124,10 @@ pub struct SourceFacts {
     pub magic: u64,
     /// `st_dev` (major, minor).
     pub dev: (u32, u32),
+    pub ino: u64,
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+    pub uid: u32,
 }
 
 /// A directory that allows sources on its own mount, by its real path and
@@ -131,6 +145,8 @@ pub enum Allowance {
     SameMount { dir: PathBuf },
     /// On a fresh tmpfs mounted at `point`, below `dir`.
     FreshTmpfs { dir: PathBuf, point: PathBuf },
+    /// A harmless VM file (`what` names it), bound read-only.
+    HarmlessReadOnly { what: &'static str },
 }
 
 /// What a refused mount really is.
@@ -221,6 +237,8 @@ pub enum Why {
     Is(What),
     /// A recursive bind would take `what`, mounted at `point` below it.
     Below { point: PathBuf, what: What },
+    /// A harmless VM file (`what` names it) asked for writable.
+    HarmlessOnlyReadOnly { what: &'static str },
 }
 
 impl std::fmt::Display for Why {
@@ -240,6 +258,10 @@ impl std::fmt::Display for Why {
                 f,
                 "a recursive bind of it would take {what}, mounted at {} below it",
                 point.display()
+            ),
+            Why::HarmlessOnlyReadOnly { what } => write!(
+                f,
+                "it is {what}, which containers may bind read-only only (add `:ro` to the -v, or `readonly` to the --mount)"
             ),
         }
     }
@@ -302,7 +324,8 @@ pub fn judge(
     facts: &SourceFacts,
     dirs: &[AllowingDir],
     table: Result<&[MountEntry], &FactsError>,
-    recursive: bool,
+    bind: BindAsked,
+    init_binaries: &[(u64, u64)],
 ) -> Result<Allowance, Why> {
     let table = table.map_err(|e| Why::Unjudgeable(e.clone()))?;
     let entry = table
@@ -315,16 +338,38 @@ pub fn judge(
         .iter()
         .filter(|d| facts.path.starts_with(&d.path))
         .collect();
-    if containing.is_empty() {
-        return Err(Why::Outside);
-    }
     let fresh = facts.magic == TMPFS_MAGIC && facts.dev == entry.dev;
-    let (dir, allowance) = containing
-        .iter()
-        .find_map(|dir| {
-            allowance_below(entry, dir, table, fresh).map(|allowance| (*dir, allowance))
-        })
-        .ok_or_else(|| Why::Is(describe(entry, table, Some(facts.magic))))?;
+    let found = containing.iter().find_map(|dir| {
+        allowance_below(entry, dir, table, fresh).map(|allowance| (*dir, allowance))
+    });
+    let Some((dir, allowance)) = found else {
+        let refused = if containing.is_empty() {
+            Why::Outside
+        } else {
+            Why::Is(describe(entry, table, Some(facts.magic)))
+        };
+        return match harmless(facts, init_binaries) {
+            Some(what) if !bind.read_only => Err(Why::HarmlessOnlyReadOnly { what }),
+            Some(what) => {
+                if bind.recursive {
+                    // Made read-only, nosuid and nodev as a whole when
+                    // bound; a kernel file system below would still show.
+                    for below in mounts_below(table, entry, &facts.path) {
+                        let what_below = what_is(below, table);
+                        if matches!(what_below, What::Kernel { .. }) {
+                            return Err(Why::Below {
+                                point: below.point.clone(),
+                                what: what_below,
+                            });
+                        }
+                    }
+                }
+                Ok(Allowance::HarmlessReadOnly { what })
+            }
+            None => Err(refused),
+        };
+    };
+    let recursive = bind.recursive;
     if recursive {
         for below in mounts_below(table, entry, &facts.path) {
             if allowance_below(below, dir, table, true).is_none() {
@@ -336,6 +381,93 @@ pub fn judge(
         }
     }
     Ok(allowance)
+}
+
+/// How a bind asks for its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BindAsked {
+    /// `rbind`: the mounts below go with it.
+    pub recursive: bool,
+    /// `ro`.
+    pub read_only: bool,
+}
+
+/// The harmless VM files by the path the kernel resolves them to: what
+/// each is, and whether the paths below it count too.
+const HARMLESS_READ_ONLY: &[(&str, &str, bool)] = &[
+    ("/etc/localtime", "the VM's time zone", false),
+    ("/etc/timezone", "the VM's time zone", false),
+    ("/usr/share/zoneinfo", "the VM's time zone data", true),
+    ("/lib/modules", "the VM kernel's modules", true),
+    ("/usr/lib/modules", "the VM kernel's modules", true),
+];
+
+/// Where the engine looks for its init binary (`docker-init`) when no
+/// `init-path` is configured: its libexec directories, then `PATH`.
+const INIT_BINARY_DIRS: &[&str] = &[
+    "/usr/local/libexec/docker",
+    "/usr/libexec/docker",
+    "/usr/local/lib/docker",
+    "/usr/lib/docker",
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// The (device, inode) of each `docker-init` the engine may use.
+pub fn init_binaries() -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found: Vec<(u64, u64)> = INIT_BINARY_DIRS
+        .iter()
+        .filter_map(|dir| std::fs::metadata(Path::new(dir).join("docker-init")).ok())
+        .filter(|m| m.is_file())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// `facts` is a harmless VM file: one of [`HARMLESS_READ_ONLY`] by its real
+/// path, or the engine's init binary by its inode; and root's, readable by
+/// every VM user (and searchable, for a directory), not writable by them,
+/// never setuid or setgid.
+fn harmless(facts: &SourceFacts, init_binaries: &[(u64, u64)]) -> Option<&'static str> {
+    let is_dir = facts.mode & libc::S_IFMT == libc::S_IFDIR;
+    let is_file = facts.mode & libc::S_IFMT == libc::S_IFREG;
+    let everyone_reads = facts.mode & 0o004 != 0 && (!is_dir || facts.mode & 0o001 != 0);
+    let plain = facts.uid == 0
+        && facts.mode & 0o022 == 0
+        && facts.mode & 0o6000 == 0
+        && everyone_reads
+        && (is_dir || is_file);
+    if !plain {
+        return None;
+    }
+    let device = u64::from(facts.dev.0) << 32 | u64::from(facts.dev.1);
+    if is_file
+        && init_binaries
+            .iter()
+            .any(|(dev, ino)| *ino == facts.ino && same_device(*dev, device))
+    {
+        return Some("the engine's init binary (docker-init, for --init)");
+    }
+    HARMLESS_READ_ONLY
+        .iter()
+        .find(|(path, _, below)| {
+            facts.path == Path::new(path) || (*below && facts.path.starts_with(path))
+        })
+        .map(|(_, what, _)| *what)
+}
+
+/// `st_dev` as `stat(2)` encodes it vs. (major << 32 | minor).
+fn same_device(st_dev: u64, major_minor: u64) -> bool {
+    let major = ((st_dev >> 32) & 0xffff_f000) | ((st_dev >> 8) & 0xfff);
+    let minor = ((st_dev >> 12) & 0xffff_ff00) | (st_dev & 0xff);
+    (major << 32 | minor) == major_minor
 }
 
 /// `entry` is allowed by `dir`: it is `dir`'s own mount, or a fresh tmpfs
@@ -541,6 +673,9 @@ pub fn facts_of(fd: &OwnedFd, shown: &str) -> Result<SourceFacts, FactsError> {
         // f_type is a signed word; magics are 32 bits.
         magic: (sfs.f_type as u64) & 0xffff_ffff,
         dev: (stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+        mode: u32::from(stx.stx_mode),
+        uid: stx.stx_uid,
     })
 }
 
@@ -611,11 +746,15 @@ pub fn vet(spec: &Spec, ctx: &Context, extra_dirs: &[PathBuf]) -> Result<Vetted,
     // a bind of the VM's to the pod's next container.
     let run_dir = crate::relocate::run_dir();
     let table = mount_table().map(|t| without_own_binds(t, &run_dir));
+    let init = init_binaries();
     let mut vetted = Vetted::default();
     for (n, mount, source) in opened {
-        let recursive = is_recursive(mount);
+        let bind = BindAsked {
+            recursive: is_recursive(mount),
+            read_only: is_read_only(mount),
+        };
         let judged = source.map_err(Why::Unjudgeable).and_then(|(fd, facts)| {
-            let allowance = judge(&facts, &dirs, table.as_deref(), recursive)?;
+            let allowance = judge(&facts, &dirs, table.as_deref(), bind, &init)?;
             Ok((fd, allowance))
         });
         match judged {
@@ -635,6 +774,17 @@ pub fn without_own_binds(table: Vec<MountEntry>, run_dir: &Path) -> Vec<MountEnt
         .into_iter()
         .filter(|e| !(e.point.starts_with(run_dir) && e.point != run_dir))
         .collect()
+}
+
+/// `ro`, or `rro` (recursively read-only, as Docker 25+ asks for `:ro`
+/// binds); the last of them and `rw` wins, as for mount(8).
+pub fn is_read_only(mount: &Mount) -> bool {
+    mount.options().as_ref().is_some_and(|o| {
+        o.iter()
+            .rev()
+            .find(|x| ["ro", "rro", "rw"].contains(&x.as_str()))
+            .is_some_and(|x| x != "rw")
+    })
 }
 
 /// `rbind`: the mounts below the source go with it.
@@ -769,12 +919,24 @@ mod tests {
             mnt_id: id,
             magic,
             dev: entry.dev,
+            ino: 1000 + id,
+            // A directory of root's that every VM user may read.
+            mode: libc::S_IFDIR | 0o755,
+            uid: 0,
+        }
+    }
+
+    /// A bind as `-v` makes it: recursive, read-write unless `ro`.
+    fn rw(recursive: bool) -> BindAsked {
+        BindAsked {
+            recursive,
+            read_only: false,
         }
     }
 
     fn verdict(facts: &SourceFacts, recursive: bool) -> Result<Allowance, Why> {
         let t = table();
-        judge(facts, &dirs(), Ok(&t), recursive)
+        judge(facts, &dirs(), Ok(&t), rw(recursive), &[])
     }
 
     #[test]
@@ -785,13 +947,13 @@ mod tests {
             format!("{VM}120 28 0:51 / /run/eci-runc/sandbox/mount-6 rw,relatime - tmpfs shm rw\n");
         let with_bind = parse_mountinfo(&text).unwrap();
         let facts = on("/var/lib/docker/containers/c1/mounts/shm", 106);
-        assert!(judge(&facts, &dirs(), Ok(&with_bind), false).is_err());
+        assert!(judge(&facts, &dirs(), Ok(&with_bind), rw(false), &[]).is_err());
         let own = without_own_binds(with_bind, Path::new("/run/eci-runc"));
         assert!(own.iter().any(|e| e.point == Path::new("/run")));
-        assert!(judge(&facts, &dirs(), Ok(&own), false).is_ok());
+        assert!(judge(&facts, &dirs(), Ok(&own), rw(false), &[]).is_ok());
         // The VM's /run itself (a bind of it is not fresh) is still seen.
         let run = on("/var/lib/docker/volumes/run/_data", 101);
-        assert!(judge(&run, &dirs(), Ok(&own), false).is_err());
+        assert!(judge(&run, &dirs(), Ok(&own), rw(false), &[]).is_err());
     }
 
     #[test]
@@ -931,7 +1093,8 @@ mod tests {
             &on("/var/lib/docker/volumes/sub/_data", 103),
             &dirs(),
             Ok(&alone),
-            false,
+            rw(false),
+            &[],
         )
         .unwrap_err();
         assert!(matches!(why, Why::Is(What::VmBind { .. })), "{why:?}");
@@ -1000,7 +1163,8 @@ mod tests {
             &on("/var/lib/docker/volumes/data/_data", 45),
             &dirs(),
             Err(&e),
-            false,
+            rw(false),
+            &[],
         )
         .unwrap_err();
         assert_eq!(why, Why::Unjudgeable(e));
@@ -1111,6 +1275,121 @@ mod tests {
         assert!(matches!(
             open(Path::new("/nonexistent/eci")),
             Err(FactsError::Open { .. })
+        ));
+    }
+
+    /// The VM's files as the kernel would show them: /etc/localtime resolved
+    /// to its zone file on the root file system, the modules directory with
+    /// a read-only bind and a proc below it, /etc/passwd.
+    fn vm_file(path: &str, mode: u32) -> SourceFacts {
+        SourceFacts {
+            path: path.into(),
+            mnt_id: 27,
+            magic: 0xef53,
+            dev: (254, 0),
+            ino: 77,
+            mode,
+            uid: 0,
+        }
+    }
+
+    fn ro(recursive: bool) -> BindAsked {
+        BindAsked {
+            recursive,
+            read_only: true,
+        }
+    }
+
+    #[test]
+    fn the_vms_time_zone_and_modules_may_be_bound_read_only_and_nothing_else_of_the_vm() {
+        let t = table();
+        let judge_vm =
+            |facts: &SourceFacts, bind: BindAsked| judge(facts, &dirs(), Ok(&t), bind, &[]);
+        let zone = vm_file("/usr/share/zoneinfo/Etc/UTC", libc::S_IFREG | 0o644);
+        assert_eq!(
+            judge_vm(&zone, ro(true)),
+            Ok(Allowance::HarmlessReadOnly {
+                what: "the VM's time zone data"
+            })
+        );
+        let timezone = vm_file("/etc/timezone", libc::S_IFREG | 0o644);
+        assert!(judge_vm(&timezone, ro(false)).is_ok());
+        let modules = vm_file("/usr/lib/modules", libc::S_IFDIR | 0o755);
+        assert!(judge_vm(&modules, ro(true)).is_ok());
+        // Writable: refused, and the message says how to ask.
+        let why = judge_vm(&zone, rw(true)).unwrap_err();
+        assert_eq!(
+            why,
+            Why::HarmlessOnlyReadOnly {
+                what: "the VM's time zone data"
+            }
+        );
+        assert!(why.to_string().contains(":ro"), "{why}");
+        // Spelled like a harmless file but something else (a bind of
+        // /etc/passwd at /etc/localtime): judged by what it resolved to.
+        let passwd = vm_file("/etc/passwd", libc::S_IFREG | 0o644);
+        assert_eq!(judge_vm(&passwd, ro(false)), Err(Why::Outside));
+        // Not every VM user's to read, writable by others, setuid, not
+        // root's, a device node: not harmless, whatever the path.
+        for (mode, uid) in [
+            (libc::S_IFREG | 0o640, 0),
+            (libc::S_IFREG | 0o646, 0),
+            (libc::S_IFREG | 0o4755, 0),
+            (libc::S_IFREG | 0o644, 1000),
+            (libc::S_IFCHR | 0o644, 0),
+        ] {
+            let mut f = vm_file("/etc/localtime", mode);
+            f.uid = uid;
+            assert_eq!(judge_vm(&f, ro(false)), Err(Why::Outside), "{mode:o} {uid}");
+        }
+        // A kernel file system below the modules would go along.
+        let text = format!(
+            "{VM}130 27 254:0 /usr/lib/modules /usr/lib/modules ro - ext4 /dev/vda rw\n131 130 0:21 / /usr/lib/modules/proc rw - proc proc rw\n"
+        );
+        let with_proc = parse_mountinfo(&text).unwrap();
+        let mut below = vm_file("/usr/lib/modules", libc::S_IFDIR | 0o755);
+        below.mnt_id = 130;
+        assert!(matches!(
+            judge(&below, &dirs(), Ok(&with_proc), ro(true), &[]),
+            Err(Why::Below { .. })
+        ));
+        assert!(judge(&below, &dirs(), Ok(&with_proc), ro(false), &[]).is_ok());
+    }
+
+    #[test]
+    fn the_engines_init_binary_is_known_by_its_inode_not_its_name() {
+        let t = table();
+        // (254, 0) as stat(2) encodes it.
+        let st_dev = libc::makedev(254, 0);
+        let tini = vm_file("/usr/bin/tini-static", libc::S_IFREG | 0o755);
+        assert_eq!(
+            judge(&tini, &dirs(), Ok(&t), ro(false), &[(st_dev, 77)]),
+            Ok(Allowance::HarmlessReadOnly {
+                what: "the engine's init binary (docker-init, for --init)"
+            })
+        );
+        // Another inode, or the same inode number on another device.
+        assert_eq!(
+            judge(&tini, &dirs(), Ok(&t), ro(false), &[(st_dev, 78)]),
+            Err(Why::Outside)
+        );
+        assert_eq!(
+            judge(
+                &tini,
+                &dirs(),
+                Ok(&t),
+                ro(false),
+                &[(libc::makedev(254, 1), 77)]
+            ),
+            Err(Why::Outside)
+        );
+        assert!(same_device(
+            libc::makedev(0x1abc, 0x1234),
+            (0x1abc << 32) | 0x1234
+        ));
+        assert!(!same_device(
+            libc::makedev(0x1abc, 0x1234),
+            (0xabc << 32) | 0x1234
         ));
     }
 }

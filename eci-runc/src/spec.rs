@@ -59,10 +59,6 @@ pub enum Refusal {
     )]
     HostNamespace(String, &'static str),
     #[error(
-        "enhanced container isolation: can't mount {from} at {destination}: it is a VM path, outside the container's own files, the engine's volumes and the policy's shareable host paths. Use a named volume, or ask an administrator to add the directory to eci.shareableHostPaths in /etc/eci/admin-settings.json"
-    )]
-    VmMount { from: String, destination: String },
-    #[error(
         "enhanced container isolation: engine socket mount denied ({from} at {destination}): containers cannot reach the container engine's sockets; only the Docker socket can be given, and only to images on enhancedContainerIsolation.dockerSocketMount.imageList. Remove the mount"
     )]
     EngineSocket { from: String, destination: String },
@@ -109,9 +105,49 @@ pub struct Context {
     pub vm_namespaces: Vec<(String, u64)>,
 }
 
+/// The engine's data root when nothing says otherwise.
+pub const DEFAULT_DOCKER_DATA_ROOT: &str = "/var/lib/docker";
+
+/// Docker's directory for this container, `<data-root>/containers/<id>`:
+/// the parent of the `hosts`, `hostname` or `resolv.conf` the engine binds
+/// in. Only the engine can name it: the id is made when the container is
+/// created, after the request's own binds were fixed.
+pub fn docker_container_dir(spec: &Spec, container_id: &str) -> Option<PathBuf> {
+    spec.mounts().iter().flatten().find_map(|m| {
+        if !["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]
+            .iter()
+            .any(|d| m.destination() == Path::new(d))
+        {
+            return None;
+        }
+        let dir = m.source().as_ref()?.parent()?;
+        let is_own = dir.file_name()? == container_id && dir.parent()?.file_name()? == "containers";
+        is_own.then(|| dir.to_owned())
+    })
+}
+
 impl Context {
+    /// The context of a container the engine made from `spec`: the engine's
+    /// directories below its data root as the engine's own binds show it
+    /// (any `data-root`), else below [`DEFAULT_DOCKER_DATA_ROOT`].
+    pub fn docker(container_id: &str, bundle: &Path, base: u32, spec: &Spec) -> Self {
+        let data_root = docker_container_dir(spec, container_id)
+            .and_then(|dir| dir.parent()?.parent().map(Path::to_owned))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_DATA_ROOT));
+        Self::with_data_root(container_id, bundle, base, &data_root)
+    }
+
     pub fn docker_defaults(container_id: &str, bundle: &Path, base: u32) -> Self {
-        let volumes_dir = PathBuf::from("/var/lib/docker/volumes");
+        Self::with_data_root(
+            container_id,
+            bundle,
+            base,
+            Path::new(DEFAULT_DOCKER_DATA_ROOT),
+        )
+    }
+
+    fn with_data_root(container_id: &str, bundle: &Path, base: u32, data_root: &Path) -> Self {
+        let volumes_dir = data_root.join("volumes");
         Self {
             container_id: container_id.to_owned(),
             bundle: bundle.to_owned(),
@@ -119,7 +155,7 @@ impl Context {
             shareable_host_paths: Vec::new(),
             engine_dirs: vec![
                 volumes_dir.clone(),
-                PathBuf::from("/var/lib/docker/containers").join(container_id),
+                data_root.join("containers").join(container_id),
                 PathBuf::from("/run/containerd/io.containerd.runtime.v2.task")
                     .join("moby")
                     .join(container_id),
@@ -306,7 +342,10 @@ pub fn check(
             }
         }
     }
-    let allowed_dirs = allowed_dirs(spec, ctx);
+    // Whether a bind's source may come in at all is `sources::vet`'s to
+    // judge, by what the source resolves to (its mount, and for the
+    // harmless VM files its path, owner and mode): one judge, not a second
+    // one by spelling here.
     for mount in spec.mounts().iter().flatten().filter(|m| is_bind(m)) {
         let (Some(source), Some(real)) = (mount.source(), bind_source(mount, &ctx.bundle, resolve))
         else {
@@ -315,15 +354,6 @@ pub fn check(
         let destination = mount.destination().display().to_string();
         if engine_sockets().any(|s| resolve(Path::new(s)) == real || Path::new(s) == real) {
             return Err(Refusal::EngineSocket {
-                from: source.display().to_string(),
-                destination,
-            });
-        }
-        let allowed = allowed_dirs
-            .iter()
-            .any(|dir| real.starts_with(resolve(dir)) || real.starts_with(dir));
-        if !allowed {
-            return Err(Refusal::VmMount {
                 from: source.display().to_string(),
                 destination,
             });
@@ -555,6 +585,36 @@ mod tests {
 
     const ALL_NS: &str = r#"{"type": "mount"}, {"type": "network"}, {"type": "uts"}, {"type": "pid"}, {"type": "ipc"}"#;
 
+    #[test]
+    fn the_engines_directories_follow_its_data_root_as_its_own_binds_show_it() {
+        let alt = r#", {"destination": "/etc/hostname", "type": "bind", "source": "/data/docker-alt/containers/c9/hostname", "options": ["rbind"]}"#;
+        let spec = docker_like(ALL_NS, alt);
+        let c = Context::docker("c9", Path::new("/run/b/c9"), 165536, &spec);
+        assert_eq!(c.volumes_dir, Path::new("/data/docker-alt/volumes"));
+        assert!(
+            c.engine_dirs
+                .contains(&PathBuf::from("/data/docker-alt/containers/c9"))
+        );
+        // Another container's directory, or a file at another place, names
+        // no data root: the default stays.
+        let other = r#", {"destination": "/etc/hostname", "type": "bind", "source": "/etc/containers/c9/hostname", "options": ["rbind"]}"#;
+        let c = Context::docker(
+            "c8",
+            Path::new("/run/b/c8"),
+            165536,
+            &docker_like(ALL_NS, other),
+        );
+        assert_eq!(c.volumes_dir, Path::new("/var/lib/docker/volumes"));
+        let elsewhere = r#", {"destination": "/src", "type": "bind", "source": "/home/x/containers/c7/hostname", "options": ["rbind"]}"#;
+        let c = Context::docker(
+            "c7",
+            Path::new("/run/b/c7"),
+            165536,
+            &docker_like(ALL_NS, elsewhere),
+        );
+        assert_eq!(c.volumes_dir, Path::new("/var/lib/docker/volumes"));
+    }
+
     fn ctx() -> Context {
         let mut c = Context::docker_defaults(
             "c1",
@@ -646,8 +706,10 @@ mod tests {
     #[test]
     fn a_kubernetes_pods_files_from_containerds_sandbox_directories_pass() {
         let (spec, mut c) = cri_pod_container("abc123", "");
+        let hosts =
+            Path::new("/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/abc123/hosts");
         assert!(
-            check(&spec, &c, &lexical).is_err(),
+            !allowed_dirs(&spec, &c).iter().any(|d| hosts.starts_with(d)),
             "allowed before the pod's dirs"
         );
         let added = c.add_cri_sandbox_dirs(&spec, Path::new("/var/lib/containerd"));
@@ -666,10 +728,15 @@ mod tests {
         let other = r#", {"destination": "/x", "type": "bind", "source": "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/other/hosts", "options": ["rbind"]}"#;
         let (spec, mut c) = cri_pod_container("abc123", other);
         c.add_cri_sandbox_dirs(&spec, Path::new("/var/lib/containerd"));
-        assert!(matches!(
-            check(&spec, &c, &lexical),
-            Err(Refusal::VmMount { .. })
-        ));
+        let other_pod =
+            Path::new("/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/other/hosts");
+        assert!(
+            !allowed_dirs(&spec, &c)
+                .iter()
+                .any(|dir| other_pod.starts_with(dir)),
+            "{:?}",
+            allowed_dirs(&spec, &c)
+        );
         for odd in ["", "..", "abc/../../../../etc", "a.b"] {
             let (spec, mut c) = cri_pod_container(odd, "");
             assert!(
@@ -759,31 +826,37 @@ mod tests {
     }
 
     #[test]
-    fn vm_directories_are_refused_and_allowed_places_pass() {
-        let bind = |src: &str| {
-            format!(
-                r#", {{"destination": "/x", "type": "bind", "source": "{src}", "options": ["rbind"]}}"#
-            )
+    fn vm_directories_are_refused_by_what_they_resolve_to_and_a_shareable_one_passes() {
+        // Only the bind under test (no engine files that are not here).
+        let bind = |src: &str, options: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion": "1.0.2", "root": {{"path": "/nonexistent-rootfs"}},
+                    "mounts": [{{"destination": "/x", "type": "bind", "source": "{src}", "options": [{options}]}}],
+                    "linux": {{"namespaces": [{ALL_NS}]}}}}"#
+            ))
+            .unwrap()
         };
-        for bad in [
-            "/etc",
-            "/var/lib/docker",
-            "/",
-            "/home/../etc",
-            "/var/lib/docker/volumes/../image",
-        ] {
-            let e = check(&docker_like(ALL_NS, &bind(bad)), &ctx(), &lexical).unwrap_err();
-            assert!(matches!(e, Refusal::VmMount { .. }), "{bad}: {e}");
-            assert!(e.to_string().contains("can't mount"), "{e}");
+        // The share: a directory of this machine made shareable.
+        let share = std::env::temp_dir().join(format!("eci-spec-share-{}", std::process::id()));
+        std::fs::create_dir_all(share.join("project")).unwrap();
+        let mut c = ctx();
+        c.shareable_host_paths = vec![share.clone()];
+        for bad in ["/etc", "/", "/tmp/../etc", "/usr/../etc"] {
+            for options in [r#""rbind""#, r#""rbind", "ro""#] {
+                let spec = bind(bad, options);
+                // Nothing in the spec's spelling refuses it early...
+                check(&spec, &c, &lexical).unwrap();
+                // ...what it resolves to does.
+                let e = crate::sources::vet(&spec, &c, &[]).unwrap_err();
+                assert!(matches!(e, Refusal::MountSource { .. }), "{bad}: {e}");
+                assert!(e.to_string().contains("VM path"), "{bad}: {e}");
+            }
         }
-        for good in [
-            "/var/lib/docker/volumes/data/_data",
-            "/home/me/project",
-            "/var/lib/docker/containers/c1/resolv.conf",
-        ] {
-            check(&docker_like(ALL_NS, &bind(good)), &ctx(), &lexical)
-                .unwrap_or_else(|e| panic!("{good}: {e}"));
-        }
+        let spec = bind(&share.join("project").display().to_string(), r#""rbind""#);
+        let vetted = crate::sources::vet(&spec, &c, &[]);
+        let _ = std::fs::remove_dir_all(&share);
+        let vetted = vetted.unwrap_or_else(|e| panic!("the shareable directory: {e}"));
+        assert!(vetted.allowance(0).is_some());
     }
 
     #[test]

@@ -115,22 +115,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrustErro
     })
 }
 
-/// Docker's directory for this container: the parent of the `hosts`,
-/// `hostname` or `resolv.conf` it binds in (`<root>/containers/<id>/`).
-fn container_dir(spec: &Spec, container_id: &str) -> Option<PathBuf> {
-    spec.mounts().iter().flatten().find_map(|m| {
-        let dir = m.source().as_ref()?.parent()?;
-        let is_own = dir.file_name()? == container_id && dir.parent()?.file_name()? == "containers";
-        is_own.then(|| dir.to_owned())
-    })
-}
-
 /// The image of a container Docker created, and the engine's references.
 pub fn docker_image(
     spec: &Spec,
     container_id: &str,
 ) -> Result<(ContainerImage, References), TrustError> {
-    let dir = container_dir(spec, container_id).ok_or(TrustError::NotADockerContainer)?;
+    let dir = crate::spec::docker_container_dir(spec, container_id)
+        .ok_or(TrustError::NotADockerContainer)?;
     let record: ContainerRecord = read_json(&dir.join("config.v2.json"))?;
     let data_root = dir
         .parent()

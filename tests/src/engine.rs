@@ -113,6 +113,11 @@ pub fn runc_binary() -> PathBuf {
 }
 
 pub fn start_engine(dir: tempfile::TempDir, agent: &TestAgent) -> Engine {
+    start_engine_at(dir, agent, "/var/lib/docker")
+}
+
+/// [`start_engine`] with the engine's `--data-root` at `data_root`.
+pub fn start_engine_at(dir: tempfile::TempDir, agent: &TestAgent, data_root: &str) -> Engine {
     let agent_socket = &agent.control_socket;
     // runc from a writable file (the engine's directory is on tmpfs in the
     // VM): what stops a write to this one is runc's doing, not the VM's
@@ -184,7 +189,7 @@ pub fn start_engine(dir: tempfile::TempDir, agent: &TestAgent) -> Engine {
         .args([
             "--containerd=/run/containerd/containerd.sock",
             "--data-root",
-            "/var/lib/docker",
+            data_root,
         ])
         .args([
             "--storage-driver=vfs",
@@ -269,13 +274,18 @@ pub fn engine_or_skip(test: &str) -> bool {
 /// ID-mapped the container's root is "other"): every refusal of it is the
 /// kernel rule's.
 pub fn protected_engine(prefix: &str) -> (TestAgent, Engine) {
+    protected_engine_at(prefix, "/var/lib/docker")
+}
+
+/// [`protected_engine`] with the engine's `--data-root` at `data_root`.
+pub fn protected_engine_at(prefix: &str, data_root: &str) -> (TestAgent, Engine) {
     let dir = tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in("/tmp")
         .expect("tempdir");
     let socket = dir.path().join("docker.sock");
     let agent = TestAgent::start(&["--protect-socket", &socket.display().to_string()]);
-    let engine = start_engine(dir, &agent);
+    let engine = start_engine_at(dir, &agent, data_root);
     // The agent protects a socket within a second of its appearing.
     std::thread::sleep(Duration::from_secs(2));
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))

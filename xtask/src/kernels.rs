@@ -269,7 +269,9 @@ fn fetch(origin: &Origin, package: &str, version: Option<&str>) -> Result<Kernel
                     None => run(Command::new("apt-get")
                         .args(["download", "-q", &spec])
                         .current_dir(&debs))?,
-                    Some(suite) => PrivateApt::new(suite).download(std::slice::from_ref(&spec), &debs)?,
+                    Some(suite) => {
+                        PrivateApt::new(suite).download(std::slice::from_ref(&spec), &debs)?
+                    }
                 }
                 println!(
                     "kernels: downloaded {spec} in {:.1}s",

@@ -20,7 +20,13 @@ use crate::{stacks, util, vm};
 
 /// The engine suites (each starts its own engine in the VM), as test-name
 /// filters.
-pub const ENGINE_SUITES: &[&str] = &["escape_suite", "full_stack", "cri::", "demo::"];
+pub const ENGINE_SUITES: &[&str] = &[
+    "escape_suite",
+    "full_stack",
+    "as_usual::",
+    "cri::",
+    "demo::",
+];
 
 /// One VM run of the matrix.
 #[derive(Clone, Debug)]
@@ -64,8 +70,8 @@ fn enforcing_env() -> Vec<(String, String)> {
 fn engine_home(suite: &str, kernel: &Kernel) -> bool {
     match (suite, kernel.stack.as_str()) {
         ("escape_suite", "bookworm") => kernel.name == "6.12",
-        ("full_stack" | "demo::", "bookworm") => kernel.name == "6.1",
-        ("escape_suite" | "full_stack" | "cri::", "sid") => true,
+        ("full_stack" | "as_usual::" | "demo::", "bookworm") => kernel.name == "6.1",
+        ("escape_suite" | "full_stack" | "as_usual::" | "cri::", "sid") => true,
         _ => false,
     }
 }
@@ -223,6 +229,7 @@ fn guess(job: &Job) -> f64 {
         "full_stack" => 550.0,
         "kernel suites" => 500.0,
         "cri" => 200.0,
+        "as_usual" => 150.0,
         "demo" => 300.0,
         _ => 60.0,
     }
@@ -446,9 +453,11 @@ mod tests {
         assert!(keys.contains(&"7.2 / sid / escape_suite".to_string()));
         assert!(keys.contains(&"7.2 / sid / full_stack".to_string()));
         assert!(keys.contains(&"7.2 / sid / cri".to_string()));
+        assert!(keys.contains(&"6.1 / bookworm / as_usual".to_string()));
+        assert!(keys.contains(&"7.2 / sid / as_usual".to_string()));
         assert!(keys.contains(&"6.1 / bookworm / demo".to_string()));
         assert!(keys.contains(&"6.12 / bookworm / without bpf in lsm=".to_string()));
-        assert_eq!(jobs.len(), 11, "{keys:?}");
+        assert_eq!(jobs.len(), 13, "{keys:?}");
         let kernel_job = jobs
             .iter()
             .find(|j| j.part == "kernel suites")

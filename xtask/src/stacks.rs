@@ -18,7 +18,8 @@ use crate::util::{self, run};
 
 /// What the sid root holds: the engine stack, what the tests and the guest
 /// script run (mount, losetup, mke2fs, unshare, ip, python3), busybox for
-/// the test image.
+/// the test image, the time zone data (a container may bind the VM's
+/// /etc/localtime read-only, as countless compose files do).
 const SID_PACKAGES: &[&str] = &[
     "docker.io",
     "docker-cli",
@@ -36,6 +37,7 @@ const SID_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "busybox-static",
     "python3",
+    "tzdata",
 ];
 
 /// The root directory of a stack, as a path on this machine; `/` for the

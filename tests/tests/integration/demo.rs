@@ -48,7 +48,12 @@ fn demo_ends_with_every_step_as_expected() {
         .iter()
         .rev()
         .find(|l| l.starts_with("ECI-DEMO-VERDICT:"))
-        .unwrap_or_else(|| panic!("the demo printed no verdict line (exit {:?})", status.code()));
+        .unwrap_or_else(|| {
+            panic!(
+                "the demo printed no verdict line (exit {:?})",
+                status.code()
+            )
+        });
     assert!(
         verdict.starts_with("ECI-DEMO-VERDICT: PASS:") && status.success(),
         "{verdict} (exit {:?})",

@@ -5,6 +5,7 @@
 //! eci-integration-tests -- <filter>` select by `module::test_name`.
 
 mod agent;
+mod as_usual;
 mod cri;
 mod demo;
 mod deploy;

@@ -67,7 +67,12 @@ fn nsenter_into_the_vm_fails_from_a_protected_cgroup() {
     let protected = TestCgroup::new("eci-prot");
     let unprotected = TestCgroup::new("eci-free");
     agent.protect(&protected);
-    for (ns, name) in [("--net", "net"), ("--mount", "mnt"), ("--uts", "uts"), ("--ipc", "ipc")] {
+    for (ns, name) in [
+        ("--net", "net"),
+        ("--mount", "mnt"),
+        ("--uts", "uts"),
+        ("--ipc", "ipc"),
+    ] {
         // The namespace file named: what every nsenter opens. (util-linux
         // 2.39+ with `--target` alone joins through a pidfd instead, which
         // opens no namespace file: see the known gap printed below.)
@@ -112,7 +117,10 @@ fn nsenter_into_the_vm_fails_from_a_protected_cgroup() {
         if by_pidfd.status.success() {
             "joined (this nsenter uses setns(pidfd), no namespace file is opened)".to_string()
         } else {
-            format!("refused: {}", String::from_utf8_lossy(&by_pidfd.stderr).trim())
+            format!(
+                "refused: {}",
+                String::from_utf8_lossy(&by_pidfd.stderr).trim()
+            )
         }
     );
 }
