@@ -126,6 +126,37 @@ pub fn docker_container_dir(spec: &Spec, container_id: &str) -> Option<PathBuf> 
     })
 }
 
+/// A BuildKit RUN step (the engine's built-in BuildKit runs `runc`, which
+/// is eci-runc standing in): its bundle is `<root>/buildkit/executor/<id>`,
+/// and the executor's `resolv.conf` and `hosts` (or `hosts.<build>`, one
+/// per build) there are bound into every step. Those files, and nothing
+/// else of the executor's directory.
+pub fn buildkit_executor_files(bundle: &Path, spec: &Spec) -> Vec<PathBuf> {
+    let Some(executor) = bundle.parent() else {
+        return Vec::new();
+    };
+    let is_executor = executor.file_name().is_some_and(|n| n == "executor")
+        && executor
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == "buildkit");
+    if !is_executor {
+        return Vec::new();
+    }
+    let per_build = spec.mounts().iter().flatten().filter_map(|m| {
+        let source = m.source().as_ref()?;
+        let name = source.file_name()?.to_str()?;
+        let ours = source.parent() == Some(executor)
+            && (name.starts_with("hosts.") || name.starts_with("resolv.conf."));
+        ours.then(|| source.clone())
+    });
+    ["resolv.conf", "hosts"]
+        .iter()
+        .map(|f| executor.join(f))
+        .chain(per_build)
+        .collect()
+}
+
 impl Context {
     /// The context of a container the engine made from `spec`: the engine's
     /// directories below its data root as the engine's own binds show it
@@ -134,7 +165,9 @@ impl Context {
         let data_root = docker_container_dir(spec, container_id)
             .and_then(|dir| dir.parent()?.parent().map(Path::to_owned))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_DATA_ROOT));
-        Self::with_data_root(container_id, bundle, base, &data_root)
+        let mut ctx = Self::with_data_root(container_id, bundle, base, &data_root);
+        ctx.engine_dirs.extend(buildkit_executor_files(bundle, spec));
+        ctx
     }
 
     pub fn docker_defaults(container_id: &str, bundle: &Path, base: u32) -> Self {
@@ -584,6 +617,21 @@ mod tests {
     }
 
     const ALL_NS: &str = r#"{"type": "mount"}, {"type": "network"}, {"type": "uts"}, {"type": "pid"}, {"type": "ipc"}"#;
+
+    #[test]
+    fn a_buildkit_step_may_have_the_executors_resolv_conf_and_hosts_and_nothing_else_of_it() {
+        let hosts = r#", {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/docker/buildkit/executor/hosts.og0ovf", "options": ["rbind"]},
+            {"destination": "/x", "type": "bind", "source": "/var/lib/docker/buildkit/executor/s2/rootfs/hosts.x", "options": ["rbind"]}"#;
+        let spec = docker_like(ALL_NS, hosts);
+        let c = Context::docker("s1", Path::new("/var/lib/docker/buildkit/executor/s1"), 165536, &spec);
+        assert!(!c.engine_dirs.iter().any(|d| d.ends_with("hosts.x")));
+        for f in ["resolv.conf", "hosts", "hosts.og0ovf"] {
+            assert!(c.engine_dirs.contains(&PathBuf::from(format!("/var/lib/docker/buildkit/executor/{f}"))));
+        }
+        assert!(!c.engine_dirs.contains(&PathBuf::from("/var/lib/docker/buildkit/executor")));
+        let c = Context::docker("s1", Path::new("/run/containerd/io.containerd.runtime.v2.task/moby/s1"), 165536, &spec);
+        assert!(!c.engine_dirs.iter().any(|d| d.ends_with("resolv.conf")));
+    }
 
     #[test]
     fn the_engines_directories_follow_its_data_root_as_its_own_binds_show_it() {

@@ -176,3 +176,121 @@ fn an_engine_with_another_data_root_runs_eci_containers_with_their_files_and_vol
     let (ok, t) = run(&engine, "eci", &["-v", "/var/lib:/x"], "true");
     assert!(!ok && t.contains("VM path"), "{t}");
 }
+
+/// A file system the engine's data may live on that the kernel can ID-map
+/// (ext4 on a loop device), mounted at `point` for as long as it lives:
+/// the tests' usual engine keeps its data on tmpfs, whose container root
+/// file systems eci-runc binds as they are.
+struct Ext4 {
+    point: std::path::PathBuf,
+}
+
+impl Ext4 {
+    fn mount(point: &str) -> Self {
+        let image = format!("/tmp/{}.ext4", point.trim_start_matches('/').replace('/', "-"));
+        let sh = |script: &str| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", script])
+                .output()
+                .expect("sh");
+            assert!(out.status.success(), "{script}: {}", text(&out));
+        };
+        sh(&format!(
+            "modprobe loop; modprobe ext4; truncate -s 512M {image} && mkfs.ext4 -q -F {image} && dev=$(losetup -f --show {image}) && mkdir -p {point} && mount -t ext4 \"$dev\" {point}"
+        ));
+        Self {
+            point: point.into(),
+        }
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.point)
+            .status();
+    }
+}
+
+/// `docker build` of a two-step Dockerfile on the test image, with
+/// `DOCKER_BUILDKIT=<buildkit>`; returns (ok, output).
+fn build(engine: &Engine, tag: &str, buildkit: &str) -> (bool, String) {
+    let context = engine.dir.path().join(format!("context-{buildkit}"));
+    std::fs::create_dir_all(&context).expect("build context");
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!(
+            "FROM {IMAGE}\nRUN cat /proc/self/uid_map > /uid_map\nRUN touch /owned && chown 1000:1000 /owned\n"
+        ),
+    )
+    .expect("Dockerfile");
+    let out = std::process::Command::new("docker")
+        .arg("--host")
+        .arg(format!("unix://{}", engine.socket().display()))
+        // (The tests' engine has no bridge network.)
+        .args(["build", "--network=none", "-t", tag])
+        .arg(&context)
+        .env("DOCKER_BUILDKIT", buildkit)
+        .output()
+        .expect("docker build");
+    (out.status.success(), text(&out))
+}
+
+#[test]
+fn builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owners() {
+    let test = "as_usual::builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owners";
+    if !bpf_lsm_or_skip(test) || !engine_or_skip(test) {
+        return;
+    }
+    let data = Ext4::mount("/var/lib/docker-ext4");
+    let (_agent, engine) = protected_engine_at("eci-usual", "/var/lib/docker-ext4");
+    for (builder, buildkit) in [("classic", "0"), ("buildkit", "1")] {
+        let tag = format!("eci-usual-{builder}:latest");
+        let (ok, t) = build(&engine, &tag, buildkit);
+        if !ok && builder == "buildkit" && t.contains("buildx component is missing") {
+            // Debian 12's docker CLI here comes without the buildx plugin.
+            println!("SKIP PART: {test}: BuildKit: this stack's docker CLI has no buildx plugin");
+            continue;
+        }
+        if !ok && builder == "buildkit" && t.contains("error jailing process inside rootfs") {
+            // BuildKit runs `runc run`: eci-runc registers the container
+            // in a createRuntime hook, before runc's init has left the old
+            // root, and the kernel then refuses that unmount (the mounts a
+            // registered container starts with are immutable).
+            println!(
+                "KNOWN GAP (README): {test}: a BuildKit RUN step under eci-runc run fails (runc: error jailing process inside rootfs: unmount: operation not permitted)"
+            );
+            continue;
+        }
+        assert!(ok, "docker build with the {builder} builder: {t}");
+        let out = docker(
+            &engine,
+            &[
+                "run",
+                "--rm",
+                "--runtime=runc-real",
+                "--cgroup-parent=/eci-baseline",
+                "--network=none",
+                &tag,
+                "sh",
+                "-c",
+                "cat /uid_map; stat -c 'owner %u:%g' /owned",
+            ],
+        );
+        let t = text(&out);
+        assert!(out.status.success(), "{builder}: {t}");
+        let map: Vec<&str> = t
+            .lines()
+            .find(|l| l.split_whitespace().count() == 3)
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        assert!(
+            map.len() == 3 && map[0] == "0" && map[1] != "0",
+            "a RUN step of the {builder} builder ran with the VM's root as its root: {t}"
+        );
+        assert!(t.contains("owner 1000:1000"), "{builder}: a RUN step's file lost its owner: {t}");
+    }
+    drop(engine);
+    drop(data);
+}
