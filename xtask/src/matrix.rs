@@ -20,7 +20,7 @@ use crate::{stacks, util, vm};
 
 /// The engine suites (each starts its own engine in the VM), as test-name
 /// filters.
-pub const ENGINE_SUITES: &[&str] = &["escape_suite", "full_stack", "cri::", "demo::"];
+pub const ENGINE_SUITES: &[&str] = &["escape_suite", "full_stack", "cri::", "demo::", "docker::"];
 
 /// One VM run of the matrix.
 #[derive(Clone, Debug)]
@@ -63,9 +63,10 @@ fn enforcing_env() -> Vec<(String, String)> {
 /// Which engine suites a stack runs, and on which kernel of it.
 fn engine_home(suite: &str, kernel: &Kernel) -> bool {
     match (suite, kernel.stack.as_str()) {
-        ("escape_suite", "bookworm") => kernel.name == "6.12",
+        ("escape_suite" | "docker::", "bookworm") => kernel.name == "6.12",
         ("full_stack" | "demo::", "bookworm") => kernel.name == "6.1",
         ("escape_suite" | "full_stack" | "cri::", "sid") => true,
+        ("docker::", "sid") => kernel.name == "7.2",
         _ => false,
     }
 }
@@ -224,6 +225,7 @@ fn guess(job: &Job) -> f64 {
         "kernel suites" => 500.0,
         "cri" => 200.0,
         "demo" => 300.0,
+        "docker" => 400.0,
         _ => 60.0,
     }
 }
@@ -447,8 +449,10 @@ mod tests {
         assert!(keys.contains(&"7.2 / sid / full_stack".to_string()));
         assert!(keys.contains(&"7.2 / sid / cri".to_string()));
         assert!(keys.contains(&"6.1 / bookworm / demo".to_string()));
+        assert!(keys.contains(&"6.12 / bookworm / docker".to_string()));
+        assert!(keys.contains(&"7.2 / sid / docker".to_string()));
         assert!(keys.contains(&"6.12 / bookworm / without bpf in lsm=".to_string()));
-        assert_eq!(jobs.len(), 11, "{keys:?}");
+        assert_eq!(jobs.len(), 13, "{keys:?}");
         let kernel_job = jobs
             .iter()
             .find(|j| j.part == "kernel suites")

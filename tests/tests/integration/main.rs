@@ -8,6 +8,7 @@ mod agent;
 mod cri;
 mod demo;
 mod deploy;
+mod docker;
 mod escape;
 mod full_stack;
 mod mounts;

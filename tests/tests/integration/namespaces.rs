@@ -112,7 +112,10 @@ fn nsenter_into_the_vm_fails_from_a_protected_cgroup() {
         if by_pidfd.status.success() {
             "joined (this nsenter uses setns(pidfd), no namespace file is opened)".to_string()
         } else {
-            format!("refused: {}", String::from_utf8_lossy(&by_pidfd.stderr).trim())
+            format!(
+                "refused: {}",
+                String::from_utf8_lossy(&by_pidfd.stderr).trim()
+            )
         }
     );
 }
