@@ -588,8 +588,11 @@ impl Engine {
         }
         forget_dead_test_runs();
         let pid = std::process::id();
+        // No random suffix: the agent's proxy sockets go below it
+        // (`agent/proxy/<container id>.sock`), within SUN_LEN.
         let dir = tempfile::Builder::new()
-            .prefix(&format!("{FIXTURE_PREFIX}{pid}-"))
+            .prefix(&format!("{FIXTURE_PREFIX}{pid}"))
+            .rand_bytes(0)
             .tempdir_in("/tmp")
             .expect("fixture dir");
         std::fs::create_dir_all(dir.path().join("share")).expect("share");
@@ -677,7 +680,8 @@ impl Engine {
 }
 
 /// Remove what test processes that are gone left: their fixture directory
-/// (state, wrappers, bundles); their runtimes in daemon.json go when this
+/// (`/tmp/eci-runc-test-<pid>`: state, wrappers, bundles); their runtimes in
+/// daemon.json go when this
 /// process registers its own.
 fn forget_dead_test_runs() {
     for entry in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
@@ -686,7 +690,6 @@ fn forget_dead_test_runs() {
             .file_name()
             .to_str()
             .and_then(|n| n.strip_prefix(FIXTURE_PREFIX))
-            .and_then(|rest| rest.split('-').next())
             .map(str::to_owned)
         else {
             continue;
