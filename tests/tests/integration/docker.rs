@@ -885,7 +885,17 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
             .arg(&id)
             .output()
             .expect("eci-runc run");
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            out.status.success(),
+            "{}\nthe agent's denials of umounts:\n{}",
+            text(&out),
+            std::fs::read_to_string(f.engine.audit_log())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("sb_umount"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let mut lines = stdout.lines();
         assert!(uid_map_base(lines.next().unwrap_or_default()) >= 100_000);
