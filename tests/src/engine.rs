@@ -479,7 +479,8 @@ impl Engine {
     }
 
     /// Replace the agent's policy, which eci-runc asks for at each create
-    /// (the shareable directory stays shareable), and reload it.
+    /// (the shareable directory stays shareable, beside those the policy
+    /// names), and reload it.
     pub fn write_policy(&self, policy: serde_json::Value) {
         self.write_policy_file(policy);
         eci_control::Client::new(&self.agent_socket)
@@ -489,7 +490,12 @@ impl Engine {
 
     /// The policy file as [`Engine::write_policy`] writes it, not reloaded.
     fn write_policy_file(&self, mut policy: serde_json::Value) {
-        policy["eci"]["shareableHostPaths"] = serde_json::json!([self.share()]);
+        let mut shareable = policy["eci"]["shareableHostPaths"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        shareable.push(serde_json::json!(self.share()));
+        policy["eci"]["shareableHostPaths"] = serde_json::Value::Array(shareable);
         std::fs::write(&self.agent_policy, policy.to_string()).expect("policy");
     }
 

@@ -77,12 +77,14 @@ impl Fixture {
                 "imageList": { "images": [format!("eci-test-trusted@{trusted_id}"), RETAGGED_IMAGE],
                                "allowDerivedImages": true },
                 "commandList": { "type": "deny", "commands": ["push", "rm", "build"] } } },
-            "eci": { "dockerRuntimeName": engine.runtime() }
+            "eci": { "dockerRuntimeName": engine.runtime(),
+                     "shareableHostPaths": [rbind_shareable(engine)] }
         });
         if !engine.is_machine() {
             // The private engine's API socket is not one of the defaults.
             policy["eci"]["dockerApiSockets"] = serde_json::json!([engine.socket()]);
         }
+        std::fs::create_dir_all(rbind_shareable(engine)).expect("shareable dir");
         engine.write_policy(policy);
         Self {
             engine,
@@ -90,6 +92,12 @@ impl Fixture {
             derived_image,
         }
     }
+}
+
+/// A second shareable directory, for the test that mounts VM paths below
+/// one (tests run in parallel: the first one stays free of them).
+fn rbind_shareable(engine: &Engine) -> PathBuf {
+    engine.dir.path().join("shared-rbind")
 }
 
 /// The engine (see `engine::shared_engine`) with the images and the policy
@@ -1564,7 +1572,7 @@ fn a_recursive_bind_of_a_shareable_directory_is_refused_for_a_vm_mount_below_it(
     else {
         return;
     };
-    let dir = f.shared().join("rbind");
+    let dir = rbind_shareable(f.engine).join("rbind");
     let below = BindMount::new("/etc", &dir.join("vm-etc"));
     let rbind = ["-v", &format!("{}:/x", dir.display())];
     runc_mounts_it_and_eci_refuses_it(
