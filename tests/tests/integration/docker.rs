@@ -1383,8 +1383,7 @@ fn etc_bind() -> String {
     let root_on_device = std::fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")
         .lines()
-        .filter(|l| l.split_whitespace().nth(4) == Some("/"))
-        .next_back()
+        .rfind(|l| l.split_whitespace().nth(4) == Some("/"))
         .and_then(|l| l.split_once(" - "))
         .and_then(|(_, right)| right.split_whitespace().nth(1))
         .is_some_and(|source| source.starts_with("/dev/"));
