@@ -225,7 +225,7 @@ fn guess(job: &Job) -> f64 {
         "kernel suites" => 500.0,
         "cri" => 200.0,
         "demo" => 300.0,
-        "docker" => 400.0,
+        "docker" => 800.0,
         _ => 60.0,
     }
 }
