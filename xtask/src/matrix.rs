@@ -26,6 +26,7 @@ pub const ENGINE_SUITES: &[&str] = &[
     "as_usual::",
     "cri::",
     "demo::",
+    "docker::",
 ];
 
 /// One VM run of the matrix.
@@ -69,9 +70,10 @@ fn enforcing_env() -> Vec<(String, String)> {
 /// Which engine suites a stack runs, and on which kernel of it.
 fn engine_home(suite: &str, kernel: &Kernel) -> bool {
     match (suite, kernel.stack.as_str()) {
-        ("escape_suite", "bookworm") => kernel.name == "6.12",
+        ("escape_suite" | "docker::", "bookworm") => kernel.name == "6.12",
         ("full_stack" | "as_usual::" | "demo::", "bookworm") => kernel.name == "6.1",
         ("escape_suite" | "full_stack" | "as_usual::" | "cri::", "sid") => true,
+        ("docker::", "sid") => kernel.name == "7.2",
         _ => false,
     }
 }
@@ -231,6 +233,7 @@ fn guess(job: &Job) -> f64 {
         "cri" => 200.0,
         "as_usual" => 150.0,
         "demo" => 300.0,
+        "docker" => 800.0,
         _ => 60.0,
     }
 }
@@ -456,8 +459,10 @@ mod tests {
         assert!(keys.contains(&"6.1 / bookworm / as_usual".to_string()));
         assert!(keys.contains(&"7.2 / sid / as_usual".to_string()));
         assert!(keys.contains(&"6.1 / bookworm / demo".to_string()));
+        assert!(keys.contains(&"6.12 / bookworm / docker".to_string()));
+        assert!(keys.contains(&"7.2 / sid / docker".to_string()));
         assert!(keys.contains(&"6.12 / bookworm / without bpf in lsm=".to_string()));
-        assert_eq!(jobs.len(), 13, "{keys:?}");
+        assert_eq!(jobs.len(), 15, "{keys:?}");
         let kernel_job = jobs
             .iter()
             .find(|j| j.part == "kernel suites")

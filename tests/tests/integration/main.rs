@@ -9,6 +9,7 @@ mod as_usual;
 mod cri;
 mod demo;
 mod deploy;
+mod docker;
 mod escape;
 mod full_stack;
 mod mounts;

@@ -1,37 +1,23 @@
-//! eci-runc with the real Docker Engine (started by `cargo xtask test`), on
-//! the host kernel. The agent runs in its test-only unenforced mode here:
-//! registration is exercised for real, kernel enforcement is proven in the
-//! VM tests.
+//! eci-runc with a real Docker Engine, the same tests on both: on the
+//! host the machine's engine (started by `cargo xtask docker-up`) with the
+//! agent in its test-only unenforced mode (registration is exercised for
+//! real, kernel enforcement is proven in the VM); in the test VM a private
+//! engine with the real agent enforcing (see `engine::shared_engine`).
 
 use std::{
-    os::unix::{
-        fs::{MetadataExt, PermissionsExt},
-        process::CommandExt,
-    },
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
-const IMAGE: &str = "eci-test-busybox:latest";
-/// Runtime names of this test process: test runs in other trees (a CI
-/// clone, say) may share the Docker daemon at the same time.
-fn runtime() -> &'static str {
-    static NAME: OnceLock<String> = OnceLock::new();
-    NAME.get_or_init(|| format!("{RUNTIME_PREFIX}{}", std::process::id()))
-}
-
-fn runtime_no_agent() -> &'static str {
-    static NAME: OnceLock<String> = OnceLock::new();
-    NAME.get_or_init(|| format!("{RUNTIME_PREFIX}noagent-{}", std::process::id()))
-}
-
-const RUNTIME_PREFIX: &str = "eci-test-";
-const FIXTURE_PREFIX: &str = "/tmp/eci-runc-test-";
+use eci_integration_tests::engine::{
+    BUSYBOX_IMAGE as IMAGE, Engine, docker_cli, shared_engine, text,
+};
 
 struct Fixture {
-    dir: PathBuf,
+    engine: &'static Engine,
     /// An image of this test process the policy trusts with the Docker
     /// socket (pinned by its id: it was built here, not pulled).
     trusted_image: String,
@@ -43,123 +29,92 @@ struct Fixture {
 /// only: a re-tag, which must not make the image trusted.
 const RETAGGED_IMAGE: &str = "eci-test-retagged:latest";
 
-static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
+impl Fixture {
+    fn docker(&self, args: &[&str]) -> Output {
+        self.engine.docker(args)
+    }
 
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker")
-}
+    /// eci-runc's runtime on this engine.
+    fn runtime(&self) -> &str {
+        self.engine.runtime()
+    }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+    /// The engine's directory: bundles and other files of the tests.
+    fn dir(&self) -> &Path {
+        self.engine.dir.path()
+    }
 
-fn wrapper(dir: &Path, name: &str, socket: &Path) -> PathBuf {
-    let path = dir.join(name);
-    let script = format!(
-        "#!/bin/sh\nexport ECI_AGENT_SOCKET={} ECI_STATE_DIR={} ECI_RUNC_RUN_DIR={} ECI_VIEWS_DIR={}\nexec {} \"$@\"\n",
-        socket.display(),
-        dir.join("state").display(),
-        dir.join("run").display(),
-        dir.join("views").display(),
-        env!("CARGO_BIN_EXE_eci-runc")
-    );
-    std::fs::write(&path, script).expect("wrapper");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    path
-}
+    /// The policy's shareable directory (a file `hello` and a docker CLI).
+    fn shared(&self) -> PathBuf {
+        self.engine.share()
+    }
 
-/// Docker, the runtimes and an agent, once per test process; `None` (with a
-/// printed reason) when Docker is not there and not required.
-fn fixture(test: &str) -> Option<&'static Fixture> {
-    let f = FIXTURE.get_or_init(|| {
-        if !docker(&["info"]).status.success() {
-            assert!(
-                std::env::var("ECI_REQUIRE_DOCKER").is_err(),
-                "Docker is required in this run (ECI_REQUIRE_DOCKER) but `docker info` fails; `cargo xtask docker-up` starts it"
-            );
-            return None;
-        }
-        assert!(docker(&["image", "inspect", IMAGE]).status.success(), "{IMAGE} is missing: `cargo xtask docker-up`");
-        forget_dead_test_runs();
-        let dir = PathBuf::from(format!("{FIXTURE_PREFIX}{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("shared")).expect("fixture dir");
-        std::fs::write(dir.join("shared/hello"), "hello from the VM\n").expect("shared file");
-        let (trusted_image, trusted_id) = commit_image(IMAGE, "eci-test-trusted");
-        let (derived_image, _) = commit_image(&trusted_image, "eci-test-derived");
-        assert!(docker(&["tag", IMAGE, RETAGGED_IMAGE]).status.success(), "docker tag");
-        // The docker CLI (a static binary), for containers given the socket.
-        std::fs::copy("/usr/local/bin/docker", dir.join("shared/docker"))
-            .or_else(|_| std::fs::copy("/usr/bin/docker", dir.join("shared/docker")))
+    /// `<engine socket>:/var/run/docker.sock`
+    fn socket_bind(&self) -> String {
+        format!("{}:/var/run/docker.sock", self.engine.socket().display())
+    }
+
+    fn new(engine: &'static Engine) -> Self {
+        assert!(
+            engine.docker(&["image", "inspect", IMAGE]).status.success(),
+            "{IMAGE} is missing: `cargo xtask docker-up`"
+        );
+        std::fs::write(engine.share().join("hello"), "hello from the VM\n").expect("shared file");
+        let (trusted_image, trusted_id) = commit_image(engine, IMAGE, "eci-test-trusted");
+        let (derived_image, _) = commit_image(engine, &trusted_image, "eci-test-derived");
+        assert!(
+            engine
+                .docker(&["tag", IMAGE, RETAGGED_IMAGE])
+                .status
+                .success(),
+            "docker tag"
+        );
+        // The docker CLI, for containers given the socket.
+        std::fs::copy(docker_cli(), engine.share().join("docker"))
             .expect("a docker CLI to copy into the shared directory");
-        let policy = serde_json::json!({
+        let mut policy = serde_json::json!({
             "enhancedContainerIsolation": { "dockerSocketMount": {
                 "imageList": { "images": [format!("eci-test-trusted@{trusted_id}"), RETAGGED_IMAGE],
                                "allowDerivedImages": true },
                 "commandList": { "type": "deny", "commands": ["push", "rm", "build"] } } },
-            "eci": { "shareableHostPaths": [dir.join("shared")], "dockerRuntimeName": runtime() }
+            "eci": { "dockerRuntimeName": engine.runtime(),
+                     "shareableHostPaths": [rbind_shareable(engine)] }
         });
-        std::fs::write(dir.join("admin-settings.json"), policy.to_string()).expect("policy");
-        let socket = dir.join("agent/agent.sock");
-        let with_agent = wrapper(&dir, "eci-runc", &socket);
-        let without = wrapper(&dir, "eci-runc-noagent", &dir.join("nowhere/agent.sock"));
-        // The agent: next to eci-runc in target/<profile>.
-        let agent = Path::new(env!("CARGO_BIN_EXE_eci-runc")).with_file_name("eci-agent");
-        assert!(agent.exists(), "{} is missing: `cargo build -p eci-agent`", agent.display());
-        let mut cmd = Command::new(&agent);
-        cmd.args(["run", "--unenforced-for-testing", "--no-default-sockets", "--control-socket"])
-            .arg(&socket)
-            .arg("--audit-log")
-            .arg(dir.join("audit.jsonl"))
-            .arg("--policy")
-            .arg(dir.join("admin-settings.json"))
-            .arg("--views-dir")
-            .arg(dir.join("views"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe. The parent-death signal follows
-        // the spawning *thread*, so a thread that lives as long as this
-        // process spawns the agent: the agent ends with the test process.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
+        if !engine.is_machine() {
+            // The private engine's API socket is not one of the defaults.
+            policy["eci"]["dockerApiSockets"] = serde_json::json!([engine.socket()]);
         }
-        let (started, ready) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let child = cmd.spawn();
-            let _ = started.send(child.is_ok());
-            loop {
-                std::thread::park();
-            }
-        });
-        assert!(ready.recv().unwrap_or(false), "start the agent");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while eci_control::Client::new(&socket).call(&eci_control::Request::Ping).is_err() {
-            assert!(Instant::now() < deadline, "the agent did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        std::fs::create_dir_all(rbind_shareable(engine)).expect("shareable dir");
+        engine.write_policy(policy);
+        Self {
+            engine,
+            trusted_image,
+            derived_image,
         }
-        register_runtimes(&[(runtime(), &with_agent), (runtime_no_agent(), &without)]);
-        Some(Fixture { dir, trusted_image, derived_image })
-    });
-    if f.is_none() {
-        println!("SKIP: {test}: Docker is not running here (`cargo xtask docker-up` starts it)");
     }
-    f.as_ref()
+}
+
+/// A second shareable directory, for the test that mounts VM paths below
+/// one (tests run in parallel: the first one stays free of them).
+fn rbind_shareable(engine: &Engine) -> PathBuf {
+    engine.dir.path().join("shared-rbind")
+}
+
+/// The engine (see `engine::shared_engine`) with the images and the policy
+/// of these tests, once per test process; `None` (with a printed reason)
+/// when there is no engine here.
+fn fixture(test: &str) -> Option<&'static Fixture> {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    let engine = shared_engine(test)?;
+    Some(FIXTURE.get_or_init(|| Fixture::new(engine)))
 }
 
 /// Commit a container of `from` with one file added (never started: no
 /// runtime runs) as
 /// `<repository>:<this process>`, after dropping the tags of processes that
 /// are gone; returns the name and the image id.
-fn commit_image(from: &str, repository: &str) -> (String, String) {
+fn commit_image(engine: &Engine, from: &str, repository: &str) -> (String, String) {
+    let docker = |args: &[&str]| engine.docker(args);
     let tags = text(&docker(&["images", repository, "--format", "{{.Tag}}"]));
     for tag in tags.lines().filter(|t| !alive(t)) {
         let _ = docker(&["rmi", &format!("{repository}:{tag}")]);
@@ -193,82 +148,6 @@ fn alive(pid: &str) -> bool {
     Path::new("/proc").join(pid).exists()
 }
 
-/// Remove what test processes that are gone left: their fixture directory
-/// (state, wrappers, bundles) and their runtimes in daemon.json (registered
-/// again with this process's below, with one reload).
-fn forget_dead_test_runs() {
-    for entry in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
-        let path = entry.path();
-        let Some(pid) = path.to_str().and_then(|p| p.strip_prefix(FIXTURE_PREFIX)) else {
-            continue;
-        };
-        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .contains(path.to_string_lossy().as_ref());
-        if !alive(pid) && !mounted {
-            let _ = std::fs::remove_dir_all(&path);
-        }
-    }
-}
-
-/// Merge the runtimes into /etc/docker/daemon.json (dropping those of dead
-/// test processes) and make dockerd reload.
-fn register_runtimes(runtimes: &[(&str, &PathBuf)]) {
-    let path = Path::new("/etc/docker/daemon.json");
-    let mut config: serde_json::Value = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_else(|| serde_json::json!({}));
-    if let Some(known) = config["runtimes"].as_object_mut() {
-        known.retain(|name, _| {
-            let pid = name
-                .strip_prefix(RUNTIME_PREFIX)
-                .map(|rest| rest.trim_start_matches("noagent-"));
-            // Unsuffixed names are from older test versions: drop them too.
-            match pid {
-                Some(pid) if pid.chars().all(|c| c.is_ascii_digit()) => alive(pid),
-                Some(_) => false,
-                None => name != "eci-test",
-            }
-        });
-    }
-    for (name, bin) in runtimes {
-        config["runtimes"][*name] = serde_json::json!({ "path": bin.display().to_string() });
-    }
-    std::fs::create_dir_all("/etc/docker").expect("/etc/docker");
-    std::fs::write(path, serde_json::to_string_pretty(&config).expect("json"))
-        .expect("daemon.json");
-    let pid = String::from_utf8_lossy(
-        &Command::new("pidof")
-            .arg("dockerd")
-            .output()
-            .expect("pidof")
-            .stdout,
-    )
-    .trim()
-    .to_owned();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .expect("kill")
-            .success(),
-        "SIGHUP dockerd"
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let known = text(&docker(&["info", "--format", "{{json .Runtimes}}"]));
-        if runtimes.iter().all(|(name, _)| known.contains(name)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dockerd did not pick up the runtimes: {known}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn uid_map_base(map: &str) -> u64 {
     let fields: Vec<&str> = map.split_whitespace().collect();
     assert_eq!(fields.len(), 3, "uid_map: {map:?}");
@@ -278,7 +157,7 @@ fn uid_map_base(map: &str) -> u64 {
 }
 
 fn allocations(f: &Fixture) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(f.dir.join("state/ranges.json"))
+    std::fs::read_to_string(f.engine.state_dir().join("ranges.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v["allocations"].as_array().cloned())
@@ -294,7 +173,8 @@ fn leaked_allocations(f: &Fixture) -> Vec<String> {
         .iter()
         .filter_map(|a| a["container_id"].as_str().map(String::from))
         .collect();
-    let known = String::from_utf8_lossy(&docker(&["ps", "-aq", "--no-trunc"]).stdout).into_owned();
+    let known =
+        String::from_utf8_lossy(&f.docker(&["ps", "-aq", "--no-trunc"]).stdout).into_owned();
     allocated
         .into_iter()
         .filter(|id| !known.lines().any(|k| k == id))
@@ -304,8 +184,8 @@ fn leaked_allocations(f: &Fixture) -> Vec<String> {
 /// Anything of container `id` (a prefix) left in the state, the private
 /// directories or the /proc views.
 fn leftovers(f: &Fixture, id: &str) -> bool {
-    let in_dir = |dir: &str| {
-        std::fs::read_dir(f.dir.join(dir))
+    let in_dir = |dir: &Path| {
+        std::fs::read_dir(dir)
             .map(|d| {
                 d.flatten()
                     .any(|e| e.file_name().to_string_lossy().starts_with(id))
@@ -316,43 +196,49 @@ fn leftovers(f: &Fixture, id: &str) -> bool {
         a["container_id"]
             .as_str()
             .is_some_and(|c| c.starts_with(id))
-    }) || in_dir("run")
-        || in_dir("views")
+    }) || in_dir(f.engine.run_dir())
+        || in_dir(f.engine.views_dir())
 }
 
 #[test]
 fn each_container_gets_its_own_user_namespace_and_shows_runtime_eci() {
-    let Some(_) = fixture("each_container_gets_its_own_user_namespace_and_shows_runtime_eci")
+    let Some(f) = fixture("each_container_gets_its_own_user_namespace_and_shows_runtime_eci")
     else {
         return;
     };
-    let out = docker(&[
+    let out = f.docker(&[
         "run",
         "--rm",
-        &format!("--runtime={}", runtime()),
+        &format!("--runtime={}", f.runtime()),
         IMAGE,
         "cat",
         "/proc/self/uid_map",
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(uid_map_base(&String::from_utf8_lossy(&out.stdout)) >= 100_000);
-    let out = docker(&[
+    let out = f.docker(&[
         "run",
         "--rm",
-        &format!("--runtime={}", runtime()),
+        &format!("--runtime={}", f.runtime()),
         IMAGE,
         "cat",
         "/proc/self/gid_map",
     ]);
     assert!(uid_map_base(&String::from_utf8_lossy(&out.stdout)) >= 100_000);
     let id = String::from_utf8_lossy(
-        &docker(&["create", &format!("--runtime={}", runtime()), IMAGE, "true"]).stdout,
+        &f.docker(&[
+            "create",
+            &format!("--runtime={}", f.runtime()),
+            IMAGE,
+            "true",
+        ])
+        .stdout,
     )
     .trim()
     .to_owned();
-    let shown = docker(&["inspect", "--format", "{{.HostConfig.Runtime}}", &id]);
-    assert_eq!(String::from_utf8_lossy(&shown.stdout).trim(), runtime());
-    docker(&["rm", "-f", &id]);
+    let shown = f.docker(&["inspect", "--format", "{{.HostConfig.Runtime}}", &id]);
+    assert_eq!(String::from_utf8_lossy(&shown.stdout).trim(), f.runtime());
+    f.docker(&["rm", "-f", &id]);
 }
 
 #[test]
@@ -363,17 +249,17 @@ fn concurrent_containers_get_disjoint_ranges_and_delete_frees_them() {
     let mut ids = Vec::new();
     let mut bases = Vec::new();
     for _ in 0..3 {
-        let out = docker(&[
+        let out = f.docker(&[
             "run",
             "-d",
-            &format!("--runtime={}", runtime()),
+            &format!("--runtime={}", f.runtime()),
             IMAGE,
             "sleep",
             "300",
         ]);
         assert!(out.status.success(), "{}", text(&out));
         let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let map = docker(&["exec", &id, "cat", "/proc/self/uid_map"]);
+        let map = f.docker(&["exec", &id, "cat", "/proc/self/uid_map"]);
         bases.push(uid_map_base(&String::from_utf8_lossy(&map.stdout)));
         ids.push(id);
     }
@@ -385,7 +271,7 @@ fn concurrent_containers_get_disjoint_ranges_and_delete_frees_them() {
         assert!(pair[1] - pair[0] >= 65536, "ranges overlap: {bases:?}");
     }
     for id in &ids {
-        assert!(docker(&["rm", "-f", id]).status.success());
+        assert!(f.docker(&["rm", "-f", id]).status.success());
         assert!(!leftovers(f, &id[..12]), "{id} left state behind");
     }
 }
@@ -395,6 +281,7 @@ fn refusals_name_the_rule_and_the_fix_and_leave_nothing() {
     let Some(f) = fixture("refusals_name_the_rule_and_the_fix_and_leave_nothing") else {
         return;
     };
+    let socket = f.socket_bind();
     let cases: [(&[&str], &str); 7] = [
         (&["--network=host"], "--network=host"),
         (&["--pid=host"], "--pid=host"),
@@ -402,16 +289,13 @@ fn refusals_name_the_rule_and_the_fix_and_leave_nothing() {
         (&["--uts=host"], "--uts=host"),
         (&["-v", "/etc:/vm-etc"], "can't mount /etc"),
         (&["-v", "/var/lib/docker:/d"], "shareableHostPaths"),
-        (
-            &["-v", "/var/run/docker.sock:/var/run/docker.sock"],
-            "docker socket mount denied",
-        ),
+        (&["-v", &socket], "docker socket mount denied"),
     ];
     for (flags, expected) in cases {
-        let mut args = vec!["run", "--rm", "--runtime", runtime()];
+        let mut args = vec!["run", "--rm", "--runtime", f.runtime()];
         args.extend_from_slice(flags);
         args.extend_from_slice(&[IMAGE, "true"]);
-        let out = docker(&args);
+        let out = f.docker(&args);
         let message = text(&out);
         assert!(!out.status.success(), "{flags:?} was not refused");
         assert!(
@@ -434,12 +318,12 @@ fn a_policy_file_the_agent_refused_does_not_steer_eci_runc() {
     };
     // The agent alone reads the file: a bad one, refused at reload, leaves
     // the last good policy in force for eci-runc too.
-    let path = f.dir.join("admin-settings.json");
-    let good = std::fs::read_to_string(&path).expect("policy");
-    std::fs::write(&path, r#"{"eci": {"shareableHostPaths": ["/etc"]}}"#).expect("bad policy");
-    let reload = eci_control::Client::new(f.dir.join("agent/agent.sock"))
-        .call_ok(&eci_control::Request::Reload);
-    std::fs::write(&path, good).expect("good policy back");
+    let path = f.engine.policy_file();
+    let good = std::fs::read_to_string(path).expect("policy");
+    std::fs::write(path, r#"{"eci": {"shareableHostPaths": ["/etc"]}}"#).expect("bad policy");
+    let reload =
+        eci_control::Client::new(f.engine.agent_socket()).call_ok(&eci_control::Request::Reload);
+    std::fs::write(path, good).expect("good policy back");
     let refused = reload
         .expect_err("the agent took a policy sharing /etc")
         .to_string();
@@ -448,11 +332,11 @@ fn a_policy_file_the_agent_refused_does_not_steer_eci_runc() {
         "{refused}"
     );
     assert!(refused.contains("eci.shareableHostPaths[0]"), "{refused}");
-    let out = docker(&[
+    let out = f.docker(&[
         "run",
         "--rm",
         "--runtime",
-        runtime(),
+        f.runtime(),
         "-v",
         "/etc:/vm-etc",
         IMAGE,
@@ -465,14 +349,14 @@ fn a_policy_file_the_agent_refused_does_not_steer_eci_runc() {
 
 #[test]
 fn userns_host_is_ignored_and_the_container_still_gets_a_range() {
-    let Some(_) = fixture("userns_host_is_ignored_and_the_container_still_gets_a_range") else {
+    let Some(f) = fixture("userns_host_is_ignored_and_the_container_still_gets_a_range") else {
         return;
     };
-    let out = docker(&[
+    let out = f.docker(&[
         "run",
         "--rm",
         "--userns=host",
-        &format!("--runtime={}", runtime()),
+        &format!("--runtime={}", f.runtime()),
         IMAGE,
         "cat",
         "/proc/self/uid_map",
@@ -483,16 +367,16 @@ fn userns_host_is_ignored_and_the_container_still_gets_a_range() {
 
 #[test]
 fn non_root_image_users_own_their_files_and_image_files_belong_to_root() {
-    let Some(_) = fixture("non_root_image_users_own_their_files_and_image_files_belong_to_root")
+    let Some(f) = fixture("non_root_image_users_own_their_files_and_image_files_belong_to_root")
     else {
         return;
     };
-    let out = docker(&[
+    let out = f.docker(&[
         "run",
         "--rm",
         "--user",
         "1000:1000",
-        &format!("--runtime={}", runtime()),
+        &format!("--runtime={}", f.runtime()),
         IMAGE,
         "sh",
         "-c",
@@ -514,10 +398,10 @@ fn the_container_root_owns_its_image_files_and_the_layer_returns_to_vm_ids_when_
     ) else {
         return;
     };
-    let out = docker(&[
+    let out = f.docker(&[
         "run",
         "-d",
-        &format!("--runtime={}", runtime()),
+        &format!("--runtime={}", f.runtime()),
         IMAGE,
         "sh",
         "-c",
@@ -527,7 +411,7 @@ fn the_container_root_owns_its_image_files_and_the_layer_returns_to_vm_ids_when_
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let wait = Instant::now() + Duration::from_secs(10);
     let seen = loop {
-        let seen = docker(&[
+        let seen = f.docker(&[
             "exec",
             &id,
             "sh",
@@ -545,10 +429,11 @@ fn the_container_root_owns_its_image_files_and_the_layer_returns_to_vm_ids_when_
         "inside, the image's files and the container's own belong to its root"
     );
     let base = uid_map_base(&String::from_utf8_lossy(
-        &docker(&["exec", &id, "cat", "/proc/self/uid_map"]).stdout,
+        &f.docker(&["exec", &id, "cat", "/proc/self/uid_map"]).stdout,
     ));
     let upper = String::from_utf8_lossy(
-        &docker(&["inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", &id]).stdout,
+        &f.docker(&["inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", &id])
+            .stdout,
     )
     .trim()
     .to_owned();
@@ -563,7 +448,7 @@ fn the_container_root_owns_its_image_files_and_the_layer_returns_to_vm_ids_when_
         "running: the upper layer is in the range"
     );
     assert_eq!(owner("home/user/g"), base + 1000);
-    assert!(docker(&["stop", "-t", "1", &id]).status.success());
+    assert!(f.docker(&["stop", "-t", "1", &id]).status.success());
     assert_eq!(
         owner("etc/made"),
         0,
@@ -572,8 +457,8 @@ fn the_container_root_owns_its_image_files_and_the_layer_returns_to_vm_ids_when_
     assert_eq!(owner("home/user/g"), 1000);
     assert!(!leftovers(f, &id[..12]));
     // Started again (maybe with another range), the files are still its own.
-    assert!(docker(&["start", &id]).status.success());
-    let again = docker(&[
+    assert!(f.docker(&["start", &id]).status.success());
+    let again = f.docker(&[
         "exec",
         &id,
         "sh",
@@ -586,7 +471,7 @@ fn the_container_root_owns_its_image_files_and_the_layer_returns_to_vm_ids_when_
         "{}",
         text(&again)
     );
-    assert!(docker(&["rm", "-f", &id]).status.success());
+    assert!(f.docker(&["rm", "-f", &id]).status.success());
     assert!(!leftovers(f, &id[..12]));
     let overlays = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
@@ -601,19 +486,19 @@ fn the_container_root_owns_its_image_files_and_the_layer_returns_to_vm_ids_when_
 
 #[test]
 fn a_named_volume_written_by_one_container_is_usable_by_the_next_with_another_range() {
-    let Some(_) =
+    let Some(f) =
         fixture("a_named_volume_written_by_one_container_is_usable_by_the_next_with_another_range")
     else {
         return;
     };
     let volume = format!("eci-test-vol-{}", std::process::id());
-    let rt = format!("--runtime={}", runtime());
+    let rt = format!("--runtime={}", f.runtime());
     let mount = format!("{volume}:/data");
     let holder =
-        String::from_utf8_lossy(&docker(&["run", "-d", &rt, IMAGE, "sleep", "300"]).stdout)
+        String::from_utf8_lossy(&f.docker(&["run", "-d", &rt, IMAGE, "sleep", "300"]).stdout)
             .trim()
             .to_owned();
-    let writer = docker(&[
+    let writer = f.docker(&[
         "run",
         "--rm",
         &rt,
@@ -633,10 +518,10 @@ fn a_named_volume_written_by_one_container_is_usable_by_the_next_with_another_ra
     );
     // Keep the writer's (now free) range busy so the reader gets another.
     let holder2 =
-        String::from_utf8_lossy(&docker(&["run", "-d", &rt, IMAGE, "sleep", "300"]).stdout)
+        String::from_utf8_lossy(&f.docker(&["run", "-d", &rt, IMAGE, "sleep", "300"]).stdout)
             .trim()
             .to_owned();
-    let reader = docker(&[
+    let reader = f.docker(&[
         "run",
         "--rm",
         &rt,
@@ -662,7 +547,8 @@ fn a_named_volume_written_by_one_container_is_usable_by_the_next_with_another_ra
     );
     // On the VM side the file belongs to 0, not to either container's range.
     let data = String::from_utf8_lossy(
-        &docker(&["volume", "inspect", "--format", "{{.Mountpoint}}", &volume]).stdout,
+        &f.docker(&["volume", "inspect", "--format", "{{.Mountpoint}}", &volume])
+            .stdout,
     )
     .trim()
     .to_owned();
@@ -672,8 +558,8 @@ fn a_named_volume_written_by_one_container_is_usable_by_the_next_with_another_ra
             .uid(),
         0
     );
-    docker(&["rm", "-f", &holder, &holder2]);
-    docker(&["volume", "rm", &volume]);
+    f.docker(&["rm", "-f", &holder, &holder2]);
+    f.docker(&["volume", "rm", &volume]);
 }
 
 #[test]
@@ -681,11 +567,11 @@ fn a_shareable_host_path_can_be_bind_mounted() {
     let Some(f) = fixture("a_shareable_host_path_can_be_bind_mounted") else {
         return;
     };
-    let mount = format!("{}:/shared", f.dir.join("shared").display());
-    let out = docker(&[
+    let mount = format!("{}:/shared", f.shared().display());
+    let out = f.docker(&[
         "run",
         "--rm",
-        &format!("--runtime={}", runtime()),
+        &format!("--runtime={}", f.runtime()),
         "-v",
         &mount,
         IMAGE,
@@ -698,14 +584,14 @@ fn a_shareable_host_path_can_be_bind_mounted() {
 
 #[test]
 fn sensitive_proc_and_sys_entries_are_masked_or_read_only() {
-    let Some(_) = fixture("sensitive_proc_and_sys_entries_are_masked_or_read_only") else {
+    let Some(f) = fixture("sensitive_proc_and_sys_entries_are_masked_or_read_only") else {
         return;
     };
     let script = "wc -c < /proc/kallsyms; ls /sys/firmware | wc -l; echo 1 > /proc/sys/kernel/sysrq && echo WROTE-SYSCTL; echo done";
-    let out = docker(&[
+    let out = f.docker(&[
         "run",
         "--rm",
-        &format!("--runtime={}", runtime()),
+        &format!("--runtime={}", f.runtime()),
         IMAGE,
         "sh",
         "-c",
@@ -745,13 +631,13 @@ fn uptime_seconds(uptime: &str) -> f64 {
 
 #[test]
 fn proc_meminfo_shows_the_containers_memory_limit_or_the_hosts_memory() {
-    let Some(_) = fixture("proc_meminfo_shows_the_containers_memory_limit_or_the_hosts_memory")
+    let Some(f) = fixture("proc_meminfo_shows_the_containers_memory_limit_or_the_hosts_memory")
     else {
         return;
     };
-    let rt = format!("--runtime={}", runtime());
+    let rt = format!("--runtime={}", f.runtime());
     // Read at once: rendered at registration, never an empty file.
-    let limited = docker(&[
+    let limited = f.docker(&[
         "run",
         "--rm",
         &rt,
@@ -773,7 +659,7 @@ fn proc_meminfo_shows_the_containers_memory_limit_or_the_hosts_memory() {
     assert!(meminfo_kb(meminfo, "MemFree") <= 65536, "{meminfo}");
     assert!(meminfo_kb(meminfo, "MemAvailable") <= 65536, "{meminfo}");
     assert!(uptime_seconds(uptime) < 60.0, "{uptime:?}");
-    let unlimited = docker(&["run", "--rm", &rt, IMAGE, "cat", "/proc/meminfo"]);
+    let unlimited = f.docker(&["run", "--rm", &rt, IMAGE, "cat", "/proc/meminfo"]);
     assert!(unlimited.status.success(), "{}", text(&unlimited));
     let host = std::fs::read_to_string("/proc/meminfo").expect("host meminfo");
     assert_eq!(
@@ -784,13 +670,13 @@ fn proc_meminfo_shows_the_containers_memory_limit_or_the_hosts_memory() {
 
 #[test]
 fn proc_uptime_counts_from_the_containers_start_and_advances() {
-    let Some(_) = fixture("proc_uptime_counts_from_the_containers_start_and_advances") else {
+    let Some(f) = fixture("proc_uptime_counts_from_the_containers_start_and_advances") else {
         return;
     };
-    let out = docker(&[
+    let out = f.docker(&[
         "run",
         "--rm",
-        &format!("--runtime={}", runtime()),
+        &format!("--runtime={}", f.runtime()),
         IMAGE,
         "sh",
         "-c",
@@ -809,17 +695,17 @@ fn proc_uptime_counts_from_the_containers_start_and_advances() {
 
 #[test]
 fn a_privileged_container_cannot_write_its_proc_views() {
-    let Some(_) = fixture("a_privileged_container_cannot_write_its_proc_views") else {
+    let Some(f) = fixture("a_privileged_container_cannot_write_its_proc_views") else {
         return;
     };
     // Even remounted read-write, the file is the VM root's (unmapped:
     // nobody inside), and capabilities in the container's user namespace do
     // not override the permissions of an unmapped owner.
-    let out = docker(&[
+    let out = f.docker(&[
         "run",
         "--rm",
         "--privileged",
-        &format!("--runtime={}", runtime()),
+        &format!("--runtime={}", f.runtime()),
         IMAGE,
         "sh",
         "-c",
@@ -841,10 +727,10 @@ fn the_proc_views_of_a_container_go_with_it() {
     let Some(f) = fixture("the_proc_views_of_a_container_go_with_it") else {
         return;
     };
-    let out = docker(&[
+    let out = f.docker(&[
         "run",
         "-d",
-        &format!("--runtime={}", runtime()),
+        &format!("--runtime={}", f.runtime()),
         "-m",
         "32m",
         IMAGE,
@@ -853,9 +739,9 @@ fn the_proc_views_of_a_container_go_with_it() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let views = f.dir.join("views").join(&id);
+    let views = f.engine.views_dir().join(&id);
     assert!(views.join("view.json").exists(), "no {}", views.display());
-    let meminfo = docker(&["exec", &id, "cat", "/proc/meminfo"]);
+    let meminfo = f.docker(&["exec", &id, "cat", "/proc/meminfo"]);
     assert_eq!(
         meminfo_kb(&String::from_utf8_lossy(&meminfo.stdout), "MemTotal"),
         32768
@@ -866,7 +752,7 @@ fn the_proc_views_of_a_container_go_with_it() {
             .ok(),
         Some(32768)
     );
-    assert!(docker(&["rm", "-f", &id]).status.success());
+    assert!(f.docker(&["rm", "-f", &id]).status.success());
     assert!(!views.exists(), "{} is left", views.display());
     assert!(!leftovers(f, &id[..12]), "{id} left state behind");
 }
@@ -876,10 +762,10 @@ fn exec_stop_restart_and_rm_work_and_leave_nothing_behind() {
     let Some(f) = fixture("exec_stop_restart_and_rm_work_and_leave_nothing_behind") else {
         return;
     };
-    let out = docker(&[
+    let out = f.docker(&[
         "run",
         "-d",
-        &format!("--runtime={}", runtime()),
+        &format!("--runtime={}", f.runtime()),
         IMAGE,
         "sleep",
         "300",
@@ -887,19 +773,19 @@ fn exec_stop_restart_and_rm_work_and_leave_nothing_behind() {
     assert!(out.status.success(), "{}", text(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(
-        String::from_utf8_lossy(&docker(&["exec", &id, "echo", "in"]).stdout),
+        String::from_utf8_lossy(&f.docker(&["exec", &id, "echo", "in"]).stdout),
         "in\n"
     );
-    assert!(docker(&["stop", "-t", "1", &id]).status.success());
+    assert!(f.docker(&["stop", "-t", "1", &id]).status.success());
     assert!(
         !leftovers(f, &id[..12]),
         "a stopped container kept its range"
     );
-    assert!(docker(&["start", &id]).status.success());
-    let map = docker(&["exec", &id, "cat", "/proc/self/uid_map"]);
+    assert!(f.docker(&["start", &id]).status.success());
+    let map = f.docker(&["exec", &id, "cat", "/proc/self/uid_map"]);
     uid_map_base(&String::from_utf8_lossy(&map.stdout));
-    assert!(docker(&["restart", "-t", "1", &id]).status.success());
-    assert!(docker(&["rm", "-f", &id]).status.success());
+    assert!(f.docker(&["restart", "-t", "1", &id]).status.success());
+    assert!(f.docker(&["rm", "-f", &id]).status.success());
     assert!(!leftovers(f, &id[..12]), "{id} left state behind");
 }
 
@@ -908,10 +794,10 @@ fn without_the_agent_containers_do_not_start_and_nothing_is_left() {
     let Some(f) = fixture("without_the_agent_containers_do_not_start_and_nothing_is_left") else {
         return;
     };
-    let out = docker(&[
+    let out = f.docker(&[
         "run",
         "--rm",
-        &format!("--runtime={}", runtime_no_agent()),
+        &format!("--runtime={}", f.engine.runtime_no_agent()),
         IMAGE,
         "true",
     ]);
@@ -931,21 +817,30 @@ fn without_the_agent_containers_do_not_start_and_nothing_is_left() {
 /// A runc bundle of the test image (rootfs exported from Docker) whose
 /// process runs `script`.
 fn bundle(f: &Fixture, name: &str, script: &str) -> PathBuf {
-    let dir = f.dir.join("bundles").join(name);
+    let dir = f.dir().join("bundles").join(name);
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(&rootfs).expect("bundle dir");
-    let created = docker(&["create", IMAGE]);
+    let created = f.docker(&["create", IMAGE]);
     let id = String::from_utf8_lossy(&created.stdout).trim().to_owned();
-    let export = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "docker export {id} | tar -C {} -x",
-            rootfs.display()
-        ))
-        .status()
+    let export = f
+        .engine
+        .docker_command()
+        .args(["export", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut exporting| {
+            let untar = Command::new("tar")
+                .arg("-C")
+                .arg(&rootfs)
+                .arg("-x")
+                .stdin(exporting.stdout.take().expect("piped"))
+                .status();
+            let exported = exporting.wait()?;
+            Ok(untar?.success() && exported.success())
+        })
         .expect("export");
-    docker(&["rm", &id]);
-    assert!(export.success(), "docker export");
+    f.docker(&["rm", &id]);
+    assert!(export, "docker export");
     let spec = Command::new("runc")
         .arg("spec")
         .current_dir(&dir)
@@ -972,12 +867,7 @@ fn limit_memory(bundle: &Path, bytes: u64) {
 }
 
 fn eci_runc(f: &Fixture, socket: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_eci-runc"));
-    cmd.env("ECI_AGENT_SOCKET", socket)
-        .env("ECI_STATE_DIR", f.dir.join("state"))
-        .env("ECI_RUNC_RUN_DIR", f.dir.join("run"))
-        .env("ECI_VIEWS_DIR", f.dir.join("views"));
-    cmd
+    f.engine.eci_runc(socket)
 }
 
 #[test]
@@ -992,10 +882,10 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
     );
     limit_memory(&dir, 48 << 20);
     let original = std::fs::read(dir.join("config.json")).expect("config");
-    let root = f.dir.join("runc-root");
+    let root = f.dir().join("runc-root");
     let id = format!("eci-run-{}", std::process::id());
     for _ in 0..2 {
-        let out = eci_runc(f, &f.dir.join("agent/agent.sock"))
+        let out = eci_runc(f, f.engine.agent_socket())
             .arg("--root")
             .arg(&root)
             .args(["run", "--bundle"])
@@ -1003,7 +893,17 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
             .arg(&id)
             .output()
             .expect("eci-runc run");
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            out.status.success(),
+            "{}\nthe agent's denials of umounts:\n{}",
+            text(&out),
+            std::fs::read_to_string(f.engine.audit_log())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("sb_umount"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let mut lines = stdout.lines();
         assert!(uid_map_base(lines.next().unwrap_or_default()) >= 100_000);
@@ -1025,7 +925,7 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
     }
     // Without the agent: refused before anything is prepared (no policy in
     // force to be had), nothing left.
-    let out = eci_runc(f, &f.dir.join("nowhere/agent.sock"))
+    let out = eci_runc(f, &f.dir().join("nowhere/agent.sock"))
         .arg("--root")
         .arg(&root)
         .args(["run", "--bundle"])
@@ -1080,11 +980,11 @@ fn a_failure_to_prepare_the_proc_views_fails_the_run_and_leaves_nothing() {
     let dir = bundle(f, "noviews", "true");
     let original = std::fs::read(dir.join("config.json")).expect("config");
     // A file where the views root's parent should be: no directory there.
-    let blocker = f.dir.join("views-blocker");
+    let blocker = f.dir().join("views-blocker");
     std::fs::write(&blocker, "").expect("blocker");
-    let root = f.dir.join("runc-root");
+    let root = f.dir().join("runc-root");
     let id = format!("eci-noviews-{}", std::process::id());
-    let out = eci_runc(f, &f.dir.join("agent/agent.sock"))
+    let out = eci_runc(f, f.engine.agent_socket())
         .env("ECI_VIEWS_DIR", blocker.join("views"))
         .arg("--root")
         .arg(&root)
@@ -1108,7 +1008,7 @@ fn start_refuses_a_container_eci_runc_did_not_register() {
         return;
     };
     let dir = bundle(f, "unregistered", "true");
-    let root = f.dir.join("runc-root");
+    let root = f.dir().join("runc-root");
     let id = format!("eci-plain-{}", std::process::id());
     let created = Command::new("runc")
         .arg("--root")
@@ -1121,7 +1021,7 @@ fn start_refuses_a_container_eci_runc_did_not_register() {
         .status()
         .expect("runc create");
     assert!(created.success());
-    let out = eci_runc(f, &f.dir.join("agent/agent.sock"))
+    let out = eci_runc(f, f.engine.agent_socket())
         .arg("--root")
         .arg(&root)
         .args(["start", &id])
@@ -1143,20 +1043,12 @@ fn start_refuses_a_container_eci_runc_did_not_register() {
 /// `docker run --rm` of `image` with eci, the Docker socket and the shared
 /// directory (which holds a docker CLI) bound in.
 fn run_with_docker_socket(f: &Fixture, image: &str, command: &[&str]) -> Output {
-    let runtime = format!("--runtime={}", runtime());
-    let shared = format!("{}:/shared", f.dir.join("shared").display());
-    let mut args = vec![
-        "run",
-        "--rm",
-        &runtime,
-        "-v",
-        "/var/run/docker.sock:/var/run/docker.sock",
-        "-v",
-        &shared,
-        image,
-    ];
+    let runtime = format!("--runtime={}", f.runtime());
+    let shared = format!("{}:/shared", f.shared().display());
+    let socket = f.socket_bind();
+    let mut args = vec!["run", "--rm", &runtime, "-v", &socket, "-v", &shared, image];
     args.extend_from_slice(command);
-    docker(&args)
+    f.docker(&args)
 }
 
 #[test]
@@ -1184,7 +1076,7 @@ fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
     let output = text(&out);
     println!("{output}");
     assert!(out.status.success(), "{output}");
-    let server = text(&docker(&["version", "--format", "{{.Server.Version}}"]));
+    let server = text(&f.docker(&["version", "--format", "{{.Server.Version}}"]));
     assert!(
         output.contains(&format!("version={}", server.trim())),
         "version through the proxy: {output}"
@@ -1237,7 +1129,7 @@ fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
             "{what} was not refused with the rule and the fix: {line}"
         );
     }
-    let audit = std::fs::read_to_string(f.dir.join("audit.jsonl")).unwrap_or_default();
+    let audit = std::fs::read_to_string(f.engine.audit_log()).unwrap_or_default();
     for command in ["push", "rm", "plugin", "volume", "create"] {
         assert!(
             audit.lines().any(|l| l.contains("docker_api_denied")
@@ -1261,7 +1153,7 @@ fn a_trusted_image_gets_a_docker_socket_filtered_by_the_command_list() {
         "derived image: {}",
         text(&derived)
     );
-    let sockets: Vec<_> = std::fs::read_dir(f.dir.join("agent/proxy"))
+    let sockets: Vec<_> = std::fs::read_dir(f.engine.proxy_dir())
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(sockets.is_empty(), "proxy sockets left behind: {sockets:?}");
@@ -1273,7 +1165,7 @@ fn the_docker_socket_is_refused_to_untrusted_and_retagged_images() {
     let Some(f) = fixture("the_docker_socket_is_refused_to_untrusted_and_retagged_images") else {
         return;
     };
-    let socket = "/var/run/docker.sock:/var/run/docker.sock";
+    let socket = &f.socket_bind();
     let containerd = "/run/containerd/containerd.sock:/c.sock";
     let cases: [(&str, &str, &str); 3] = [
         (IMAGE, socket, "image \"eci-test-busybox:latest\""),
@@ -1281,10 +1173,10 @@ fn the_docker_socket_is_refused_to_untrusted_and_retagged_images() {
         (&f.trusted_image, containerd, "engine socket mount denied"),
     ];
     for (image, mount, expected) in cases {
-        let out = docker(&[
+        let out = f.docker(&[
             "run",
             "--rm",
-            &format!("--runtime={}", runtime()),
+            &format!("--runtime={}", f.runtime()),
             "-v",
             mount,
             image,
@@ -1308,16 +1200,25 @@ fn the_docker_socket_is_refused_to_untrusted_and_retagged_images() {
 
 /// Volumes a test made (or had the engine make), removed when the test
 /// ends, also when it fails.
-#[derive(Default)]
-struct Volumes(Vec<String>);
+struct Volumes {
+    engine: &'static Engine,
+    names: Vec<String>,
+}
 
 impl Volumes {
+    fn new(f: &Fixture) -> Self {
+        Self {
+            engine: f.engine,
+            names: Vec::new(),
+        }
+    }
+
     /// A name of this test process for `what`, forgotten first if a failed
     /// run left it, removed at the end.
     fn name(&mut self, what: &str) -> String {
         let name = format!("eci-test-{what}-{}", std::process::id());
-        let _ = docker(&["volume", "rm", "-f", &name]);
-        self.0.push(name.clone());
+        let _ = self.engine.docker(&["volume", "rm", "-f", &name]);
+        self.names.push(name.clone());
         name
     }
 
@@ -1329,7 +1230,7 @@ impl Volumes {
             args.extend_from_slice(&["--opt", opt]);
         }
         args.push(&name);
-        let out = docker(&args);
+        let out = self.engine.docker(&args);
         assert!(out.status.success(), "{}", text(&out));
         name
     }
@@ -1337,19 +1238,30 @@ impl Volumes {
 
 impl Drop for Volumes {
     fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = docker(&["volume", "rm", "-f", name]);
+        for name in &self.names {
+            let _ = self.engine.docker(&["volume", "rm", "-f", name]);
         }
     }
 }
 
-/// `docker run --rm --runtime=<runtime> <flags> IMAGE sh -c <script>`.
-fn run_on(runtime: &str, flags: &[&str], script: &str) -> Output {
-    let rt = format!("--runtime={runtime}");
-    let mut args = vec!["run", "--rm", rt.as_str()];
+/// `docker run --rm <runtime flags> <flags> IMAGE sh -c <script>`.
+fn run_with(f: &Fixture, runtime: &[String], flags: &[&str], script: &str) -> Output {
+    let mut args = vec!["run", "--rm"];
+    args.extend(runtime.iter().map(String::as_str));
     args.extend_from_slice(flags);
     args.extend_from_slice(&[IMAGE, "sh", "-c", script]);
-    docker(&args)
+    f.docker(&args)
+}
+
+/// [`run_with`] eci's runtime.
+fn run_eci(f: &Fixture, flags: &[&str], script: &str) -> Output {
+    run_with(f, &[format!("--runtime={}", f.runtime())], flags, script)
+}
+
+/// [`run_with`] plain runc, outside every protected cgroup (see
+/// `Engine::plain_runc_flags`).
+fn run_plain(f: &Fixture, flags: &[&str], script: &str) -> Output {
+    run_with(f, &f.engine.plain_runc_flags(), flags, script)
 }
 
 /// Plain runc mounts what `flags` give (`proof` succeeds: the VM's files are
@@ -1363,13 +1275,13 @@ fn runc_mounts_it_and_eci_refuses_it(
     proof: &str,
     expected: &[&str],
 ) {
-    let out = run_on("runc", runc_flags, proof);
+    let out = run_plain(f, runc_flags, proof);
     assert!(
         out.status.success(),
         "plain runc should mount {runc_flags:?} ({proof}): {}",
         text(&out)
     );
-    let out = run_on(runtime(), eci_flags, "echo started");
+    let out = run_eci(f, eci_flags, "echo started");
     let message = text(&out);
     assert!(!out.status.success(), "{eci_flags:?} was not refused");
     assert!(!message.contains("started"), "{message}");
@@ -1394,7 +1306,7 @@ fn runc_mounts_it_and_eci_refuses_it(
 /// [`runc_mounts_it_and_eci_refuses_it`] for `-v <volume>:/x`, the volume
 /// created with `opts`; the refusal names the volume too.
 fn a_volume_is_refused(f: &Fixture, what: &str, opts: &[&str], proof: &str, expected: &[&str]) {
-    let mut volumes = Volumes::default();
+    let mut volumes = Volumes::new(f);
     let v = volumes.create(what, opts);
     let flags = ["-v", &format!("{v}:/x")];
     let named = format!("volume \"{v}\"");
@@ -1414,10 +1326,7 @@ fn a_volume_bound_to_the_vms_etc_is_refused_with_its_name_and_driver_options() {
         "etc",
         &["type=none", "o=bind", "device=/etc"],
         "test -s /x/passwd",
-        &[
-            "type=none, o=bind, device=/etc",
-            "a bind of /etc on the VM's root file system",
-        ],
+        &["type=none, o=bind, device=/etc", &etc_bind()],
     );
 }
 
@@ -1426,7 +1335,7 @@ fn an_inline_volume_mount_with_bind_driver_options_is_refused() {
     let Some(f) = fixture("an_inline_volume_mount_with_bind_driver_options_is_refused") else {
         return;
     };
-    let mut volumes = Volumes::default();
+    let mut volumes = Volumes::new(f);
     let inline = |name: &str| {
         format!(
             "type=volume,src={name},dst=/x,volume-opt=type=none,volume-opt=o=bind,volume-opt=device=/etc"
@@ -1439,11 +1348,7 @@ fn an_inline_volume_mount_with_bind_driver_options_is_refused() {
         &["--mount", &inline(&for_runc)],
         &["--mount", &inline(&for_eci)],
         "test -s /x/passwd",
-        &[
-            &format!("volume \"{for_eci}\""),
-            "device=/etc",
-            "a bind of /etc on the VM's root file system",
-        ],
+        &[&format!("volume \"{for_eci}\""), "device=/etc", &etc_bind()],
     );
 }
 
@@ -1462,9 +1367,31 @@ fn a_volume_bound_to_the_vms_run_is_refused_as_a_bind_of_a_vm_path() {
         f,
         "run",
         &["type=none", "o=bind", "device=/run"],
-        "test -e /x/docker.sock",
+        // A VM file below /run: containerd's socket (the machine's; the
+        // private engine's in the VM).
+        "test -e /x/containerd/containerd.sock",
         &["device=/run", what],
     );
+}
+
+/// How eci-runc names a bind of the VM's /etc: on the machine, / is a
+/// file system on a block device; in the test VM it is the host's root over
+/// 9p (no device), a bind of which is named as such (by the path the 9p
+/// mount's root has on the host: "a bind of the VM's
+/// /work/.../build/vm/roots/sid/etc (9p, device 0:24)").
+fn etc_bind() -> String {
+    let root_on_device = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .rfind(|l| l.split_whitespace().nth(4) == Some("/"))
+        .and_then(|l| l.split_once(" - "))
+        .and_then(|(_, right)| right.split_whitespace().nth(1))
+        .is_some_and(|source| source.starts_with("/dev/"));
+    if root_on_device {
+        "a bind of /etc on the VM's root file system".into()
+    } else {
+        "/etc (9p, device ".into()
+    }
 }
 
 fn is_mount_point(path: &str) -> bool {
@@ -1533,6 +1460,11 @@ impl LoopDevice {
                 Err(format!("{cmd:?}: {}", text(&out)))
             }
         };
+        // The loop driver may be a module (the test VM's kernels).
+        let _ = Command::new("modprobe")
+            .arg("loop")
+            .stderr(Stdio::null())
+            .status();
         std::fs::write(&file, vec![0u8; 8 << 20]).map_err(|e| e.to_string())?;
         run(Command::new("mkfs.ext4").arg("-q").arg("-F").arg(&file))?;
         let device = run(Command::new("losetup").args(["-f", "--show"]).arg(&file))?;
@@ -1578,17 +1510,17 @@ fn a_volume_on_a_vm_block_device_is_refused_with_its_device() {
 
 #[test]
 fn tmpfs_volumes_plain_named_volumes_and_shm_keep_working() {
-    let Some(_) = fixture("tmpfs_volumes_plain_named_volumes_and_shm_keep_working") else {
+    let Some(f) = fixture("tmpfs_volumes_plain_named_volumes_and_shm_keep_working") else {
         return;
     };
-    let mut volumes = Volumes::default();
+    let mut volumes = Volumes::new(f);
     let tmpfs = volumes.create("tmpfs", &["type=tmpfs", "device=tmpfs", "o=size=10m"]);
     let plain = volumes.create("plain", &[]);
     let inline = volumes.name("inline-tmpfs");
     let inline_mount =
         format!("type=volume,src={inline},dst=/i,volume-opt=type=tmpfs,volume-opt=device=tmpfs");
-    let out = run_on(
-        runtime(),
+    let out = run_eci(
+        f,
         &[
             "-v",
             &format!("{tmpfs}:/t"),
@@ -1639,7 +1571,7 @@ fn a_recursive_bind_of_a_shareable_directory_is_refused_for_a_vm_mount_below_it(
     else {
         return;
     };
-    let dir = f.dir.join("shared/rbind");
+    let dir = rbind_shareable(f.engine).join("rbind");
     let below = BindMount::new("/etc", &dir.join("vm-etc"));
     let rbind = ["-v", &format!("{}:/x", dir.display())];
     runc_mounts_it_and_eci_refuses_it(
@@ -1648,7 +1580,8 @@ fn a_recursive_bind_of_a_shareable_directory_is_refused_for_a_vm_mount_below_it(
         &rbind,
         "test -s /x/vm-etc/passwd",
         &[
-            "a recursive bind of it would take a bind of /etc on the VM's root file system",
+            "a recursive bind of it would take a bind of ",
+            &etc_bind(),
             &format!("mounted at {}", below.0.display()),
         ],
     );
@@ -1657,8 +1590,8 @@ fn a_recursive_bind_of_a_shareable_directory_is_refused_for_a_vm_mount_below_it(
         "type=bind,source={},target=/x,bind-nonrecursive=true",
         dir.display()
     );
-    let out = run_on(
-        runtime(),
+    let out = run_eci(
+        f,
         &["--mount", &plain],
         "test -d /x/vm-etc && ! test -e /x/vm-etc/passwd && echo empty",
     );
