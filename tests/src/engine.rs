@@ -139,14 +139,16 @@ pub fn runc_binary() -> PathBuf {
 }
 
 pub fn start_engine(dir: tempfile::TempDir, agent: &TestAgent) -> Engine {
-<<<<<<< HEAD
-    start_engine_at(dir, agent, "/var/lib/docker")
+    start_private(dir, agent, &Private::default())
 }
 
 /// [`start_engine`] with the engine's `--data-root` at `data_root`.
 pub fn start_engine_at(dir: tempfile::TempDir, agent: &TestAgent, data_root: &str) -> Engine {
-=======
-    start_private(dir, agent, &Private::default())
+    let private = Private {
+        data_root: Some(data_root.to_owned()),
+        ..Private::default()
+    };
+    start_private(dir, agent, &private)
 }
 
 /// How a private engine differs from [`start_engine`]'s.
@@ -158,10 +160,11 @@ struct Private {
     /// `ECI_RUNC_RUN_DIR`, below the engine's directory; eci-runc's
     /// defaults when false.
     own_dirs: bool,
+    /// dockerd's `--data-root`; `/var/lib/docker` when `None`.
+    data_root: Option<String>,
 }
 
 fn start_private(dir: tempfile::TempDir, agent: &TestAgent, private: &Private) -> Engine {
->>>>>>> harness
     let agent_socket = &agent.control_socket;
     // runc from a writable file (the engine's directory is on tmpfs in the
     // VM): what stops a write to this one is runc's doing, not the VM's
@@ -248,7 +251,7 @@ fn start_private(dir: tempfile::TempDir, agent: &TestAgent, private: &Private) -
         .args([
             "--containerd=/run/containerd/containerd.sock",
             "--data-root",
-            data_root,
+            private.data_root.as_deref().unwrap_or("/var/lib/docker"),
         ])
         .arg(format!(
             "--storage-driver={}",
@@ -807,6 +810,7 @@ fn start_shared_private() -> Engine {
         &Private {
             storage_driver: Some("overlay2"),
             own_dirs: true,
+            data_root: None,
         },
     );
     let root = busybox_rootfs(engine.dir.path());
