@@ -155,9 +155,102 @@ pub fn parse(argv: &[String]) -> Invocation {
     inv
 }
 
+/// `run` as runc's `create` and `start`: what eci-runc runs instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAsCreate {
+    /// The global flags, as given (for `start`, `delete`).
+    pub globals: Vec<String>,
+    /// `<globals> create <run's flags but -d/--detach, --keep,
+    /// --no-subreaper> <id>`.
+    pub create_argv: Vec<String>,
+    /// `-d`/`--detach`: return once started.
+    pub detach: bool,
+    /// `--keep`: do not delete the container when it has exited.
+    pub keep: bool,
+}
+
+/// `run`'s flags that `create` does not take.
+const RUN_ONLY: &[&str] = &["-d", "--detach", "--keep", "--no-subreaper"];
+
+/// The `create` of a `run` invocation; `None` when `inv` is no `run`.
+pub fn run_as_create(inv: &Invocation) -> Option<RunAsCreate> {
+    if inv.command.as_deref() != Some("run") {
+        return None;
+    }
+    let argv = &inv.argv;
+    let mut i = 0;
+    while i < argv.len() && argv[i].starts_with('-') {
+        let step = GLOBAL_WITH_VALUE
+            .iter()
+            .find_map(|flag| value_of(argv, i, flag).map(|(_, n)| n))
+            .unwrap_or(1);
+        i += step;
+    }
+    let globals = argv[..i.min(argv.len())].to_vec();
+    let mut create_argv = globals.clone();
+    create_argv.push("create".into());
+    let (mut detach, mut keep) = (false, false);
+    for arg in argv.iter().skip(i + 1) {
+        match arg.as_str() {
+            "-d" | "--detach" => detach = true,
+            "--keep" => keep = true,
+            _ if RUN_ONLY.contains(&arg.as_str()) => {}
+            _ => create_argv.push(arg.clone()),
+        }
+    }
+    Some(RunAsCreate {
+        globals,
+        create_argv,
+        detach,
+        keep,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_becomes_create_with_runs_own_flags_taken_out() {
+        let argv: Vec<String> = [
+            "--root",
+            "/run/r",
+            "--log=/l",
+            "run",
+            "--bundle",
+            "/b",
+            "-d",
+            "--keep",
+            "--pid-file",
+            "/p",
+            "--no-subreaper",
+            "c1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let plan = run_as_create(&parse(&argv)).unwrap();
+        assert_eq!(plan.globals, ["--root", "/run/r", "--log=/l"]);
+        assert_eq!(
+            plan.create_argv,
+            [
+                "--root",
+                "/run/r",
+                "--log=/l",
+                "create",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/p",
+                "c1"
+            ]
+        );
+        assert!(plan.detach && plan.keep);
+        let created = parse(&plan.create_argv);
+        assert_eq!(created.command.as_deref(), Some("create"));
+        assert_eq!(created.container_id.as_deref(), Some("c1"));
+        assert!(run_as_create(&parse(&["create".to_string(), "c1".to_string()])).is_none());
+    }
 
     #[test]
     fn runc_1_2_and_1_3_flags_with_values_are_not_taken_for_the_container_id() {

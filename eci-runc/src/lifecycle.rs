@@ -31,7 +31,7 @@ use eci_views::{ContainerViews, ViewsError};
 use oci_spec::runtime::{HookBuilder, Hooks, Spec, State};
 
 use crate::{
-    args::Invocation,
+    args::{self, Invocation},
     ranges::{Allocation, RangeError, Ranges},
     relocate::{self, RelocateError},
     report::Reporter,
@@ -193,14 +193,73 @@ impl Runtime {
         Ok(())
     }
 
-    /// `run`: prepare, then exec runc; the hooks register and release. An
-    /// exec that returns failed: the rollback releases what was prepared.
-    pub fn run(&self, inv: &Invocation, report: &Reporter) -> LifecycleError {
-        let _rollback = match self.prepare(inv, report, Mode::Run) {
-            Ok((_, rollback)) => rollback,
-            Err(e) => return e,
+    /// `run` as runc's `create`, eci's registration, runc's `start`: the
+    /// container is registered once runc's init has left the VM's root (a
+    /// registered container may not unmount the mounts it started with, and
+    /// runc's init unmounts the old root after pivot_root), and before
+    /// anything of the user's runs. eci-runc is the init's subreaper, so it
+    /// waits for it, passes signals on, exits with its status and deletes
+    /// it (unless `--keep`); `-d` returns once it has started. A terminal
+    /// without a console socket (runc run relays that one itself) keeps the
+    /// old way: runc run with a registering createRuntime hook.
+    pub fn run(&self, inv: &Invocation, report: &Reporter) -> Result<i32, LifecycleError> {
+        let plan = match args::run_as_create(inv) {
+            Some(plan) if !wants_relayed_terminal(inv) => plan,
+            _ => {
+                let _rollback = self.prepare(inv, report, Mode::Run)?;
+                return Err(self.pass_through(inv));
+            }
         };
-        self.pass_through(inv)
+        // SAFETY: prctl with plain integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            return Err(LifecycleError::Hook(format!(
+                "becoming the container's subreaper: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let create = args::parse(&plan.create_argv);
+        self.create(&create, report)?;
+        let id = create.container_id.clone().unwrap_or_default();
+        let with_globals = |command: &[&str]| {
+            let mut argv = plan.globals.clone();
+            argv.extend(command.iter().map(|s| s.to_string()));
+            args::parse(&argv)
+        };
+        let delete = |report: &Reporter| {
+            let _ = self.delete(&with_globals(&["delete", "--force", &id]), report);
+        };
+        let pid = match init_pid(self, &create, &id) {
+            Ok(pid) => pid,
+            Err(e) => {
+                delete(report);
+                return Err(e);
+            }
+        };
+        let forwarding = forward_signals(pid);
+        let started = Command::new(&self.runc)
+            .args(&with_globals(&["start", &id]).argv)
+            .status()
+            .map_err(|e| self.runc_error(e));
+        match started {
+            Ok(status) if status.success() => {}
+            Ok(status) => {
+                delete(report);
+                return Err(LifecycleError::RuncFailed(status.code().unwrap_or(1)));
+            }
+            Err(e) => {
+                delete(report);
+                return Err(e);
+            }
+        }
+        if plan.detach {
+            return Ok(0);
+        }
+        let code = wait_exit(pid);
+        drop(forwarding);
+        if !plan.keep {
+            delete(report);
+        }
+        Ok(code)
     }
 
     pub fn start(&self, inv: &Invocation) -> Result<LifecycleError, LifecycleError> {
@@ -755,6 +814,73 @@ fn init_pid(runtime: &Runtime, inv: &Invocation, id: &str) -> Result<u32, Lifecy
         .ok_or_else(|| LifecycleError::Agent(format!("`runc state {id}` has no pid")))
 }
 
+/// The spec asks for a terminal and no console socket is given: `runc run`
+/// relays that terminal itself, which `create` cannot do.
+fn wants_relayed_terminal(inv: &Invocation) -> bool {
+    let bundle = inv.bundle.clone().unwrap_or_else(|| PathBuf::from("."));
+    let terminal = Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|spec| spec.process().as_ref().and_then(|p| p.terminal()))
+        .unwrap_or(false);
+    terminal
+        && !inv
+            .argv
+            .iter()
+            .any(|a| a == "--console-socket" || a.starts_with("--console-socket="))
+}
+
+/// The signals `run` passes on to the container's init.
+const FORWARDED: &[nix::sys::signal::Signal] = &[
+    nix::sys::signal::Signal::SIGTERM,
+    nix::sys::signal::Signal::SIGINT,
+    nix::sys::signal::Signal::SIGHUP,
+    nix::sys::signal::Signal::SIGQUIT,
+    nix::sys::signal::Signal::SIGUSR1,
+    nix::sys::signal::Signal::SIGUSR2,
+    nix::sys::signal::Signal::SIGWINCH,
+];
+
+/// Pass [`FORWARDED`] signals to `pid` from a thread of their own (they
+/// are blocked in every other thread; children start with an empty mask).
+fn forward_signals(pid: u32) -> std::thread::JoinHandle<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, kill, pthread_sigmask};
+    let mut set = SigSet::empty();
+    for sig in FORWARDED {
+        set.add(*sig);
+    }
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    std::thread::spawn(move || {
+        while let Ok(sig) = set.wait() {
+            if kill(target, sig).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Wait for the container's init (our child: eci-runc is its subreaper)
+/// and give its exit status as a shell would (128 + signal).
+fn wait_exit(pid: u32) -> i32 {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    loop {
+        match waitpid(target, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            // Not our child after all (no subreaper): it is gone when its
+            // /proc entry is.
+            Err(_) => {
+                while Path::new(&format!("/proc/{pid}")).exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                return 0;
+            }
+        }
+    }
+}
+
 /// The environment the hooks need to find the same agent and state.
 fn hook_env() -> Vec<String> {
     std::env::vars()
@@ -789,7 +915,7 @@ fn add_hooks(oci: &mut Spec) -> Result<(), LifecycleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{args, ranges::Geometry};
+    use crate::ranges::Geometry;
 
     fn runtime(dir: &Path) -> Runtime {
         Runtime {
@@ -842,7 +968,7 @@ mod tests {
             let report = Reporter::new(&inv);
             let err = match command {
                 "create" => rt.create(&inv, &report).unwrap_err(),
-                _ => rt.run(&inv, &report),
+                _ => rt.run(&inv, &report).unwrap_err(),
             };
             assert!(matches!(err, LifecycleError::Policy(_)), "{err:?}");
             let shown = err.to_string();

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     };
     let result = match inv.command.as_deref() {
         Some("create") => runtime.create(&inv, &report).map(|()| 0),
-        Some("run") => Err(runtime.run(&inv, &report)),
+        Some("run") => runtime.run(&inv, &report),
         Some("start") => runtime.start(&inv).and_then(Err),
         Some("delete") => runtime.delete(&inv, &report),
         Some(lifecycle::HOOK_REGISTER) => hook_state()

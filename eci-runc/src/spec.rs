@@ -166,7 +166,8 @@ impl Context {
             .and_then(|dir| dir.parent()?.parent().map(Path::to_owned))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_DATA_ROOT));
         let mut ctx = Self::with_data_root(container_id, bundle, base, &data_root);
-        ctx.engine_dirs.extend(buildkit_executor_files(bundle, spec));
+        ctx.engine_dirs
+            .extend(buildkit_executor_files(bundle, spec));
         ctx
     }
 
@@ -623,13 +624,28 @@ mod tests {
         let hosts = r#", {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/docker/buildkit/executor/hosts.og0ovf", "options": ["rbind"]},
             {"destination": "/x", "type": "bind", "source": "/var/lib/docker/buildkit/executor/s2/rootfs/hosts.x", "options": ["rbind"]}"#;
         let spec = docker_like(ALL_NS, hosts);
-        let c = Context::docker("s1", Path::new("/var/lib/docker/buildkit/executor/s1"), 165536, &spec);
+        let c = Context::docker(
+            "s1",
+            Path::new("/var/lib/docker/buildkit/executor/s1"),
+            165536,
+            &spec,
+        );
         assert!(!c.engine_dirs.iter().any(|d| d.ends_with("hosts.x")));
         for f in ["resolv.conf", "hosts", "hosts.og0ovf"] {
-            assert!(c.engine_dirs.contains(&PathBuf::from(format!("/var/lib/docker/buildkit/executor/{f}"))));
+            assert!(c.engine_dirs.contains(&PathBuf::from(format!(
+                "/var/lib/docker/buildkit/executor/{f}"
+            ))));
         }
-        assert!(!c.engine_dirs.contains(&PathBuf::from("/var/lib/docker/buildkit/executor")));
-        let c = Context::docker("s1", Path::new("/run/containerd/io.containerd.runtime.v2.task/moby/s1"), 165536, &spec);
+        assert!(
+            !c.engine_dirs
+                .contains(&PathBuf::from("/var/lib/docker/buildkit/executor"))
+        );
+        let c = Context::docker(
+            "s1",
+            Path::new("/run/containerd/io.containerd.runtime.v2.task/moby/s1"),
+            165536,
+            &spec,
+        );
         assert!(!c.engine_dirs.iter().any(|d| d.ends_with("resolv.conf")));
     }
 

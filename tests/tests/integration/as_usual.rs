@@ -187,7 +187,10 @@ struct Ext4 {
 
 impl Ext4 {
     fn mount(point: &str) -> Self {
-        let image = format!("/tmp/{}.ext4", point.trim_start_matches('/').replace('/', "-"));
+        let image = format!(
+            "/tmp/{}.ext4",
+            point.trim_start_matches('/').replace('/', "-")
+        );
         let sh = |script: &str| {
             let out = std::process::Command::new("sh")
                 .args(["-c", script])
@@ -239,7 +242,8 @@ fn build(engine: &Engine, tag: &str, buildkit: &str) -> (bool, String) {
 
 #[test]
 fn builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owners() {
-    let test = "as_usual::builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owners";
+    let test =
+        "as_usual::builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owners";
     if !bpf_lsm_or_skip(test) || !engine_or_skip(test) {
         return;
     }
@@ -251,16 +255,6 @@ fn builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owne
         if !ok && builder == "buildkit" && t.contains("buildx component is missing") {
             // Debian 12's docker CLI here comes without the buildx plugin.
             println!("SKIP PART: {test}: BuildKit: this stack's docker CLI has no buildx plugin");
-            continue;
-        }
-        if !ok && builder == "buildkit" && t.contains("error jailing process inside rootfs") {
-            // BuildKit runs `runc run`: eci-runc registers the container
-            // in a createRuntime hook, before runc's init has left the old
-            // root, and the kernel then refuses that unmount (the mounts a
-            // registered container starts with are immutable).
-            println!(
-                "KNOWN GAP (README): {test}: a BuildKit RUN step under eci-runc run fails (runc: error jailing process inside rootfs: unmount: operation not permitted)"
-            );
             continue;
         }
         assert!(ok, "docker build with the {builder} builder: {t}");
@@ -289,7 +283,10 @@ fn builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owne
             map.len() == 3 && map[0] == "0" && map[1] != "0",
             "a RUN step of the {builder} builder ran with the VM's root as its root: {t}"
         );
-        assert!(t.contains("owner 1000:1000"), "{builder}: a RUN step's file lost its owner: {t}");
+        assert!(
+            t.contains("owner 1000:1000"),
+            "{builder}: a RUN step's file lost its owner: {t}"
+        );
     }
     drop(engine);
     drop(data);

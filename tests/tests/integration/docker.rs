@@ -907,11 +907,22 @@ fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let mut lines = stdout.lines();
         assert!(uid_map_base(lines.next().unwrap_or_default()) >= 100_000);
-        assert_eq!(
-            lines.next(),
-            Some("0"),
-            "the rootfs belongs to the container's root"
-        );
+        // eci-runc binds a rootfs on tmpfs as it is (README: not ID-mapped
+        // there), so its root cannot write it: the bundle is on tmpfs in
+        // the VM.
+        let on_tmpfs = nix::sys::statfs::statfs(&dir)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+        if on_tmpfs {
+            println!(
+                "SKIP PART: eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was: the rootfs's owner (the bundle is on tmpfs here, which eci-runc does not ID-map)"
+            );
+        } else {
+            assert_eq!(
+                lines.next(),
+                Some("0"),
+                "the rootfs belongs to the container's root"
+            );
+        }
         assert_eq!(
             lines.next(),
             Some("MemTotal:          49152 kB"),
