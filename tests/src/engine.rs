@@ -99,15 +99,7 @@ pub fn image_rootfs(dir: &Path) -> PathBuf {
     }
     let client = workspace_bin("eci-test-client");
     std::fs::copy(&client, root.join("bin/eci-test-client")).expect("client");
-    let ldd = Command::new("ldd").arg(&client).output().expect("ldd");
-    for lib in String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-    {
-        let dest = root.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(dest.parent().expect("lib dir")).expect("lib dir");
-        std::fs::copy(lib, &dest).expect("copy lib");
-    }
+    copy_libraries(&client, &root);
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").expect("passwd");
     // Device nodes of the VM, as an image can carry them (not in /dev): its
     // kernel log and its loop devices (the escape suite's "disk").
@@ -888,7 +880,14 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     std::os::unix::fs::chown(root.join("home/user"), Some(1000), Some(1000)).expect("chown");
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
         .expect("chmod tmp");
-    let ldd = Command::new("ldd").arg(docker_cli()).output().expect("ldd");
+    copy_libraries(&docker_cli(), &root);
+    root
+}
+
+/// The shared libraries `binary` needs (as `ldd` lists them), copied into
+/// the image root `root` at their paths.
+fn copy_libraries(binary: &Path, root: &Path) {
+    let ldd = Command::new("ldd").arg(binary).output().expect("ldd");
     for lib in String::from_utf8_lossy(&ldd.stdout)
         .split_whitespace()
         .filter(|w| w.starts_with('/'))
@@ -897,5 +896,4 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(dest.parent().expect("lib dir")).expect("lib dir");
         std::fs::copy(lib, &dest).expect("copy lib");
     }
-    root
 }
