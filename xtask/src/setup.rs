@@ -7,9 +7,19 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{kernels, util};
 
-/// The nightly that builds the BPF crate. Keep in sync with
-/// `eci-agent/build.rs` (`BPF_NIGHTLY`).
-pub const BPF_NIGHTLY: &str = "nightly-2026-05-20";
+/// The pinned BPF nightly: `channel` of eci-ebpf/rust-toolchain.toml, the
+/// one place it is written (eci-agent's build script reads it too).
+pub fn bpf_nightly() -> Result<String> {
+    let file = util::repo_root().join("eci-ebpf/rust-toolchain.toml");
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .next()
+        .with_context(|| format!("{} names no channel", file.display()))
+}
 
 /// Debian packages the build, the VM tests and the Docker tests need.
 const APT_PACKAGES: &[&str] = &[
@@ -79,29 +89,30 @@ fn rustup_components() -> Result<()> {
 }
 
 fn nightly() -> Result<()> {
+    let nightly = bpf_nightly()?;
     let has_src = Command::new("rustup")
         .args([
             "component",
             "list",
             "--installed",
             "--toolchain",
-            BPF_NIGHTLY,
+            nightly.as_str(),
         ])
         .output()
         .is_ok_and(|o| {
             o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
         });
     if has_src {
-        println!("setup: {BPF_NIGHTLY} with rust-src: skipped (installed)");
+        println!("setup: {nightly} with rust-src: skipped (installed)");
         return Ok(());
     }
-    println!("setup: installing {BPF_NIGHTLY} with rust-src");
+    println!("setup: installing {nightly} with rust-src");
     util::run(
         Command::new("rustup")
             .args([
                 "toolchain",
                 "install",
-                BPF_NIGHTLY,
+                nightly.as_str(),
                 "--profile",
                 "minimal",
                 "-c",
@@ -113,9 +124,10 @@ fn nightly() -> Result<()> {
 
 /// The pinned nightly's own libLLVM: bpf-linker must link exactly this one.
 fn nightly_llvm() -> Result<(PathBuf, String)> {
+    let nightly = bpf_nightly()?;
     let sysroot = util::output(
         Command::new("rustc")
-            .arg(format!("+{BPF_NIGHTLY}"))
+            .arg(format!("+{nightly}"))
             .args(["--print", "sysroot"]),
     )?;
     let lib = PathBuf::from(sysroot.trim()).join("lib");
@@ -128,6 +140,7 @@ fn nightly_llvm() -> Result<(PathBuf, String)> {
 }
 
 fn bpf_linker() -> Result<()> {
+    let nightly = bpf_nightly()?;
     let (lib, soname) = nightly_llvm()?;
     if let Some(linker) = util::which("bpf-linker") {
         let ldd = util::output(Command::new("ldd").arg(&linker)).unwrap_or_default();
@@ -154,7 +167,7 @@ fn bpf_linker() -> Result<()> {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(lib.join(&soname), &link)?;
     }
-    println!("setup: cargo install bpf-linker (LLVM from {BPF_NIGHTLY})");
+    println!("setup: cargo install bpf-linker (LLVM from {nightly})");
     let llvm_major = soname
         .trim_start_matches("libLLVM.so.")
         .split('.')
