@@ -11,8 +11,8 @@ use crate::{kernels, util};
 /// one place it is written (eci-agent's build script reads it too).
 pub fn bpf_nightly() -> Result<String> {
     let file = util::repo_root().join("eci-ebpf/rust-toolchain.toml");
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("channel"))
         .filter_map(|rest| rest.trim().strip_prefix('='))
