@@ -225,39 +225,34 @@ impl Runtime {
             argv.extend(command.iter().map(|s| s.to_string()));
             args::parse(&argv)
         };
-        let delete = |report: &Reporter| {
+        let delete = || {
             let _ = self.delete(&with_globals(&["delete", "--force", &id]), report);
         };
-        let pid = match init_pid(self, &create, &id) {
+        // Created and registered: from here a failure deletes it again.
+        let started = init_pid(self, &create, &id).and_then(|pid| {
+            forward_signals(pid);
+            let status = Command::new(&self.runc)
+                .args(&with_globals(&["start", &id]).argv)
+                .status()
+                .map_err(|e| self.runc_error(e))?;
+            if !status.success() {
+                return Err(LifecycleError::RuncFailed(status.code().unwrap_or(1)));
+            }
+            Ok(pid)
+        });
+        let pid = match started {
             Ok(pid) => pid,
             Err(e) => {
-                delete(report);
+                delete();
                 return Err(e);
             }
         };
-        let forwarding = forward_signals(pid);
-        let started = Command::new(&self.runc)
-            .args(&with_globals(&["start", &id]).argv)
-            .status()
-            .map_err(|e| self.runc_error(e));
-        match started {
-            Ok(status) if status.success() => {}
-            Ok(status) => {
-                delete(report);
-                return Err(LifecycleError::RuncFailed(status.code().unwrap_or(1)));
-            }
-            Err(e) => {
-                delete(report);
-                return Err(e);
-            }
-        }
         if plan.detach {
             return Ok(0);
         }
         let code = wait_exit(pid);
-        drop(forwarding);
         if !plan.keep {
-            delete(report);
+            delete();
         }
         Ok(code)
     }
@@ -840,9 +835,10 @@ const FORWARDED: &[nix::sys::signal::Signal] = &[
     nix::sys::signal::Signal::SIGWINCH,
 ];
 
-/// Pass [`FORWARDED`] signals to `pid` from a thread of their own (they
-/// are blocked in every other thread; children start with an empty mask).
-fn forward_signals(pid: u32) -> std::thread::JoinHandle<()> {
+/// Pass [`FORWARDED`] signals to `pid` from a thread of their own, for as
+/// long as eci-runc lives (they are blocked in every other thread; children
+/// start with an empty mask).
+fn forward_signals(pid: u32) {
     use nix::sys::signal::{SigSet, SigmaskHow, kill, pthread_sigmask};
     let mut set = SigSet::empty();
     for sig in FORWARDED {
@@ -856,7 +852,7 @@ fn forward_signals(pid: u32) -> std::thread::JoinHandle<()> {
                 return;
             }
         }
-    })
+    });
 }
 
 /// Wait for the container's init (our child: eci-runc is its subreaper)

@@ -325,7 +325,7 @@ pub fn judge(
     dirs: &[AllowingDir],
     table: Result<&[MountEntry], &FactsError>,
     bind: BindAsked,
-    init_binaries: &[(u64, u64)],
+    init_binaries: &[FileId],
 ) -> Result<Allowance, Why> {
     let table = table.map_err(|e| Why::Unjudgeable(e.clone()))?;
     let entry = table
@@ -343,44 +343,46 @@ pub fn judge(
         allowance_below(entry, dir, table, fresh).map(|allowance| (*dir, allowance))
     });
     let Some((dir, allowance)) = found else {
-        let refused = if containing.is_empty() {
-            Why::Outside
-        } else {
-            Why::Is(describe(entry, table, Some(facts.magic)))
-        };
         return match harmless(facts, init_binaries) {
             Some(what) if !bind.read_only => Err(Why::HarmlessOnlyReadOnly { what }),
-            Some(what) => {
-                if bind.recursive {
-                    // Made read-only, nosuid and nodev as a whole when
-                    // bound; a kernel file system below would still show.
-                    for below in mounts_below(table, entry, &facts.path) {
-                        let what_below = what_is(below, table);
-                        if matches!(what_below, What::Kernel { .. }) {
-                            return Err(Why::Below {
-                                point: below.point.clone(),
-                                what: what_below,
-                            });
-                        }
-                    }
-                }
-                Ok(Allowance::HarmlessReadOnly { what })
-            }
-            None => Err(refused),
+            // Made read-only, nosuid and nodev as a whole when bound; a
+            // kernel file system below would still show.
+            Some(what) => takes_only(bind, table, entry, &facts.path, |below| {
+                !matches!(what_is(below, table), What::Kernel { .. })
+            })
+            .map(|()| Allowance::HarmlessReadOnly { what }),
+            None if containing.is_empty() => Err(Why::Outside),
+            None => Err(Why::Is(describe(entry, table, Some(facts.magic)))),
         };
     };
-    let recursive = bind.recursive;
-    if recursive {
-        for below in mounts_below(table, entry, &facts.path) {
-            if allowance_below(below, dir, table, true).is_none() {
-                return Err(Why::Below {
-                    point: below.point.clone(),
-                    what: what_is(below, table),
-                });
-            }
-        }
-    }
+    takes_only(bind, table, entry, &facts.path, |below| {
+        allowance_below(below, dir, table, true).is_some()
+    })?;
     Ok(allowance)
+}
+
+/// A recursive bind of `path` (on `entry`) takes the mounts below it: the
+/// first one `ok` does not accept is the refusal.
+fn takes_only(
+    bind: BindAsked,
+    table: &[MountEntry],
+    entry: &MountEntry,
+    path: &Path,
+    ok: impl Fn(&MountEntry) -> bool,
+) -> Result<(), Why> {
+    if !bind.recursive {
+        return Ok(());
+    }
+    match mounts_below(table, entry, path)
+        .into_iter()
+        .find(|b| !ok(b))
+    {
+        Some(below) => Err(Why::Below {
+            point: below.point.clone(),
+            what: what_is(below, table),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// How a bind asks for its source.
@@ -417,14 +419,18 @@ const INIT_BINARY_DIRS: &[&str] = &[
     "/bin",
 ];
 
-/// The (device, inode) of each `docker-init` the engine may use.
-pub fn init_binaries() -> Vec<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut found: Vec<(u64, u64)> = INIT_BINARY_DIRS
+/// A file by identity: its device (major, minor) and inode, as
+/// [`SourceFacts`] has them.
+pub type FileId = ((u32, u32), u64);
+
+/// Each `docker-init` the engine may use, by identity (asked of the kernel
+/// as a bind source is: [`open`]).
+pub fn init_binaries() -> Vec<FileId> {
+    let mut found: Vec<FileId> = INIT_BINARY_DIRS
         .iter()
-        .filter_map(|dir| std::fs::metadata(Path::new(dir).join("docker-init")).ok())
-        .filter(|m| m.is_file())
-        .map(|m| (m.dev(), m.ino()))
+        .filter_map(|dir| open(&Path::new(dir).join("docker-init")).ok())
+        .filter(|(_, f)| f.mode & libc::S_IFMT == libc::S_IFREG)
+        .map(|(_, f)| (f.dev, f.ino))
         .collect();
     found.sort_unstable();
     found.dedup();
@@ -435,7 +441,7 @@ pub fn init_binaries() -> Vec<(u64, u64)> {
 /// path, or the engine's init binary by its inode; and root's, readable by
 /// every VM user (and searchable, for a directory), not writable by them,
 /// never setuid or setgid.
-fn harmless(facts: &SourceFacts, init_binaries: &[(u64, u64)]) -> Option<&'static str> {
+fn harmless(facts: &SourceFacts, init_binaries: &[FileId]) -> Option<&'static str> {
     let is_dir = facts.mode & libc::S_IFMT == libc::S_IFDIR;
     let is_file = facts.mode & libc::S_IFMT == libc::S_IFREG;
     let everyone_reads = facts.mode & 0o004 != 0 && (!is_dir || facts.mode & 0o001 != 0);
@@ -447,12 +453,7 @@ fn harmless(facts: &SourceFacts, init_binaries: &[(u64, u64)]) -> Option<&'stati
     if !plain {
         return None;
     }
-    let device = u64::from(facts.dev.0) << 32 | u64::from(facts.dev.1);
-    if is_file
-        && init_binaries
-            .iter()
-            .any(|(dev, ino)| *ino == facts.ino && same_device(*dev, device))
-    {
+    if is_file && init_binaries.contains(&(facts.dev, facts.ino)) {
         return Some("the engine's init binary (docker-init, for --init)");
     }
     HARMLESS_READ_ONLY
@@ -461,13 +462,6 @@ fn harmless(facts: &SourceFacts, init_binaries: &[(u64, u64)]) -> Option<&'stati
             facts.path == Path::new(path) || (*below && facts.path.starts_with(path))
         })
         .map(|(_, what, _)| *what)
-}
-
-/// `st_dev` as `stat(2)` encodes it vs. (major << 32 | minor).
-fn same_device(st_dev: u64, major_minor: u64) -> bool {
-    let major = ((st_dev >> 32) & 0xffff_f000) | ((st_dev >> 8) & 0xfff);
-    let minor = ((st_dev >> 12) & 0xffff_ff00) | (st_dev & 0xff);
-    (major << 32 | minor) == major_minor
 }
 
 /// `entry` is allowed by `dir`: it is `dir`'s own mount, or a fresh tmpfs
@@ -1359,8 +1353,7 @@ mod tests {
     #[test]
     fn the_engines_init_binary_is_known_by_its_inode_not_its_name() {
         let t = table();
-        // (254, 0) as stat(2) encodes it.
-        let st_dev = libc::makedev(254, 0);
+        let st_dev = (254, 0);
         let tini = vm_file("/usr/bin/tini-static", libc::S_IFREG | 0o755);
         assert_eq!(
             judge(&tini, &dirs(), Ok(&t), ro(false), &[(st_dev, 77)]),
@@ -1374,22 +1367,8 @@ mod tests {
             Err(Why::Outside)
         );
         assert_eq!(
-            judge(
-                &tini,
-                &dirs(),
-                Ok(&t),
-                ro(false),
-                &[(libc::makedev(254, 1), 77)]
-            ),
+            judge(&tini, &dirs(), Ok(&t), ro(false), &[((254, 1), 77)]),
             Err(Why::Outside)
         );
-        assert!(same_device(
-            libc::makedev(0x1abc, 0x1234),
-            (0x1abc << 32) | 0x1234
-        ));
-        assert!(!same_device(
-            libc::makedev(0x1abc, 0x1234),
-            (0xabc << 32) | 0x1234
-        ));
     }
 }

@@ -171,6 +171,7 @@ impl Context {
         ctx
     }
 
+    #[cfg(test)]
     pub fn docker_defaults(container_id: &str, bundle: &Path, base: u32) -> Self {
         Self::with_data_root(
             container_id,
