@@ -4,7 +4,7 @@
 //!
 //! A full run gives every kernel its kernel suites, and each engine stack
 //! its engine suites: bookworm (this machine's root: Docker 20.10,
-//! containerd 1.6, runc 1.1) on 6.12 and 6.1, sid (Docker 28, containerd 2,
+//! containerd 1.6, runc 1.1) on 6.12 and 6.1 (the escape suite on both), sid (Docker 28, containerd 2,
 //! runc 1.3) on 7.2. The engine suites are the slowest tests under
 //! emulation, so they run in VMs of their own beside the kernel suites.
 
@@ -70,7 +70,10 @@ fn enforcing_env() -> Vec<(String, String)> {
 /// Which engine suites a stack runs, and on which kernel of it.
 fn engine_home(suite: &str, kernel: &Kernel) -> bool {
     match (suite, kernel.stack.as_str()) {
-        ("escape_suite" | "docker::", "bookworm") => kernel.name == "6.12",
+        // The escape suite on both bookworm kernels: every route blocked on
+        // 6.1 and 6.12 (and 7.2 below).
+        ("escape_suite", "bookworm") => kernel.name == "6.12" || kernel.name == "6.1",
+        ("docker::", "bookworm") => kernel.name == "6.12",
         ("full_stack" | "as_usual::" | "demo::", "bookworm") => kernel.name == "6.1",
         ("escape_suite" | "full_stack" | "as_usual::" | "cri::", "sid") => true,
         ("docker::", "sid") => kernel.name == "7.2",
@@ -114,12 +117,15 @@ pub fn plan(kernels: &[Kernel], filter: &[String]) -> Vec<Job> {
     for suite in ENGINE_SUITES {
         for stack in ["bookworm", "sid"] {
             let on_stack: Vec<&Kernel> = kernels.iter().filter(|k| k.stack == stack).collect();
-            let home = on_stack
+            let mut homes: Vec<&Kernel> = on_stack
                 .iter()
-                .find(|k| engine_home(suite, k))
-                .or_else(|| on_stack.first().filter(|_| stack_runs(suite, stack)))
-                .copied();
-            if let Some(k) = home {
+                .filter(|k| engine_home(suite, k))
+                .copied()
+                .collect();
+            if homes.is_empty() {
+                homes.extend(on_stack.first().filter(|_| stack_runs(suite, stack)));
+            }
+            for k in homes {
                 jobs.push(Job {
                     kernel: k.clone(),
                     part: suite.trim_end_matches("::").to_string(),
@@ -452,6 +458,7 @@ mod tests {
         }
         assert!(keys.contains(&"7.2 / sid / kernel suites".to_string()));
         assert!(keys.contains(&"6.12 / bookworm / escape_suite".to_string()));
+        assert!(keys.contains(&"6.1 / bookworm / escape_suite".to_string()));
         assert!(keys.contains(&"6.1 / bookworm / full_stack".to_string()));
         assert!(keys.contains(&"7.2 / sid / escape_suite".to_string()));
         assert!(keys.contains(&"7.2 / sid / full_stack".to_string()));
@@ -462,7 +469,7 @@ mod tests {
         assert!(keys.contains(&"6.12 / bookworm / docker".to_string()));
         assert!(keys.contains(&"7.2 / sid / docker".to_string()));
         assert!(keys.contains(&"6.12 / bookworm / without bpf in lsm=".to_string()));
-        assert_eq!(jobs.len(), 15, "{keys:?}");
+        assert_eq!(jobs.len(), 16, "{keys:?}");
         let kernel_job = jobs
             .iter()
             .find(|j| j.part == "kernel suites")
