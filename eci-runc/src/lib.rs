@@ -3,6 +3,8 @@
 //! no policy file: `create` and `run` ask the agent for the policy in force.
 //!
 //! - [`args`]: runc's command line, as Docker and containerd pass it.
+//! - [`joined`]: namespaces shared with another eci container, judged by
+//!   the user namespace that owns them.
 //! - [`lifecycle`]: one function per runc command eci-runc looks into.
 //! - [`report`]: messages for the caller (stderr and runc's `--log`).
 //! - [`ranges`]: the persistent, crash-safe allocator of exclusive id ranges.
@@ -18,6 +20,7 @@
 //!   ID-mapped) from inside its user namespace.
 
 pub mod args;
+pub mod joined;
 pub mod lifecycle;
 pub mod ranges;
 pub mod relocate;

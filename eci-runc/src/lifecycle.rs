@@ -32,7 +32,8 @@ use oci_spec::runtime::{HookBuilder, Hooks, Spec, State};
 
 use crate::{
     args::{self, Invocation},
-    ranges::{Allocation, RangeError, Ranges},
+    joined,
+    ranges::{Allocation, EngineRootfs, RangeError, Ranges},
     relocate::{self, RelocateError},
     report::Reporter,
     rootfs::{self, RootfsError, RootfsView},
@@ -355,7 +356,13 @@ impl Runtime {
             path: source.display().to_string(),
             source: source_error,
         })?;
-        let allocated = self.ranges.allocate(&id, &runc_root(inv))?;
+        // Namespaces shared with another eci container come with its user
+        // namespace and range; a container outside eci's are refused.
+        let joined = joined::examine(&oci, joined::vm_user_namespace()?, &self.ranges.all()?)?;
+        let allocated = match &joined {
+            Some(j) => self.ranges.allocate_joined(&id, &runc_root(inv), j.base)?,
+            None => self.ranges.allocate(&id, &runc_root(inv))?,
+        };
         for stale in &allocated.reclaimed {
             report.info(&format!(
                 "eci: reclaimed the range {} of container {}, which no longer exists",
@@ -367,7 +374,8 @@ impl Runtime {
         let allocation = &rollback.allocation;
         // From here on, any failure drops `rollback`, which releases.
         {
-            let mut ctx = spec::Context::docker(&id, &bundle, allocation.base, &oci);
+            let mut ctx =
+                spec::Context::docker(&id, &bundle, allocation.base, &oci, joined.as_ref());
             ctx.shareable_host_paths = policy.shareable_host_paths.clone();
             for dir in ctx.add_cri_sandbox_dirs(&oci, &spec::containerd_root_from_env()) {
                 report.info(&format!(
@@ -390,7 +398,7 @@ impl Runtime {
                 report.info(&format!("eci: {note}"));
             }
             let vetted = sources::vet(&oci, &ctx, &[self.views(&id)?.dir().to_owned()])?;
-            self.relocate_files(&mut oci, &bundle, &id, allocation.base, &vetted, report)?;
+            self.relocate_files(&mut oci, &bundle, &id, &vetted, &ctx, report)?;
             let container_dir = relocate::container_dir(&id);
             let mut joined =
                 relocate::kernel_mounts_for_joined_namespaces(&mut oci, &container_dir)?;
@@ -498,10 +506,11 @@ impl Runtime {
         oci: &mut Spec,
         bundle: &Path,
         id: &str,
-        base: u32,
         vetted: &sources::Vetted,
+        ctx: &spec::Context,
         report: &Reporter,
     ) -> Result<(), LifecycleError> {
+        let (base, shareable) = (ctx.base, &ctx.shareable_host_paths);
         let dir = relocate::prepare_container_dir(id)?;
         let userns = relocate::user_namespace(base)?;
         let mut view = None;
@@ -514,9 +523,16 @@ impl Runtime {
             let overlay = rootfs::overlay_of(&path)?;
             if let Some(layers) = &overlay {
                 // Recorded first: a crash from here on is repaired by
-                // shifting it back.
+                // shifting it back, and the engine's overlay put back.
                 let upper = layers.upper.clone();
-                self.ranges.update(id, |a| a.shifted_upper = Some(upper))?;
+                let engine = EngineRootfs {
+                    root: path.clone(),
+                    options: layers.original_options.clone(),
+                };
+                self.ranges.update(id, |a| {
+                    a.shifted_upper = Some(upper);
+                    a.engine_rootfs = Some(engine);
+                })?;
             }
             let target = dir.join("rootfs");
             let shown = rootfs::prepare(
@@ -538,7 +554,10 @@ impl Runtime {
                 )),
             }
             if !matches!(shown, RootfsView::IdmappedOverlay { .. }) {
-                self.ranges.update(id, |a| a.shifted_upper = None)?;
+                self.ranges.update(id, |a| {
+                    a.shifted_upper = None;
+                    a.engine_rootfs = None;
+                })?;
             }
             root.set_path(target);
             oci.set_root(Some(root));
@@ -585,6 +604,23 @@ impl Runtime {
             } else if source.starts_with(views.dir()) {
                 relocate::bind_from(fd, &source, &target, None, false)?;
             } else if !relocate::bind_from(fd, &source, &target, Some(&userns), recursive)? {
+                // A shared directory the container's users could not own or
+                // write: refused, never a container that cannot write its
+                // own project.
+                let shared = match vetted.allowance(n) {
+                    Some(
+                        sources::Allowance::SameMount { dir }
+                        | sources::Allowance::FreshTmpfs { dir, .. },
+                    ) => shareable.contains(dir),
+                    _ => false,
+                };
+                if shared {
+                    return Err(Refusal::SharedNotIdMappable {
+                        from: source.display().to_string(),
+                        destination: mount.destination().display().to_string(),
+                    }
+                    .into());
+                }
                 plain.push(source.display().to_string());
             }
             let locked = relocate::locked_flag_options(&target)?;
@@ -690,6 +726,11 @@ impl Runtime {
                 "eci: removing the /proc views of container {id}: {e}"
             ));
         }
+        // eci's overlay leaves the engine's place first: nothing may use
+        // the upper layer while it is shifted back.
+        if let Some(engine) = &allocation.engine_rootfs {
+            rootfs::leave(&engine.root);
+        }
         if let Some(upper) = &allocation.shifted_upper
             && upper.exists()
             && let Err(e) = rootfs::shift_tree(upper, None, self.ranges.geometry())
@@ -697,6 +738,17 @@ impl Runtime {
             report.warning(&format!(
                 "eci: shifting the upper layer {} of container {id} back to the VM's ids: {e}",
                 upper.display()
+            ));
+        }
+        // The engine's overlay goes back where the engine put it: an engine
+        // that keeps the root file system mounted across a restart (restart
+        // policies) finds its own mount at the next create, not eci's.
+        if let Some(engine) = &allocation.engine_rootfs
+            && let Err(e) = rootfs::put_back(&engine.root, &engine.options)
+        {
+            report.warning(&format!(
+                "eci: putting the engine's overlay back at {} for container {id}: {e}",
+                engine.root.display()
             ));
         }
         if let Some(bundle) = &allocation.bundle {

@@ -112,6 +112,10 @@ pub enum RangeError {
         "no free user-id range: all {max} ranges of 65536 ids are in use by running containers; remove stopped containers (`docker container prune`) or raise ECI_MAX_RANGES"
     )]
     Exhausted { max: u32 },
+    #[error(
+        "the container whose namespaces this one would share (range {base}) is gone; start it again, then this one"
+    )]
+    NotHeld { base: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +131,9 @@ pub struct Allocation {
     /// The overlay upper layer shifted into this range, to shift back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shifted_upper: Option<PathBuf>,
+    /// The engine's overlay that eci's took the place of, to put back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_rootfs: Option<EngineRootfs>,
     /// The bundle whose config.json was rewritten (the original is kept
     /// next to it and put back at release).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,6 +141,14 @@ pub struct Allocation {
     /// The agent serves a Docker API proxy for this container (to close).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub docker_api_proxy: bool,
+}
+
+/// Where the engine had mounted the container's overlay, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineRootfs {
+    pub root: PathBuf,
+    /// The overlay's mount options as the kernel showed them.
+    pub options: String,
 }
 
 /// A new allocation, and the stale ones it reclaimed: their mounts, agent
@@ -226,6 +241,27 @@ impl Ranges {
 
     /// The container's range, allocating one if it has none.
     pub fn allocate(&self, container_id: &str, runc_root: &Path) -> Result<Allocated, RangeError> {
+        self.allocate_in(container_id, runc_root, None)
+    }
+
+    /// The range `base` of the container whose namespaces this one joins,
+    /// recorded for this one too: a range stays reserved while any
+    /// container holding it lives. Refused if no container holds it.
+    pub fn allocate_joined(
+        &self,
+        container_id: &str,
+        runc_root: &Path,
+        base: u32,
+    ) -> Result<Allocated, RangeError> {
+        self.allocate_in(container_id, runc_root, Some(base))
+    }
+
+    fn allocate_in(
+        &self,
+        container_id: &str,
+        runc_root: &Path,
+        joined: Option<u32>,
+    ) -> Result<Allocated, RangeError> {
         let geometry = self.geometry;
         self.locked(|state| {
             if let Some(a) = state
@@ -249,10 +285,14 @@ impl Ranges {
             state.allocations = kept;
             let used: std::collections::BTreeSet<u32> =
                 state.allocations.iter().map(|a| a.base).collect();
-            let base = (0..geometry.max)
-                .map(|i| geometry.base(i))
-                .find(|b| !used.contains(b))
-                .ok_or(RangeError::Exhausted { max: geometry.max })?;
+            let base = match joined {
+                Some(base) if used.contains(&base) => base,
+                Some(base) => return Err(RangeError::NotHeld { base }),
+                None => (0..geometry.max)
+                    .map(|i| geometry.base(i))
+                    .find(|b| !used.contains(b))
+                    .ok_or(RangeError::Exhausted { max: geometry.max })?,
+            };
             let allocation = Allocation {
                 container_id: container_id.to_owned(),
                 base,
@@ -260,6 +300,7 @@ impl Ranges {
                 created_unix: now,
                 cgroup: None,
                 shifted_upper: None,
+                engine_rootfs: None,
                 bundle: None,
                 docker_api_proxy: false,
             };
@@ -324,6 +365,24 @@ mod tests {
             max,
             ..Geometry::default()
         }
+    }
+
+    #[test]
+    fn a_joined_range_stays_reserved_while_any_holder_lives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = Ranges::new(dir.path(), geometry(4));
+        let root = dir.path().join("runc");
+        let x = r.allocate("x", &root).expect("x").allocation;
+        let s = r.allocate_joined("s", &root, x.base).expect("s").allocation;
+        assert_eq!(s.base, x.base);
+        r.free("x").expect("free x");
+        let y = r.allocate("y", &root).expect("y").allocation;
+        assert_ne!(y.base, x.base, "the sidecar still holds it");
+        r.free("s").expect("free s");
+        assert!(matches!(
+            r.allocate_joined("t", &root, x.base),
+            Err(RangeError::NotHeld { .. })
+        ));
     }
 
     #[test]

@@ -331,6 +331,27 @@ fn idmapped_overlay(
     Ok(())
 }
 
+/// eci's overlay leaves the engine's place at `root` (the bind of it there
+/// is unmounted, lazily; nothing there is fine).
+pub fn leave(root: &Path) {
+    let _ = nix::mount::umount2(root, MntFlags::MNT_DETACH);
+}
+
+/// The engine's overlay is mounted again at `root` with the options the
+/// kernel showed for it, unless an overlay is there already.
+pub fn put_back(root: &Path, options: &str) -> Result<(), RootfsError> {
+    if overlay_of(root)?.is_some() || !root.exists() {
+        return Ok(());
+    }
+    // Docker names the layers relative to its store (`l/<id>`), as
+    // `overlay_of` reads them.
+    let store = root
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("/"));
+    mount_overlay_from(store, root, options)
+}
+
 fn mount_overlay_from(dir: &Path, target: &Path, options: &str) -> Result<(), RootfsError> {
     let cwd = std::env::current_dir().map_err(|source| RootfsError::Io {
         what: "reading the working directory",
@@ -345,7 +366,7 @@ fn mount_overlay_from(dir: &Path, target: &Path, options: &str) -> Result<(), Ro
         MsFlags::empty(),
         Some(options),
     )
-    .map_err(sys("mounting the ID-mapped overlay at", target));
+    .map_err(sys("mounting an overlay at", target));
     let back = nix::unistd::chdir(&cwd).map_err(sys("returning to", &cwd));
     result.and(back)
 }
@@ -446,5 +467,34 @@ mod tests {
             0,
             "symlinks are not followed"
         );
+    }
+
+    #[test]
+    fn the_engines_overlay_is_put_back_where_eci_took_its_place() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIP: mounting an overlay needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("overlay2");
+        for d in ["l/low", "c/diff", "c/work", "c/merged"] {
+            std::fs::create_dir_all(store.join(d)).unwrap();
+        }
+        std::fs::write(store.join("l/low/from-the-image"), "x").unwrap();
+        let merged = store.join("c/merged");
+        // As Docker mounts it: layers relative to the store.
+        let options = "lowerdir=l/low,upperdir=c/diff,workdir=c/work";
+        mount_overlay_from(&store, &merged, options).unwrap();
+        let seen = overlay_of(&merged).unwrap().expect("the engine's overlay");
+        leave(&merged);
+        assert!(overlay_of(&merged).unwrap().is_none());
+        put_back(&merged, &seen.original_options).unwrap();
+        assert!(merged.join("from-the-image").exists(), "the image's files");
+        // Already there: left as it is (not mounted twice).
+        put_back(&merged, &seen.original_options).unwrap();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let at = format!(" {} ", merged.display());
+        assert_eq!(mountinfo.lines().filter(|l| l.contains(&at)).count(), 1);
+        leave(&merged);
     }
 }

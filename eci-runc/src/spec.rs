@@ -86,6 +86,18 @@ pub enum Refusal {
         path: String,
         error: String,
     },
+    #[error(
+        "enhanced container isolation: the container would join the {kind} namespace {path}, but {why}"
+    )]
+    JoinedNamespace {
+        kind: String,
+        path: String,
+        why: String,
+    },
+    #[error(
+        "enhanced container isolation: can't share {from} at {destination}: its file system cannot be ID-mapped on this kernel, so the container's users would see its files as nobody's and could not write them. Keep the directory on a file system that can be ID-mapped (ext4, xfs, btrfs; tmpfs from Linux 6.3), or use a named volume"
+    )]
+    SharedNotIdMappable { from: String, destination: String },
     #[error("enhanced container isolation: invalid container spec: {0}")]
     Invalid(String),
 }
@@ -103,6 +115,9 @@ pub struct Context {
     pub engine_dirs: Vec<PathBuf>,
     /// Inode numbers of the VM's namespaces, by kind name (`net`, `pid`...).
     pub vm_namespaces: Vec<(String, u64)>,
+    /// The user namespace of the eci container whose namespaces this one
+    /// shares (`--network=container:X` ...), to join instead of a new one.
+    pub join_user_namespace: Option<PathBuf>,
 }
 
 /// The engine's data root when nothing says otherwise.
@@ -110,9 +125,10 @@ pub const DEFAULT_DOCKER_DATA_ROOT: &str = "/var/lib/docker";
 
 /// Docker's directory for this container, `<data-root>/containers/<id>`:
 /// the parent of the `hosts`, `hostname` or `resolv.conf` the engine binds
-/// in. Only the engine can name it: the id is made when the container is
+/// in (for a container that shares another's network, the other's: its id
+/// is among `container_ids`). Only the engine can name it: the id is made when the container is
 /// created, after the request's own binds were fixed.
-pub fn docker_container_dir(spec: &Spec, container_id: &str) -> Option<PathBuf> {
+pub fn docker_container_dir(spec: &Spec, container_ids: &[&str]) -> Option<PathBuf> {
     spec.mounts().iter().flatten().find_map(|m| {
         if !["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]
             .iter()
@@ -121,7 +137,9 @@ pub fn docker_container_dir(spec: &Spec, container_id: &str) -> Option<PathBuf> 
             return None;
         }
         let dir = m.source().as_ref()?.parent()?;
-        let is_own = dir.file_name()? == container_id && dir.parent()?.file_name()? == "containers";
+        let name = dir.file_name()?;
+        let is_own = container_ids.iter().any(|id| name == *id)
+            && dir.parent()?.file_name()? == "containers";
         is_own.then(|| dir.to_owned())
     })
 }
@@ -161,11 +179,31 @@ impl Context {
     /// The context of a container the engine made from `spec`: the engine's
     /// directories below its data root as the engine's own binds show it
     /// (any `data-root`), else below [`DEFAULT_DOCKER_DATA_ROOT`].
-    pub fn docker(container_id: &str, bundle: &Path, base: u32, spec: &Spec) -> Self {
-        let data_root = docker_container_dir(spec, container_id)
+    /// `joined`: the eci containers whose namespaces it shares (their
+    /// directories hold what the engine binds from them: `/etc/hosts`,
+    /// `/dev/shm`...).
+    pub fn docker(
+        container_id: &str,
+        bundle: &Path,
+        base: u32,
+        spec: &Spec,
+        joined: Option<&crate::joined::Joined>,
+    ) -> Self {
+        let mut ids = vec![container_id];
+        if let Some(j) = joined {
+            ids.extend(j.containers.iter().map(String::as_str));
+        }
+        let data_root = docker_container_dir(spec, &ids)
             .and_then(|dir| dir.parent()?.parent().map(Path::to_owned))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_DATA_ROOT));
         let mut ctx = Self::with_data_root(container_id, bundle, base, &data_root);
+        if let Some(j) = joined {
+            for other in &j.containers {
+                ctx.engine_dirs
+                    .push(data_root.join("containers").join(other));
+            }
+            ctx.join_user_namespace = Some(j.user_namespace.clone());
+        }
         ctx.engine_dirs
             .extend(buildkit_executor_files(bundle, spec));
         ctx
@@ -209,6 +247,7 @@ impl Context {
                         })
                 })
                 .collect(),
+            join_user_namespace: None,
         }
     }
 }
@@ -481,14 +520,20 @@ pub fn rewrite(spec: &mut Spec, ctx: &Context) -> Result<Vec<String>, Refusal> {
         .iter()
         .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
     namespaces.retain(|n| n.typ() != LinuxNamespaceType::User);
-    let user = LinuxNamespaceBuilder::default()
-        .typ(LinuxNamespaceType::User)
-        .build()
-        .map_err(|e| Refusal::Invalid(e.to_string()))?;
-    namespaces.push(user);
-    if !had_user {
+    let mut user = LinuxNamespaceBuilder::default();
+    user = user.typ(LinuxNamespaceType::User);
+    if let Some(path) = &ctx.join_user_namespace {
+        user = user.path(path.clone());
+        notes.push(format!(
+            "joins the user namespace {} (and range {}) of the eci container whose namespaces it shares",
+            path.display(),
+            ctx.base
+        ));
+    } else if !had_user {
         notes.push("added a user namespace".into());
     }
+    let user = user.build().map_err(|e| Refusal::Invalid(e.to_string()))?;
+    namespaces.push(user);
     if !namespaces
         .iter()
         .any(|n| n.typ() == LinuxNamespaceType::Cgroup)
@@ -630,6 +675,7 @@ mod tests {
             Path::new("/var/lib/docker/buildkit/executor/s1"),
             165536,
             &spec,
+            None,
         );
         assert!(!c.engine_dirs.iter().any(|d| d.ends_with("hosts.x")));
         for f in ["resolv.conf", "hosts", "hosts.og0ovf"] {
@@ -646,6 +692,7 @@ mod tests {
             Path::new("/run/containerd/io.containerd.runtime.v2.task/moby/s1"),
             165536,
             &spec,
+            None,
         );
         assert!(!c.engine_dirs.iter().any(|d| d.ends_with("resolv.conf")));
     }
@@ -654,7 +701,7 @@ mod tests {
     fn the_engines_directories_follow_its_data_root_as_its_own_binds_show_it() {
         let alt = r#", {"destination": "/etc/hostname", "type": "bind", "source": "/data/docker-alt/containers/c9/hostname", "options": ["rbind"]}"#;
         let spec = docker_like(ALL_NS, alt);
-        let c = Context::docker("c9", Path::new("/run/b/c9"), 165536, &spec);
+        let c = Context::docker("c9", Path::new("/run/b/c9"), 165536, &spec, None);
         assert_eq!(c.volumes_dir, Path::new("/data/docker-alt/volumes"));
         assert!(
             c.engine_dirs
@@ -668,6 +715,7 @@ mod tests {
             Path::new("/run/b/c8"),
             165536,
             &docker_like(ALL_NS, other),
+            None,
         );
         assert_eq!(c.volumes_dir, Path::new("/var/lib/docker/volumes"));
         let elsewhere = r#", {"destination": "/src", "type": "bind", "source": "/home/x/containers/c7/hostname", "options": ["rbind"]}"#;
@@ -676,8 +724,52 @@ mod tests {
             Path::new("/run/b/c7"),
             165536,
             &docker_like(ALL_NS, elsewhere),
+            None,
         );
         assert_eq!(c.volumes_dir, Path::new("/var/lib/docker/volumes"));
+    }
+
+    #[test]
+    fn a_container_sharing_anothers_namespaces_may_have_its_files_and_joins_its_user_namespace() {
+        let theirs = r#", {"destination": "/etc/hosts", "type": "bind", "source": "/data/docker/containers/x1/hosts", "options": ["rbind"]}"#;
+        let spec = docker_like(ALL_NS, theirs);
+        let alone = Context::docker("s1", Path::new("/run/b/s1"), 165536, &spec, None);
+        assert_eq!(alone.volumes_dir, Path::new("/var/lib/docker/volumes"));
+        let joined = crate::joined::Joined {
+            base: 231072,
+            user_namespace: PathBuf::from("/proc/77/ns/user"),
+            containers: vec!["x1".into()],
+        };
+        let mut c = Context::docker("s1", Path::new("/run/b/s1"), 231072, &spec, Some(&joined));
+        assert_eq!(c.volumes_dir, Path::new("/data/docker/volumes"));
+        assert!(
+            c.engine_dirs
+                .contains(&PathBuf::from("/data/docker/containers/x1"))
+        );
+        assert!(
+            c.engine_dirs
+                .contains(&PathBuf::from("/data/docker/containers/s1"))
+        );
+        let mut spec = spec;
+        c.bundle = PathBuf::from("/run/b/s1");
+        let notes = rewrite(&mut spec, &c).expect("rewrite");
+        assert!(
+            notes.iter().any(|n| n.contains("joins the user namespace")),
+            "{notes:?}"
+        );
+        let linux = spec.linux().as_ref().expect("linux");
+        let user = linux
+            .namespaces()
+            .as_ref()
+            .and_then(|ns| {
+                ns.iter()
+                    .find(|n| n.typ() == LinuxNamespaceType::User)
+                    .cloned()
+            })
+            .expect("user namespace");
+        assert_eq!(user.path().as_deref(), Some(Path::new("/proc/77/ns/user")));
+        let uid = linux.uid_mappings().as_ref().expect("uid map")[0];
+        assert_eq!(uid.host_id(), 231072);
     }
 
     fn ctx() -> Context {

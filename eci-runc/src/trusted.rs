@@ -120,7 +120,7 @@ pub fn docker_image(
     spec: &Spec,
     container_id: &str,
 ) -> Result<(ContainerImage, References), TrustError> {
-    let dir = crate::spec::docker_container_dir(spec, container_id)
+    let dir = crate::spec::docker_container_dir(spec, &[container_id])
         .ok_or(TrustError::NotADockerContainer)?;
     let record: ContainerRecord = read_json(&dir.join("config.v2.json"))?;
     let data_root = dir
