@@ -134,6 +134,10 @@ pub fn to_line(event: &AuditEvent, names: &Names, wall_clock_ns: i128) -> AuditL
         "namespace" => Some(format!("VM namespace inode {}", event.object.ino)),
         "filesystem" => Some(format!("file system magic {:#x}", event.object.ino)),
         "mount" => Some(format!("mount id {}", event.object.ino)),
+        "setid_file" => Some(format!(
+            "a set-id file (mode {:o}) that would run as the VM's id {}: a container's ids are the VM's in shared directories and volumes, for ownership only",
+            event.object.ino, event.object.dev
+        )),
         _ => None,
     };
     AuditLine {

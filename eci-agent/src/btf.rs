@@ -71,12 +71,17 @@ pub struct Btf {
     /// this kernel has: `bpf_lsm_<hook>` (a BPF-LSM hook) and
     /// `btf_trace_<tracepoint>` (a tracepoint BTF programs can attach to).
     attach_points: HashSet<String>,
+    /// `bpf_lsm_<hook>` -> the type id of its prototype.
+    lsm_protos: HashMap<String, u32>,
+    /// Prototype type id -> its parameters' names.
+    proto_params: HashMap<u32, Vec<String>>,
 }
 
 /// Prefixes of the names kept in `Btf::attach_points`.
 const LSM_PREFIX: &str = "bpf_lsm_";
 const TRACEPOINT_PREFIX: &str = "btf_trace_";
 const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
 
 struct Reader<'a> {
     data: &'a [u8],
@@ -141,6 +146,8 @@ impl Btf {
         let mut types = vec![Type::Other];
         let mut structs_by_name = HashMap::new();
         let mut attach_points = HashSet::new();
+        let mut lsm_protos = HashMap::new();
+        let mut proto_params = HashMap::new();
         let mut at = types_start;
         while at < types_end {
             let name_off = r.u32_at(at)?;
@@ -184,7 +191,18 @@ impl Btf {
                 }
                 _ => {
                     if kind == KIND_FUNC {
-                        keep_attach_point(&mut attach_points, name_at(name_off), LSM_PREFIX);
+                        let name = name_at(name_off);
+                        if name.starts_with(LSM_PREFIX) {
+                            lsm_protos.insert(name.clone(), size_or_type);
+                        }
+                        keep_attach_point(&mut attach_points, name, LSM_PREFIX);
+                    }
+                    if kind == KIND_FUNC_PROTO {
+                        let mut names = Vec::with_capacity(vlen);
+                        for i in 0..vlen {
+                            names.push(name_at(r.u32_at(at + i * 8)?));
+                        }
+                        proto_params.insert(id, names);
                     }
                     at += match kind {
                         1 | 14 | 17 => 4,     // int, var, decl tag
@@ -204,6 +222,8 @@ impl Btf {
             types,
             structs_by_name,
             attach_points,
+            lsm_protos,
+            proto_params,
         })
     }
 
@@ -214,6 +234,16 @@ impl Btf {
 
     /// Whether BTF tracepoint programs can attach to `tracepoint`
     /// (`btf_trace_<tracepoint>`).
+    /// The position of the parameter named `param` among an LSM hook's
+    /// arguments (hooks gained an ID-mapping argument in front over the
+    /// kernels: `inode_setxattr(dentry, ...)` on 5.10, `(mnt_userns,
+    /// dentry, ...)` from 5.12, `(idmap, dentry, ...)` from 6.3).
+    pub fn lsm_hook_param(&self, hook: &str, param: &str) -> Option<u32> {
+        let proto = self.lsm_protos.get(&format!("{LSM_PREFIX}{hook}"))?;
+        let params = self.proto_params.get(proto)?;
+        params.iter().position(|p| p == param).map(|i| i as u32)
+    }
+
     pub fn has_btf_tracepoint(&self, tracepoint: &str) -> bool {
         self.attach_points
             .contains(&format!("{TRACEPOINT_PREFIX}{tracepoint}"))
@@ -311,6 +341,8 @@ impl Btf {
             mount_id: self.member_offset("mount", "mnt_id")?,
             inode_mode: self.member_offset("inode", "i_mode")?,
             inode_rdev: self.member_offset("inode", "i_rdev")?,
+            inode_uid: self.member_offset("inode", "i_uid")?,
+            inode_gid: self.member_offset("inode", "i_gid")?,
             file_mode: self.member_offset("file", "f_mode")?,
             file_path: self.member_offset("file", "f_path")?,
             dentry_parent: self.member_offset("dentry", "d_parent")?,
@@ -424,6 +456,10 @@ mod tests {
         // `struct path` is { vfsmount *mnt; dentry *dentry; } on every kernel.
         assert_eq!(offsets.path_dentry, 8);
         assert!(btf.has_lsm_hook("file_open"));
+        assert!(
+            btf.lsm_hook_param("inode_setxattr", "dentry")
+                .is_some_and(|i| i <= 1)
+        );
         assert!(btf.has_btf_tracepoint("cgroup_mkdir"));
         assert!(!btf.has_lsm_hook("no_such_hook"));
     }

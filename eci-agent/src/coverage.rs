@@ -43,6 +43,19 @@ impl Program {
         }
     }
 
+    /// The function in eci's object that implements this program on the
+    /// running kernel: LSM hooks whose arguments moved between kernels have
+    /// one per layout (`inode_setxattr` gained an ID-mapping argument in
+    /// front of `dentry` in 5.12), chosen by the kernel's BTF.
+    pub fn function(&self, kernel: &Btf) -> &'static str {
+        match self.name {
+            "inode_setxattr" if kernel.lsm_hook_param("inode_setxattr", "dentry") == Some(0) => {
+                "inode_setxattr_dentry_first"
+            }
+            name => name,
+        }
+    }
+
     /// The kernel feature this program needs.
     pub fn needs(&self) -> String {
         match self.attach {
@@ -115,6 +128,10 @@ pub const RULES: &[Rule] = &[
     Rule {
         name: "cgroup_writes",
         programs: &["file_open"],
+    },
+    Rule {
+        name: "setid_files",
+        programs: &["path_chmod", "file_open", "inode_setxattr"],
     },
 ];
 

@@ -240,7 +240,7 @@ pub fn attach_all(loaded: Loaded, layout: &PinLayout) -> Result<Enforcement, Enf
         if !program.available(&kernel) {
             continue;
         }
-        let link = attach(&mut ebpf, &btf, program)?;
+        let link = attach(&mut ebpf, &btf, program, program.function(&kernel))?;
         replace_pinned_link(&layout.link(program.name), link)?;
         tracing::info!(program = program.name, "attached and pinned");
         attached.insert(program.name);
@@ -269,7 +269,14 @@ pub fn attach_all(loaded: Loaded, layout: &PinLayout) -> Result<Enforcement, Enf
 }
 
 /// Load and attach one program; its link, to pin.
-fn attach(ebpf: &mut Ebpf, btf: &aya::Btf, program: Program) -> Result<FdLink, EnforcementError> {
+/// `function` is the program in the object that implements it here
+/// ([`Program::function`]).
+fn attach(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    program: Program,
+    function: &str,
+) -> Result<FdLink, EnforcementError> {
     let name = program.name;
     let err = |source| EnforcementError::Program {
         name: name.into(),
@@ -277,7 +284,7 @@ fn attach(ebpf: &mut Ebpf, btf: &aya::Btf, program: Program) -> Result<FdLink, E
     };
     match program.attach {
         Attach::Lsm => {
-            let p = lsm_program(ebpf, name)?;
+            let p = lsm_program(ebpf, function)?;
             p.load(name, btf).map_err(err)?;
             let id = p.attach().map_err(err)?;
             Ok(p.take_link(id).map_err(err)?.into())

@@ -104,11 +104,13 @@ pub enum Hook {
     /// Not an LSM hook: the `cgroup_mkdir` tracepoint of the registry mode
     /// (its counters and events: a descendant it could not register).
     CgroupMkdir = 8,
+    PathChmod = 9,
+    InodeSetxattr = 10,
 }
 
 impl Hook {
     /// The LSM hooks, in index order (each is a program of that name).
-    pub const LSM: [Hook; 8] = [
+    pub const LSM: [Hook; 10] = [
         Hook::UnixStreamConnect,
         Hook::UnixMaySend,
         Hook::FileOpen,
@@ -117,9 +119,11 @@ impl Hook {
         Hook::MoveMount,
         Hook::SbUmount,
         Hook::SbMount,
+        Hook::PathChmod,
+        Hook::InodeSetxattr,
     ];
     /// Every counter slot in use, in index order.
-    pub const ALL: [Hook; 9] = [
+    pub const ALL: [Hook; 11] = [
         Hook::UnixStreamConnect,
         Hook::UnixMaySend,
         Hook::FileOpen,
@@ -129,6 +133,8 @@ impl Hook {
         Hook::SbUmount,
         Hook::SbMount,
         Hook::CgroupMkdir,
+        Hook::PathChmod,
+        Hook::InodeSetxattr,
     ];
     /// Number of counter slots (room for the hooks later issues add).
     pub const SLOTS: u32 = 32;
@@ -145,6 +151,8 @@ impl Hook {
             Hook::SbUmount => "sb_umount",
             Hook::SbMount => "sb_mount",
             Hook::CgroupMkdir => "cgroup_mkdir",
+            Hook::PathChmod => "path_chmod",
+            Hook::InodeSetxattr => "inode_setxattr",
         }
     }
 
@@ -159,6 +167,8 @@ impl Hook {
             6 => Some(Hook::SbUmount),
             7 => Some(Hook::SbMount),
             8 => Some(Hook::CgroupMkdir),
+            9 => Some(Hook::PathChmod),
+            10 => Some(Hook::InodeSetxattr),
             _ => None,
         }
     }
@@ -270,6 +280,10 @@ pub struct KernelOffsets {
     pub inode_mode: u32,
     /// `struct inode.i_rdev` (dev_t, 32 bits)
     pub inode_rdev: u32,
+    /// `struct inode.i_uid` (kuid_t: the id in the initial user namespace)
+    pub inode_uid: u32,
+    /// `struct inode.i_gid` (kgid_t)
+    pub inode_gid: u32,
     /// `struct file.f_mode` (fmode_t, 32 bits)
     pub file_mode: u32,
     /// `struct file.f_path` (an embedded `struct path`)
@@ -345,6 +359,9 @@ pub enum ObjectKind {
     /// dev 0 / which kernel read failed ([`undecided`]): the hook could not
     /// tell, and refused where it guards the VM.
     Undecided = 8,
+    /// dev: the file's owner (uid; gid for a setgid file) as the kernel
+    /// stores it / the mode asked for (0: file capabilities).
+    SetIdFile = 9,
 }
 
 /// What an `Undecided` event could not read (its `object.ino`).
@@ -378,10 +395,17 @@ impl ObjectKind {
             6 => "device",
             7 => "cgroup",
             8 => "undecided",
+            9 => "setid_file",
             _ => "none",
         }
     }
 }
+
+/// Ids below this are the VM's own: eci's ranges lie above them (the first
+/// base is at least 65536), and so do the files of a container's own root
+/// file system. A setuid or setgid file owned by one of them is a VM
+/// user's privilege, which no protected task may make.
+pub const VM_IDS_END: u32 = 65536;
 
 /// Verdict values carried in events (the hook's return value).
 pub mod verdict {

@@ -2,12 +2,13 @@
 //! reads the file's facts once, then asks, in order: is it one of the VM's
 //! namespace files (namespaces.rs), a device node outside the allowed set
 //! (devices.rs), a cgroup file opened for writing outside every protected
-//! cgroup (cgroups.rs)? A file whose facts cannot be read is refused.
+//! cgroup (cgroups.rs), a set-id file of a VM id opened for writing
+//! (setid.rs)? A file whose facts cannot be read is refused.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use eci_common::{Hook, undecided, verdict};
 
-use crate::{audit, cgroups, devices, kernel, namespaces};
+use crate::{audit, cgroups, devices, kernel, namespaces, setid};
 
 /// `file_open(struct file *file)`
 #[lsm(hook = "file_open")]
@@ -26,6 +27,9 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         return v;
     }
     if let Some(v) = cgroups::judge_open(cgroup_id, file, &facts) {
+        return v;
+    }
+    if let Some(v) = setid::judge_open(cgroup_id, &facts) {
         return v;
     }
     verdict::ALLOW

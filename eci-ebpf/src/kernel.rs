@@ -31,6 +31,8 @@ static ECI_KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     mount_id: 0,
     inode_mode: 0,
     inode_rdev: 0,
+    inode_uid: 0,
+    inode_gid: 0,
     file_mode: 0,
     file_path: 0,
     dentry_parent: 0,
@@ -152,6 +154,9 @@ pub struct FileFacts {
     pub rdev: u32,
     /// `f_mode`: how it is being opened (`FMODE_READ`, `FMODE_WRITE`, ...).
     pub f_mode: u32,
+    /// `i_uid`, `i_gid`: its owner as the kernel stores it.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// Facts of an open `struct file *`; `None` when a read failed.
@@ -171,6 +176,8 @@ pub unsafe fn file_facts(file: *const u8) -> Option<FileFacts> {
         let dev: u32 = read(sb, off.super_block_dev)?;
         let magic: u64 = read(sb, off.super_block_magic)?;
         let f_mode: u32 = read(file, off.file_mode)?;
+        let uid: u32 = read(inode, off.inode_uid)?;
+        let gid: u32 = read(inode, off.inode_gid)?;
         Some(FileFacts {
             id: FileId {
                 dev: dev as u64,
@@ -180,6 +187,8 @@ pub unsafe fn file_facts(file: *const u8) -> Option<FileFacts> {
             mode: mode as u32,
             rdev,
             f_mode,
+            uid,
+            gid,
         })
     }
 }
@@ -217,6 +226,59 @@ pub unsafe fn dentry_ino(dentry: *const u8) -> Option<u64> {
     unsafe {
         let inode = read_ptr(dentry, off.dentry_inode)?;
         read(inode, off.inode_ino)
+    }
+}
+
+/// Whether the NUL-terminated kernel string at `name` is `expected` (at
+/// most 31 bytes): compared over the fixed length, without branches.
+#[inline(always)]
+pub unsafe fn kernel_str_is(name: *const u8, expected: &[u8]) -> Option<bool> {
+    let mut buf = [0u8; 32];
+    if name.is_null() || expected.len() >= buf.len() {
+        return None;
+    }
+    // SAFETY: a probe read into our buffer.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(name, &mut buf) }.ok()?;
+    // Without a branch per byte (the verifier would walk every path).
+    let mut diff = buf[expected.len()];
+    for (i, b) in expected.iter().enumerate() {
+        diff |= buf[i] ^ *b;
+    }
+    Some(diff == 0)
+}
+
+/// Owner of a dentry's inode: `(i_uid, i_gid)`.
+#[inline(always)]
+pub unsafe fn dentry_owner(dentry: *const u8) -> Option<(u32, u32)> {
+    let off = offsets();
+    if off.valid == 0 || dentry.is_null() {
+        return None;
+    }
+    // SAFETY: probe reads.
+    unsafe {
+        let inode = read_ptr(dentry, off.dentry_inode)?;
+        let uid: u32 = read(inode, off.inode_uid)?;
+        let gid: u32 = read(inode, off.inode_gid)?;
+        Some((uid, gid))
+    }
+}
+
+/// Mode and owner of the inode a `struct path *` names
+/// (`path->dentry->d_inode`): `(i_mode, i_uid, i_gid)`.
+#[inline(always)]
+pub unsafe fn path_inode_owner(path: *const u8) -> Option<(u32, u32, u32)> {
+    let off = offsets();
+    if off.valid == 0 || path.is_null() {
+        return None;
+    }
+    // SAFETY: probe reads.
+    unsafe {
+        let dentry = read_ptr(path, off.path_dentry)?;
+        let inode = read_ptr(dentry, off.dentry_inode)?;
+        let mode: u16 = read(inode, off.inode_mode)?;
+        let uid: u32 = read(inode, off.inode_uid)?;
+        let gid: u32 = read(inode, off.inode_gid)?;
+        Some((mode as u32, uid, gid))
     }
 }
 

@@ -3,8 +3,8 @@
 //! One file per concern: `sockets` (protected Unix sockets), `mounts` (VM
 //! file systems, immutable mounts), `namespaces` (the VM's namespaces, exec
 //! while sharing them), `devices` (device nodes), `cgroups` (writes to
-//! unprotected cgroups), `probe` (the start-up self tests); `files` is the
-//! one `file_open` program, which asks three of them. `protection` holds
+//! unprotected cgroups), `setid` (setuid/setgid files of VM ids), `probe` (the start-up self tests); `files` is the
+//! one `file_open` program, which asks four of them. `protection` holds
 //! the prologue every hook starts with ("is the current task protected?"),
 //! `registry` keeps descendants of protected cgroups registered where the
 //! kernel offers no ancestor walk,
@@ -46,6 +46,8 @@ mod probe;
 mod protection;
 #[cfg(target_arch = "bpf")]
 mod registry;
+#[cfg(target_arch = "bpf")]
+mod setid;
 #[cfg(target_arch = "bpf")]
 mod sockets;
 

@@ -31,6 +31,13 @@ pub const DEFAULT_PROTECTED_CGROUP_PARENTS: &[&str] = &[
 /// The Docker Engine's API sockets unless the policy says otherwise.
 pub const DEFAULT_DOCKER_API_SOCKETS: &[&str] = &["/run/docker.sock", "/var/run/docker.sock"];
 
+/// The VM directories containers may bind unless the policy says
+/// otherwise: the users' homes, where their projects are (`docker run -v
+/// "$PWD":/src`). What a container's root makes there is VM root's for
+/// ownership only: the kernel rule on set-id files keeps it from being
+/// privilege. `"shareableHostPaths": []` shares nothing.
+pub const DEFAULT_SHAREABLE_HOST_PATHS: &[&str] = &["/home"];
+
 /// The Docker Engine's name for eci-runc unless the policy says otherwise.
 pub const DEFAULT_DOCKER_RUNTIME_NAME: &str = "eci";
 

@@ -24,7 +24,7 @@ pub struct Policy {
     pub protected_cgroup_parents: Vec<String>,
     /// `eci.protectedSockets`.
     pub protected_sockets: Vec<PathBuf>,
-    /// `eci.shareableHostPaths` (default none).
+    /// `eci.shareableHostPaths` (default `/home`).
     pub shareable_host_paths: Vec<PathBuf>,
     /// `eci.dockerApiSockets`: the Docker Engine's API sockets (default
     /// `/run/docker.sock`, `/var/run/docker.sock`). Protected like
@@ -204,7 +204,7 @@ impl fmt::Display for ImageRef {
 impl Default for Policy {
     /// The built-in secure defaults: enforcement on (not locked), the
     /// container cgroups of Docker and Kubernetes protected, the engines'
-    /// sockets protected, no shareable host path, no image allowed the
+    /// sockets protected, `/home` shareable, no image allowed the
     /// Docker socket, the audit log in `/var/log/eci`.
     fn default() -> Self {
         Self {
@@ -219,7 +219,10 @@ impl Default for Policy {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
-            shareable_host_paths: Vec::new(),
+            shareable_host_paths: DEFAULT_SHAREABLE_HOST_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
             docker_api_sockets: DEFAULT_DOCKER_API_SOCKETS
                 .iter()
                 .map(PathBuf::from)

@@ -61,7 +61,8 @@ fn a_missing_file_means_the_secure_defaults() {
             .protected_sockets
             .contains(&PathBuf::from("/run/docker.sock"))
     );
-    assert!(policy.shareable_host_paths.is_empty());
+    // The users' homes (projects bound with -v "$PWD":/src), nothing else.
+    assert_eq!(policy.shareable_host_paths, [PathBuf::from("/home")]);
     assert!(policy.docker_socket_mount.image_list.images.is_empty());
     assert_eq!(
         policy.docker_socket_mount.command_list,

@@ -488,7 +488,7 @@ impl Engine {
 
     /// Replace the agent's policy, which eci-runc asks for at each create
     /// (the shareable directory stays shareable, beside those the policy
-    /// names), and reload it.
+    /// names or, naming none, the default ones), and reload it.
     pub fn write_policy(&self, policy: serde_json::Value) {
         self.write_policy_file(policy);
         eci_control::Client::new(&self.agent_socket)
@@ -498,10 +498,17 @@ impl Engine {
 
     /// The policy file as [`Engine::write_policy`] writes it, not reloaded.
     fn write_policy_file(&self, mut policy: serde_json::Value) {
+        // What the policy names, else the built-in default (as the agent
+        // reads a file without the key), and the test's own directory.
         let mut shareable = policy["eci"]["shareableHostPaths"]
             .as_array()
             .cloned()
-            .unwrap_or_default();
+            .unwrap_or_else(|| {
+                eci_policy::DEFAULT_SHAREABLE_HOST_PATHS
+                    .iter()
+                    .map(|p| serde_json::json!(p))
+                    .collect()
+            });
         shareable.push(serde_json::json!(self.share()));
         policy["eci"]["shareableHostPaths"] = serde_json::Value::Array(shareable);
         std::fs::write(&self.agent_policy, policy.to_string()).expect("policy");

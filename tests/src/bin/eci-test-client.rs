@@ -83,6 +83,7 @@ fn main() -> ExitCode {
         "key-find" => find_key(path),
         "perf" => open_cpu_counter(),
         "named" => named(path, args.get(3).map(String::as_str)),
+        "file-caps" => set_file_caps(path),
         "bind" | "bind-new-api" => match args.get(3) {
             Some(target) if mode == "bind" => bind(path, target),
             Some(target) => bind_new_api(path, target),
@@ -109,6 +110,37 @@ fn main() -> ExitCode {
             println!("error: {err}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Gives `path` the file capability CAP_SETUID, permitted and effective
+/// (`security.capability`, revision 2, as `setcap cap_setuid+ep` writes it).
+fn set_file_caps(path: &str) -> std::io::Result<()> {
+    const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
+    const VFS_CAP_FLAGS_EFFECTIVE: u32 = 0x1;
+    const CAP_SETUID: u32 = 7;
+    let mut value = Vec::with_capacity(20);
+    value.extend_from_slice(&(VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE).to_le_bytes());
+    value.extend_from_slice(&(1u32 << CAP_SETUID).to_le_bytes()); // permitted
+    value.extend_from_slice(&0u32.to_le_bytes()); // inheritable
+    value.extend_from_slice(&0u32.to_le_bytes()); // permitted, high
+    value.extend_from_slice(&0u32.to_le_bytes()); // inheritable, high
+    let path = cstring(path)?;
+    let name = c"security.capability";
+    // SAFETY: valid C strings and a buffer of the length given.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

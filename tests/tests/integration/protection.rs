@@ -317,6 +317,7 @@ fn expected_rules() -> Vec<(&'static str, &'static str)> {
         ("move_mount", "enforced"),
         ("devices", "enforced"),
         ("cgroup_writes", "enforced"),
+        ("setid_files", "enforced"),
     ];
     match kernel_version() {
         (5, 10) => all_enforced,
