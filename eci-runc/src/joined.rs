@@ -106,19 +106,6 @@ fn eci_base(map: &str) -> Option<u32> {
     }
 }
 
-fn kind_name(t: LinuxNamespaceType) -> &'static str {
-    match t {
-        LinuxNamespaceType::Network => "network",
-        LinuxNamespaceType::Pid => "pid",
-        LinuxNamespaceType::Ipc => "ipc",
-        LinuxNamespaceType::Uts => "uts",
-        LinuxNamespaceType::Mount => "mount",
-        LinuxNamespaceType::User => "user",
-        LinuxNamespaceType::Cgroup => "cgroup",
-        LinuxNamespaceType::Time => "time",
-    }
-}
-
 /// Looks at every namespace the spec joins by path (the user namespace
 /// aside: eci sets that). `vm_user_ns` is the inode of the VM's user
 /// namespace; `allocations` eci's ranges in use.
@@ -141,7 +128,7 @@ pub fn examine(
             continue;
         }
         let refuse = |why: String| Refusal::JoinedNamespace {
-            kind: kind_name(kind).into(),
+            kind: crate::spec::ns_name(kind).into(),
             path: path.display().to_string(),
             why,
         };

@@ -310,7 +310,7 @@ impl Context {
     }
 }
 
-fn ns_name(t: LinuxNamespaceType) -> &'static str {
+pub(crate) fn ns_name(t: LinuxNamespaceType) -> &'static str {
     match t {
         LinuxNamespaceType::Network => "network",
         LinuxNamespaceType::Pid => "pid",

@@ -343,11 +343,51 @@ pub fn protected_engine(prefix: &str) -> (TestAgent, Engine) {
     protected_engine_at(prefix, "/var/lib/docker")
 }
 
+/// Where a test engine keeps its files (its socket, the shareable
+/// directory containers bind): `/tmp`, unless that is a tmpfs this kernel
+/// cannot ID-map (before 6.3; the VM's /tmp is one), then an ext4 file
+/// system mounted once at `/tmp/eci-idmappable`: eci-runc refuses a shared
+/// directory whose files its containers could not own.
+pub fn idmappable_tmp() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = PathBuf::from("/tmp");
+        let on_tmpfs = nix::sys::statfs::statfs(&tmp)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut numbers = release
+            .trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u32>().ok());
+        let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+        if !on_tmpfs || version >= (6, 3) {
+            return tmp;
+        }
+        let point = tmp.join("eci-idmappable");
+        let script = format!(
+            "mountpoint -q {p} && exit 0; modprobe loop; modprobe ext4; truncate -s 2G {p}.ext4 && mkfs.ext4 -q -F {p}.ext4 && mkdir -p {p} && mount -o loop -t ext4 {p}.ext4 {p}",
+            p = point.display()
+        );
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "an ID-mappable /tmp for the test engines: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        point
+    })
+    .clone()
+}
+
 /// [`protected_engine`] with the engine's `--data-root` at `data_root`.
 pub fn protected_engine_at(prefix: &str, data_root: &str) -> (TestAgent, Engine) {
     let dir = tempfile::Builder::new()
         .prefix(prefix)
-        .tempdir_in("/tmp")
+        .tempdir_in(idmappable_tmp())
         .expect("tempdir");
     let socket = dir.path().join("docker.sock");
     let agent = TestAgent::start(&["--protect-socket", &socket.display().to_string()]);

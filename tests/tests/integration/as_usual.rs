@@ -3,6 +3,11 @@
 //! eci and with plain runc (`runc-real`) as the control, so a test cannot
 //! pass because the workflow fails everywhere.
 
+use std::{
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    process::Output,
+};
+
 use eci_integration_tests::{
     TestAgent, bpf_lsm_or_skip,
     engine::{Engine, IMAGE, docker, engine_or_skip, protected_engine, protected_engine_at, text},
@@ -290,4 +295,438 @@ fn builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owne
     }
     drop(engine);
     drop(data);
+}
+
+/// A long-running container `name` (`--ipc=shareable`, a file in its
+/// `/dev/shm`) with `runtime`; removed first if left from a run before.
+fn start_partner(engine: &Engine, runtime: &str, name: &str) {
+    let _ = docker(engine, &["rm", "-f", name]);
+    let out = detached(
+        engine,
+        runtime,
+        name,
+        &["--ipc=shareable"],
+        "echo shared > /dev/shm/partner; exec sleep 1000",
+    );
+    assert!(
+        out.status.success(),
+        "{name} with {runtime}: {}",
+        text(&out)
+    );
+}
+
+/// `docker run -d --name <name> --runtime=<runtime> --network=none <extra>
+/// IMAGE sh -c <script>`; the control runs under
+/// `--cgroup-parent=/eci-baseline`.
+fn detached(engine: &Engine, runtime: &str, name: &str, extra: &[&str], script: &str) -> Output {
+    let runtime_arg = format!("--runtime={runtime}");
+    let mut args = vec!["run", "-d", "--name", name, &runtime_arg, "--network=none"];
+    if runtime == RUNC {
+        args.push("--cgroup-parent=/eci-baseline");
+    }
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[IMAGE, "sh", "-c", script]);
+    docker(engine, &args)
+}
+
+/// What a process of container `name` (or of the sidecar) says about its
+/// namespaces and ids.
+const NAMESPACES: &str =
+    "for n in net pid ipc; do readlink /proc/self/ns/$n; done; cat /proc/self/uid_map";
+
+#[test]
+fn sidecars_share_network_pid_and_ipc_with_an_eci_container_as_with_runc() {
+    let Some((_agent, engine)) = engine_for(
+        "as_usual::sidecars_share_network_pid_and_ipc_with_an_eci_container_as_with_runc",
+    ) else {
+        return;
+    };
+    for runtime in [RUNC, "eci"] {
+        let partner = format!("eci-usual-partner-{}", runtime.replace('-', ""));
+        start_partner(&engine, runtime, &partner);
+        let theirs = text(&docker(
+            &engine,
+            &["exec", &partner, "sh", "-c", NAMESPACES],
+        ));
+        let runtime_arg = format!("--runtime={runtime}");
+        let net = format!("--network=container:{partner}");
+        let pid = format!("--pid=container:{partner}");
+        let ipc = format!("--ipc=container:{partner}");
+        let mut args = vec!["run", "--rm", runtime_arg.as_str(), &net, &pid, &ipc];
+        if runtime == RUNC {
+            args.push("--cgroup-parent=/eci-baseline");
+        }
+        let script = format!(
+            "{NAMESPACES}; cat /dev/shm/partner; ps | grep -c '[s]leep 1000'; touch /tmp/own && echo ROOTFS-WRITABLE"
+        );
+        args.extend_from_slice(&[IMAGE, "sh", "-c", &script]);
+        let out = docker(&engine, &args);
+        let ours = text(&out);
+        let _ = docker(&engine, &["rm", "-f", &partner]);
+        assert!(
+            out.status.success(),
+            "a sidecar of {partner} with {runtime}: {ours}"
+        );
+        // Same network, pid and ipc namespaces, and (eci) the same user
+        // namespace range: the partner's lines are the sidecar's first ones.
+        let first: Vec<&str> = ours.lines().take(4).collect();
+        let partner_lines: Vec<&str> = theirs.lines().take(4).collect();
+        assert_eq!(
+            first, partner_lines,
+            "{runtime}: the sidecar's namespaces differ from {partner}'s"
+        );
+        assert!(
+            ours.contains("shared"),
+            "{runtime}: no shared /dev/shm: {ours}"
+        );
+        assert!(
+            ours.lines().any(|l| l.trim() == "1"),
+            "{runtime}: the partner's process is not seen: {ours}"
+        );
+        assert!(ours.contains("ROOTFS-WRITABLE"), "{runtime}: {ours}");
+        if runtime == "eci" {
+            assert!(
+                theirs.contains("65536"),
+                "no user namespace of its own: {theirs}"
+            );
+        }
+    }
+    // An eci container does not join one that runs outside eci.
+    let partner = "eci-usual-partner-outside";
+    start_partner(&engine, RUNC, partner);
+    let net = format!("--network=container:{partner}");
+    let out = docker(
+        &engine,
+        &["run", "--rm", "--runtime=eci", &net, IMAGE, "true"],
+    );
+    let _ = docker(&engine, &["rm", "-f", partner]);
+    assert!(
+        !out.status.success() && text(&out).contains("runs outside eci"),
+        "an eci container joined one outside eci: {}",
+        text(&out)
+    );
+}
+
+/// What the shared-directory test does in the container, in `/src`: files
+/// made by root and by uid 1000, then every way to plant a set-id file or a
+/// device node for the VM (each says what happened).
+const PLANT: &str = "echo root > /src/by-root; \
+    cp /bin/busybox /src/suid && chmod u+s /src/suid && echo CHMOD-SUID-OK; \
+    cp /bin/busybox /src/sgid && chmod g+s /src/sgid && echo CHMOD-SGID-OK; \
+    cp /bin/busybox /tmp/s && chmod u+s /tmp/s && cp -p /tmp/s /src/copied && echo COPY-SUID-OK; \
+    mknod /src/disk b 7 0 && echo MKNOD-OK; \
+    cp /bin/busybox /src/capped && eci-test-client file-caps /src/capped && echo FILE-CAPS-OK; \
+    touch /src/plain && chmod 755 /src/plain && echo CHMOD-PLAIN-OK; true";
+
+/// The set-id files and device nodes under `dir` as the VM sees them
+/// (non-empty set-id files: an empty one runs nothing).
+fn planted(dir: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("find {dir} \\( -type f -size +0 \\( -perm -4000 -o -perm -2010 \\) \\) -print -o \\( -type b -o -type c \\) -print | sort"),
+        ])
+        .output()
+        .expect("find");
+    text(&out)
+}
+
+/// Whether the VM sees file capabilities on `path`.
+fn has_file_caps(path: &str) -> bool {
+    let path = std::ffi::CString::new(path).expect("path");
+    // SAFETY: valid C strings; a size query (no buffer).
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"security.capability".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n > 0
+}
+
+#[test]
+fn a_project_under_home_binds_by_default_and_plants_no_setid_file_or_device_for_the_vm() {
+    let test = "as_usual::a_project_under_home_binds_by_default_and_plants_no_setid_file_or_device_for_the_vm";
+    let Some((agent, engine)) = engine_for(test) else {
+        return;
+    };
+    // /home on a file system the kernel can ID-map (the VM's own /home is
+    // the read-only share of the host; this one covers it).
+    let home = Ext4::mount("/home");
+    let _ = &home;
+    for runtime in [RUNC, "eci"] {
+        let project = format!("/home/dev-{}/proj", runtime.replace('-', ""));
+        std::fs::create_dir_all(&project).expect("project dir");
+        std::os::unix::fs::chown(&project, Some(1000), Some(1000)).expect("chown project");
+        std::fs::set_permissions(&project, std::fs::Permissions::from_mode(0o777))
+            .expect("chmod project");
+        let bind = format!("{project}:/src");
+        // No policy names /home: it is shareable by default.
+        let (ok, t) = run(&engine, runtime, &["--privileged", "-v", &bind], PLANT);
+        assert!(ok, "-v {bind} with {runtime}: {t}");
+        let (ok, t1000) = run(
+            &engine,
+            runtime,
+            &["-u", "1000", "-v", &bind],
+            "echo dev > /src/by-1000 && echo WROTE-AS-1000",
+        );
+        assert!(
+            ok && t1000.contains("WROTE-AS-1000"),
+            "-u 1000 with {runtime}: {t1000}"
+        );
+        let owner = |f: &str| {
+            let m = std::fs::metadata(format!("{project}/{f}")).expect(f);
+            (m.uid(), m.gid())
+        };
+        // Ownership as with runc: container uid N is VM uid N here.
+        assert_eq!(owner("by-root"), (0, 0), "{runtime}: root's file");
+        assert_eq!(owner("by-1000").0, 1000, "{runtime}: uid 1000's file");
+        assert!(t.contains("CHMOD-PLAIN-OK"), "{runtime}: plain chmod: {t}");
+        let found = planted(&project);
+        println!(
+            "{test}: {runtime}: container says: {}",
+            t.replace('\n', " | ")
+        );
+        println!(
+            "{test}: {runtime}: set-id files and devices in the VM: {}",
+            found.replace('\n', " ")
+        );
+        let capped = has_file_caps(&format!("{project}/capped"));
+        if runtime == RUNC {
+            // The control: each way works where nothing stops it.
+            for done in [
+                "CHMOD-SUID-OK",
+                "CHMOD-SGID-OK",
+                "COPY-SUID-OK",
+                "MKNOD-OK",
+                "FILE-CAPS-OK",
+            ] {
+                assert!(
+                    t.contains(done),
+                    "runc (the control) could not: {done}: {t}"
+                );
+            }
+            for f in ["suid", "sgid", "copied", "disk"] {
+                assert!(
+                    found.contains(&format!("{project}/{f}")),
+                    "runc: {f} not planted: {found}"
+                );
+            }
+            assert!(capped, "runc: no file capabilities planted");
+        } else {
+            // (`cp -p` may say it copied: what counts is what the VM has.)
+            for done in ["CHMOD-SUID-OK", "CHMOD-SGID-OK", "MKNOD-OK", "FILE-CAPS-OK"] {
+                assert!(
+                    !t.contains(done),
+                    "eci let the container do it: {done}: {t}"
+                );
+            }
+            assert!(found.trim().is_empty(), "eci: planted for the VM: {found}");
+            assert!(!capped, "eci: file capabilities planted for the VM");
+            for hook in ["path_chmod", "inode_setxattr"] {
+                let line = agent.wait_audit(|l| l["hook"] == hook);
+                assert_eq!(line["object"]["kind"], "setid_file", "{line}");
+            }
+        }
+    }
+    // A system path stays refused without a policy naming it.
+    let (ok, t) = run(&engine, "eci", &["-v", "/etc:/src"], "true");
+    assert!(!ok && t.contains("VM path"), "{t}");
+}
+
+/// `docker <args>`, asserted to succeed; its output.
+fn docker_ok(engine: &Engine, args: &[&str]) -> String {
+    let out = docker(engine, args);
+    let t = text(&out);
+    assert!(out.status.success(), "docker {args:?}: {t}");
+    t
+}
+
+#[test]
+fn files_keep_their_owners_through_restart_stop_cp_out_and_commit() {
+    let test = "as_usual::files_keep_their_owners_through_restart_stop_cp_out_and_commit";
+    if !bpf_lsm_or_skip(test) || !engine_or_skip(test) {
+        return;
+    }
+    // The engine's data on a file system whose layers the kernel can
+    // ID-map (the usual test engine's tmpfs cannot before 6.3).
+    let data = Ext4::mount("/var/lib/docker-ext4");
+    let (_agent, engine) = protected_engine_at("eci-usual", "/var/lib/docker-ext4");
+    for runtime in [RUNC, "eci"] {
+        let name = format!("eci-usual-keep-{}", runtime.replace('-', ""));
+        let image = format!("{name}-committed");
+        let _ = docker(&engine, &["rm", "-f", &name]);
+        // The first run makes the file and fails: the restart policy starts
+        // it again with the engine's root file system still mounted.
+        let out = detached(
+            &engine,
+            runtime,
+            &name,
+            &["--restart=on-failure:3"],
+            "[ -e /etc/made ] || { echo made > /etc/made && chown 1000:1000 /etc/made; exit 3; }; exec sleep 1000",
+        );
+        assert!(
+            out.status.success(),
+            "{name} with {runtime}: {}",
+            text(&out)
+        );
+        let check = "stat -c 'owner %u:%g' /etc/made; echo more >> /etc/made && echo ROOT-WRITES; stat -c 'passwd %u' /etc/passwd";
+        let mut after = String::new();
+        for _ in 0..60 {
+            after = text(&docker(&engine, &["exec", &name, "sh", "-c", check]));
+            if after.contains("owner") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let restarts = docker_ok(&engine, &["inspect", "-f", "{{.RestartCount}}", &name]);
+        for (how, restart) in [("the restart policy", false), ("docker restart", true)] {
+            if restart {
+                docker_ok(&engine, &["restart", "-t", "1", &name]);
+                after = docker_ok(&engine, &["exec", &name, "sh", "-c", check]);
+            }
+            println!(
+                "{test}: {runtime}: after {how} (restarts: {}): {}",
+                restarts.trim(),
+                after.replace('\n', " | ")
+            );
+            for want in ["owner 1000:1000", "ROOT-WRITES", "passwd 0"] {
+                assert!(
+                    after.contains(want),
+                    "{runtime}: after {how}: {want}: {after}"
+                );
+            }
+        }
+        assert_eq!(
+            restarts.trim(),
+            "1",
+            "{runtime}: the restart policy's restarts"
+        );
+
+        // Stopped: what the engine reads from the layer (cp out, commit).
+        docker_ok(&engine, &["stop", "-t", "1", &name]);
+        let copied = docker(&engine, &["cp", &format!("{name}:/etc/made"), "-"]);
+        assert!(
+            copied.status.success(),
+            "{runtime}: docker cp out: {}",
+            text(&copied)
+        );
+        let archive = std::env::temp_dir().join(format!("{name}.tar"));
+        std::fs::write(&archive, &copied.stdout).expect("the copied archive");
+        let tar = std::process::Command::new("tar")
+            .arg("--numeric-owner")
+            .arg("-tvf")
+            .arg(&archive)
+            .output()
+            .expect("tar");
+        let _ = std::fs::remove_file(&archive);
+        let listed = text(&tar);
+        println!("{test}: {runtime}: docker cp out: {}", listed.trim());
+        assert!(
+            listed.contains("1000/1000") || listed.contains("1000 1000"),
+            "{runtime}: docker cp out of the stopped container: {listed}"
+        );
+        docker_ok(&engine, &["commit", &name, &image]);
+        let committed = docker_ok(
+            &engine,
+            &[
+                "run",
+                "--rm",
+                "--runtime=runc-real",
+                "--cgroup-parent=/eci-baseline",
+                "--network=none",
+                &image,
+                "sh",
+                "-c",
+                "stat -c %u:%g /etc/made",
+            ],
+        );
+        assert!(
+            committed.contains("1000:1000"),
+            "{runtime}: committed image: {committed}"
+        );
+        let _ = docker(&engine, &["rm", "-f", &name]);
+        let _ = docker(&engine, &["rmi", &image]);
+    }
+    drop(engine);
+    drop(data);
+}
+
+#[test]
+fn everyday_flags_and_commands_work_with_eci_as_with_runc() {
+    let test = "as_usual::everyday_flags_and_commands_work_with_eci_as_with_runc";
+    let Some((_agent, engine)) = engine_for(test) else {
+        return;
+    };
+    for runtime in [RUNC, "eci"] {
+        let name = format!("eci-usual-daily-{}", runtime.replace('-', ""));
+        let _ = docker(&engine, &["rm", "-f", &name]);
+        let out = detached(
+            &engine,
+            runtime,
+            &name,
+            &[
+                "--read-only",
+                "--tmpfs",
+                "/scratch",
+                "--health-cmd",
+                "test -e /scratch/ready",
+                "--health-interval",
+                "1s",
+            ],
+            "echo ready > /scratch/ready && exec sleep 1000",
+        );
+        assert!(out.status.success(), "{runtime}: {}", text(&out));
+        let mut health = String::new();
+        for _ in 0..60 {
+            health = docker_ok(
+                &engine,
+                &["inspect", "-f", "{{.State.Health.Status}}", &name],
+            );
+            if health.trim() == "healthy" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        assert_eq!(health.trim(), "healthy", "{runtime}: the healthcheck");
+        let inside = docker_ok(
+            &engine,
+            &[
+                "exec",
+                &name,
+                "sh",
+                "-c",
+                "cat /scratch/ready; touch /etc/x 2>/dev/null && echo ROOT-FS-WRITABLE; true",
+            ],
+        );
+        assert!(inside.contains("ready"), "{runtime}: --tmpfs: {inside}");
+        assert!(
+            !inside.contains("ROOT-FS-WRITABLE"),
+            "{runtime}: --read-only: {inside}"
+        );
+        let top = docker_ok(&engine, &["top", &name]);
+        assert!(top.contains("sleep 1000"), "{runtime}: docker top: {top}");
+        let stats = docker_ok(
+            &engine,
+            &[
+                "stats",
+                "--no-stream",
+                "--format",
+                "{{.Name}} {{.MemUsage}}",
+                &name,
+            ],
+        );
+        assert!(stats.contains(&name), "{runtime}: docker stats: {stats}");
+        docker_ok(&engine, &["pause", &name]);
+        let state = docker_ok(&engine, &["inspect", "-f", "{{.State.Status}}", &name]);
+        assert_eq!(state.trim(), "paused", "{runtime}: docker pause");
+        docker_ok(&engine, &["unpause", &name]);
+        docker_ok(&engine, &["exec", &name, "true"]);
+        println!(
+            "{test}: {runtime}: healthy, --read-only, --tmpfs, top, stats, pause/unpause as expected"
+        );
+        let _ = docker(&engine, &["rm", "-f", &name]);
+    }
 }
