@@ -3,11 +3,14 @@
 //! container), judged by what the namespace is: the user namespace that
 //! owns it (`NS_GET_USERNS`), not the path it is named by.
 //!
-//! - Owned by an eci container's user namespace: the new container joins
-//!   that user namespace too, with the same range (it must, to be allowed
-//!   into namespaces owned by it, and to mount the joined pid namespace's
-//!   proc). The range is recorded for it as well, so it stays reserved
-//!   while either lives.
+//! - Owned by an eci container's user namespace: joined. For its pid
+//!   namespace, the new container joins that user namespace too, with the
+//!   same range (it must, to mount the joined pid namespace's proc); the
+//!   range is recorded for it as well, so it stays reserved while either
+//!   lives. Its other namespaces are joined from a user namespace and range
+//!   of the container's own, as runc 1.1 can (it joins a user namespace
+//!   first, and from there no namespace the VM owns, such as a pod's
+//!   network).
 //! - Owned by the VM's user namespace and named through a process
 //!   (`/proc/<pid>/ns/...`): a container outside eci, or a VM process:
 //!   refused. A namespace pinned by a file (containerd's CNI network
@@ -33,13 +36,21 @@ const NS_GET_USERNS: libc::c_ulong = 0xb701;
 /// with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joined {
-    /// The range of the container(s) whose namespaces are joined.
-    pub base: u32,
-    /// That container's user namespace, as runc is to join it.
-    pub user_namespace: PathBuf,
-    /// The eci containers with that range (their engine directories hold
-    /// the files the engine binds from the joined container).
+    /// The eci containers whose namespaces are joined (their engine
+    /// directories hold the files the engine binds from them: `/etc/hosts`,
+    /// `/dev/shm`).
     pub containers: Vec<String>,
+    /// Their user namespace and range, when the container is to share them
+    /// (it joins their pid namespace).
+    pub user: Option<SharedUser>,
+}
+
+/// A user namespace (and its range) shared with another eci container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedUser {
+    pub base: u32,
+    /// As runc is to join it: `/proc/<pid>/ns/user`.
+    pub path: PathBuf,
 }
 
 /// The process a namespace path names, if it is `/proc/<pid>/ns/<kind>`.
@@ -119,7 +130,8 @@ pub fn examine(
         .as_ref()
         .and_then(|l| l.namespaces().clone())
         .unwrap_or_default();
-    let mut joined: Option<(u64, Joined)> = None;
+    let mut named: Vec<String> = Vec::new();
+    let mut user: Option<SharedUser> = None;
     for ns in &namespaces {
         let (Some(path), kind) = (ns.path(), ns.typ()) else {
             continue;
@@ -183,6 +195,11 @@ pub fn examine(
                 "process {pid}'s user namespace maps the range {base}, which no eci container holds"
             )));
         }
+        for c in containers {
+            if !named.contains(&c) {
+                named.push(c);
+            }
+        }
         if owner == vm_user_ns {
             // A namespace the VM made that an eci container joined (a pod's
             // network, joined by its pause container): shared as it is,
@@ -194,26 +211,23 @@ pub fn examine(
                 "it belongs to another user namespace than process {pid}'s own, which eci did not make"
             )));
         }
-        match &joined {
-            Some((first, _)) if *first != owner => {
-                return Err(refuse(
-                    "the container would join namespaces of two different containers; eci gives it one user namespace, so all it shares must be one container's".into(),
-                ));
-            }
-            Some(_) => {}
-            None => {
-                joined = Some((
-                    owner,
-                    Joined {
-                        base,
-                        user_namespace: user_ns,
-                        containers,
-                    },
-                ));
-            }
+        // Only a pid namespace needs its owner's user namespace (to mount
+        // its proc). The others are joined by runc as the VM's root before
+        // the container's own user namespace is made, as before; joining
+        // the owner's user namespace first would keep runc 1.1 (which
+        // joins it first) out of a namespace the VM owns, such as a pod's
+        // network.
+        if kind == LinuxNamespaceType::Pid {
+            user = Some(SharedUser {
+                base,
+                path: user_ns,
+            });
         }
     }
-    Ok(joined.map(|(_, j)| j))
+    Ok((!named.is_empty()).then_some(Joined {
+        containers: named,
+        user,
+    }))
 }
 
 /// The inode of the VM's user namespace (eci-runc runs in it).

@@ -359,8 +359,10 @@ impl Runtime {
         // Namespaces shared with another eci container come with its user
         // namespace and range; a container outside eci's are refused.
         let joined = joined::examine(&oci, joined::vm_user_namespace()?, &self.ranges.all()?)?;
-        let allocated = match &joined {
-            Some(j) => self.ranges.allocate_joined(&id, &runc_root(inv), j.base)?,
+        let allocated = match joined.as_ref().and_then(|j| j.user.as_ref()) {
+            Some(user) => self
+                .ranges
+                .allocate_joined(&id, &runc_root(inv), user.base)?,
             None => self.ranges.allocate(&id, &runc_root(inv))?,
         };
         for stale in &allocated.reclaimed {

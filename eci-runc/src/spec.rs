@@ -202,7 +202,7 @@ impl Context {
                 ctx.engine_dirs
                     .push(data_root.join("containers").join(other));
             }
-            ctx.join_user_namespace = Some(j.user_namespace.clone());
+            ctx.join_user_namespace = j.user.as_ref().map(|u| u.path.clone());
         }
         ctx.engine_dirs
             .extend(buildkit_executor_files(bundle, spec));
@@ -736,9 +736,11 @@ mod tests {
         let alone = Context::docker("s1", Path::new("/run/b/s1"), 165536, &spec, None);
         assert_eq!(alone.volumes_dir, Path::new("/var/lib/docker/volumes"));
         let joined = crate::joined::Joined {
-            base: 231072,
-            user_namespace: PathBuf::from("/proc/77/ns/user"),
             containers: vec!["x1".into()],
+            user: Some(crate::joined::SharedUser {
+                base: 231072,
+                path: PathBuf::from("/proc/77/ns/user"),
+            }),
         };
         let mut c = Context::docker("s1", Path::new("/run/b/s1"), 231072, &spec, Some(&joined));
         assert_eq!(c.volumes_dir, Path::new("/data/docker/volumes"));

@@ -370,26 +370,12 @@ fn pods_with_the_eci_handler_get_disjoint_ranges_and_leave_nothing_behind() {
         );
     }
     assert_eq!(records.len(), 4, "{records:?}");
-    // A pod is one user namespace (its containers join the sandbox's
-    // namespaces, and with them its user namespace and range); pods'
-    // ranges are disjoint.
-    let pod_of = |id: &String| {
-        if [&a.sandbox, &a.container].contains(&id) {
-            "a"
-        } else {
-            "b"
-        }
-    };
     for (i, x) in records.iter().enumerate() {
         for y in &records[i + 1..] {
-            if pod_of(&x.0) == pod_of(&y.0) {
-                assert_eq!(x.1, y.1, "one pod, two ranges: {x:?} {y:?}");
-            } else {
-                assert!(
-                    disjoint((x.1, RANGE_SIZE), (y.1, RANGE_SIZE)),
-                    "overlapping ranges: {x:?} {y:?}"
-                );
-            }
+            assert!(
+                disjoint((x.1, RANGE_SIZE), (y.1, RANGE_SIZE)),
+                "overlapping ranges: {x:?} {y:?}"
+            );
         }
     }
     let used_bases: Vec<u64> = records.iter().map(|r| r.1).collect();
