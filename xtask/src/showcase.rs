@@ -141,7 +141,7 @@ pub fn bench_startup(runs: usize) -> Result<serde_json::Value> {
     std::fs::write(daemon_json, serde_json::to_string_pretty(&config)?)?;
     util::run(Command::new("sh").args(["-c", "kill -HUP $(pidof dockerd)"]))?;
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let time = |runtime: &str| -> Result<f64> {
+    let time_image = |runtime: &str, image: &str| -> Result<f64> {
         let started = std::time::Instant::now();
         let out = Command::new("docker")
             .args([
@@ -149,7 +149,7 @@ pub fn bench_startup(runs: usize) -> Result<serde_json::Value> {
                 "--rm",
                 "--runtime",
                 runtime,
-                crate::docker::TEST_IMAGE,
+                image,
                 "cat",
                 "/proc/self/uid_map",
             ])
@@ -162,8 +162,19 @@ pub fn bench_startup(runs: usize) -> Result<serde_json::Value> {
         }
         Ok(started.elapsed().as_secs_f64() * 1000.0)
     };
+    let runtime = |eci: bool| if eci { "eci-bench" } else { "runc" };
     let docker_run = compare("docker_run_startup", "`docker run --rm`", runs, |eci| {
-        time(if eci { "eci-bench" } else { "runc" })
+        time_image(runtime(eci), crate::docker::TEST_IMAGE)
+    });
+    // What giving the container its range costs as the image grows: the
+    // layers are ID-mapped, not copied or chowned.
+    let many_files = many_files_image(&dir).and_then(|image| {
+        compare(
+            "docker_run_startup_10k_files",
+            "`docker run --rm` of an image with 10,000 more files",
+            runs,
+            |eci| time_image(runtime(eci), &image),
+        )
     });
     let run = |runtime: &std::path::Path, bundle: &std::path::Path| -> Result<f64> {
         let started = std::time::Instant::now();
@@ -194,7 +205,37 @@ pub fn bench_startup(runs: usize) -> Result<serde_json::Value> {
     });
     let _ = agent.kill();
     let _ = agent.wait();
-    Ok(serde_json::json!([docker_run?, bundle_run?]))
+    Ok(serde_json::json!([docker_run?, many_files?, bundle_run?]))
+}
+
+/// The test image with 10,000 more small files (`/many/<n>`), imported
+/// once as `eci-bench-10k-files`.
+fn many_files_image(dir: &std::path::Path) -> Result<String> {
+    use std::process::Command;
+    const IMAGE: &str = "eci-bench-10k-files";
+    let known = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()?;
+    if known.status.success() {
+        return Ok(IMAGE.into());
+    }
+    let root = dir.join("many-files");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("many"))?;
+    util::run(Command::new("sh").arg("-c").arg(format!(
+        "c=$(docker create {image} true) && docker export $c | tar -C {root} -x; s=$?; docker rm $c >/dev/null; exit $s",
+        image = crate::docker::TEST_IMAGE,
+        root = root.display()
+    )))?;
+    for n in 0..10_000 {
+        std::fs::write(root.join("many").join(n.to_string()), n.to_string())?;
+    }
+    util::run(Command::new("sh").arg("-c").arg(format!(
+        "tar -C {root} -c . | docker import - {IMAGE} >/dev/null",
+        root = root.display()
+    )))?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(IMAGE.into())
 }
 
 /// `runs` alternating measurements of plain runc and of eci (`measure(eci)`,
