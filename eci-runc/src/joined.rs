@@ -27,7 +27,10 @@ use std::{
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use crate::{ranges::Allocation, spec::Refusal};
+use crate::{
+    ranges::{Allocation, RANGE_SIZE},
+    spec::Refusal,
+};
 
 /// `NS_GET_USERNS` from `<linux/nsfs.h>`: `_IO(0xb7, 0x1)`.
 const NS_GET_USERNS: libc::c_ulong = 0xb701;
@@ -105,14 +108,15 @@ fn owner_of(path: &Path) -> std::io::Result<u64> {
     Ok(File::from(owner).metadata()?.ino())
 }
 
-/// `0 <base> 65536`, the only mapping eci gives a container, else `None`.
+/// `0 <base> RANGE_SIZE`, the only mapping eci gives a container, else
+/// `None`.
 fn eci_base(map: &str) -> Option<u32> {
     let lines: Vec<&str> = map.lines().filter(|l| !l.trim().is_empty()).collect();
     let [line] = lines.as_slice() else {
         return None;
     };
     match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-        ["0", base, "65536"] => base.parse().ok(),
+        ["0", base, size] if size.parse() == Ok(RANGE_SIZE) => base.parse().ok(),
         _ => None,
     }
 }
