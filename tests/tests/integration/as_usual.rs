@@ -3,10 +3,7 @@
 //! eci and with plain runc (`runc-real`) as the control, so a test cannot
 //! pass because the workflow fails everywhere.
 
-use std::{
-    os::unix::fs::{MetadataExt, PermissionsExt},
-    process::Output,
-};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use eci_integration_tests::{
     TestAgent, bpf_lsm_or_skip,
@@ -221,6 +218,25 @@ impl Drop for Ext4 {
     }
 }
 
+/// `docker run --rm` of `image` with plain runc (outside every protected
+/// parent): how the image is, seen without eci.
+fn image_with_runc(engine: &Engine, image: &str, script: &str) -> std::process::Output {
+    docker(
+        engine,
+        &[
+            "run",
+            "--rm",
+            "--runtime=runc-real",
+            "--cgroup-parent=/eci-baseline",
+            "--network=none",
+            image,
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+}
+
 /// `docker build` of a two-step Dockerfile on the test image, with
 /// `DOCKER_BUILDKIT=<buildkit>`; returns (ok, output).
 fn build(engine: &Engine, tag: &str, buildkit: &str) -> (bool, String) {
@@ -263,20 +279,7 @@ fn builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owne
             continue;
         }
         assert!(ok, "docker build with the {builder} builder: {t}");
-        let out = docker(
-            &engine,
-            &[
-                "run",
-                "--rm",
-                "--runtime=runc-real",
-                "--cgroup-parent=/eci-baseline",
-                "--network=none",
-                &tag,
-                "sh",
-                "-c",
-                "cat /uid_map; stat -c 'owner %u:%g' /owned",
-            ],
-        );
+        let out = image_with_runc(&engine, &tag, "cat /uid_map; stat -c 'owner %u:%g' /owned");
         let t = text(&out);
         assert!(out.status.success(), "{builder}: {t}");
         let map: Vec<&str> = t
@@ -300,25 +303,21 @@ fn builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owne
 /// A long-running container `name` (`--ipc=shareable`, a file in its
 /// `/dev/shm`) with `runtime`; removed first if left from a run before.
 fn start_partner(engine: &Engine, runtime: &str, name: &str) {
-    let _ = docker(engine, &["rm", "-f", name]);
-    let out = detached(
+    detached(
         engine,
         runtime,
         name,
         &["--ipc=shareable"],
         "echo shared > /dev/shm/partner; exec sleep 1000",
     );
-    assert!(
-        out.status.success(),
-        "{name} with {runtime}: {}",
-        text(&out)
-    );
 }
 
 /// `docker run -d --name <name> --runtime=<runtime> --network=none <extra>
-/// IMAGE sh -c <script>`; the control runs under
+/// IMAGE sh -c <script>`, asserted to start (a container of that name left
+/// from a run before is removed first); the control runs under
 /// `--cgroup-parent=/eci-baseline`.
-fn detached(engine: &Engine, runtime: &str, name: &str, extra: &[&str], script: &str) -> Output {
+fn detached(engine: &Engine, runtime: &str, name: &str, extra: &[&str], script: &str) {
+    let _ = docker(engine, &["rm", "-f", name]);
     let runtime_arg = format!("--runtime={runtime}");
     let mut args = vec!["run", "-d", "--name", name, &runtime_arg, "--network=none"];
     if runtime == RUNC {
@@ -326,7 +325,12 @@ fn detached(engine: &Engine, runtime: &str, name: &str, extra: &[&str], script: 
     }
     args.extend_from_slice(extra);
     args.extend_from_slice(&[IMAGE, "sh", "-c", script]);
-    docker(engine, &args)
+    let out = docker(engine, &args);
+    assert!(
+        out.status.success(),
+        "{name} with {runtime}: {}",
+        text(&out)
+    );
 }
 
 /// What a process of container `name` (or of the sidecar) says about its
@@ -557,20 +561,14 @@ fn files_keep_their_owners_through_restart_stop_cp_out_and_commit() {
     for runtime in [RUNC, "eci"] {
         let name = format!("eci-usual-keep-{}", runtime.replace('-', ""));
         let image = format!("{name}-committed");
-        let _ = docker(&engine, &["rm", "-f", &name]);
         // The first run makes the file and fails: the restart policy starts
         // it again with the engine's root file system still mounted.
-        let out = detached(
+        detached(
             &engine,
             runtime,
             &name,
             &["--restart=on-failure:3"],
             "[ -e /etc/made ] || { echo made > /etc/made && chown 1000:1000 /etc/made; exit 3; }; exec sleep 1000",
-        );
-        assert!(
-            out.status.success(),
-            "{name} with {runtime}: {}",
-            text(&out)
         );
         let check = "stat -c 'owner %u:%g' /etc/made; echo more >> /etc/made && echo ROOT-WRITES; stat -c 'passwd %u' /etc/passwd";
         let mut after = String::new();
@@ -629,20 +627,9 @@ fn files_keep_their_owners_through_restart_stop_cp_out_and_commit() {
             "{runtime}: docker cp out of the stopped container: {listed}"
         );
         docker_ok(&engine, &["commit", &name, &image]);
-        let committed = docker_ok(
-            &engine,
-            &[
-                "run",
-                "--rm",
-                "--runtime=runc-real",
-                "--cgroup-parent=/eci-baseline",
-                "--network=none",
-                &image,
-                "sh",
-                "-c",
-                "stat -c %u:%g /etc/made",
-            ],
-        );
+        let out = image_with_runc(&engine, &image, "stat -c %u:%g /etc/made");
+        let committed = text(&out);
+        assert!(out.status.success(), "{runtime}: {committed}");
         assert!(
             committed.contains("1000:1000"),
             "{runtime}: committed image: {committed}"
@@ -662,8 +649,7 @@ fn everyday_flags_and_commands_work_with_eci_as_with_runc() {
     };
     for runtime in [RUNC, "eci"] {
         let name = format!("eci-usual-daily-{}", runtime.replace('-', ""));
-        let _ = docker(&engine, &["rm", "-f", &name]);
-        let out = detached(
+        detached(
             &engine,
             runtime,
             &name,
@@ -678,7 +664,6 @@ fn everyday_flags_and_commands_work_with_eci_as_with_runc() {
             ],
             "echo ready > /scratch/ready && exec sleep 1000",
         );
-        assert!(out.status.success(), "{runtime}: {}", text(&out));
         let mut health = String::new();
         for _ in 0..60 {
             health = docker_ok(
