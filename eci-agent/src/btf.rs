@@ -232,8 +232,6 @@ impl Btf {
         self.attach_points.contains(&format!("{LSM_PREFIX}{hook}"))
     }
 
-    /// Whether BTF tracepoint programs can attach to `tracepoint`
-    /// (`btf_trace_<tracepoint>`).
     /// The position of the parameter named `param` among an LSM hook's
     /// arguments (hooks gained an ID-mapping argument in front over the
     /// kernels: `inode_setxattr(dentry, ...)` on 5.10, `(mnt_userns,
@@ -244,6 +242,8 @@ impl Btf {
         params.iter().position(|p| p == param).map(|i| i as u32)
     }
 
+    /// Whether BTF tracepoint programs can attach to `tracepoint`
+    /// (`btf_trace_<tracepoint>`).
     pub fn has_btf_tracepoint(&self, tracepoint: &str) -> bool {
         self.attach_points
             .contains(&format!("{TRACEPOINT_PREFIX}{tracepoint}"))

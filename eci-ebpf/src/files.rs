@@ -29,7 +29,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if let Some(v) = cgroups::judge_open(cgroup_id, file, &facts) {
         return v;
     }
-    if let Some(v) = setid::judge_open(cgroup_id, &facts) {
+    if let Some(v) = setid::judge_open(cgroup_id, file, &facts) {
         return v;
     }
     verdict::ALLOW

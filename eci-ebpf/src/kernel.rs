@@ -154,9 +154,6 @@ pub struct FileFacts {
     pub rdev: u32,
     /// `f_mode`: how it is being opened (`FMODE_READ`, `FMODE_WRITE`, ...).
     pub f_mode: u32,
-    /// `i_uid`, `i_gid`: its owner as the kernel stores it.
-    pub uid: u32,
-    pub gid: u32,
 }
 
 /// Facts of an open `struct file *`; `None` when a read failed.
@@ -176,8 +173,6 @@ pub unsafe fn file_facts(file: *const u8) -> Option<FileFacts> {
         let dev: u32 = read(sb, off.super_block_dev)?;
         let magic: u64 = read(sb, off.super_block_magic)?;
         let f_mode: u32 = read(file, off.file_mode)?;
-        let uid: u32 = read(inode, off.inode_uid)?;
-        let gid: u32 = read(inode, off.inode_gid)?;
         Some(FileFacts {
             id: FileId {
                 dev: dev as u64,
@@ -187,8 +182,6 @@ pub unsafe fn file_facts(file: *const u8) -> Option<FileFacts> {
             mode: mode as u32,
             rdev,
             f_mode,
-            uid,
-            gid,
         })
     }
 }
@@ -247,24 +240,33 @@ pub unsafe fn kernel_str_is(name: *const u8, expected: &[u8]) -> Option<bool> {
     Some(diff == 0)
 }
 
-/// Owner of a dentry's inode: `(i_uid, i_gid)`.
+/// Mode and owner of an inode, as the kernel stores them: `(i_mode,
+/// i_uid, i_gid)`.
 #[inline(always)]
-pub unsafe fn dentry_owner(dentry: *const u8) -> Option<(u32, u32)> {
+unsafe fn inode_owner(inode: *const u8) -> Option<(u32, u32, u32)> {
+    let off = offsets();
+    // SAFETY: probe reads.
+    unsafe {
+        let mode: u16 = read(inode, off.inode_mode)?;
+        let uid: u32 = read(inode, off.inode_uid)?;
+        let gid: u32 = read(inode, off.inode_gid)?;
+        Some((mode as u32, uid, gid))
+    }
+}
+
+/// [`inode_owner`] of a dentry's inode.
+#[inline(always)]
+pub unsafe fn dentry_inode_owner(dentry: *const u8) -> Option<(u32, u32, u32)> {
     let off = offsets();
     if off.valid == 0 || dentry.is_null() {
         return None;
     }
     // SAFETY: probe reads.
-    unsafe {
-        let inode = read_ptr(dentry, off.dentry_inode)?;
-        let uid: u32 = read(inode, off.inode_uid)?;
-        let gid: u32 = read(inode, off.inode_gid)?;
-        Some((uid, gid))
-    }
+    unsafe { inode_owner(read_ptr(dentry, off.dentry_inode)?) }
 }
 
-/// Mode and owner of the inode a `struct path *` names
-/// (`path->dentry->d_inode`): `(i_mode, i_uid, i_gid)`.
+/// [`inode_owner`] of the inode a `struct path *` names
+/// (`path->dentry->d_inode`).
 #[inline(always)]
 pub unsafe fn path_inode_owner(path: *const u8) -> Option<(u32, u32, u32)> {
     let off = offsets();
@@ -272,14 +274,18 @@ pub unsafe fn path_inode_owner(path: *const u8) -> Option<(u32, u32, u32)> {
         return None;
     }
     // SAFETY: probe reads.
-    unsafe {
-        let dentry = read_ptr(path, off.path_dentry)?;
-        let inode = read_ptr(dentry, off.dentry_inode)?;
-        let mode: u16 = read(inode, off.inode_mode)?;
-        let uid: u32 = read(inode, off.inode_uid)?;
-        let gid: u32 = read(inode, off.inode_gid)?;
-        Some((mode as u32, uid, gid))
+    unsafe { dentry_inode_owner(read_ptr(path, off.path_dentry)?) }
+}
+
+/// [`inode_owner`] of an open `struct file *` (`file->f_inode`).
+#[inline(always)]
+pub unsafe fn file_inode_owner(file: *const u8) -> Option<(u32, u32, u32)> {
+    let off = offsets();
+    if off.valid == 0 || file.is_null() {
+        return None;
     }
+    // SAFETY: probe reads.
+    unsafe { inode_owner(read_ptr(file, off.file_inode)?) }
 }
 
 /// The superblock under a `struct path *` (`path->mnt->mnt_sb`).

@@ -77,13 +77,26 @@ pub fn path_chmod(ctx: LsmContext) -> i32 {
 }
 
 /// The open of a file by a protected task: `Some(deny)` for writing to a
-/// set-id file a VM id would run as.
+/// set-id file a VM id would run as. The owner is read only for a set-id
+/// file opened for writing (not on every open).
 #[inline(always)]
-pub fn judge_open(cgroup_id: u64, facts: &kernel::FileFacts) -> Option<i32> {
-    if facts.mode & S_IFMT != S_IFREG || facts.f_mode & FMODE_WRITE == 0 {
+pub fn judge_open(cgroup_id: u64, file: *const u8, facts: &kernel::FileFacts) -> Option<i32> {
+    if facts.mode & S_IFMT != S_IFREG
+        || facts.f_mode & FMODE_WRITE == 0
+        || facts.mode & (S_ISUID | S_ISGID) == 0
+    {
         return None;
     }
-    let owner = vm_privilege(facts.mode, facts.uid, facts.gid)?;
+    // SAFETY: the hook's `struct file *`; probe reads only.
+    let Some((_, uid, gid)) = (unsafe { kernel::file_inode_owner(file) }) else {
+        return Some(audit::undecided(
+            Hook::FileOpen,
+            cgroup_id,
+            undecided::FILE,
+            verdict::DENY,
+        ));
+    };
+    let owner = vm_privilege(facts.mode, uid, gid)?;
     Some(deny(Hook::FileOpen, cgroup_id, owner, facts.mode))
 }
 
@@ -110,7 +123,7 @@ pub fn inode_setxattr_dentry_first(ctx: LsmContext) -> i32 {
 fn judge_setxattr(cgroup_id: u64, dentry: *const u8, name: *const u8) -> i32 {
     let hook = Hook::InodeSetxattr;
     // SAFETY: the hook's dentry; probe reads only.
-    let Some((uid, _)) = (unsafe { kernel::dentry_owner(dentry) }) else {
+    let Some((_, uid, _)) = (unsafe { kernel::dentry_inode_owner(dentry) }) else {
         return audit::undecided(hook, cgroup_id, undecided::FILE, verdict::DENY);
     };
     if uid >= VM_IDS_END {
@@ -118,9 +131,8 @@ fn judge_setxattr(cgroup_id: u64, dentry: *const u8, name: *const u8) -> i32 {
     }
     // SAFETY: the hook's attribute name; a probe read only.
     match unsafe { kernel::kernel_str_is(name, CAPABILITY_XATTR) } {
-        Some(true) => return deny(hook, cgroup_id, uid, 0),
-        Some(false) => {}
-        None => return audit::undecided(hook, cgroup_id, undecided::FILE, verdict::DENY),
+        Some(true) => deny(hook, cgroup_id, uid, 0),
+        Some(false) => verdict::ALLOW,
+        None => audit::undecided(hook, cgroup_id, undecided::FILE, verdict::DENY),
     }
-    verdict::ALLOW
 }

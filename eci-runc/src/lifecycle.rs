@@ -356,8 +356,9 @@ impl Runtime {
             path: source.display().to_string(),
             source: source_error,
         })?;
-        // Namespaces shared with another eci container come with its user
-        // namespace and range; a container outside eci's are refused.
+        // Namespaces shared with another eci container are let in (its pid
+        // namespace with its user namespace and range); a container
+        // outside eci's are refused.
         let joined = joined::examine(&oci, joined::vm_user_namespace()?, &self.ranges.all()?)?;
         let allocated = match joined.as_ref().and_then(|j| j.user.as_ref()) {
             Some(user) => self

@@ -200,12 +200,15 @@ pub fn overlay_of(root: &Path) -> Result<Option<OverlayLayers>, RootfsError> {
             path: "/proc/self/mountinfo".into(),
             source,
         })?;
-    // Docker's layout: <store>/<layer>/merged with layers named <store>/l/..
-    let relative_to = root
-        .parent()
+    Ok(overlay_at(&mountinfo, root, store_of(root)))
+}
+
+/// Docker's layout: `<store>/<layer>/merged`, with layers named relative to
+/// the store (`l/<id>`) in the overlay's options.
+fn store_of(root: &Path) -> &Path {
+    root.parent()
         .and_then(Path::parent)
-        .unwrap_or(Path::new("/"));
-    Ok(overlay_at(&mountinfo, root, relative_to))
+        .unwrap_or(Path::new("/"))
 }
 
 /// Make `root` (the spec's root path; `overlay` is what [`overlay_of`] found
@@ -318,14 +321,8 @@ fn idmapped_overlay(
     });
     if let Err(e) = mounted {
         let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
-        let _ = nix::mount::mount(
-            Some("overlay"),
-            root,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(layers.original_options.as_str()),
-        );
         let _ = shift_tree(&layers.upper, None, geometry);
+        let _ = put_back(root, &layers.original_options);
         return Err(e);
     }
     Ok(())
@@ -343,13 +340,7 @@ pub fn put_back(root: &Path, options: &str) -> Result<(), RootfsError> {
     if overlay_of(root)?.is_some() || !root.exists() {
         return Ok(());
     }
-    // Docker names the layers relative to its store (`l/<id>`), as
-    // `overlay_of` reads them.
-    let store = root
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(Path::new("/"));
-    mount_overlay_from(store, root, options)
+    mount_overlay_from(store_of(root), root, options)
 }
 
 fn mount_overlay_from(dir: &Path, target: &Path, options: &str) -> Result<(), RootfsError> {

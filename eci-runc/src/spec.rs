@@ -115,8 +115,8 @@ pub struct Context {
     pub engine_dirs: Vec<PathBuf>,
     /// Inode numbers of the VM's namespaces, by kind name (`net`, `pid`...).
     pub vm_namespaces: Vec<(String, u64)>,
-    /// The user namespace of the eci container whose namespaces this one
-    /// shares (`--network=container:X` ...), to join instead of a new one.
+    /// The user namespace of the eci container whose pid namespace this one
+    /// shares (`--pid=container:X`), to join instead of a new one.
     pub join_user_namespace: Option<PathBuf>,
 }
 
@@ -126,8 +126,9 @@ pub const DEFAULT_DOCKER_DATA_ROOT: &str = "/var/lib/docker";
 /// Docker's directory for this container, `<data-root>/containers/<id>`:
 /// the parent of the `hosts`, `hostname` or `resolv.conf` the engine binds
 /// in (for a container that shares another's network, the other's: its id
-/// is among `container_ids`). Only the engine can name it: the id is made when the container is
-/// created, after the request's own binds were fixed.
+/// is among `container_ids`). Only the engine can name it: the id is made
+/// when the container is created, after the request's own binds were
+/// fixed.
 pub fn docker_container_dir(spec: &Spec, container_ids: &[&str]) -> Option<PathBuf> {
     spec.mounts().iter().flatten().find_map(|m| {
         if !["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]
@@ -520,8 +521,7 @@ pub fn rewrite(spec: &mut Spec, ctx: &Context) -> Result<Vec<String>, Refusal> {
         .iter()
         .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
     namespaces.retain(|n| n.typ() != LinuxNamespaceType::User);
-    let mut user = LinuxNamespaceBuilder::default();
-    user = user.typ(LinuxNamespaceType::User);
+    let mut user = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::User);
     if let Some(path) = &ctx.join_user_namespace {
         user = user.path(path.clone());
         notes.push(format!(

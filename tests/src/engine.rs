@@ -343,6 +343,21 @@ pub fn protected_engine(prefix: &str) -> (TestAgent, Engine) {
     protected_engine_at(prefix, "/var/lib/docker")
 }
 
+/// A fresh ext4 file system of `size` in the file `image`, on a loop device,
+/// mounted at `point` (made if missing).
+pub fn mount_ext4(image: &Path, size: &str, point: &Path) {
+    let script = format!(
+        "modprobe loop; modprobe ext4; truncate -s {size} {image} && mkfs.ext4 -q -F {image} && dev=$(losetup -f --show {image}) && mkdir -p {point} && mount -t ext4 \"$dev\" {point}",
+        image = image.display(),
+        point = point.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("sh");
+    assert!(out.status.success(), "{script}: {}", text(&out));
+}
+
 /// Where a test engine keeps its files (its socket, the shareable
 /// directory containers bind): `/tmp`, unless that is a tmpfs this kernel
 /// cannot ID-map (before 6.3; the VM's /tmp is one), then an ext4 file
@@ -354,30 +369,18 @@ pub fn idmappable_tmp() -> PathBuf {
         let tmp = PathBuf::from("/tmp");
         let on_tmpfs = nix::sys::statfs::statfs(&tmp)
             .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let mut numbers = release
-            .trim()
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|n| n.parse::<u32>().ok());
-        let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-        if !on_tmpfs || version >= (6, 3) {
+        if !on_tmpfs || crate::kernel_version() >= (6, 3) {
             return tmp;
         }
         let point = tmp.join("eci-idmappable");
-        let script = format!(
-            "mountpoint -q {p} && exit 0; modprobe loop; modprobe ext4; truncate -s 2G {p}.ext4 && mkfs.ext4 -q -F {p}.ext4 && mkdir -p {p} && mount -o loop -t ext4 {p}.ext4 {p}",
-            p = point.display()
-        );
-        let out = Command::new("sh")
-            .args(["-c", &script])
-            .output()
-            .expect("sh");
-        assert!(
-            out.status.success(),
-            "an ID-mappable /tmp for the test engines: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mounted = Command::new("mountpoint")
+            .arg("-q")
+            .arg(&point)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            mount_ext4(&tmp.join("eci-idmappable.ext4"), "2G", &point);
+        }
         point
     })
     .clone()

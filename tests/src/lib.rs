@@ -265,6 +265,16 @@ impl Drop for TestAgent {
 }
 
 /// Where tests put sockets: a tmpfs in the VM (AF_UNIX on 9p is unreliable).
+/// The running kernel's version (major, minor).
+pub fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
 pub fn tmp_dir() -> PathBuf {
     PathBuf::from(std::env::var("ECI_TEST_TMP").unwrap_or_else(|_| "/tmp".into()))
 }

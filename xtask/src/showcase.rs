@@ -222,11 +222,7 @@ fn many_files_image(dir: &std::path::Path) -> Result<String> {
     let root = dir.join("many-files");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("many"))?;
-    util::run(Command::new("sh").arg("-c").arg(format!(
-        "c=$(docker create {image} true) && docker export $c | tar -C {root} -x; s=$?; docker rm $c >/dev/null; exit $s",
-        image = crate::docker::TEST_IMAGE,
-        root = root.display()
-    )))?;
+    export_test_image(&root)?;
     for n in 0..10_000 {
         std::fs::write(root.join("many").join(n.to_string()), n.to_string())?;
     }
@@ -268,6 +264,17 @@ fn compare(
     )
 }
 
+/// The test image's files, exported into `root` (made if missing).
+fn export_test_image(root: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(root)?;
+    let script = format!(
+        "c=$(docker create {image} true) && docker export $c | tar -C {root} -x; s=$?; docker rm $c >/dev/null; exit $s",
+        image = crate::docker::TEST_IMAGE,
+        root = root.display()
+    );
+    util::run(std::process::Command::new("sh").args(["-c", &script]))
+}
+
 /// A bundle of the test image whose process runs `true` (rootfs exported
 /// from Docker, config from `runc spec`).
 fn startup_bundle(dir: &std::path::Path) -> Result<std::path::PathBuf> {
@@ -275,13 +282,7 @@ fn startup_bundle(dir: &std::path::Path) -> Result<std::path::PathBuf> {
     let bundle = dir.join("bundle");
     let rootfs = bundle.join("rootfs");
     if !rootfs.join("bin").exists() {
-        std::fs::create_dir_all(&rootfs)?;
-        let script = format!(
-            "c=$(docker create {image} true) && docker export $c | tar -C {root} -x; s=$?; docker rm $c >/dev/null; exit $s",
-            image = crate::docker::TEST_IMAGE,
-            root = rootfs.display()
-        );
-        util::run(Command::new("sh").args(["-c", &script]))?;
+        export_test_image(&rootfs)?;
     }
     let config = bundle.join("config.json");
     let _ = std::fs::remove_file(&config);

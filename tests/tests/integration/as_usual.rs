@@ -3,11 +3,17 @@
 //! eci and with plain runc (`runc-real`) as the control, so a test cannot
 //! pass because the workflow fails everywhere.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::{
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+};
 
 use eci_integration_tests::{
     TestAgent, bpf_lsm_or_skip,
-    engine::{Engine, IMAGE, docker, engine_or_skip, protected_engine, protected_engine_at, text},
+    engine::{
+        Engine, IMAGE, docker, engine_or_skip, mount_ext4, protected_engine, protected_engine_at,
+        text,
+    },
 };
 
 /// The agent (kept for as long as the engine: eci-runc asks it for the
@@ -193,16 +199,7 @@ impl Ext4 {
             "/tmp/{}.ext4",
             point.trim_start_matches('/').replace('/', "-")
         );
-        let sh = |script: &str| {
-            let out = std::process::Command::new("sh")
-                .args(["-c", script])
-                .output()
-                .expect("sh");
-            assert!(out.status.success(), "{script}: {}", text(&out));
-        };
-        sh(&format!(
-            "modprobe loop; modprobe ext4; truncate -s 512M {image} && mkfs.ext4 -q -F {image} && dev=$(losetup -f --show {image}) && mkdir -p {point} && mount -t ext4 \"$dev\" {point}"
-        ));
+        mount_ext4(Path::new(&image), "512M", Path::new(point));
         Self {
             point: point.into(),
         }

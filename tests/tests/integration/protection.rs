@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use eci_integration_tests::{
-    Attempt, TestAgent, TestCgroup, TestSockets, attempt, bpf_lsm_or_skip, cgroup2_mount, unique,
+    Attempt, TestAgent, TestCgroup, TestSockets, attempt, bpf_lsm_or_skip, cgroup2_mount,
+    kernel_version, unique,
 };
 
 fn client() -> PathBuf {
@@ -282,16 +283,6 @@ impl Drop for Chain {
 /// `eci-agent status --json`.
 fn status(agent: &TestAgent) -> serde_json::Value {
     serde_json::from_slice(&agent.cli(&["status", "--json"]).stdout).expect("status JSON")
-}
-
-/// The running kernel's version (major, minor).
-fn kernel_version() -> (u32, u32) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// The protection mode eci must choose here: LSM programs may call
