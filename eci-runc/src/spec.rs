@@ -145,23 +145,32 @@ pub fn docker_container_dir(spec: &Spec, container_ids: &[&str]) -> Option<PathB
     })
 }
 
-/// A BuildKit RUN step (the engine's built-in BuildKit runs `runc`, which
-/// is eci-runc standing in): its bundle is `<root>/buildkit/executor/<id>`,
-/// and the executor's `resolv.conf` and `hosts` (or `hosts.<build>`, one
-/// per build) there are bound into every step. Those files, and nothing
-/// else of the executor's directory.
-pub fn buildkit_executor_files(bundle: &Path, spec: &Spec) -> Vec<PathBuf> {
-    let Some(executor) = bundle.parent() else {
+/// The engine's layer storage directories below `data_root`, by storage
+/// driver: where BuildKit's snapshots (cache mounts, the build context,
+/// `--mount=type=bind,from=...`) live when the engine keeps images itself.
+const ENGINE_STORAGE_DIRS: &[&str] = &["vfs/dir", "overlay2", "btrfs/subvolumes", "zfs/graph"];
+
+/// The executor directory of a BuildKit RUN step: the engine's built-in
+/// BuildKit runs `runc` (eci-runc standing in) with the bundle
+/// `<data-root>/buildkit/executor/<id>`.
+fn buildkit_executor(bundle: &Path) -> Option<&Path> {
+    let executor = bundle.parent()?;
+    let is_executor = executor.file_name()? == "executor"
+        && executor.parent().and_then(Path::file_name)? == "buildkit";
+    is_executor.then_some(executor)
+}
+
+/// What a BuildKit RUN step may bind of the engine's: the executor's
+/// `resolv.conf` and `hosts` (or `hosts.<build>`, one per build) and
+/// nothing else of the executor's directory; and the engine's layer
+/// storage ([`ENGINE_STORAGE_DIRS`] below the data root the bundle is in),
+/// where the sources of `RUN --mount=type=cache|bind` are BuildKit's
+/// snapshots. Nothing for any other bundle: a container's binds come from
+/// its request, a build step's from BuildKit.
+pub fn buildkit_engine_paths(bundle: &Path, spec: &Spec) -> Vec<PathBuf> {
+    let Some(executor) = buildkit_executor(bundle) else {
         return Vec::new();
     };
-    let is_executor = executor.file_name().is_some_and(|n| n == "executor")
-        && executor
-            .parent()
-            .and_then(Path::file_name)
-            .is_some_and(|n| n == "buildkit");
-    if !is_executor {
-        return Vec::new();
-    }
     let per_build = spec.mounts().iter().flatten().filter_map(|m| {
         let source = m.source().as_ref()?;
         let name = source.file_name()?.to_str()?;
@@ -169,10 +178,21 @@ pub fn buildkit_executor_files(bundle: &Path, spec: &Spec) -> Vec<PathBuf> {
             && (name.starts_with("hosts.") || name.starts_with("resolv.conf."));
         ours.then(|| source.clone())
     });
+    let storage = executor
+        .parent()
+        .and_then(Path::parent)
+        .map(|data_root| {
+            ENGINE_STORAGE_DIRS
+                .iter()
+                .map(|d| data_root.join(d))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
     ["resolv.conf", "hosts"]
         .iter()
         .map(|f| executor.join(f))
         .chain(per_build)
+        .chain(storage)
         .collect()
 }
 
@@ -205,8 +225,7 @@ impl Context {
             }
             ctx.join_user_namespace = j.user.as_ref().map(|u| u.path.clone());
         }
-        ctx.engine_dirs
-            .extend(buildkit_executor_files(bundle, spec));
+        ctx.engine_dirs.extend(buildkit_engine_paths(bundle, spec));
         ctx
     }
 
@@ -666,7 +685,8 @@ mod tests {
     const ALL_NS: &str = r#"{"type": "mount"}, {"type": "network"}, {"type": "uts"}, {"type": "pid"}, {"type": "ipc"}"#;
 
     #[test]
-    fn a_buildkit_step_may_have_the_executors_resolv_conf_and_hosts_and_nothing_else_of_it() {
+    fn a_buildkit_step_may_have_the_executors_resolv_conf_and_hosts_and_the_engines_layer_storage()
+    {
         let hosts = r#", {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/docker/buildkit/executor/hosts.og0ovf", "options": ["rbind"]},
             {"destination": "/x", "type": "bind", "source": "/var/lib/docker/buildkit/executor/s2/rootfs/hosts.x", "options": ["rbind"]}"#;
         let spec = docker_like(ALL_NS, hosts);
@@ -687,6 +707,12 @@ mod tests {
             !c.engine_dirs
                 .contains(&PathBuf::from("/var/lib/docker/buildkit/executor"))
         );
+        for d in ["vfs/dir", "overlay2"] {
+            assert!(
+                c.engine_dirs
+                    .contains(&PathBuf::from(format!("/var/lib/docker/{d}")))
+            );
+        }
         let c = Context::docker(
             "s1",
             Path::new("/run/containerd/io.containerd.runtime.v2.task/moby/s1"),
@@ -695,6 +721,7 @@ mod tests {
             None,
         );
         assert!(!c.engine_dirs.iter().any(|d| d.ends_with("resolv.conf")));
+        assert!(!c.engine_dirs.iter().any(|d| d.ends_with("overlay2")));
     }
 
     #[test]

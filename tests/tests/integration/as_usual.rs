@@ -234,15 +234,23 @@ fn image_with_runc(engine: &Engine, image: &str, script: &str) -> std::process::
     )
 }
 
-/// `docker build` of a two-step Dockerfile on the test image, with
-/// `DOCKER_BUILDKIT=<buildkit>`; returns (ok, output).
+/// BuildKit's mounts in RUN: a cache mount (a file owned by 1000 made in
+/// it, its owner as the step sees it kept in the image) and a bind of the
+/// build context.
+const BUILDKIT_MOUNTS: &str = "RUN --mount=type=cache,target=/cache touch /cache/made && chown 1000 /cache/made && stat -c 'cache %u' /cache/made > /cache-owner\n\
+    RUN --mount=type=bind,target=/ctx cp /ctx/Dockerfile /from-context\n";
+
+/// `docker build` of a Dockerfile on the test image (two steps; with
+/// BuildKit also [`BUILDKIT_MOUNTS`]), with `DOCKER_BUILDKIT=<buildkit>`;
+/// returns (ok, output).
 fn build(engine: &Engine, tag: &str, buildkit: &str) -> (bool, String) {
     let context = engine.dir.path().join(format!("context-{buildkit}"));
     std::fs::create_dir_all(&context).expect("build context");
+    let mounts = if buildkit == "1" { BUILDKIT_MOUNTS } else { "" };
     std::fs::write(
         context.join("Dockerfile"),
         format!(
-            "FROM {IMAGE}\nRUN cat /proc/self/uid_map > /uid_map\nRUN touch /owned && chown 1000:1000 /owned\n"
+            "FROM {IMAGE}\nRUN cat /proc/self/uid_map > /uid_map\nRUN touch /owned && chown 1000:1000 /owned\n{mounts}"
         ),
     )
     .expect("Dockerfile");
@@ -276,7 +284,11 @@ fn builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owne
             continue;
         }
         assert!(ok, "docker build with the {builder} builder: {t}");
-        let out = image_with_runc(&engine, &tag, "cat /uid_map; stat -c 'owner %u:%g' /owned");
+        let out = image_with_runc(
+            &engine,
+            &tag,
+            "cat /uid_map; stat -c 'owner %u:%g' /owned; cat /cache-owner 2>/dev/null; test -s /from-context && echo CONTEXT-BOUND; true",
+        );
         let t = text(&out);
         assert!(out.status.success(), "{builder}: {t}");
         let map: Vec<&str> = t
@@ -292,6 +304,12 @@ fn builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owne
             t.contains("owner 1000:1000"),
             "{builder}: a RUN step's file lost its owner: {t}"
         );
+        if builder == "buildkit" {
+            assert!(
+                t.contains("cache 1000") && t.contains("CONTEXT-BOUND"),
+                "RUN --mount=type=cache|bind: {t}"
+            );
+        }
     }
     drop(engine);
     drop(data);
