@@ -89,6 +89,14 @@ pub enum LifecycleError {
     NotRegistered(String),
     #[error("eci-runc hook: {0}")]
     Hook(String),
+    #[error(
+        "delegating cgroup {cgroup} to the container's root (it mounts its cgroups writable, as --privileged does): {path}: {source}"
+    )]
+    Delegate {
+        cgroup: String,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// The caller's config.json, kept while eci-runc's rewrite is in place.
@@ -292,6 +300,49 @@ impl Runtime {
         Ok(status.code().unwrap_or(1))
     }
 
+    /// Delegate `cgroup` (cgroup v2, a path below the hierarchy's root) to the
+    /// container's root (VM id `base`), as the kernel's delegation model has it:
+    /// the directory and its `cgroup.procs`, `cgroup.threads` and
+    /// `cgroup.subtree_control`, so it can make cgroups below its own, move its
+    /// processes among them and enable controllers there (an inner dockerd,
+    /// systemd). Its own limits (`memory.max`...) stay the VM root's, and the
+    /// kernel keeps every move inside the cgroup (a move needs write access to
+    /// the common ancestor's `cgroup.procs`).
+    fn delegate_cgroup(cgroup: &str, base: u32) -> Result<(), LifecycleError> {
+        let error = |path: &Path, source| LifecycleError::Delegate {
+            cgroup: cgroup.to_owned(),
+            path: path.display().to_string(),
+            source,
+        };
+        let table = sources::mount_table().map_err(|e| {
+            error(
+                Path::new("/proc/self/mountinfo"),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let root = table
+            .iter()
+            .find(|m| m.fstype == "cgroup2" && m.root == Path::new("/"))
+            .map(|m| m.point.clone())
+            .ok_or_else(|| {
+                error(
+                    Path::new("/sys/fs/cgroup"),
+                    std::io::Error::other("no cgroup2 hierarchy is mounted"),
+                )
+            })?;
+        let dir = root.join(cgroup.trim_start_matches('/'));
+        let owner = Some(nix::unistd::Uid::from_raw(base));
+        let group = Some(nix::unistd::Gid::from_raw(base));
+        for path in std::iter::once(dir.clone()).chain(
+            ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"]
+                .iter()
+                .map(|f| dir.join(f)),
+        ) {
+            nix::unistd::chown(&path, owner, group).map_err(|e| error(&path, e.into()))?;
+        }
+        Ok(())
+    }
+
     /// The `createRuntime` hook of `run`: register the container.
     pub fn hook_register(&self, state: &State) -> Result<(), LifecycleError> {
         let pid = state
@@ -427,8 +478,11 @@ impl Runtime {
                     ))
                 })?;
             }
-            self.ranges
-                .update(&id, |a| a.bundle = Some(bundle.clone()))?;
+            let delegate = spec::mounts_cgroup_writable(&oci);
+            self.ranges.update(&id, |a| {
+                a.bundle = Some(bundle.clone());
+                a.delegate_cgroup = delegate;
+            })?;
             oci.save(&config).map_err(|source| LifecycleError::Spec {
                 path: config.display().to_string(),
                 source,
@@ -677,6 +731,13 @@ impl Runtime {
                     "the container has no cgroup v2 (eci needs cgroup2 mounted)".into(),
                 )
             })?;
+        // Delegated before it is protected: a failure leaves nothing
+        // registered (nothing of the user's runs yet).
+        if let Some(a) = self.ranges.get(id)?
+            && a.delegate_cgroup
+        {
+            Self::delegate_cgroup(&cgroup, a.base)?;
+        }
         Client::new(&self.agent_socket)
             .call_ok(&Request::Protect {
                 cgroup: cgroup.clone(),

@@ -141,6 +141,10 @@ pub struct Allocation {
     /// The agent serves a Docker API proxy for this container (to close).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub docker_api_proxy: bool,
+    /// The container mounts its cgroup writable (`--privileged`): its
+    /// cgroup is delegated to its root at registration.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delegate_cgroup: bool,
 }
 
 /// Where the engine had mounted the container's overlay, and how.
@@ -303,6 +307,7 @@ impl Ranges {
                 engine_rootfs: None,
                 bundle: None,
                 docker_api_proxy: false,
+                delegate_cgroup: false,
             };
             state.allocations.push(allocation.clone());
             Ok(Allocated {

@@ -33,14 +33,25 @@ pub const MASKED_PATHS: &[&str] = &[
     "/sys/devices/virtual/powercap",
 ];
 
-/// Read-only for every container, `--privileged` too.
-pub const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
+/// Read-only for every container, `--privileged` too. Not `/proc/sys`:
+/// the engine makes it read-only for a container that is not privileged;
+/// a privileged one writes the knobs of its own namespaces (`net.*`,
+/// `kernel.shm*`...: owned by its root), as an inner dockerd must, and the
+/// kernel refuses it every global one (those answer only the VM's root).
+pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sysrq-trigger"];
+
+/// The container mounts its cgroup file system writable (Docker does for
+/// `--privileged`): it manages cgroups below its own, so its cgroup is
+/// delegated to its root (see `Lifecycle::delegate_cgroup`).
+pub fn mounts_cgroup_writable(spec: &Spec) -> bool {
+    spec.mounts().iter().flatten().any(|m| {
+        m.destination() == Path::new("/sys/fs/cgroup")
+            && m.typ()
+                .as_deref()
+                .is_some_and(|t| t == "cgroup" || t == "cgroup2")
+            && !m.options().iter().flatten().any(|o| o == "ro")
+    })
+}
 
 /// Sockets no container may have mounted: the engines' (the policy's
 /// default protected sockets) and the agent's (the Docker socket's binds are
@@ -853,7 +864,7 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .iter()
-                .any(|p| p == "/proc/sys")
+                .any(|p| p == "/proc/irq")
         );
         assert_eq!(
             linux.sysctl().as_ref().unwrap()["net.ipv4.ping_group_range"],

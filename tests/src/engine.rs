@@ -388,13 +388,32 @@ pub fn idmappable_tmp() -> PathBuf {
 
 /// [`protected_engine`] with the engine's `--data-root` at `data_root`.
 pub fn protected_engine_at(prefix: &str, data_root: &str) -> (TestAgent, Engine) {
+    protected_engine_with(prefix, data_root, None)
+}
+
+/// [`protected_engine_at`] with the overlay2 storage driver, as on a real
+/// host (no copy of the image per container).
+pub fn protected_overlay2_engine_at(prefix: &str, data_root: &str) -> (TestAgent, Engine) {
+    protected_engine_with(prefix, data_root, Some("overlay2"))
+}
+
+fn protected_engine_with(
+    prefix: &str,
+    data_root: &str,
+    storage_driver: Option<&'static str>,
+) -> (TestAgent, Engine) {
     let dir = tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in(idmappable_tmp())
         .expect("tempdir");
     let socket = dir.path().join("docker.sock");
     let agent = TestAgent::start(&["--protect-socket", &socket.display().to_string()]);
-    let engine = start_engine_at(dir, &agent, data_root);
+    let private = Private {
+        data_root: Some(data_root.to_owned()),
+        storage_driver,
+        ..Private::default()
+    };
+    let engine = start_private(dir, &agent, &private);
     // The agent protects a socket within a second of its appearing.
     std::thread::sleep(Duration::from_secs(2));
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
@@ -945,5 +964,39 @@ fn copy_libraries(binary: &Path, root: &Path) {
         let dest = root.join(lib.trim_start_matches('/'));
         std::fs::create_dir_all(dest.parent().expect("lib dir")).expect("lib dir");
         std::fs::copy(lib, &dest).expect("copy lib");
+    }
+}
+
+/// A file system the engine's data may live on that the kernel can ID-map
+/// (ext4 on a loop device), mounted at `point` for as long as it lives:
+/// the tests' usual engine keeps its data on tmpfs, whose container root
+/// file systems eci-runc binds as they are.
+pub struct Ext4 {
+    point: std::path::PathBuf,
+}
+
+impl Ext4 {
+    pub fn mount(point: &str) -> Self {
+        Self::mount_sized(point, "512M")
+    }
+
+    pub fn mount_sized(point: &str, size: &str) -> Self {
+        let image = format!(
+            "/tmp/{}.ext4",
+            point.trim_start_matches('/').replace('/', "-")
+        );
+        mount_ext4(Path::new(&image), size, Path::new(point));
+        Self {
+            point: point.into(),
+        }
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.point)
+            .status();
     }
 }

@@ -147,6 +147,9 @@ pub fn select(spec: &str) -> Result<Vec<Kernel>> {
     for k in &picked {
         crate::stacks::ensure(&k.stack)?;
     }
+    if !picked.is_empty() {
+        crate::stacks::ensure_dind_image()?;
+    }
     if picked.is_empty() {
         bail!("unknown kernel {spec:?}: expected one of {}, all", names());
     }

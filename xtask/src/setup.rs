@@ -206,6 +206,7 @@ pub fn setup() -> Result<()> {
     for k in kernels::ensure()? {
         crate::stacks::ensure(&k.stack)?;
     }
+    crate::stacks::ensure_dind_image()?;
     modules_mount_point()?;
     println!("setup: done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())

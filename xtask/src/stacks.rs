@@ -144,3 +144,83 @@ pub fn describe(stack: &str) -> String {
         other => other.to_string(),
     }
 }
+
+/// What the Docker-in-Docker test image holds: an engine to run inside a
+/// container (`docker:dind`'s part), the tools its script uses, busybox
+/// for the nested image. The engine's parts the test does not use (ctr,
+/// containerd's extra shims and plugins, CNI) are left out to keep the
+/// import short.
+const DIND_PACKAGES: &[&str] = &[
+    "docker.io",
+    "docker-cli",
+    "iptables",
+    "iproute2",
+    "procps",
+    "busybox-static",
+];
+const DIND_EXCLUDED: &[&str] = &[
+    "/usr/share/doc/*",
+    "/usr/share/man/*",
+    "/usr/share/locale/*",
+    "/usr/bin/ctr",
+    "/usr/lib/containerd/*",
+    "/usr/lib/cni/*",
+    // runc's test helpers.
+    "/usr/sbin/pidfd-kill",
+    "/usr/sbin/recvtty",
+    "/usr/sbin/sd-helper",
+    "/usr/sbin/remap-rootfs",
+    "/usr/sbin/seccompagent",
+    "/usr/sbin/fs-idmap",
+];
+
+/// The Docker-in-Docker image's root as a tar (`build/images/dind-root.tar`,
+/// what the test imports), made with mmdebstrap from sid if missing or made
+/// for another package list; quick and offline when it is there.
+pub fn ensure_dind_image() -> Result<()> {
+    let tar = util::build_dir().join("images/dind-root.tar");
+    let stamp = tar.with_extension("stamp");
+    let stamp_text = format!(
+        "packages: {}; excluded: {}\n",
+        DIND_PACKAGES.join(","),
+        DIND_EXCLUDED.join(",")
+    );
+    if tar.is_file() && fs::read_to_string(&stamp).ok().as_deref() == Some(stamp_text.as_str()) {
+        println!(
+            "stacks: Docker-in-Docker image root: skipped (present in {})",
+            tar.display()
+        );
+        return Ok(());
+    }
+    if util::which("mmdebstrap").is_none() {
+        bail!(
+            "mmdebstrap is missing: `cargo xtask setup` installs it (apt-get install mmdebstrap)"
+        );
+    }
+    fs::create_dir_all(tar.parent().context("images dir")?)?;
+    let scratch = tar.with_extension("new.tar");
+    let started = Instant::now();
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.args([
+        "--quiet",
+        "--variant=essential",
+        "--aptopt=Acquire::Check-Valid-Until \"false\"",
+    ]);
+    for path in DIND_EXCLUDED {
+        cmd.arg(format!("--dpkgopt=path-exclude={path}"));
+    }
+    run(cmd
+        .arg(format!("--include={}", DIND_PACKAGES.join(",")))
+        .arg("sid")
+        .arg(&scratch)
+        .arg(apt::mirror()))
+    .context("mmdebstrap of the Docker-in-Docker image root")?;
+    fs::rename(&scratch, &tar)?;
+    fs::write(&stamp, stamp_text)?;
+    println!(
+        "stacks: Docker-in-Docker image root made in {:.0}s ({} MB)",
+        started.elapsed().as_secs_f64(),
+        fs::metadata(&tar).map(|m| m.len() >> 20).unwrap_or(0)
+    );
+    Ok(())
+}

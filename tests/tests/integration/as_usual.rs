@@ -3,16 +3,12 @@
 //! eci and with plain runc (`runc-real`) as the control, so a test cannot
 //! pass because the workflow fails everywhere.
 
-use std::{
-    os::unix::fs::{MetadataExt, PermissionsExt},
-    path::Path,
-};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use eci_integration_tests::{
     TestAgent, bpf_lsm_or_skip,
     engine::{
-        Engine, IMAGE, docker, engine_or_skip, mount_ext4, protected_engine, protected_engine_at,
-        text,
+        Engine, Ext4, IMAGE, docker, engine_or_skip, protected_engine, protected_engine_at, text,
     },
 };
 
@@ -183,36 +179,6 @@ fn an_engine_with_another_data_root_runs_eci_containers_with_their_files_and_vol
     // is still refused.
     let (ok, t) = run(&engine, "eci", &["-v", "/var/lib:/x"], "true");
     assert!(!ok && t.contains("VM path"), "{t}");
-}
-
-/// A file system the engine's data may live on that the kernel can ID-map
-/// (ext4 on a loop device), mounted at `point` for as long as it lives:
-/// the tests' usual engine keeps its data on tmpfs, whose container root
-/// file systems eci-runc binds as they are.
-struct Ext4 {
-    point: std::path::PathBuf,
-}
-
-impl Ext4 {
-    fn mount(point: &str) -> Self {
-        let image = format!(
-            "/tmp/{}.ext4",
-            point.trim_start_matches('/').replace('/', "-")
-        );
-        mount_ext4(Path::new(&image), "512M", Path::new(point));
-        Self {
-            point: point.into(),
-        }
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.point)
-            .status();
-    }
 }
 
 /// `docker run --rm` of `image` with plain runc (outside every protected

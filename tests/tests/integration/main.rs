@@ -9,6 +9,7 @@ mod as_usual;
 mod cri;
 mod demo;
 mod deploy;
+mod dind;
 mod docker;
 mod escape;
 mod full_stack;
