@@ -696,6 +696,20 @@ mod tests {
     const ALL_NS: &str = r#"{"type": "mount"}, {"type": "network"}, {"type": "uts"}, {"type": "pid"}, {"type": "ipc"}"#;
 
     #[test]
+    fn a_container_that_mounts_its_cgroups_writable_gets_them_delegated_and_no_other() {
+        let cgroup = |options: &str| {
+            let mount = format!(
+                r#", {{"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": [{options}]}}"#
+            );
+            mounts_cgroup_writable(&docker_like(ALL_NS, &mount))
+        };
+        // Docker's --privileged, and every other container.
+        assert!(cgroup(r#""nosuid", "noexec", "nodev", "relatime", "rw""#));
+        assert!(!cgroup(r#""nosuid", "noexec", "nodev", "relatime", "ro""#));
+        assert!(!mounts_cgroup_writable(&docker_like(ALL_NS, "")));
+    }
+
+    #[test]
     fn a_buildkit_step_may_have_the_executors_resolv_conf_and_hosts_and_the_engines_layer_storage()
     {
         let hosts = r#", {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/docker/buildkit/executor/hosts.og0ovf", "options": ["rbind"]},
