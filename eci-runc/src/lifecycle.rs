@@ -578,29 +578,54 @@ impl Runtime {
                 bundle.join(root.path())
             };
             let overlay = rootfs::overlay_of(&path)?;
-            if let Some(layers) = &overlay {
-                // Recorded first: a crash from here on is repaired by
-                // shifting it back, and the engine's overlay put back.
-                let upper = layers.upper.clone();
-                let engine = EngineRootfs {
-                    root: path.clone(),
-                    options: layers.original_options.clone(),
-                };
-                self.ranges.update(id, |a| {
-                    a.shifted_upper = Some(upper);
-                    a.engine_rootfs = Some(engine);
-                })?;
-            }
             let target = dir.join("rootfs");
-            let shown = rootfs::prepare(
-                &path,
-                &target,
-                overlay.as_ref(),
-                &userns,
-                base,
-                self.ranges.geometry(),
-            )?;
+            // An overlay of the container's own beside the engine's, where
+            // the kernel takes an ID-mapped upper layer (nothing to record:
+            // nothing on disk changes); else the upper layer is shifted.
+            if let Some(layers) = &overlay {
+                // An upper layer left shifted (a crash of the shifting way,
+                // or a kernel before 5.19 then) goes back to 0–65535 first.
+                rootfs::unshift_if_left_shifted(&layers.upper, self.ranges.geometry())?;
+            }
+            let beside = overlay
+                .as_ref()
+                .map(|layers| rootfs::overlay_beside(&target, layers, &userns, base));
+            if let Some(Err(e)) = &beside {
+                report.info(&format!(
+                    "eci: rootfs: no ID-mapped upper layer here ({e}); shifting the upper layer instead"
+                ));
+            }
+            let shown = match beside {
+                Some(Ok(view)) => view,
+                _ => {
+                    if let Some(layers) = &overlay {
+                        // Recorded first: a crash from here on is repaired by
+                        // shifting it back, and the engine's overlay put back.
+                        let upper = layers.upper.clone();
+                        let engine = EngineRootfs {
+                            root: path.clone(),
+                            options: layers.original_options.clone(),
+                        };
+                        self.ranges.update(id, |a| {
+                            a.shifted_upper = Some(upper);
+                            a.engine_rootfs = Some(engine);
+                        })?;
+                    }
+                    rootfs::prepare(
+                        &path,
+                        &target,
+                        overlay.as_ref(),
+                        &userns,
+                        base,
+                        self.ranges.geometry(),
+                    )?
+                }
+            };
             match &shown {
+                RootfsView::IdmappedOverlayBeside { layers, upper } => report.info(&format!(
+                    "eci: rootfs: {layers} ID-mapped layers and the ID-mapped upper layer {} in an overlay beside the engine's",
+                    upper.display()
+                )),
                 RootfsView::IdmappedOverlay { layers, upper } => report.info(&format!(
                     "eci: rootfs: {layers} ID-mapped layers, upper layer {} shifted to {base}",
                     upper.display()

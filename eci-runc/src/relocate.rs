@@ -84,6 +84,20 @@ fn cstr(path: &Path) -> Result<CString, RelocateError> {
 
 /// A user namespace with `0 <base> 65536` for uids and gids, held by an fd.
 pub fn user_namespace(base: u32) -> Result<OwnedFd, RelocateError> {
+    user_namespace_mapping(&format!("0 {base} 65536\n"))
+}
+
+/// The ID mapping of a container's upper layer seen from the VM: on-disk
+/// ids 0–65535 are the container's (`<base>` upward, as
+/// [`user_namespace`]), and on-disk 65536 is the VM's root, the overlay's
+/// mounter, for what overlayfs makes with its mounter's ids (its work
+/// directory, whiteouts). Held by an fd.
+pub fn upper_user_namespace(base: u32) -> Result<OwnedFd, RelocateError> {
+    user_namespace_mapping(&format!("0 {base} 65536\n65536 0 1\n"))
+}
+
+/// A user namespace with `map` (uid_map and gid_map lines), held by an fd.
+fn user_namespace_mapping(map: &str) -> Result<OwnedFd, RelocateError> {
     let mut cmd = Command::new("sleep");
     cmd.arg("60")
         .stdin(Stdio::null())
@@ -101,9 +115,8 @@ pub fn user_namespace(base: u32) -> Result<OwnedFd, RelocateError> {
     let mut child = cmd.spawn().map_err(RelocateError::UserNamespace)?;
     let pid = child.id();
     let result = (|| {
-        let map = format!("0 {base} 65536\n");
-        std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
-        std::fs::write(format!("/proc/{pid}/gid_map"), &map)?;
+        std::fs::write(format!("/proc/{pid}/uid_map"), map)?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), map)?;
         let file = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
         Ok::<OwnedFd, std::io::Error>(file.into())
     })();

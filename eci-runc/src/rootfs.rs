@@ -3,19 +3,26 @@
 //! Docker hands runc an overlay (`merged`) whose files belong to uid 0 of the
 //! VM; inside a user namespace with `0 <base> 65536` they would all show as
 //! `nobody` and the container's root could not write its own `/etc`. What
-//! eci-runc does instead, measured on 6.18 (see the crate README):
+//! eci-runc does instead:
 //!
-//! - **Overlay rootfs** (Docker, containerd's overlay snapshotter): every
-//!   lower layer is bound *ID-mapped* with the container's user namespace
-//!   (no copy, no chown; image layers stay shared and untouched), the
-//!   container's own upper layer is *shifted* (`lchown` by `+base`, it is
-//!   small: only what this container wrote), and a new overlay of those is
-//!   mounted in place of the engine's, so the engine (`docker cp`, `docker
-//!   diff`) and the container see the same instance. `delete` shifts the
-//!   upper layer back to 0–65535, so a stopped container's layer and a
-//!   `docker commit` of it carry the image's ids. Overlayfs itself cannot be
-//!   ID-mapped on this kernel, and an ID-mapped upper layer makes the
-//!   overlay read-only: hence the shift of the (small) upper layer.
+//! - **Overlay rootfs, Linux 5.19 and later** (overlayfs takes ID-mapped
+//!   layers, the upper one too): the container gets an overlay of its own,
+//!   mounted beside the engine's, of the same layers, each bound *ID-mapped*
+//!   with the container's user namespace — the lower layers, and the upper
+//!   layer with a work directory of eci's (`eci-work`) as one ID-mapped
+//!   mount of their parent ([`overlay_beside`]). Nothing is copied or
+//!   chowned, the files on disk keep the container's own ids (0–65535), and
+//!   the engine's overlay stays where the engine put it: `docker cp` in and
+//!   out of a running container, `commit`, `export`, `diff` and restarts see
+//!   and write the container's ids, as with runc. The two overlays share the
+//!   upper layer (`index=off`, as Docker mounts its own).
+//! - **Overlay rootfs, older kernels**: every lower layer is bound ID-mapped,
+//!   the container's own upper layer is *shifted* (`lchown` by `+base`; it
+//!   holds only what this container wrote), and a new overlay of those is
+//!   mounted in place of the engine's. `delete` shifts the upper layer back
+//!   to 0–65535 and puts the engine's overlay back, so a stopped container's
+//!   layer, a `docker commit` of it and a restart carry the image's ids; a
+//!   running container's files show its range's ids to the engine.
 //! - **Plain directory** (a runc bundle's `rootfs/`): one ID-mapped bind.
 //! - **Neither possible** (a file system without ID-mapped mounts): a plain
 //!   bind, reported as a warning: files keep their VM owners.
@@ -63,6 +70,9 @@ pub enum RootfsError {
 /// How the container sees its root file system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootfsView {
+    /// ID-mapped lower layers and upper layer, an overlay of the
+    /// container's own beside the engine's (which stays where it is).
+    IdmappedOverlayBeside { layers: usize, upper: PathBuf },
     /// ID-mapped lower layers, shifted upper layer, a new overlay.
     IdmappedOverlay { layers: usize, upper: PathBuf },
     /// One ID-mapped bind of a plain directory.
@@ -276,20 +286,7 @@ fn idmapped_overlay(
     base: u32,
     geometry: &Geometry,
 ) -> Result<(), RootfsError> {
-    for (n, lower) in layers.lower.iter().enumerate() {
-        let real = std::fs::canonicalize(lower).map_err(|source| RootfsError::Io {
-            what: "resolving the layer",
-            path: lower.display().to_string(),
-            source,
-        })?;
-        if !relocate::bind(&real, &layer_dir.join(n.to_string()), Some(userns), false)? {
-            return Err(RootfsError::Io {
-                what: "ID-mapping the layer",
-                path: real.display().to_string(),
-                source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
-            });
-        }
-    }
+    bind_lower_layers(layer_dir, layers, userns)?;
     shift_tree(&layers.upper, Some(base), geometry)?;
     std::fs::create_dir_all(target).map_err(|source| RootfsError::Io {
         what: "creating",
@@ -324,6 +321,131 @@ fn idmapped_overlay(
         let _ = shift_tree(&layers.upper, None, geometry);
         let _ = put_back(root, &layers.original_options);
         return Err(e);
+    }
+    Ok(())
+}
+
+/// Shift `upper` back to 0–65535 if its top directory is owned by an id of
+/// a container's range (left by the shifting way); one `stat` otherwise.
+pub fn unshift_if_left_shifted(upper: &Path, geometry: &Geometry) -> Result<(), RootfsError> {
+    let owner = std::fs::symlink_metadata(upper)
+        .map_err(|source| RootfsError::Io {
+            what: "reading the owner of",
+            path: upper.display().to_string(),
+            source,
+        })?
+        .uid();
+    if geometry.container_id_of(owner).is_some() {
+        shift_tree(upper, None, geometry)?;
+    }
+    Ok(())
+}
+
+/// The container's own overlay of the engine's layers, mounted at `target`
+/// (which the spec names from now on) beside the engine's, which stays
+/// where the engine put it: every lower layer and the upper layer are bound
+/// ID-mapped with the container's user namespace (Linux 5.19 and later
+/// take ID-mapped layers, the upper one too), so the files on disk keep the
+/// container's own ids (0–65535) while it runs. The engine reads and writes
+/// them through its own overlay as they are, as with runc: `docker cp` in
+/// and out of a running container, `commit`, `export`, `diff`, restarts.
+/// The upper layer and the container's own work directory (`eci-work`
+/// beside it: the engine's is its overlay's) are bound as one ID-mapped
+/// mount of their parent, as overlayfs needs, with on-disk 65536 for the
+/// VM's root, who mounts the overlay (its work files, whiteouts). Both
+/// overlays share the upper layer (`index=off`, as Docker mounts its own):
+/// each sees the other's writes as it looks the files up again.
+pub fn overlay_beside(
+    target: &Path,
+    layers: &OverlayLayers,
+    userns: &OwnedFd,
+    base: u32,
+) -> Result<RootfsView, RootfsError> {
+    let layer_dir = target.with_file_name("layers");
+    let result = overlay_beside_at(target, &layer_dir, layers, userns, base);
+    if result.is_err() {
+        let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+        relocate::unmount_below(&layer_dir);
+        let _ = std::fs::remove_dir_all(&layer_dir);
+    }
+    result.map(|()| RootfsView::IdmappedOverlayBeside {
+        layers: layers.lower.len(),
+        upper: layers.upper.clone(),
+    })
+}
+
+fn overlay_beside_at(
+    target: &Path,
+    layer_dir: &Path,
+    layers: &OverlayLayers,
+    userns: &OwnedFd,
+    base: u32,
+) -> Result<(), RootfsError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |source| RootfsError::Io { what, path, source }
+    };
+    bind_lower_layers(layer_dir, layers, userns)?;
+    let (Some(parent), Some(upper_name)) = (layers.upper.parent(), layers.upper.file_name()) else {
+        return Err(RootfsError::Io {
+            what: "finding the directory of the upper layer",
+            path: layers.upper.display().to_string(),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    };
+    let work = parent.join("eci-work");
+    std::fs::create_dir_all(&work).map_err(io("creating", &work))?;
+    let upper_userns = relocate::upper_user_namespace(base)?;
+    let upper_dir = layer_dir.join("upper");
+    if !relocate::bind(parent, &upper_dir, Some(&upper_userns), false)? {
+        return Err(RootfsError::Io {
+            what: "ID-mapping the upper layer's directory",
+            path: parent.display().to_string(),
+            source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+        });
+    }
+    std::fs::create_dir_all(target).map_err(io("creating", target))?;
+    let upper = Path::new("upper").join(upper_name);
+    let mut options = format!(
+        "lowerdir={},upperdir={},workdir=upper/eci-work",
+        (0..layers.lower.len())
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(":"),
+        upper.display(),
+    );
+    for other in layers
+        .other_options
+        .iter()
+        .filter(|o| !o.starts_with("index="))
+    {
+        options.push(',');
+        options.push_str(other);
+    }
+    options.push_str(",index=off");
+    mount_overlay_from(layer_dir, target, &options)
+}
+
+/// Every lower layer of `layers`, bound ID-mapped with `userns` at
+/// `layer_dir/<n>` (short names: the mount data must fit a page).
+fn bind_lower_layers(
+    layer_dir: &Path,
+    layers: &OverlayLayers,
+    userns: &OwnedFd,
+) -> Result<(), RootfsError> {
+    for (n, lower) in layers.lower.iter().enumerate() {
+        let real = std::fs::canonicalize(lower).map_err(|source| RootfsError::Io {
+            what: "resolving the layer",
+            path: lower.display().to_string(),
+            source,
+        })?;
+        if !relocate::bind(&real, &layer_dir.join(n.to_string()), Some(userns), false)? {
+            return Err(RootfsError::Io {
+                what: "ID-mapping the layer",
+                path: real.display().to_string(),
+                source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            });
+        }
     }
     Ok(())
 }

@@ -101,6 +101,7 @@ pub fn image_rootfs(dir: &Path) -> PathBuf {
     std::fs::copy(&client, root.join("bin/eci-test-client")).expect("client");
     copy_libraries(&client, &root);
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").expect("passwd");
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
     // Device nodes of the VM, as an image can carry them (not in /dev): its
     // kernel log and its loop devices (the escape suite's "disk").
     let nodes = root.join("vmnodes");

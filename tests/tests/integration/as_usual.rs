@@ -529,6 +529,169 @@ fn docker_ok(engine: &Engine, args: &[&str]) -> String {
     t
 }
 
+/// `tar -tv --numeric-owner` of an archive.
+fn tar_listing(archive: &[u8], name: &str) -> String {
+    let path = std::env::temp_dir().join(format!("{name}.tar"));
+    std::fs::write(&path, archive).expect("the archive");
+    let tar = std::process::Command::new("tar")
+        .arg("--numeric-owner")
+        .arg("-tvf")
+        .arg(&path)
+        .output()
+        .expect("tar");
+    let _ = std::fs::remove_file(&path);
+    text(&tar)
+}
+
+/// The owner `tar -tv --numeric-owner` shows for `path` in `listing`.
+fn owner_in_listing<'a>(listing: &'a str, path: &str) -> Option<&'a str> {
+    listing
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some(path))
+        .and_then(|l| l.split_whitespace().nth(1))
+}
+
+/// What the engine does with a *running* container's files, as with runc:
+/// `docker cp` in (as the container's root, and `-a` keeping 1000:1000) of
+/// a file the container had looked for before, `docker cp` out, `docker
+/// export`, `docker commit` (paused) and `docker diff` — each with the
+/// container's own ids (`/etc/made` is 1000's, from its first run).
+fn running_container_files_as_the_engine_sees_them(
+    engine: &Engine,
+    runtime: &str,
+    name: &str,
+    test: &str,
+) {
+    let host = tempfile::tempdir().expect("tempdir");
+    let plain = host.path().join("copied-in");
+    std::fs::write(&plain, "in\n").expect("file");
+    let kept = host.path().join("copied-kept");
+    std::fs::write(&kept, "kept\n").expect("file");
+    std::os::unix::fs::chown(&kept, Some(1000), Some(1000)).expect("chown");
+    // Looked for first: the container's overlay has seen it missing.
+    let _ = docker(
+        engine,
+        &["exec", name, "ls", "/etc/copied-in", "/etc/copied-kept"],
+    );
+    docker_ok(
+        engine,
+        &[
+            "cp",
+            &plain.display().to_string(),
+            &format!("{name}:/etc/copied-in"),
+        ],
+    );
+    docker_ok(
+        engine,
+        &[
+            "cp",
+            "-a",
+            &kept.display().to_string(),
+            &format!("{name}:/etc/copied-kept"),
+        ],
+    );
+    let inside = docker_ok(
+        engine,
+        &[
+            "exec",
+            name,
+            "sh",
+            "-c",
+            "stat -c 'in %u:%g' /etc/copied-in; stat -c 'kept %u:%g' /etc/copied-kept; echo more >> /etc/copied-in && echo ROOT-WRITES-COPIED",
+        ],
+    );
+    println!(
+        "{test}: {runtime}: docker cp into the running container: {}",
+        inside.replace('\n', " | ")
+    );
+    for want in ["in 0:0", "kept 1000:1000", "ROOT-WRITES-COPIED"] {
+        assert!(
+            inside.contains(want),
+            "{runtime}: docker cp in: {want}: {inside}"
+        );
+    }
+    let out = docker(engine, &["cp", &format!("{name}:/etc/made"), "-"]);
+    assert!(out.status.success(), "{runtime}: {}", text(&out));
+    let listed = tar_listing(&out.stdout, name);
+    assert_eq!(
+        owner_in_listing(&listed, "made"),
+        Some("1000/1000"),
+        "{runtime}: docker cp out of the running container: {listed}"
+    );
+    let out = docker(engine, &["export", name]);
+    assert!(out.status.success(), "{runtime}: docker export");
+    let listed = tar_listing(&out.stdout, name);
+    for (path, owner) in [
+        ("etc/made", "1000/1000"),
+        ("etc/copied-kept", "1000/1000"),
+        ("etc/copied-in", "0/0"),
+        ("etc/passwd", "0/0"),
+    ] {
+        assert_eq!(
+            owner_in_listing(&listed, path),
+            Some(owner),
+            "{runtime}: docker export of the running container: {path}"
+        );
+    }
+    let image = format!("{name}-running");
+    docker_ok(engine, &["commit", name, &image]);
+    let out = image_with_runc(
+        engine,
+        &image,
+        "stat -c '%n %u:%g' /etc/made /etc/copied-in /etc/copied-kept",
+    );
+    let committed = text(&out);
+    let _ = docker(engine, &["rmi", &image]);
+    for want in [
+        "/etc/made 1000:1000",
+        "/etc/copied-in 0:0",
+        "/etc/copied-kept 1000:1000",
+    ] {
+        assert!(
+            committed.contains(want),
+            "{runtime}: committed while running: {want}: {committed}"
+        );
+    }
+    // Both ways over a file of the image that the other side had looked at.
+    let _ = docker_ok(engine, &["exec", name, "cat", "/etc/group"]);
+    let group = host.path().join("group");
+    std::fs::write(&group, "root:x:0:\nfrom-the-engine:x:4242:\n").expect("group");
+    docker_ok(
+        engine,
+        &[
+            "cp",
+            &group.display().to_string(),
+            &format!("{name}:/etc/group"),
+        ],
+    );
+    let seen = docker_ok(engine, &["exec", name, "cat", "/etc/group"]);
+    println!(
+        "{test}: {runtime}: COHERENCE container sees the engine's write: {}",
+        seen.contains("from-the-engine")
+    );
+    let _ = docker(engine, &["cp", &format!("{name}:/etc/passwd"), "-"]);
+    docker_ok(
+        engine,
+        &[
+            "exec",
+            name,
+            "sh",
+            "-c",
+            "echo from-the-container:x:4243:4243::/:/bin/sh >> /etc/passwd",
+        ],
+    );
+    let out = docker(engine, &["cp", &format!("{name}:/etc/passwd"), "-"]);
+    println!(
+        "{test}: {runtime}: COHERENCE engine sees the container's write: {}",
+        String::from_utf8_lossy(&out.stdout).contains("from-the-container")
+    );
+    let diff = docker_ok(engine, &["diff", name]);
+    assert!(
+        diff.contains("A /etc/made"),
+        "{runtime}: docker diff: {diff}"
+    );
+}
+
 #[test]
 fn files_keep_their_owners_through_restart_stop_cp_out_and_commit() {
     let test = "as_usual::files_keep_their_owners_through_restart_stop_cp_out_and_commit";
@@ -583,6 +746,8 @@ fn files_keep_their_owners_through_restart_stop_cp_out_and_commit() {
             "1",
             "{runtime}: the restart policy's restarts"
         );
+
+        running_container_files_as_the_engine_sees_them(&engine, runtime, &name, test);
 
         // Stopped: what the engine reads from the layer (cp out, commit).
         docker_ok(&engine, &["stop", "-t", "1", &name]);
