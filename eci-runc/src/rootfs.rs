@@ -293,22 +293,14 @@ fn idmapped_overlay(
         path: target.display().to_string(),
         source,
     })?;
-    // Layers by short relative names (the mount data must fit a page).
-    let mut options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        (0..layers.lower.len())
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(":"),
-        layers.upper.display(),
-        layers.work.display()
+    let options = overlay_options(
+        layers.lower.len(),
+        &layers.upper,
+        &layers.work,
+        &layers.other_options,
     );
-    for other in &layers.other_options {
-        options.push(',');
-        options.push_str(other);
-    }
-    // The engine's overlay goes first: two overlays must not share an
-    // upper layer.
+    // The engine's overlay goes first: it must not show the upper layer
+    // while it is shifted.
     nix::mount::umount2(root, MntFlags::MNT_DETACH).map_err(sys("unmounting", root))?;
     let mounted = mount_overlay_from(layer_dir, target, &options).and_then(|()| {
         // The engine keeps seeing the container's files where it put them.
@@ -406,24 +398,38 @@ fn overlay_beside_at(
     }
     std::fs::create_dir_all(target).map_err(io("creating", target))?;
     let upper = Path::new("upper").join(upper_name);
-    let mut options = format!(
-        "lowerdir={},upperdir={},workdir=upper/eci-work",
-        (0..layers.lower.len())
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(":"),
-        upper.display(),
-    );
-    for other in layers
+    let mut other: Vec<String> = layers
         .other_options
         .iter()
         .filter(|o| !o.starts_with("index="))
-    {
-        options.push(',');
-        options.push_str(other);
-    }
-    options.push_str(",index=off");
+        .cloned()
+        .collect();
+    other.push("index=off".into());
+    let options = overlay_options(
+        layers.lower.len(),
+        &upper,
+        Path::new("upper/eci-work"),
+        &other,
+    );
     mount_overlay_from(layer_dir, target, &options)
+}
+
+/// The options of an overlay of `lowers` layers bound at `0`, `1`... (short
+/// relative names: the mount data must fit a page), `upper`, `work` and the
+/// `other` options.
+fn overlay_options(lowers: usize, upper: &Path, work: &Path, other: &[String]) -> String {
+    let lower: Vec<String> = (0..lowers).map(|n| n.to_string()).collect();
+    let mut options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    for o in other {
+        options.push(',');
+        options.push_str(o);
+    }
+    options
 }
 
 /// Every lower layer of `layers`, bound ID-mapped with `userns` at
@@ -486,6 +492,20 @@ fn mount_overlay_from(dir: &Path, target: &Path, options: &str) -> Result<(), Ro
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn overlay_options_name_the_layers_by_their_short_binds_then_the_rest() {
+        assert_eq!(
+            overlay_options(
+                3,
+                Path::new("upper/diff"),
+                Path::new("upper/eci-work"),
+                &["userxattr".into(), "index=off".into()]
+            ),
+            "lowerdir=0:1:2,upperdir=upper/diff,workdir=upper/eci-work,userxattr,index=off"
+        );
+    }
+
     use super::*;
 
     const DOCKER: &str = "48 44 0:40 / /var/lib/docker/overlay2/d59c/merged rw,relatime shared:2 - overlay overlay rw,lowerdir=/var/lib/docker/overlay2/l/7OTF:/var/lib/docker/overlay2/l/CWYB,upperdir=/var/lib/docker/overlay2/d59c/diff,workdir=/var/lib/docker/overlay2/d59c/work\n";

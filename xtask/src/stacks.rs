@@ -91,19 +91,16 @@ pub fn ensure(stack: &str) -> Result<()> {
         SID_PACKAGES.join(" ")
     );
     let started = Instant::now();
-    run(Command::new("mmdebstrap")
-        .args([
-            "--quiet",
-            "--variant=apt",
-            "--aptopt=Acquire::Check-Valid-Until \"false\"",
-            "--dpkgopt=path-exclude=/usr/share/doc/*",
-            "--dpkgopt=path-exclude=/usr/share/man/*",
-            "--dpkgopt=path-exclude=/usr/share/locale/*",
-        ])
-        .arg(format!("--include={}", SID_PACKAGES.join(",")))
-        .arg("sid")
-        .arg(&scratch)
-        .arg(apt::mirror()))
+    run(&mut mmdebstrap_sid(
+        "apt",
+        SID_PACKAGES,
+        &[
+            "/usr/share/doc/*",
+            "/usr/share/man/*",
+            "/usr/share/locale/*",
+        ],
+        &scratch,
+    ))
     .context("mmdebstrap of the sid root")?;
     fs::rename(&scratch, &dir)?;
     mount_points(&dir)?;
@@ -200,20 +197,12 @@ pub fn ensure_dind_image() -> Result<()> {
     fs::create_dir_all(tar.parent().context("images dir")?)?;
     let scratch = tar.with_extension("new.tar");
     let started = Instant::now();
-    let mut cmd = Command::new("mmdebstrap");
-    cmd.args([
-        "--quiet",
-        "--variant=essential",
-        "--aptopt=Acquire::Check-Valid-Until \"false\"",
-    ]);
-    for path in DIND_EXCLUDED {
-        cmd.arg(format!("--dpkgopt=path-exclude={path}"));
-    }
-    run(cmd
-        .arg(format!("--include={}", DIND_PACKAGES.join(",")))
-        .arg("sid")
-        .arg(&scratch)
-        .arg(apt::mirror()))
+    run(&mut mmdebstrap_sid(
+        "essential",
+        DIND_PACKAGES,
+        DIND_EXCLUDED,
+        &scratch,
+    ))
     .context("mmdebstrap of the Docker-in-Docker image root")?;
     fs::rename(&scratch, &tar)?;
     fs::write(&stamp, stamp_text)?;
@@ -223,4 +212,30 @@ pub fn ensure_dind_image() -> Result<()> {
         fs::metadata(&tar).map(|m| m.len() >> 20).unwrap_or(0)
     );
     Ok(())
+}
+
+/// mmdebstrap of a Debian sid root (`target`: a directory, or a tar by its
+/// name) from this machine's mirror: `variant`, `packages` included, the
+/// paths `excluded` left out by dpkg. The mirror's sid Release file is past
+/// its date, hence Check-Valid-Until.
+fn mmdebstrap_sid(
+    variant: &str,
+    packages: &[&str],
+    excluded: &[&str],
+    target: &std::path::Path,
+) -> Command {
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.args([
+        "--quiet".to_string(),
+        format!("--variant={variant}"),
+        "--aptopt=Acquire::Check-Valid-Until \"false\"".to_string(),
+    ]);
+    for path in excluded {
+        cmd.arg(format!("--dpkgopt=path-exclude={path}"));
+    }
+    cmd.arg(format!("--include={}", packages.join(",")))
+        .arg("sid")
+        .arg(target)
+        .arg(apt::mirror());
+    cmd
 }
