@@ -683,6 +683,29 @@ impl Runtime {
             let fd = vetted.fd(n)?;
             if let Some(sources::Allowance::HarmlessReadOnly { .. }) = vetted.allowance(n) {
                 relocate::bind_read_only_from(fd, &source, &target, recursive)?;
+            } else if let Some(sources::Allowance::EngineLayers { point, .. }) = vetted.allowance(n)
+            {
+                // The same layers, ID-mapped, in a read-only overlay of
+                // eci's; the source's place in it bound as asked.
+                let layers = rootfs::overlay_of(point)?.ok_or_else(|| {
+                    Refusal::Invalid(format!(
+                        "{} is no longer an overlay of the engine's layers",
+                        point.display()
+                    ))
+                })?;
+                let merged =
+                    rootfs::read_only_overlay(&layers, &userns, &dir.join(format!("layers-{n}")))?;
+                let inside = std::fs::canonicalize(&source)
+                    .ok()
+                    .and_then(|real| real.strip_prefix(point).ok().map(Path::to_owned))
+                    .ok_or_else(|| {
+                        Refusal::Invalid(format!(
+                            "{} is no longer below the engine's overlay at {}",
+                            source.display(),
+                            point.display()
+                        ))
+                    })?;
+                relocate::bind(&merged.join(inside), &target, None, false)?;
             } else if source.starts_with(views.dir()) {
                 relocate::bind_from(fd, &source, &target, None, false)?;
             } else if !relocate::bind_from(fd, &source, &target, Some(&userns), recursive)? {

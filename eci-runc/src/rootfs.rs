@@ -456,6 +456,42 @@ fn bind_lower_layers(
     Ok(())
 }
 
+/// A read-only view, ID-mapped with `userns`, of an overlay the engine
+/// mounted of its layers (a BuildKit step's `--mount=type=bind,from=...`):
+/// an overlay of ID-mapped binds of its upper layer (on top) and its lower
+/// layers, with no upper layer of its own, mounted at `dir/merged`, which is
+/// returned. Nothing of the engine's changes; the whole lies below `dir`.
+pub fn read_only_overlay(
+    layers: &OverlayLayers,
+    userns: &OwnedFd,
+    dir: &Path,
+) -> Result<PathBuf, RootfsError> {
+    let stack = OverlayLayers {
+        lower: std::iter::once(layers.upper.clone())
+            .chain(layers.lower.iter().cloned())
+            .collect(),
+        ..layers.clone()
+    };
+    let layer_dir = dir.join("layers");
+    let merged = dir.join("merged");
+    let result = bind_lower_layers(&layer_dir, &stack, userns).and_then(|()| {
+        std::fs::create_dir_all(&merged).map_err(|source| RootfsError::Io {
+            what: "creating",
+            path: merged.display().to_string(),
+            source,
+        })?;
+        let lower: Vec<String> = (0..stack.lower.len()).map(|n| n.to_string()).collect();
+        let options = format!("lowerdir={}", lower.join(":"));
+        mount_overlay_flags(&layer_dir, &merged, &options, MsFlags::MS_RDONLY)
+    });
+    if let Err(e) = result {
+        let _ = nix::mount::umount2(&merged, MntFlags::MNT_DETACH);
+        relocate::unmount_below(&layer_dir);
+        return Err(e);
+    }
+    Ok(merged)
+}
+
 /// eci's overlay leaves the engine's place at `root` (the bind of it there
 /// is unmounted, lazily; nothing there is fine).
 pub fn leave(root: &Path) {
@@ -472,6 +508,17 @@ pub fn put_back(root: &Path, options: &str) -> Result<(), RootfsError> {
 }
 
 fn mount_overlay_from(dir: &Path, target: &Path, options: &str) -> Result<(), RootfsError> {
+    mount_overlay_flags(dir, target, options, MsFlags::empty())
+}
+
+/// An overlay mounted at `target` with `options` whose layer paths are
+/// relative to `dir`, and `flags`.
+fn mount_overlay_flags(
+    dir: &Path,
+    target: &Path,
+    options: &str,
+    flags: MsFlags,
+) -> Result<(), RootfsError> {
     let cwd = std::env::current_dir().map_err(|source| RootfsError::Io {
         what: "reading the working directory",
         path: ".".into(),
@@ -482,7 +529,7 @@ fn mount_overlay_from(dir: &Path, target: &Path, options: &str) -> Result<(), Ro
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::empty(),
+        flags,
         Some(options),
     )
     .map_err(sys("mounting an overlay at", target));

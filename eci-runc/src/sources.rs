@@ -136,6 +136,9 @@ pub struct SourceFacts {
 pub struct AllowingDir {
     pub path: PathBuf,
     pub mnt_id: u64,
+    /// The engine's layer storage (a BuildKit step's): an overlay the
+    /// engine mounted of its layers below it is let in, read-only.
+    pub layers: bool,
 }
 
 /// Why a source was let in.
@@ -147,6 +150,10 @@ pub enum Allowance {
     FreshTmpfs { dir: PathBuf, point: PathBuf },
     /// A harmless VM file (`what` names it), bound read-only.
     HarmlessReadOnly { what: &'static str },
+    /// An overlay of the engine's layers mounted at `point`, below the
+    /// engine's layer storage `dir`; bound as an ID-mapped read-only view
+    /// of the same layers.
+    EngineLayers { dir: PathBuf, point: PathBuf },
 }
 
 /// What a refused mount really is.
@@ -239,6 +246,8 @@ pub enum Why {
     Below { point: PathBuf, what: What },
     /// A harmless VM file (`what` names it) asked for writable.
     HarmlessOnlyReadOnly { what: &'static str },
+    /// An overlay of the engine's layers asked for writable.
+    EngineLayersOnlyReadOnly { point: PathBuf },
 }
 
 impl std::fmt::Display for Why {
@@ -262,6 +271,11 @@ impl std::fmt::Display for Why {
             Why::HarmlessOnlyReadOnly { what } => write!(
                 f,
                 "it is {what}, which containers may bind read-only only (add `:ro` to the -v, or `readonly` to the --mount)"
+            ),
+            Why::EngineLayersOnlyReadOnly { point } => write!(
+                f,
+                "it is the engine's overlay of image layers at {}, which a build step may bind read-only only",
+                point.display()
             ),
         }
     }
@@ -355,6 +369,13 @@ pub fn judge(
             None => Err(Why::Is(describe(entry, table, Some(facts.magic)))),
         };
     };
+    if let Allowance::EngineLayers { point, .. } = &allowance
+        && !bind.read_only
+    {
+        return Err(Why::EngineLayersOnlyReadOnly {
+            point: point.clone(),
+        });
+    }
     takes_only(bind, table, entry, &facts.path, |below| {
         allowance_below(below, dir, table, true).is_some()
     })?;
@@ -475,6 +496,17 @@ fn allowance_below(
     if entry.id == dir.mnt_id {
         return Some(Allowance::SameMount {
             dir: dir.path.clone(),
+        });
+    }
+    if dir.layers
+        && entry.fstype == "overlay"
+        && entry.root == Path::new("/")
+        && entry.point.starts_with(&dir.path)
+        && entry.point != dir.path
+    {
+        return Some(Allowance::EngineLayers {
+            dir: dir.path.clone(),
+            point: entry.point.clone(),
         });
     }
     let fresh_tmpfs = fresh
@@ -722,6 +754,7 @@ pub fn vet(spec: &Spec, ctx: &Context, extra_dirs: &[PathBuf]) -> Result<Vetted,
         // A directory that cannot be opened allows nothing.
         .filter_map(|dir| open(&dir).ok())
         .map(|(_, facts)| AllowingDir {
+            layers: ctx.engine_layer_dirs.contains(&facts.path),
             path: facts.path,
             mnt_id: facts.mnt_id,
         })
@@ -877,6 +910,7 @@ mod tests {
 108 107 0:53 / /var/lib/docker/volumes/nest/_data/ok rw,relatime - tmpfs tmpfs rw
 109 108 0:22 / /var/lib/docker/volumes/nest/_data/ok/sys rw,relatime - sysfs sysfs rw
 110 45 0:54 / /var/lib/docker/volumes/good/_data/fresh rw,relatime - tmpfs tmpfs rw
+111 45 0:55 / /var/lib/docker/overlay2/abc/merged rw,relatime - overlay overlay rw,lowerdir=l/A:l/B,upperdir=abc/diff,workdir=abc/work
 ";
 
     fn table() -> Vec<MountEntry> {
@@ -886,14 +920,17 @@ mod tests {
     fn dirs() -> Vec<AllowingDir> {
         vec![
             AllowingDir {
+                layers: false,
                 path: "/var/lib/docker/volumes".into(),
                 mnt_id: 45,
             },
             AllowingDir {
+                layers: false,
                 path: "/var/lib/docker/containers/c1".into(),
                 mnt_id: 45,
             },
             AllowingDir {
+                layers: false,
                 path: "/home/shared".into(),
                 mnt_id: 46,
             },
@@ -931,6 +968,48 @@ mod tests {
     fn verdict(facts: &SourceFacts, recursive: bool) -> Result<Allowance, Why> {
         let t = table();
         judge(facts, &dirs(), Ok(&t), rw(recursive), &[])
+    }
+
+    #[test]
+    fn an_overlay_of_the_engines_layers_is_let_in_read_only_to_a_build_step_only() {
+        let t = table();
+        let layers = AllowingDir {
+            layers: true,
+            path: "/var/lib/docker/overlay2".into(),
+            mnt_id: 45,
+        };
+        let source = on("/var/lib/docker/overlay2/abc/merged/etc", 111);
+        let ro = BindAsked {
+            recursive: true,
+            read_only: true,
+        };
+        assert_eq!(
+            judge(&source, std::slice::from_ref(&layers), Ok(&t), ro, &[]),
+            Ok(Allowance::EngineLayers {
+                dir: "/var/lib/docker/overlay2".into(),
+                point: "/var/lib/docker/overlay2/abc/merged".into(),
+            })
+        );
+        assert!(matches!(
+            judge(
+                &source,
+                std::slice::from_ref(&layers),
+                Ok(&t),
+                rw(true),
+                &[]
+            ),
+            Err(Why::EngineLayersOnlyReadOnly { .. })
+        ));
+        // The same directory, not the engine's layer storage of a build
+        // step: an overlay is what it is.
+        let plain = AllowingDir {
+            layers: false,
+            ..layers
+        };
+        assert!(matches!(
+            judge(&source, &[plain], Ok(&t), ro, &[]),
+            Err(Why::Is(What::Other { .. }))
+        ));
     }
 
     #[test]

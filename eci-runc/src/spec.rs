@@ -124,6 +124,10 @@ pub struct Context {
     pub volumes_dir: PathBuf,
     /// Docker's volume directory and container directory.
     pub engine_dirs: Vec<PathBuf>,
+    /// The engine's layer storage a BuildKit step may bind from (also among
+    /// `engine_dirs`): overlays the engine mounted of its layers below them
+    /// are let in read-only.
+    pub engine_layer_dirs: Vec<PathBuf>,
     /// Inode numbers of the VM's namespaces, by kind name (`net`, `pid`...).
     pub vm_namespaces: Vec<(String, u64)>,
     /// The user namespace of the eci container whose pid namespace this one
@@ -189,22 +193,27 @@ pub fn buildkit_engine_paths(bundle: &Path, spec: &Spec) -> Vec<PathBuf> {
             && (name.starts_with("hosts.") || name.starts_with("resolv.conf."));
         ours.then(|| source.clone())
     });
-    let storage = executor
-        .parent()
+    ["resolv.conf", "hosts"]
+        .iter()
+        .map(|f| executor.join(f))
+        .chain(per_build)
+        .chain(buildkit_layer_dirs(bundle))
+        .collect()
+}
+
+/// The engine's layer storage ([`ENGINE_STORAGE_DIRS`] below the data root
+/// the bundle is in) for a BuildKit step's bundle; nothing for any other.
+pub fn buildkit_layer_dirs(bundle: &Path) -> Vec<PathBuf> {
+    buildkit_executor(bundle)
+        .and_then(Path::parent)
         .and_then(Path::parent)
         .map(|data_root| {
             ENGINE_STORAGE_DIRS
                 .iter()
                 .map(|d| data_root.join(d))
-                .collect::<Vec<_>>()
+                .collect()
         })
-        .unwrap_or_default();
-    ["resolv.conf", "hosts"]
-        .iter()
-        .map(|f| executor.join(f))
-        .chain(per_build)
-        .chain(storage)
-        .collect()
+        .unwrap_or_default()
 }
 
 impl Context {
@@ -237,6 +246,7 @@ impl Context {
             ctx.join_user_namespace = j.user.as_ref().map(|u| u.path.clone());
         }
         ctx.engine_dirs.extend(buildkit_engine_paths(bundle, spec));
+        ctx.engine_layer_dirs = buildkit_layer_dirs(bundle);
         ctx
     }
 
@@ -265,6 +275,7 @@ impl Context {
                     .join(container_id),
             ],
             volumes_dir,
+            engine_layer_dirs: Vec::new(),
             // PID 1's and our own: eci-runc runs in the engine's namespaces.
             vm_namespaces: ["1", "self"]
                 .iter()
@@ -738,6 +749,10 @@ mod tests {
                     .contains(&PathBuf::from(format!("/var/lib/docker/{d}")))
             );
         }
+        assert_eq!(
+            c.engine_layer_dirs.first(),
+            Some(&PathBuf::from("/var/lib/docker/vfs/dir"))
+        );
         let c = Context::docker(
             "s1",
             Path::new("/run/containerd/io.containerd.runtime.v2.task/moby/s1"),

@@ -8,7 +8,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use eci_integration_tests::{
     TestAgent, bpf_lsm_or_skip,
     engine::{
-        Engine, Ext4, IMAGE, docker, engine_or_skip, protected_engine, protected_engine_at, text,
+        Engine, Ext4, IMAGE, docker, engine_or_skip, protected_engine, protected_engine_at,
+        protected_overlay2_engine_at, text,
     },
 };
 
@@ -200,11 +201,19 @@ fn image_with_runc(engine: &Engine, image: &str, script: &str) -> std::process::
     )
 }
 
+/// A stage of two layers (on overlay2 the engine mounts its result as an
+/// overlay) for [`BUILDKIT_MOUNTS`] to bind from.
+fn buildkit_base_stage() -> String {
+    format!("FROM {IMAGE} AS base\nRUN touch /from-base && chown 1000:1000 /from-base\n")
+}
+
 /// BuildKit's mounts in RUN: a cache mount (a file owned by 1000 made in
-/// it, its owner as the step sees it kept in the image) and a bind of the
-/// build context.
+/// it, its owner as the step sees it kept in the image), a bind of the
+/// build context and a bind from the stage `base` (read-only: its file's
+/// owner as the step sees it).
 const BUILDKIT_MOUNTS: &str = "RUN --mount=type=cache,target=/cache touch /cache/made && chown 1000 /cache/made && stat -c 'cache %u' /cache/made > /cache-owner\n\
-    RUN --mount=type=bind,target=/ctx cp /ctx/Dockerfile /from-context\n";
+    RUN --mount=type=bind,target=/ctx cp /ctx/Dockerfile /from-context\n\
+    RUN --mount=type=bind,from=base,target=/base stat -c 'base %u:%g' /base/from-base > /base-owner\n";
 
 /// `docker build` of a Dockerfile on the test image (two steps; with
 /// BuildKit also [`BUILDKIT_MOUNTS`]), with `DOCKER_BUILDKIT=<buildkit>`;
@@ -212,11 +221,15 @@ const BUILDKIT_MOUNTS: &str = "RUN --mount=type=cache,target=/cache touch /cache
 fn build(engine: &Engine, tag: &str, buildkit: &str) -> (bool, String) {
     let context = engine.dir.path().join(format!("context-{buildkit}"));
     std::fs::create_dir_all(&context).expect("build context");
-    let mounts = if buildkit == "1" { BUILDKIT_MOUNTS } else { "" };
+    let (stage, mounts) = if buildkit == "1" {
+        (buildkit_base_stage(), BUILDKIT_MOUNTS)
+    } else {
+        (String::new(), "")
+    };
     std::fs::write(
         context.join("Dockerfile"),
         format!(
-            "FROM {IMAGE}\nRUN cat /proc/self/uid_map > /uid_map\nRUN touch /owned && chown 1000:1000 /owned\n{mounts}"
+            "{stage}FROM {IMAGE}\nRUN cat /proc/self/uid_map > /uid_map\nRUN touch /owned && chown 1000:1000 /owned\n{mounts}"
         ),
     )
     .expect("Dockerfile");
@@ -239,8 +252,10 @@ fn builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owne
     if !bpf_lsm_or_skip(test) || !engine_or_skip(test) {
         return;
     }
+    // overlay2, as on a real host: BuildKit's binds from a stage are the
+    // engine's overlays of its layers.
     let data = Ext4::mount("/var/lib/docker-ext4");
-    let (_agent, engine) = protected_engine_at("eci-usual", "/var/lib/docker-ext4");
+    let (_agent, engine) = protected_overlay2_engine_at("eci-usual", "/var/lib/docker-ext4");
     for (builder, buildkit) in [("classic", "0"), ("buildkit", "1")] {
         let tag = format!("eci-usual-{builder}:latest");
         let (ok, t) = build(&engine, &tag, buildkit);
@@ -253,7 +268,7 @@ fn builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owne
         let out = image_with_runc(
             &engine,
             &tag,
-            "cat /uid_map; stat -c 'owner %u:%g' /owned; cat /cache-owner 2>/dev/null; test -s /from-context && echo CONTEXT-BOUND; true",
+            "cat /uid_map; stat -c 'owner %u:%g' /owned; cat /cache-owner /base-owner 2>/dev/null; test -s /from-context && echo CONTEXT-BOUND; true",
         );
         let t = text(&out);
         assert!(out.status.success(), "{builder}: {t}");
@@ -272,7 +287,9 @@ fn builds_run_each_step_in_a_user_namespace_of_its_own_and_files_keep_their_owne
         );
         if builder == "buildkit" {
             assert!(
-                t.contains("cache 1000") && t.contains("CONTEXT-BOUND"),
+                t.contains("cache 1000")
+                    && t.contains("CONTEXT-BOUND")
+                    && t.contains("base 1000:1000"),
                 "RUN --mount=type=cache|bind: {t}"
             );
         }
@@ -860,4 +877,67 @@ fn everyday_flags_and_commands_work_with_eci_as_with_runc() {
         );
         let _ = docker(&engine, &["rm", "-f", &name]);
     }
+}
+
+/// `GET /<path>` from `port` on the VM's loopback; the response, or why not.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let attempt = (|| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            write!(s, "GET /{path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)?;
+            Ok::<String, std::io::Error>(answer)
+        })();
+        match attempt {
+            Ok(answer) if answer.contains("200") => return answer,
+            other if std::time::Instant::now() > deadline => return format!("{other:?}"),
+            _ => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
+}
+
+#[test]
+fn published_ports_reach_the_container_with_eci_as_with_runc() {
+    let Some((_agent, engine)) =
+        engine_for("as_usual::published_ports_reach_the_container_with_eci_as_with_runc")
+    else {
+        return;
+    };
+    // The tests' engine has no default bridge: a network of the test's own.
+    let network = "eci-usual-published";
+    let _ = docker(&engine, &["network", "rm", network]);
+    docker_ok(&engine, &["network", "create", network]);
+    for (runtime, port) in [(RUNC, 18080u16), ("eci", 18081)] {
+        let name = format!("eci-usual-web-{}", runtime.replace('-', ""));
+        let _ = docker(&engine, &["rm", "-f", &name]);
+        let runtime_arg = format!("--runtime={runtime}");
+        let publish = format!("127.0.0.1:{port}:8080");
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            &name,
+            &runtime_arg,
+            "--network",
+            network,
+            "-p",
+            &publish,
+        ];
+        if runtime == RUNC {
+            args.push("--cgroup-parent=/eci-baseline");
+        }
+        args.extend_from_slice(&[IMAGE, "busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"]);
+        docker_ok(&engine, &args);
+        let answer = http_get(port, "passwd");
+        let _ = docker(&engine, &["rm", "-f", &name]);
+        assert!(
+            answer.contains("root:x:0:0"),
+            "{runtime}: -p {publish}: {answer}"
+        );
+    }
+    let _ = docker(&engine, &["network", "rm", network]);
 }
