@@ -300,37 +300,29 @@ impl Runtime {
         Ok(status.code().unwrap_or(1))
     }
 
-    /// Delegate `cgroup` (cgroup v2, a path below the hierarchy's root) to the
-    /// container's root (VM id `base`), as the kernel's delegation model has it:
-    /// the directory and its `cgroup.procs`, `cgroup.threads` and
-    /// `cgroup.subtree_control`, so it can make cgroups below its own, move its
-    /// processes among them and enable controllers there (an inner dockerd,
-    /// systemd). Its own limits (`memory.max`...) stay the VM root's, and the
-    /// kernel keeps every move inside the cgroup (a move needs write access to
-    /// the common ancestor's `cgroup.procs`).
-    fn delegate_cgroup(cgroup: &str, base: u32) -> Result<(), LifecycleError> {
+    /// Delegate the cgroup2 cgroup `cgroup` of a container (`cgroups`: its
+    /// init's `/proc/<pid>/cgroup`) to the container's root (VM id `base`),
+    /// as the kernel's delegation model has it: the directory and its
+    /// `cgroup.procs`, `cgroup.threads` and `cgroup.subtree_control`, so it
+    /// can make cgroups below its own, move its processes among them and
+    /// enable controllers there (an inner dockerd, systemd). Its own limits
+    /// (`memory.max`...) stay the VM root's, and the kernel keeps every move
+    /// inside the cgroup (a move needs write access to the common ancestor's
+    /// `cgroup.procs`).
+    fn delegate_cgroup(cgroups: &str, cgroup: &str, base: u32) -> Result<(), LifecycleError> {
         let error = |path: &Path, source| LifecycleError::Delegate {
             cgroup: cgroup.to_owned(),
             path: path.display().to_string(),
             source,
         };
-        let table = sources::mount_table().map_err(|e| {
+        let mountinfo = Path::new("/proc/self/mountinfo");
+        let mounts = std::fs::read_to_string(mountinfo).map_err(|e| error(mountinfo, e))?;
+        let dir = eci_views::source::cgroup2_dir(cgroups, &mounts).ok_or_else(|| {
             error(
-                Path::new("/proc/self/mountinfo"),
-                std::io::Error::other(e.to_string()),
+                Path::new("/sys/fs/cgroup"),
+                std::io::Error::other("no cgroup2 hierarchy holding it is mounted"),
             )
         })?;
-        let root = table
-            .iter()
-            .find(|m| m.fstype == "cgroup2" && m.root == Path::new("/"))
-            .map(|m| m.point.clone())
-            .ok_or_else(|| {
-                error(
-                    Path::new("/sys/fs/cgroup"),
-                    std::io::Error::other("no cgroup2 hierarchy is mounted"),
-                )
-            })?;
-        let dir = root.join(cgroup.trim_start_matches('/'));
         let owner = Some(nix::unistd::Uid::from_raw(base));
         let group = Some(nix::unistd::Gid::from_raw(base));
         for path in std::iter::once(dir.clone()).chain(
@@ -695,9 +687,10 @@ impl Runtime {
                 })?;
                 let merged =
                     rootfs::read_only_overlay(&layers, &userns, &dir.join(format!("layers-{n}")))?;
-                let inside = std::fs::canonicalize(&source)
+                // Where the judged descriptor is, not the path again.
+                let inside = sources::facts_of(fd, &source.display().to_string())
                     .ok()
-                    .and_then(|real| real.strip_prefix(point).ok().map(Path::to_owned))
+                    .and_then(|facts| facts.path.strip_prefix(point).ok().map(Path::to_owned))
                     .ok_or_else(|| {
                         Refusal::Invalid(format!(
                             "{} is no longer below the engine's overlay at {}",
@@ -784,7 +777,7 @@ impl Runtime {
         if let Some(a) = self.ranges.get(id)?
             && a.delegate_cgroup
         {
-            Self::delegate_cgroup(&cgroup, a.base)?;
+            Self::delegate_cgroup(&text, &cgroup, a.base)?;
         }
         Client::new(&self.agent_socket)
             .call_ok(&Request::Protect {

@@ -74,6 +74,12 @@ pub fn from_texts(
     })
 }
 
+/// The cgroup2 directory, in this mount namespace, of the process whose
+/// `/proc/<pid>/cgroup` is `cgroups` (`mountinfo`: this process's).
+pub fn cgroup2_dir(cgroups: &str, mountinfo: &str) -> Option<PathBuf> {
+    find_v2(&cgroup_mounts(mountinfo), &memberships(cgroups)).map(|d| d.dir)
+}
+
 /// Field 22 of `/proc/<pid>/stat`; counted after the command name, which
 /// is in parentheses and may hold spaces and parentheses itself.
 pub fn start_ticks(stat: &str) -> Option<u64> {
@@ -279,6 +285,15 @@ mod tests {
         assert_eq!(source.memory, expected);
         assert_eq!(source.cpu_usage, Some(expected.clone()));
         assert_eq!(source.cpu_limit, Some(expected));
+    }
+
+    #[test]
+    fn the_cgroup2_directory_is_found_on_a_hybrid_host_too() {
+        assert_eq!(
+            cgroup2_dir(HYBRID_CGROUPS, HYBRID_MOUNTS),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/docker/abc"))
+        );
+        assert_eq!(cgroup2_dir("4:memory:/docker/abc\n", HYBRID_MOUNTS), None);
     }
 
     #[test]
