@@ -286,7 +286,7 @@ fn idmapped_overlay(
     base: u32,
     geometry: &Geometry,
 ) -> Result<(), RootfsError> {
-    bind_lower_layers(layer_dir, layers, userns)?;
+    bind_lower_layers(layer_dir, &layers.lower, userns)?;
     shift_tree(&layers.upper, Some(base), geometry)?;
     std::fs::create_dir_all(target).map_err(|source| RootfsError::Io {
         what: "creating",
@@ -377,7 +377,7 @@ fn overlay_beside_at(
         let path = path.display().to_string();
         move |source| RootfsError::Io { what, path, source }
     };
-    bind_lower_layers(layer_dir, layers, userns)?;
+    bind_lower_layers(layer_dir, &layers.lower, userns)?;
     let (Some(parent), Some(upper_name)) = (layers.upper.parent(), layers.upper.file_name()) else {
         return Err(RootfsError::Io {
             what: "finding the directory of the upper layer",
@@ -418,10 +418,9 @@ fn overlay_beside_at(
 /// relative names: the mount data must fit a page), `upper`, `work` and the
 /// `other` options.
 fn overlay_options(lowers: usize, upper: &Path, work: &Path, other: &[String]) -> String {
-    let lower: Vec<String> = (0..lowers).map(|n| n.to_string()).collect();
     let mut options = format!(
         "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
+        layer_names(lowers),
         upper.display(),
         work.display()
     );
@@ -432,14 +431,22 @@ fn overlay_options(lowers: usize, upper: &Path, work: &Path, other: &[String]) -
     options
 }
 
-/// Every lower layer of `layers`, bound ID-mapped with `userns` at
+/// `0:1:...`: the names [`bind_lower_layers`] binds `count` layers at.
+fn layer_names(count: usize) -> String {
+    (0..count)
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Every layer of `lower`, bound ID-mapped with `userns` at
 /// `layer_dir/<n>` (short names: the mount data must fit a page).
 fn bind_lower_layers(
     layer_dir: &Path,
-    layers: &OverlayLayers,
+    lower: &[PathBuf],
     userns: &OwnedFd,
 ) -> Result<(), RootfsError> {
-    for (n, lower) in layers.lower.iter().enumerate() {
+    for (n, lower) in lower.iter().enumerate() {
         let real = std::fs::canonicalize(lower).map_err(|source| RootfsError::Io {
             what: "resolving the layer",
             path: lower.display().to_string(),
@@ -466,12 +473,9 @@ pub fn read_only_overlay(
     userns: &OwnedFd,
     dir: &Path,
 ) -> Result<PathBuf, RootfsError> {
-    let stack = OverlayLayers {
-        lower: std::iter::once(layers.upper.clone())
-            .chain(layers.lower.iter().cloned())
-            .collect(),
-        ..layers.clone()
-    };
+    let stack: Vec<PathBuf> = std::iter::once(layers.upper.clone())
+        .chain(layers.lower.iter().cloned())
+        .collect();
     let layer_dir = dir.join("layers");
     let merged = dir.join("merged");
     let result = bind_lower_layers(&layer_dir, &stack, userns).and_then(|()| {
@@ -480,8 +484,7 @@ pub fn read_only_overlay(
             path: merged.display().to_string(),
             source,
         })?;
-        let lower: Vec<String> = (0..stack.lower.len()).map(|n| n.to_string()).collect();
-        let options = format!("lowerdir={}", lower.join(":"));
+        let options = format!("lowerdir={}", layer_names(stack.len()));
         mount_overlay_flags(&layer_dir, &merged, &options, MsFlags::MS_RDONLY)
     });
     if let Err(e) = result {

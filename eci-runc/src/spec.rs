@@ -124,9 +124,9 @@ pub struct Context {
     pub volumes_dir: PathBuf,
     /// Docker's volume directory and container directory.
     pub engine_dirs: Vec<PathBuf>,
-    /// The engine's layer storage a BuildKit step may bind from (also among
-    /// `engine_dirs`): overlays the engine mounted of its layers below them
-    /// are let in read-only.
+    /// The engine's layer storage a BuildKit step may bind from (allowing
+    /// directories as `engine_dirs` are; overlays the engine mounted of its
+    /// layers below them are let in read-only).
     pub engine_layer_dirs: Vec<PathBuf>,
     /// Inode numbers of the VM's namespaces, by kind name (`net`, `pid`...).
     pub vm_namespaces: Vec<(String, u64)>,
@@ -175,13 +175,11 @@ fn buildkit_executor(bundle: &Path) -> Option<&Path> {
     is_executor.then_some(executor)
 }
 
-/// What a BuildKit RUN step may bind of the engine's: the executor's
+/// What a BuildKit RUN step may bind of the executor's directory: its
 /// `resolv.conf` and `hosts` (or `hosts.<build>`, one per build) and
-/// nothing else of the executor's directory; and the engine's layer
-/// storage ([`ENGINE_STORAGE_DIRS`] below the data root the bundle is in),
-/// where the sources of `RUN --mount=type=cache|bind` are BuildKit's
-/// snapshots. Nothing for any other bundle: a container's binds come from
-/// its request, a build step's from BuildKit.
+/// nothing else (the engine's layer storage is [`buildkit_layer_dirs`]).
+/// Nothing for any other bundle: a container's binds come from its
+/// request, a build step's from BuildKit.
 pub fn buildkit_engine_paths(bundle: &Path, spec: &Spec) -> Vec<PathBuf> {
     let Some(executor) = buildkit_executor(bundle) else {
         return Vec::new();
@@ -197,12 +195,13 @@ pub fn buildkit_engine_paths(bundle: &Path, spec: &Spec) -> Vec<PathBuf> {
         .iter()
         .map(|f| executor.join(f))
         .chain(per_build)
-        .chain(buildkit_layer_dirs(bundle))
         .collect()
 }
 
 /// The engine's layer storage ([`ENGINE_STORAGE_DIRS`] below the data root
-/// the bundle is in) for a BuildKit step's bundle; nothing for any other.
+/// the bundle is in) for a BuildKit step's bundle, where the sources of
+/// `RUN --mount=type=cache|bind` are BuildKit's snapshots; nothing for any
+/// other bundle.
 pub fn buildkit_layer_dirs(bundle: &Path) -> Vec<PathBuf> {
     buildkit_executor(bundle)
         .and_then(Path::parent)
@@ -496,6 +495,7 @@ pub fn allowed_dirs(spec: &Spec, ctx: &Context) -> Vec<PathBuf> {
     [ctx.bundle.clone(), rootfs]
         .into_iter()
         .chain(ctx.engine_dirs.iter().cloned())
+        .chain(ctx.engine_layer_dirs.iter().cloned())
         .chain(ctx.shareable_host_paths.iter().cloned())
         .collect()
 }
@@ -745,8 +745,7 @@ mod tests {
         );
         for d in ["vfs/dir", "overlay2"] {
             assert!(
-                c.engine_dirs
-                    .contains(&PathBuf::from(format!("/var/lib/docker/{d}")))
+                allowed_dirs(&spec, &c).contains(&PathBuf::from(format!("/var/lib/docker/{d}")))
             );
         }
         assert_eq!(
@@ -761,7 +760,11 @@ mod tests {
             None,
         );
         assert!(!c.engine_dirs.iter().any(|d| d.ends_with("resolv.conf")));
-        assert!(!c.engine_dirs.iter().any(|d| d.ends_with("overlay2")));
+        assert!(
+            !allowed_dirs(&spec, &c)
+                .iter()
+                .any(|d| d.ends_with("overlay2"))
+        );
     }
 
     #[test]

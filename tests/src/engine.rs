@@ -135,15 +135,6 @@ pub fn start_engine(dir: tempfile::TempDir, agent: &TestAgent) -> Engine {
     start_private(dir, agent, &Private::default())
 }
 
-/// [`start_engine`] with the engine's `--data-root` at `data_root`.
-pub fn start_engine_at(dir: tempfile::TempDir, agent: &TestAgent, data_root: &str) -> Engine {
-    let private = Private {
-        data_root: Some(data_root.to_owned()),
-        ..Private::default()
-    };
-    start_private(dir, agent, &private)
-}
-
 /// How a private engine differs from [`start_engine`]'s.
 #[derive(Default)]
 struct Private {

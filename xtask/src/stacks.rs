@@ -91,17 +91,8 @@ pub fn ensure(stack: &str) -> Result<()> {
         SID_PACKAGES.join(" ")
     );
     let started = Instant::now();
-    run(&mut mmdebstrap_sid(
-        "apt",
-        SID_PACKAGES,
-        &[
-            "/usr/share/doc/*",
-            "/usr/share/man/*",
-            "/usr/share/locale/*",
-        ],
-        &scratch,
-    ))
-    .context("mmdebstrap of the sid root")?;
+    run(&mut mmdebstrap_sid("apt", SID_PACKAGES, &[], &scratch))
+        .context("mmdebstrap of the sid root")?;
     fs::rename(&scratch, &dir)?;
     mount_points(&dir)?;
     let versions = util::output(
@@ -156,9 +147,6 @@ const DIND_PACKAGES: &[&str] = &[
     "busybox-static",
 ];
 const DIND_EXCLUDED: &[&str] = &[
-    "/usr/share/doc/*",
-    "/usr/share/man/*",
-    "/usr/share/locale/*",
     "/usr/bin/ctr",
     "/usr/lib/containerd/*",
     "/usr/lib/cni/*",
@@ -214,10 +202,17 @@ pub fn ensure_dind_image() -> Result<()> {
     Ok(())
 }
 
+/// Left out of every root made here: documentation, manual pages, locales.
+const DOCS_EXCLUDED: &[&str] = &[
+    "/usr/share/doc/*",
+    "/usr/share/man/*",
+    "/usr/share/locale/*",
+];
+
 /// mmdebstrap of a Debian sid root (`target`: a directory, or a tar by its
-/// name) from this machine's mirror: `variant`, `packages` included, the
-/// paths `excluded` left out by dpkg. The mirror's sid Release file is past
-/// its date, hence Check-Valid-Until.
+/// name) from this machine's mirror: `variant`, `packages` included,
+/// [`DOCS_EXCLUDED`] and the paths `excluded` left out by dpkg. The
+/// mirror's sid Release file is past its date, hence Check-Valid-Until.
 fn mmdebstrap_sid(
     variant: &str,
     packages: &[&str],
@@ -230,7 +225,7 @@ fn mmdebstrap_sid(
         format!("--variant={variant}"),
         "--aptopt=Acquire::Check-Valid-Until \"false\"".to_string(),
     ]);
-    for path in excluded {
+    for path in DOCS_EXCLUDED.iter().chain(excluded) {
         cmd.arg(format!("--dpkgopt=path-exclude={path}"));
     }
     cmd.arg(format!("--include={}", packages.join(",")))

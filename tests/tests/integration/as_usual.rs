@@ -315,9 +315,22 @@ fn start_partner(engine: &Engine, runtime: &str, name: &str) {
 /// from a run before is removed first); the control runs under
 /// `--cgroup-parent=/eci-baseline`.
 fn detached(engine: &Engine, runtime: &str, name: &str, extra: &[&str], script: &str) {
+    detached_on(engine, runtime, name, "none", extra, script);
+}
+
+/// [`detached`] on the engine's network `network`.
+fn detached_on(
+    engine: &Engine,
+    runtime: &str,
+    name: &str,
+    network: &str,
+    extra: &[&str],
+    script: &str,
+) {
     let _ = docker(engine, &["rm", "-f", name]);
     let runtime_arg = format!("--runtime={runtime}");
-    let mut args = vec!["run", "-d", "--name", name, &runtime_arg, "--network=none"];
+    let network_arg = format!("--network={network}");
+    let mut args = vec!["run", "-d", "--name", name, &runtime_arg, &network_arg];
     if runtime == RUNC {
         args.push("--cgroup-parent=/eci-baseline");
     }
@@ -913,25 +926,15 @@ fn published_ports_reach_the_container_with_eci_as_with_runc() {
     docker_ok(&engine, &["network", "create", network]);
     for (runtime, port) in [(RUNC, 18080u16), ("eci", 18081)] {
         let name = format!("eci-usual-web-{}", runtime.replace('-', ""));
-        let _ = docker(&engine, &["rm", "-f", &name]);
-        let runtime_arg = format!("--runtime={runtime}");
         let publish = format!("127.0.0.1:{port}:8080");
-        let mut args = vec![
-            "run",
-            "-d",
-            "--name",
+        detached_on(
+            &engine,
+            runtime,
             &name,
-            &runtime_arg,
-            "--network",
             network,
-            "-p",
-            &publish,
-        ];
-        if runtime == RUNC {
-            args.push("--cgroup-parent=/eci-baseline");
-        }
-        args.extend_from_slice(&[IMAGE, "busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"]);
-        docker_ok(&engine, &args);
+            &["-p", &publish],
+            "exec busybox httpd -f -p 8080 -h /etc",
+        );
         let answer = http_get(port, "passwd");
         let _ = docker(&engine, &["rm", "-f", &name]);
         assert!(
