@@ -40,12 +40,23 @@ pub async fn keep_current(root: PathBuf) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut throttle = ErrorThrottle::default();
+    let mut refresher = Some(eci_views::Refresher::new(&root));
     loop {
         tick.tick().await;
-        let dir = root.clone();
-        let failures = match tokio::task::spawn_blocking(move || eci_views::refresh_all(&dir)).await
-        {
-            Ok(errors) => errors.iter().map(ToString::to_string).collect(),
+        let mut this_round = refresher
+            .take()
+            .unwrap_or_else(|| eci_views::Refresher::new(&root));
+        let done = tokio::task::spawn_blocking(move || {
+            let round = this_round.refresh_all();
+            (this_round, round)
+        })
+        .await;
+        let failures = match done {
+            Ok((kept, round)) => {
+                refresher = Some(kept);
+                round.errors.iter().map(ToString::to_string).collect()
+            }
+            // The load averages start again from zero.
             Err(e) => vec![format!("the refresh task failed: {e}")],
         };
         for failure in throttle.worth_logging(failures, Instant::now()) {

@@ -1,25 +1,37 @@
-//! Container views of `/proc/meminfo` and `/proc/uptime`, LXCFS-style but
-//! with plain files: eci-runc binds `<root>/<container-id>/meminfo` and
-//! `uptime` read-only over the container's `/proc` files, and the agent
-//! re-renders them every second from the container's cgroup and start time.
+//! Container views of `/proc` and `/sys` files, LXCFS-style but with plain
+//! files: eci-runc binds `<root>/<container-id>/<view>` read-only over the
+//! container's `/proc/meminfo`, `uptime`, `cpuinfo`, `stat`, `loadavg`,
+//! `swaps`, `diskstats` and `/sys/devices/system/cpu/online`, and the agent
+//! re-renders them every second from the container's cgroup, tasks and
+//! start time ([`View`] lists them).
 //!
 //! - [`ContainerViews`]: one container's directory (`prepare`, `start`,
 //!   `refresh`, `remove`).
-//! - [`refresh_all`]: what the agent calls every second.
+//! - [`Refresher`]: what the agent runs every second.
 //! - [`source`]: where a container's numbers come from (`view.json`),
 //!   resolved from its init's `/proc/<pid>/cgroup`.
-//! - [`meminfo`], [`uptime`]: reading the cgroup files and rendering.
+//! - [`meminfo`] (and swaps), [`uptime`], [`cpus`] (online, cpuinfo),
+//!   [`stat`], [`loadavg`], [`diskstats`], [`tasks`]: reading the cgroup
+//!   files and rendering.
 
+pub mod cpus;
+pub mod diskstats;
+pub mod loadavg;
 pub mod meminfo;
 pub mod source;
+pub mod stat;
+pub mod tasks;
 pub mod uptime;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io,
-    os::unix::fs::{FileExt, PermissionsExt},
+    os::unix::fs::{FileExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
+
+use loadavg::LoadAverage;
 
 pub use source::{CgroupDir, CgroupVersion, ViewSource};
 
@@ -28,9 +40,66 @@ pub const DEFAULT_ROOT: &str = "/run/eci/views";
 /// The environment variable eci-runc reads the views root from.
 pub const ROOT_ENV: &str = "ECI_VIEWS_DIR";
 
-const MEMINFO: &str = "meminfo";
-const UPTIME: &str = "uptime";
 const DESCRIPTION: &str = "view.json";
+
+/// A file a container sees through eci.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum View {
+    Meminfo,
+    Uptime,
+    Cpuinfo,
+    Stat,
+    Loadavg,
+    Swaps,
+    Diskstats,
+    CpuOnline,
+}
+
+impl View {
+    pub const ALL: [View; 8] = [
+        View::Meminfo,
+        View::Uptime,
+        View::Cpuinfo,
+        View::Stat,
+        View::Loadavg,
+        View::Swaps,
+        View::Diskstats,
+        View::CpuOnline,
+    ];
+
+    /// Its number, the same on the kernel side.
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    /// Its file's name in a container's views directory.
+    pub const fn file_name(self) -> &'static str {
+        match self {
+            View::Meminfo => "meminfo",
+            View::Uptime => "uptime",
+            View::Cpuinfo => "cpuinfo",
+            View::Stat => "stat",
+            View::Loadavg => "loadavg",
+            View::Swaps => "swaps",
+            View::Diskstats => "diskstats",
+            View::CpuOnline => "online",
+        }
+    }
+
+    /// The file of the container it stands in for.
+    pub const fn target(self) -> &'static str {
+        match self {
+            View::Meminfo => "/proc/meminfo",
+            View::Uptime => "/proc/uptime",
+            View::Cpuinfo => "/proc/cpuinfo",
+            View::Stat => "/proc/stat",
+            View::Loadavg => "/proc/loadavg",
+            View::Swaps => "/proc/swaps",
+            View::Diskstats => "/proc/diskstats",
+            View::CpuOnline => "/sys/devices/system/cpu/online",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewsError {
@@ -130,22 +199,33 @@ pub(crate) fn parse_stat(text: &str) -> BTreeMap<String, u64> {
 }
 
 /// What a refresh did for one container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refreshed {
-    Written,
+    Written(Rendered),
     /// No `view.json` yet: the container is not registered yet.
     NotStarted,
     /// Its cgroup or its directory is gone; its runtime removes the rest.
     Gone,
 }
 
-/// The host's numbers a render needs, read once per refresh round.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One container's views as rendered (and written) in a round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The cgroup id of its tasks (cgroup2's inode number), when known.
+    pub cgroup2_id: Option<u64>,
+    pub texts: Vec<(View, String)>,
+}
+
+/// The host's numbers and texts a render needs, read once per round.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Host {
     pub memory: meminfo::HostMemory,
     pub uptime_seconds: f64,
-    pub online_cpus: f64,
+    pub online: Vec<u32>,
     pub ticks_per_second: u64,
+    pub cpuinfo: String,
+    pub stat: String,
+    pub diskstats: String,
 }
 
 impl Host {
@@ -153,9 +233,43 @@ impl Host {
         Ok(Self {
             memory: meminfo::HostMemory::read(Path::new("/proc/meminfo"))?,
             uptime_seconds: uptime::read_host_uptime(Path::new("/proc/uptime"))?,
-            online_cpus: uptime::online_cpus(),
+            online: cpus::read_online(Path::new("/sys/devices/system/cpu/online"))?,
             ticks_per_second: uptime::ticks_per_second(),
+            cpuinfo: read_text(Path::new("/proc/cpuinfo"))?,
+            stat: read_text(Path::new("/proc/stat"))?,
+            diskstats: read_text(Path::new("/proc/diskstats"))?,
         })
+    }
+}
+
+/// The load average of a container and when it is next sampled.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadTrack {
+    average: LoadAverage,
+    next_sample: Instant,
+}
+
+impl LoadTrack {
+    fn new(now: Instant) -> Self {
+        Self {
+            average: LoadAverage::default(),
+            next_sample: now,
+        }
+    }
+
+    /// Sample `active` tasks if a sample is due (every 5 seconds, as the
+    /// kernel does; a late round takes the samples it missed).
+    fn update(&mut self, active: u64, now: Instant) {
+        let period = Duration::from_secs(loadavg::SAMPLE_SECONDS);
+        let mut missed = 0;
+        while self.next_sample <= now && missed < 180 {
+            self.average.sample(active);
+            self.next_sample += period;
+            missed += 1;
+        }
+        if self.next_sample <= now {
+            self.next_sample = now + period;
+        }
     }
 }
 
@@ -186,24 +300,29 @@ impl ContainerViews {
         &self.dir
     }
 
+    /// The file of `view`.
+    pub fn file(&self, view: View) -> PathBuf {
+        self.dir.join(view.file_name())
+    }
+
     pub fn meminfo(&self) -> PathBuf {
-        self.dir.join(MEMINFO)
+        self.file(View::Meminfo)
     }
 
     pub fn uptime(&self) -> PathBuf {
-        self.dir.join(UPTIME)
+        self.file(View::Uptime)
     }
 
     pub fn description(&self) -> PathBuf {
         self.dir.join(DESCRIPTION)
     }
 
-    /// The `/proc` file each view stands in for, with its file.
-    pub fn proc_files(&self) -> [(&'static str, PathBuf); 2] {
-        [
-            ("/proc/meminfo", self.meminfo()),
-            ("/proc/uptime", self.uptime()),
-        ]
+    /// The file each view stands in for, with its file.
+    pub fn proc_files(&self) -> Vec<(&'static str, PathBuf)> {
+        View::ALL
+            .iter()
+            .map(|&view| (view.target(), self.file(view)))
+            .collect()
     }
 
     /// Create the directory (0755) with empty view files (0644), ready to
@@ -221,7 +340,7 @@ impl ContainerViews {
             }
             _ => {}
         }
-        for file in [self.meminfo(), self.uptime()] {
+        for file in View::ALL.map(|view| self.file(view)) {
             std::fs::write(&file, b"").map_err(ViewsError::io("creating", &file))?;
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
                 .map_err(ViewsError::io("setting the mode of", &file))?;
@@ -241,12 +360,19 @@ impl ContainerViews {
         })?;
         std::fs::write(&tmp, text).map_err(ViewsError::io("writing", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(ViewsError::io("renaming onto", &path))?;
-        self.render(&source, &Host::read()?)
+        let mut load = LoadTrack::new(Instant::now());
+        self.render(&source, &Host::read()?, &mut load, Instant::now())
+            .map(drop)
     }
 
     /// Re-render both views from the description, if there is one and the
     /// container's cgroup still exists.
-    pub fn refresh(&self, host: &Host) -> Result<Refreshed, ViewsError> {
+    pub fn refresh(
+        &self,
+        host: &Host,
+        load: &mut LoadTrack,
+        now: Instant,
+    ) -> Result<Refreshed, ViewsError> {
         let path = self.description();
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -268,8 +394,8 @@ impl ContainerViews {
         if gone() {
             return Ok(Refreshed::Gone);
         }
-        match self.render(&source, host) {
-            Ok(()) => Ok(Refreshed::Written),
+        match self.render(&source, host, load, now) {
+            Ok(rendered) => Ok(Refreshed::Written(rendered)),
             Err(e) if gone() || (e.is_not_found() && !self.meminfo().exists()) => {
                 Ok(Refreshed::Gone)
             }
@@ -277,17 +403,24 @@ impl ContainerViews {
         }
     }
 
-    fn render(&self, source: &ViewSource, host: &Host) -> Result<(), ViewsError> {
-        let memory = meminfo::ContainerMemory::read(&source.memory)?;
-        write_in_place(&self.meminfo(), &meminfo::render(&host.memory, &memory))?;
-        let cpu = uptime::ContainerCpu::read(source, host.online_cpus)?;
-        let text = uptime::render(
-            host.uptime_seconds,
-            source.start_ticks,
-            host.ticks_per_second,
-            &cpu,
-        );
-        write_in_place(&self.uptime(), &text)
+    /// Render every view and write it in place.
+    fn render(
+        &self,
+        source: &ViewSource,
+        host: &Host,
+        load: &mut LoadTrack,
+        now: Instant,
+    ) -> Result<Rendered, ViewsError> {
+        let texts = render_views(source, host, load, now)?;
+        for (view, text) in &texts {
+            write_in_place(&self.file(*view), text)?;
+        }
+        let cgroup2_id = source
+            .cgroup2
+            .as_ref()
+            .and_then(|dir| std::fs::metadata(dir).ok())
+            .map(|meta| meta.ino());
+        Ok(Rendered { cgroup2_id, texts })
     }
 
     /// Remove the directory (nothing to do when it is not there).
@@ -315,32 +448,130 @@ pub fn write_in_place(path: &Path, content: &str) -> Result<(), ViewsError> {
         .map_err(ViewsError::io("cutting to length", path))
 }
 
-/// Re-render the views of every container under `root`. A container whose
-/// cgroup is gone is skipped silently; every other failure is returned, one
-/// per container (a missing root means no containers yet).
-pub fn refresh_all(root: &Path) -> Vec<ViewsError> {
-    let entries = match std::fs::read_dir(root) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
-        Err(e) => return vec![ViewsError::io("listing", root)(e)],
+/// Every view of the container `source` describes.
+pub fn render_views(
+    source: &ViewSource,
+    host: &Host,
+    load: &mut LoadTrack,
+    now: Instant,
+) -> Result<Vec<(View, String)>, ViewsError> {
+    let memory = meminfo::ContainerMemory::read(&source.memory)?;
+    let cpu = cpus::ContainerCpu::read(source, &host.online, host.ticks_per_second)?;
+    let tasks = tasks::TaskCounts::read(&source.memory, Path::new("/proc"))?;
+    let io = match &source.io {
+        Some(cgroup) => diskstats::read(cgroup)?,
+        None => diskstats::ContainerIo::new(),
     };
-    let host = match Host::read() {
-        Ok(host) => host,
-        Err(e) => return vec![e],
+    load.update(tasks.running + tasks.blocked, now);
+    let up = uptime::container_seconds(
+        host.uptime_seconds,
+        source.start_ticks,
+        host.ticks_per_second,
+    );
+    let stat_inputs = stat::StatInputs {
+        cpu: &cpu,
+        tasks: &tasks,
+        uptime: up,
+        ticks_per_second: host.ticks_per_second,
     };
-    let mut errors = Vec::new();
-    for entry in entries.flatten() {
-        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        let name = entry.file_name();
-        let Some(id) = name.to_str().filter(|_| is_dir) else {
-            continue;
-        };
-        let refreshed = ContainerViews::new(root, id).and_then(|views| views.refresh(&host));
-        if let Err(e) = refreshed {
-            errors.push(e);
+    Ok(View::ALL
+        .iter()
+        .map(|&view| {
+            let text = match view {
+                View::Meminfo => meminfo::render(&host.memory, &memory),
+                View::Uptime => uptime::render(up, &cpu),
+                View::Cpuinfo => cpus::render_cpuinfo(&host.cpuinfo, &cpu.visible),
+                View::Stat => stat::render(&host.stat, &stat_inputs),
+                View::Loadavg => load.average.render(&tasks),
+                View::Swaps => meminfo::render_swaps(&host.memory, &memory),
+                View::Diskstats => diskstats::render(&host.diskstats, &io),
+                View::CpuOnline => cpus::format_list(&cpu.visible),
+            };
+            (view, text)
+        })
+        .collect())
+}
+
+/// A round of [`Refresher::refresh_all`].
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Per container id, what was rendered.
+    pub rendered: Vec<(String, Rendered)>,
+    /// Containers whose cgroup or directory went away.
+    pub gone: Vec<String>,
+    /// One per container that failed.
+    pub errors: Vec<ViewsError>,
+}
+
+/// Re-renders every container's views under a root; keeps what lives
+/// from one round to the next (the load averages).
+#[derive(Debug)]
+pub struct Refresher {
+    root: PathBuf,
+    loads: HashMap<String, LoadTrack>,
+}
+
+impl Refresher {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            loads: HashMap::new(),
         }
     }
-    errors
+
+    /// Re-render the views of every container under the root. A container
+    /// whose cgroup is gone is reported as gone, not as an error (a missing
+    /// root means no containers yet).
+    pub fn refresh_all(&mut self) -> Round {
+        let mut round = Round::default();
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.loads.clear();
+                return round;
+            }
+            Err(e) => {
+                round.errors.push(ViewsError::io("listing", &self.root)(e));
+                return round;
+            }
+        };
+        let host = match Host::read() {
+            Ok(host) => host,
+            Err(e) => {
+                round.errors.push(e);
+                return round;
+            }
+        };
+        let now = Instant::now();
+        let mut seen = Vec::new();
+        for entry in entries.flatten() {
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            let name = entry.file_name();
+            let Some(id) = name.to_str().filter(|_| is_dir) else {
+                continue;
+            };
+            let load = self
+                .loads
+                .entry(id.to_owned())
+                .or_insert_with(|| LoadTrack::new(now));
+            let refreshed = ContainerViews::new(&self.root, id)
+                .and_then(|views| views.refresh(&host, load, now));
+            match refreshed {
+                Ok(Refreshed::Written(rendered)) => {
+                    seen.push(id.to_owned());
+                    round.rendered.push((id.to_owned(), rendered));
+                }
+                Ok(Refreshed::NotStarted) => seen.push(id.to_owned()),
+                Ok(Refreshed::Gone) => round.gone.push(id.to_owned()),
+                Err(e) => {
+                    seen.push(id.to_owned());
+                    round.errors.push(e);
+                }
+            }
+        }
+        self.loads.retain(|id, _| seen.contains(id));
+        round
+    }
 }
 
 /// A cgroup directory of `version` holding `files` (name, text), for tests.
@@ -396,7 +627,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(views.meminfo()).unwrap(), "short\n");
         assert_eq!(std::fs::metadata(views.meminfo()).unwrap().ino(), inode);
         // Not started: nothing rendered, nothing reported.
-        assert!(refresh_all(&tmp.path().join("views")).is_empty());
+        let round = Refresher::new(tmp.path().join("views")).refresh_all();
+        assert!(round.errors.is_empty() && round.rendered.is_empty() && round.gone.is_empty());
         assert_eq!(std::fs::read_to_string(views.uptime()).unwrap(), "");
         views.remove().unwrap();
         assert!(!views.dir().exists());
@@ -418,15 +650,28 @@ mod tests {
             },
             cpu_usage: None,
             cpu_limit: None,
+            cpuset: None,
+            io: None,
+            cgroup2: None,
             start_ticks: 1,
         };
         std::fs::write(views.description(), serde_json::to_string(&source).unwrap()).unwrap();
+        let now = Instant::now();
         assert_eq!(
-            views.refresh(&Host::read().unwrap()).unwrap(),
+            views
+                .refresh(&Host::read().unwrap(), &mut LoadTrack::new(now), now)
+                .unwrap(),
             Refreshed::Gone
         );
-        assert!(refresh_all(&root).is_empty());
-        assert!(refresh_all(&tmp.path().join("no-root")).is_empty());
+        let round = Refresher::new(&root).refresh_all();
+        assert!(round.errors.is_empty(), "{:?}", round.errors);
+        assert_eq!(round.gone, vec!["c1".to_owned()]);
+        assert!(
+            Refresher::new(tmp.path().join("no-root"))
+                .refresh_all()
+                .errors
+                .is_empty()
+        );
     }
 
     #[test]
@@ -463,7 +708,17 @@ mod tests {
             seconds >= 0.0 && seconds <= host.uptime_seconds,
             "{uptime:?}"
         );
-        assert_eq!(views.refresh(&host).unwrap(), Refreshed::Written);
+        let now = Instant::now();
+        let refreshed = views.refresh(&host, &mut LoadTrack::new(now), now).unwrap();
+        let Refreshed::Written(rendered) = refreshed else {
+            panic!("{refreshed:?}");
+        };
+        assert_eq!(rendered.texts.len(), View::ALL.len());
+        let online = std::fs::read_to_string(views.file(View::CpuOnline)).unwrap();
+        assert!(
+            cpus::parse_list(&online).is_some_and(|c| !c.is_empty()),
+            "{online:?}"
+        );
     }
 
     #[test]
@@ -490,11 +745,20 @@ mod tests {
         let source = ViewSource {
             memory: dir.clone(),
             cpu_usage: Some(dir.clone()),
-            cpu_limit: Some(dir),
+            cpu_limit: Some(dir.clone()),
+            cpuset: Some(dir.clone()),
+            io: Some(dir),
+            cgroup2: Some(cgroup.clone()),
             start_ticks: 0,
         };
         std::fs::write(views.description(), serde_json::to_string(&source).unwrap()).unwrap();
-        assert_eq!(refresh_all(&root).len(), 0);
+        let round = Refresher::new(&root).refresh_all();
+        assert!(round.errors.is_empty(), "{:?}", round.errors);
+        assert_eq!(round.rendered.len(), 1);
+        assert_eq!(
+            round.rendered[0].1.cgroup2_id,
+            Some(std::fs::metadata(&cgroup).unwrap().ino())
+        );
         let meminfo = std::fs::read_to_string(views.meminfo()).unwrap();
         assert!(
             meminfo.starts_with("MemTotal:          65536 kB\nMemFree:           64512 kB\n"),

@@ -155,9 +155,11 @@ impl ContainerMemory {
 
     fn read_v2(dir: &Path) -> Result<Self, ViewsError> {
         let stat = read_stat(&dir.join("memory.stat"))?;
-        let limit = read_limit(&dir.join("memory.max"))?;
+        let limit = v2_tightest(dir, "memory.max")?;
         let usage = read_number(&dir.join("memory.current"))?;
-        let swap_limit = optional(read_limit(&dir.join("memory.swap.max")))?;
+        let swap_limit = optional(read_limit(&dir.join("memory.swap.max")))?
+            .map(|_| v2_tightest(dir, "memory.swap.max"))
+            .transpose()?;
         let swap_usage = optional(read_number(&dir.join("memory.swap.current")))?;
         let swap = swap_limit
             .zip(swap_usage)
@@ -169,6 +171,53 @@ impl ContainerMemory {
             counters: MemoryCounters::from_v2(&stat),
         })
     }
+}
+
+/// The tightest v2 limit `file` of `dir` and its ancestors (v1 says it in
+/// `hierarchical_memory_limit`; v2 limits a subtree without telling its
+/// children). The walk stops where the file is missing: the root cgroup,
+/// or the top of the cgroup2 mount seen here.
+fn v2_tightest(dir: &Path, file: &str) -> Result<Option<u64>, ViewsError> {
+    let mut tightest = read_limit(&dir.join(file))?;
+    let mut at = dir.parent();
+    while let Some(parent) = at {
+        match optional(read_limit(&parent.join(file)))? {
+            Some(limit) => {
+                tightest = match (tightest, limit) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            None => break,
+        }
+        at = parent.parent();
+    }
+    Ok(tightest)
+}
+
+/// The container's `/proc/swaps`: the header, and one line of the swap it
+/// may use (its limit, else the host's), if any.
+pub fn render_swaps(host: &HostMemory, container: &ContainerMemory) -> String {
+    let mut out = String::from("Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n");
+    let (total, used) = match container.swap {
+        Some(swap) => (
+            swap.limit
+                .map_or(host.swap_total, |l| l.min(host.swap_total)),
+            swap.usage,
+        ),
+        None => (
+            host.swap_total,
+            host.swap_total.saturating_sub(host.swap_free),
+        ),
+    };
+    if total > 0 {
+        out.push_str(&format!(
+            "none\t\t\t\t\tvirtual\t\t{}\t\t{}\t\t0\n",
+            total / 1024,
+            used.min(total) / 1024
+        ));
+    }
+    out
 }
 
 fn line(out: &mut String, name: &str, bytes: u64) {

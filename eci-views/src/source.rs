@@ -33,6 +33,17 @@ pub struct ViewSource {
     pub cpu_usage: Option<CgroupDir>,
     /// v1 `cpu` (`cpu.cfs_quota_us`), else cgroup2 (`cpu.max`).
     pub cpu_limit: Option<CgroupDir>,
+    /// v1 `cpuset` (`cpuset.effective_cpus`), else cgroup2
+    /// (`cpuset.cpus.effective`).
+    #[serde(default)]
+    pub cpuset: Option<CgroupDir>,
+    /// v1 `blkio` (`blkio.throttle.io_service*`), else cgroup2 (`io.stat`).
+    #[serde(default)]
+    pub io: Option<CgroupDir>,
+    /// The cgroup2 directory (also on a hybrid host): its inode number is
+    /// the cgroup id the kernel reports for the container's tasks.
+    #[serde(default)]
+    pub cgroup2: Option<PathBuf>,
     /// The init's start time, in clock ticks since boot (`/proc/<pid>/stat`
     /// field 22).
     pub start_ticks: u64,
@@ -70,6 +81,9 @@ pub fn from_texts(
         memory,
         cpu_usage: find("cpuacct"),
         cpu_limit: find("cpu"),
+        cpuset: find("cpuset"),
+        io: find("blkio"),
+        cgroup2: find_v2(&mounts, &memberships).map(|d| d.dir),
         start_ticks,
     })
 }

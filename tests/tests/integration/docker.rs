@@ -676,6 +676,220 @@ fn proc_meminfo_shows_the_containers_memory_limit_or_the_hosts_memory() {
     );
 }
 
+/// What a container reads of its resources, one `---`-separated section
+/// each: `nproc`, cpuinfo, cpu/online, stat, meminfo, swaps, loadavg,
+/// diskstats, busybox `top -bn1`'s header.
+const RESOURCE_SCRIPT: &str = "nproc; echo ---; cat /proc/cpuinfo; echo ---; cat /sys/devices/system/cpu/online; echo ---; cat /proc/stat; echo ---; cat /proc/meminfo; echo ---; cat /proc/swaps; echo ---; cat /proc/loadavg; echo ---; cat /proc/diskstats; echo ---; top -bn1 | head -3";
+
+/// The sections of [`RESOURCE_SCRIPT`]'s output, by name.
+struct Resources {
+    nproc: usize,
+    cpuinfo: String,
+    online: String,
+    stat: String,
+    meminfo: String,
+    swaps: String,
+    loadavg: String,
+    diskstats: String,
+    top: String,
+}
+
+impl Resources {
+    fn read(f: &Fixture, runtime_flags: &[String], limits: &[&str]) -> Self {
+        let mut args: Vec<&str> = vec!["run", "--rm"];
+        args.extend(runtime_flags.iter().map(String::as_str));
+        args.extend(limits);
+        args.extend([IMAGE, "sh", "-c", RESOURCE_SCRIPT]);
+        let out = f.docker(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let parts: Vec<String> = stdout.split("---\n").map(str::to_owned).collect();
+        assert_eq!(parts.len(), 9, "{stdout}");
+        Self {
+            nproc: parts[0]
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("nproc: {stdout}")),
+            cpuinfo: parts[1].clone(),
+            online: parts[2].trim().to_owned(),
+            stat: parts[3].clone(),
+            meminfo: parts[4].clone(),
+            swaps: parts[5].clone(),
+            loadavg: parts[6].clone(),
+            diskstats: parts[7].clone(),
+            top: parts[8].clone(),
+        }
+    }
+
+    fn processors(&self) -> usize {
+        self.cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count()
+    }
+
+    fn stat_cpus(&self) -> usize {
+        self.stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+            .count()
+    }
+
+    fn stat_value(&self, name: &str) -> Option<String> {
+        self.stat.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .map(str::to_owned)
+        })
+    }
+
+    /// `T` of the loadavg's `R/T` field.
+    fn tasks(&self) -> u64 {
+        self.loadavg
+            .split_whitespace()
+            .nth(3)
+            .and_then(|f| f.split_once('/'))
+            .and_then(|(_, total)| total.parse().ok())
+            .unwrap_or_else(|| panic!("loadavg: {:?}", self.loadavg))
+    }
+
+    /// Size and used of `/proc/swaps`, in kB (0, 0 without a line).
+    fn swap(&self) -> (u64, u64) {
+        self.swaps
+            .lines()
+            .nth(1)
+            .map(|l| {
+                let f: Vec<u64> = l
+                    .split_whitespace()
+                    .skip(2)
+                    .take(2)
+                    .map(|v| v.parse().unwrap_or(u64::MAX))
+                    .collect();
+                (f[0], f[1])
+            })
+            .unwrap_or((0, 0))
+    }
+
+    /// busybox top's `Mem: <used>K used, <free>K free` total, in kB.
+    fn top_memory(&self) -> u64 {
+        let line = self
+            .top
+            .lines()
+            .find(|l| l.starts_with("Mem:"))
+            .unwrap_or_else(|| panic!("top: {}", self.top));
+        let numbers: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.strip_suffix('K').and_then(|n| n.parse().ok()))
+            .collect();
+        numbers.iter().take(2).sum()
+    }
+}
+
+#[test]
+fn cpu_memory_swap_load_and_disk_views_are_the_containers_where_runc_shows_the_vms() {
+    let Some(f) =
+        fixture("cpu_memory_swap_load_and_disk_views_are_the_containers_where_runc_shows_the_vms")
+    else {
+        return;
+    };
+    let host_online = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online");
+    let host_cpus = eci_views::cpus::parse_list(&host_online).expect("cpu list");
+    let host_meminfo = std::fs::read_to_string("/proc/meminfo").expect("host meminfo");
+    let host_stat = std::fs::read_to_string("/proc/stat").expect("host stat");
+    let btime = host_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .expect("btime")
+        .to_owned();
+    let limits = ["--cpus=1", "-m", "256m", "--memory-swap", "512m"];
+    let runc = Resources::read(f, &f.engine.plain_runc_flags(), &limits);
+    let eci = Resources::read(f, &[format!("--runtime={}", f.runtime())], &limits);
+    // runc: the VM's CPUs, memory and tasks.
+    assert_eq!(runc.processors(), host_cpus.len(), "{}", runc.cpuinfo);
+    assert_eq!(runc.online, host_online.trim());
+    assert_eq!(runc.stat_cpus(), host_cpus.len(), "{}", runc.stat);
+    assert_eq!(
+        meminfo_kb(&runc.meminfo, "MemTotal"),
+        meminfo_kb(&host_meminfo, "MemTotal")
+    );
+    assert!(runc.top_memory() > 262_144, "{}", runc.top);
+    // eci: one CPU (the quota rounded up), the first of the VM's.
+    assert_eq!(eci.processors(), 1, "{}", eci.cpuinfo);
+    assert_eq!(eci.online, host_cpus[0].to_string());
+    assert_eq!(eci.stat_cpus(), 1, "{}", eci.stat);
+    assert!(
+        eci.stat
+            .lines()
+            .any(|l| l.starts_with(&format!("cpu{} ", host_cpus[0]))),
+        "{}",
+        eci.stat
+    );
+    assert_eq!(
+        eci.stat_value("btime").as_deref(),
+        Some(btime.as_str()),
+        "{}",
+        eci.stat
+    );
+    // nproc asks sched_getaffinity, which a quota does not narrow: the
+    // same under runc and eci (and LXCFS).
+    assert_eq!(eci.nproc, runc.nproc);
+    // Memory: the limit; swap: the limit's swap or none, as the VM has.
+    assert_eq!(
+        meminfo_kb(&eci.meminfo, "MemTotal"),
+        262_144,
+        "{}",
+        eci.meminfo
+    );
+    assert!(eci.top_memory() <= 262_144, "{}", eci.top);
+    let swap_total = meminfo_kb(&eci.meminfo, "SwapTotal");
+    assert!(
+        swap_total <= 262_144.max(meminfo_kb(&host_meminfo, "SwapTotal")),
+        "{}",
+        eci.meminfo
+    );
+    assert_eq!(eci.swap().0, swap_total, "{}\n{}", eci.swaps, eci.meminfo);
+    assert!(eci.swaps.starts_with("Filename"), "{}", eci.swaps);
+    // Load: its own few tasks, not the VM's.
+    assert!(eci.tasks() >= 1 && eci.tasks() < 10, "{}", eci.loadavg);
+    assert!(
+        runc.tasks() > eci.tasks(),
+        "runc {} eci {}",
+        runc.loadavg,
+        eci.loadavg
+    );
+    // Disks: only devices the VM has, no more lines than the VM's.
+    let devices = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
+            .collect()
+    };
+    let vm_devices = devices(&runc.diskstats);
+    assert!(
+        devices(&eci.diskstats)
+            .iter()
+            .all(|d| vm_devices.contains(d)),
+        "{}",
+        eci.diskstats
+    );
+    // A cpuset: exactly its CPU, whose number it keeps (as
+    // sched_getaffinity and /sys/devices/system/cpu/cpuN have it).
+    let last = host_cpus[host_cpus.len() - 1].to_string();
+    let cpuset = ["--cpuset-cpus", last.as_str()];
+    let eci = Resources::read(f, &[format!("--runtime={}", f.runtime())], &cpuset);
+    let runc = Resources::read(f, &f.engine.plain_runc_flags(), &cpuset);
+    assert_eq!((eci.nproc, runc.nproc), (1, 1));
+    assert_eq!(eci.online, last);
+    assert_eq!(eci.processors(), 1, "{}", eci.cpuinfo);
+    assert!(
+        eci.cpuinfo
+            .lines()
+            .any(|l| l.starts_with("processor") && l.ends_with(&format!(": {last}"))),
+        "{}",
+        eci.cpuinfo
+    );
+    assert_eq!(runc.processors(), host_cpus.len());
+}
+
 #[test]
 fn proc_uptime_counts_from_the_containers_start_and_advances() {
     let Some(f) = fixture("proc_uptime_counts_from_the_containers_start_and_advances") else {
