@@ -33,12 +33,17 @@ pub const MASKED_PATHS: &[&str] = &[
     "/sys/devices/virtual/powercap",
 ];
 
-/// Read-only for every container, `--privileged` too. Not `/proc/sys`:
-/// the engine makes it read-only for a container that is not privileged;
-/// a privileged one writes the knobs of its own namespaces (`net.*`,
-/// `kernel.shm*`...: owned by its root), as an inner dockerd must, and the
-/// kernel refuses it every global one (those answer only the VM's root).
+/// Read-only for every container, `--privileged` too.
 pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sysrq-trigger"];
+
+/// Writable for every container (the engine makes it read-only for one
+/// that is not privileged; eci takes that back, as Sysbox does): in its own
+/// user namespace a container writes the knobs of its own namespaces
+/// (`net.*`, and the IPC ones where the kernel gives them to the
+/// namespace's root), which its root owns, and the kernel refuses it every
+/// global knob (`kernel.*`, `vm.*`, `fs.*`: those answer only the VM's
+/// root; the escape suite writes them).
+pub const WRITABLE_PATHS: &[&str] = &["/proc/sys"];
 
 /// The container mounts its cgroup file system writable (Docker does for
 /// `--privileged`): it manages cgroups below its own, so its cgroup is
@@ -605,6 +610,7 @@ pub fn rewrite(spec: &mut Spec, ctx: &Context) -> Result<Vec<String>, Refusal> {
     }
     linux.set_masked_paths(Some(masked));
     let mut readonly = linux.readonly_paths().clone().unwrap_or_default();
+    readonly.retain(|p| !WRITABLE_PATHS.contains(&p.as_str()));
     for p in READONLY_PATHS {
         if !readonly.iter().any(|m| m == p) {
             readonly.push((*p).to_owned());
@@ -697,6 +703,7 @@ mod tests {
     "namespaces": [{namespaces}],
     "sysctl": {{"net.ipv4.ping_group_range": "0 2147483647"}},
     "maskedPaths": ["/proc/kcore"],
+    "readonlyPaths": ["/proc/sys", "/proc/bus"],
     "cgroupsPath": "/docker/c1"
   }}
 }}"#
@@ -897,6 +904,14 @@ mod tests {
                 .unwrap()
                 .iter()
                 .any(|p| p == "/proc/irq")
+        );
+        assert!(
+            !linux
+                .readonly_paths()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|p| p == "/proc/sys")
         );
         assert_eq!(
             linux.sysctl().as_ref().unwrap()["net.ipv4.ping_group_range"],

@@ -891,6 +891,64 @@ fn cpu_memory_swap_load_and_disk_views_are_the_containers_where_runc_shows_the_v
 }
 
 #[test]
+fn proc_sys_knobs_of_the_containers_namespaces_are_writable_and_the_vms_are_not() {
+    let Some(f) =
+        fixture("proc_sys_knobs_of_the_containers_namespaces_are_writable_and_the_vms_are_not")
+    else {
+        return;
+    };
+    // Its own IPC namespace's knob (the kernel gives those to the
+    // namespace's root from 5.19), then global ones (the VM's).
+    let script = "v=$(cat /proc/sys/kernel/msgmax); echo $((v + 1)) > /proc/sys/kernel/msgmax && echo IPC-WROTE; \
+        echo 0 > /proc/sys/kernel/sysrq && echo SYSRQ-WROTE; echo 3 > /proc/sys/vm/drop_caches && echo DROP-WROTE; \
+        echo 77 > /proc/sys/kernel/panic && echo PANIC-WROTE; echo 4096 > /proc/sys/fs/file-max && echo FILE-MAX-WROTE; \
+        echo 1 > /proc/sys/net/ipv4/ip_forward && echo NET-WROTE; echo done";
+    let vm = [
+        "kernel/msgmax",
+        "kernel/sysrq",
+        "kernel/panic",
+        "fs/file-max",
+    ];
+    let vm_values = || -> Vec<String> {
+        vm.iter()
+            .map(|k| std::fs::read_to_string(format!("/proc/sys/{k}")).unwrap_or_default())
+            .collect()
+    };
+    let before = vm_values();
+    let run = |flags: &[String]| -> String {
+        let mut args: Vec<&str> = vec!["run", "--rm"];
+        args.extend(flags.iter().map(String::as_str));
+        args.extend([IMAGE, "sh", "-c", script]);
+        let out = f.docker(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let eci = run(&[format!("--runtime={}", f.runtime())]);
+    let runc = run(&f.engine.plain_runc_flags());
+    // eci: /proc/sys is writable; the kernel lets it write its IPC
+    // namespace's knob and refuses every global one. The network namespace
+    // is the engine's (made before the container's user namespace): its
+    // knobs stay the VM root's, as `--sysctl` sets them.
+    assert_eq!(
+        eci.contains("IPC-WROTE"),
+        eci_integration_tests::kernel_version() >= (5, 19),
+        "{eci}"
+    );
+    for refused in [
+        "SYSRQ-WROTE",
+        "DROP-WROTE",
+        "PANIC-WROTE",
+        "FILE-MAX-WROTE",
+        "NET-WROTE",
+    ] {
+        assert!(!eci.contains(refused), "{refused}: {eci}");
+    }
+    // runc: /proc/sys is read-only for a container that is not privileged.
+    assert!(!runc.contains("WROTE") && runc.contains("done"), "{runc}");
+    assert_eq!(vm_values(), before, "a knob of the VM changed");
+}
+
+#[test]
 fn proc_uptime_counts_from_the_containers_start_and_advances() {
     let Some(f) = fixture("proc_uptime_counts_from_the_containers_start_and_advances") else {
         return;
