@@ -43,7 +43,8 @@ sysctl -w net.ipv4.ip_forward=1 && echo NET-SYSCTL-OK
 sysctl -w "kernel.panic=$(cat /proc/sys/kernel/panic)" && echo GLOBAL-SYSCTL-WRITTEN
 mkdir -p /tmp/p && busybox mount -t proc proc /tmp/p && echo PROC-MOUNT-OK && busybox umount /tmp/p
 dockerd >/tmp/dockerd.log 2>&1 &
-for i in $(seq 1 120); do docker version >/dev/null 2>&1 && break; sleep 1; done
+for i in $(seq 1 300); do docker version >/dev/null 2>&1 && break; sleep 1; done
+docker version >/dev/null 2>&1 || tail -5 /tmp/dockerd.log
 t docker info --format 'inner engine: {{.Driver}} cgroup v{{.CgroupVersion}}'
 mkdir -p /tmp/nested/bin && cp /bin/busybox /tmp/nested/bin/ && ln -s busybox /tmp/nested/bin/sh
 tar -C /tmp/nested -c . | t docker import - nested:latest >/dev/null && echo IMPORTED
@@ -127,6 +128,8 @@ fn docker_in_docker_runs_a_nested_container_unprivileged_in_the_vm() {
         println!("=== {runtime}:\n{log}");
         logs.push((runtime, log));
     }
+    // The same Debian image serves the everyday tools' check.
+    everyday_tools_show_the_containers_memory_and_time(&engine);
     drop(engine);
     drop(data);
     for (runtime, log) in &logs {
@@ -159,6 +162,58 @@ fn docker_in_docker_runs_a_nested_container_unprivileged_in_the_vm() {
             let outer = mapped_root(log, "outer");
             assert!(outer.is_some_and(|id| id >= 65536), "{log}");
             assert_eq!(mapped_root(log, "nested"), outer, "{log}");
+        }
+    }
+}
+
+/// procps `free`, `uptime`, `top` and coreutils' `nproc`, `getconf` in a
+/// container of `--cpus=1 -m 256m`: with eci they show its 256 MiB, its own
+/// uptime and load; with runc the VM's. busybox `free` and `uptime` ask
+/// `sysinfo(2)`, which no file view reaches: the VM's under both (printed).
+fn everyday_tools_show_the_containers_memory_and_time(
+    engine: &eci_integration_tests::engine::Engine,
+) {
+    let script = "sleep 2; free -k | sed -n 2p; uptime; top -bn1 | sed -n 1,4p; echo NPROC $(nproc) $(getconf _NPROCESSORS_ONLN); busybox free | sed -n 2p; busybox uptime";
+    let vm_total_kb = eci_views::meminfo::kb_value(
+        &std::fs::read_to_string("/proc/meminfo").expect("meminfo"),
+        "MemTotal",
+    )
+    .expect("MemTotal");
+    for runtime in [RUNC, "eci"] {
+        let runtime_arg = format!("--runtime={runtime}");
+        let mut args = vec!["run", "--rm", &runtime_arg, "--cpus=1", "-m", "256m"];
+        if runtime == RUNC {
+            args.push("--cgroup-parent=/eci-baseline");
+        }
+        args.extend_from_slice(&["eci-dind:latest", "sh", "-c", script]);
+        let out = docker(engine, &args);
+        assert!(out.status.success(), "{runtime}: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        println!("=== tools with {runtime}:\n{stdout}");
+        let free_total: u64 = stdout
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{runtime}: free: {stdout}"));
+        // procps uptime: "up N min" or "up 0 min" / "up N sec" for a fresh one.
+        let uptime = stdout.lines().nth(1).unwrap_or_default();
+        let top_mem = stdout
+            .lines()
+            .find(|l| l.contains("Mem") && l.contains("total"))
+            .unwrap_or_else(|| panic!("{runtime}: top: {stdout}"));
+        if runtime == RUNC {
+            assert_eq!(free_total, vm_total_kb, "{stdout}");
+            assert!(!top_mem.contains(" 256.0 total"), "{stdout}");
+        } else {
+            assert_eq!(free_total, 262_144, "{stdout}");
+            assert!(top_mem.contains(" 256.0 total"), "{stdout}");
+            assert!(
+                uptime.contains("up 0 min")
+                    || uptime.contains("up 1 min")
+                    || uptime.contains("sec"),
+                "{stdout}"
+            );
         }
     }
 }
