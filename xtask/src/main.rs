@@ -2,6 +2,7 @@
 //! run, the demo and the benchmarks.
 
 mod apt;
+mod bench_views;
 mod docker;
 mod kernels;
 mod matrix;
@@ -57,8 +58,9 @@ enum Cmd {
     },
     /// Show eci denying a container in a real kernel (in the VM).
     Demo,
-    /// Benchmarks: hook cost and the agent in the VM, container start-up on
-    /// this host's Docker; figures as ratios, JSON in build/bench/.
+    /// Benchmarks: hook cost and the agent in the VM, container start-up and
+    /// the /proc views (against LXCFS) on this host's Docker; figures as
+    /// ratios, JSON in build/bench/.
     Bench {
         #[arg(long, default_value_t = 5)]
         rounds: u32,
@@ -67,6 +69,12 @@ enum Cmd {
         /// Only the start-up figures (no VM).
         #[arg(long)]
         startup_only: bool,
+        /// Only the /proc views figures: runc, eci and LXCFS (no VM).
+        #[arg(long)]
+        views: bool,
+        /// Containers per variant in the views figures.
+        #[arg(long, default_value_t = 20)]
+        views_containers: usize,
     },
     /// Start dockerd/containerd if needed and import the test image.
     DockerUp,
@@ -127,7 +135,9 @@ fn main() -> Result<()> {
             rounds,
             iterations,
             startup_only,
-        } => showcase::bench(rounds, iterations, startup_only),
+            views,
+            views_containers,
+        } => showcase::bench(rounds, iterations, startup_only, views, views_containers),
         Cmd::DockerUp => {
             docker::ensure_docker()?;
             docker::ensure_test_image()

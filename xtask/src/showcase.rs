@@ -53,16 +53,36 @@ pub fn demo() -> Result<()> {
 const JSON_BEGIN: &str = "ECI-BENCH-JSON-BEGIN";
 const JSON_END: &str = "ECI-BENCH-JSON-END";
 
-pub fn bench(rounds: u32, iterations: u64, startup_only: bool) -> Result<()> {
+pub fn bench(
+    rounds: u32,
+    iterations: u64,
+    startup_only: bool,
+    views_only: bool,
+    views_containers: usize,
+) -> Result<()> {
     build()?;
     let dir = util::build_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
+    if views_only {
+        return bench_views(views_containers, &dir);
+    }
     if !startup_only {
         bench_in_vm(rounds, iterations, &dir)?;
     }
     let startup = bench_startup(10)?;
     let path = dir.join("startup.json");
     std::fs::write(&path, serde_json::to_string_pretty(&startup)? + "\n")?;
+    println!("bench: wrote {}", path.display());
+    if !startup_only {
+        bench_views(views_containers, &dir)?;
+    }
+    Ok(())
+}
+
+fn bench_views(containers: usize, dir: &std::path::Path) -> Result<()> {
+    let views = crate::bench_views::bench_views(containers)?;
+    let path = dir.join("views.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&views)? + "\n")?;
     println!("bench: wrote {}", path.display());
     Ok(())
 }
