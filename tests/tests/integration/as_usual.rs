@@ -3,7 +3,10 @@
 //! eci and with plain runc (`runc-real`) as the control, so a test cannot
 //! pass because the workflow fails everywhere.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::{
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    sync::OnceLock,
+};
 
 use eci_integration_tests::{
     TestAgent, bpf_lsm_or_skip,
@@ -14,12 +17,15 @@ use eci_integration_tests::{
 };
 
 /// The agent (kept for as long as the engine: eci-runc asks it for the
-/// policy at each create) and the tests' own engine.
-fn engine_for(test: &str) -> Option<(TestAgent, Engine)> {
+/// policy at each create) and the engine these tests share (started once:
+/// under emulation an agent and a dockerd take ~20 s to start; the tests
+/// run one at a time and name their containers apart).
+fn engine_for(test: &str) -> Option<&'static (TestAgent, Engine)> {
+    static SHARED: OnceLock<(TestAgent, Engine)> = OnceLock::new();
     if !bpf_lsm_or_skip(test) || !engine_or_skip(test) {
         return None;
     }
-    Some(protected_engine("eci-usual"))
+    Some(SHARED.get_or_init(|| protected_engine("eci-usual")))
 }
 
 /// The control: plain runc in a cgroup outside every protected parent
