@@ -242,19 +242,40 @@ impl Host {
     }
 }
 
-/// The load average of a container and when it is next sampled.
-#[derive(Debug, Clone, Copy)]
+/// What lives from one round to the next for a container: its load
+/// average, when that is next sampled, and the texts last written (a view
+/// whose text did not change is not rewritten: no write a reader could
+/// race, and less work; `/proc/cpuinfo` and `online` stay put).
+#[derive(Debug, Clone)]
 pub struct LoadTrack {
     average: LoadAverage,
     next_sample: Instant,
+    written: Vec<String>,
 }
 
 impl LoadTrack {
-    fn new(now: Instant) -> Self {
+    pub fn new(now: Instant) -> Self {
         Self {
             average: LoadAverage::default(),
             next_sample: now,
+            written: vec![String::new(); View::ALL.len()],
         }
+    }
+
+    /// Whether `text` differs from what was last written for `view`;
+    /// remembers it as written.
+    fn changed(&mut self, view: View, text: &str) -> bool {
+        let slot = &mut self.written[view.index() as usize];
+        if slot == text {
+            return false;
+        }
+        text.clone_into(slot);
+        true
+    }
+
+    /// Forget what was written (a write failed: write everything again).
+    fn forget_written(&mut self) {
+        self.written.iter_mut().for_each(String::clear);
     }
 
     /// Sample `active` tasks if a sample is due (every 5 seconds, as the
@@ -413,7 +434,12 @@ impl ContainerViews {
     ) -> Result<Rendered, ViewsError> {
         let texts = render_views(source, host, load, now)?;
         for (view, text) in &texts {
-            write_in_place(&self.file(*view), text)?;
+            if load.changed(*view, text)
+                && let Err(e) = write_in_place(&self.file(*view), text)
+            {
+                load.forget_written();
+                return Err(e);
+            }
         }
         let cgroup2_id = source
             .cgroup2
@@ -768,6 +794,22 @@ mod tests {
         assert!(
             uptime.ends_with('\n') && uptime.split_whitespace().count() == 2,
             "{uptime:?}"
+        );
+        // A view whose text did not change is not written again.
+        let mut refresher = Refresher::new(&root);
+        assert!(refresher.refresh_all().errors.is_empty());
+        let online = views.file(View::CpuOnline);
+        let inode = std::fs::metadata(&online).unwrap().ino();
+        write_in_place(&online, "marker\n").unwrap();
+        std::fs::write(cgroup.join("memory.current"), "2097152\n").unwrap();
+        assert!(refresher.refresh_all().errors.is_empty());
+        assert_eq!(std::fs::read_to_string(&online).unwrap(), "marker\n");
+        assert_eq!(std::fs::metadata(&online).unwrap().ino(), inode);
+        let meminfo = std::fs::read_to_string(views.meminfo()).unwrap();
+        assert_eq!(
+            meminfo::kb_value(&meminfo, "MemFree"),
+            Some(63488),
+            "{meminfo}"
         );
     }
 }
