@@ -55,7 +55,7 @@ fn init_runs_the_engines_docker_init_as_pid_1_with_eci_as_with_runc() {
     };
     for runtime in [RUNC, "eci"] {
         let (ok, t) = run(
-            &engine,
+            engine,
             runtime,
             &["--init"],
             "cat /proc/1/comm; cat /proc/self/uid_map",
@@ -72,7 +72,7 @@ fn init_runs_the_engines_docker_init_as_pid_1_with_eci_as_with_runc() {
     // The init binary is known by what it is: another VM file at the
     // init's place is not let in.
     let (ok, t) = run(
-        &engine,
+        engine,
         "eci",
         &["-v", "/etc/passwd:/sbin/docker-init:ro"],
         "true",
@@ -95,7 +95,7 @@ fn the_vms_time_zone_and_kernel_modules_bind_read_only_and_nothing_else_of_the_v
     // What compose files and kind do, with both runtimes.
     for runtime in [RUNC, "eci"] {
         let (ok, t) = run(
-            &engine,
+            engine,
             runtime,
             &[
                 "-v",
@@ -115,7 +115,7 @@ fn the_vms_time_zone_and_kernel_modules_bind_read_only_and_nothing_else_of_the_v
     // Under eci they are read-only as a whole and the container's root
     // owns none of it (not ID-mapped), even privileged.
     let (ok, t) = run(
-        &engine,
+        engine,
         "eci",
         &["--privileged", "-v", "/lib/modules:/lib/modules:ro"],
         &format!(
@@ -140,9 +140,9 @@ fn the_vms_time_zone_and_kernel_modules_bind_read_only_and_nothing_else_of_the_v
         (&["-v", "/etc:/usr/share/zoneinfo:ro"], "VM path"),
     ];
     for (args, why) in cases {
-        let (ok, t) = run(&engine, RUNC, args, "true");
+        let (ok, t) = run(engine, RUNC, args, "true");
         assert!(ok, "{args:?} with runc (the control): {t}");
-        let (ok, t) = run(&engine, "eci", args, "true");
+        let (ok, t) = run(engine, "eci", args, "true");
         assert!(!ok, "{args:?} started with eci: {t}");
         assert!(
             t.contains(why),
@@ -364,11 +364,8 @@ fn sidecars_share_network_pid_and_ipc_with_an_eci_container_as_with_runc() {
     };
     for runtime in [RUNC, "eci"] {
         let partner = format!("eci-usual-partner-{}", runtime.replace('-', ""));
-        start_partner(&engine, runtime, &partner);
-        let theirs = text(&docker(
-            &engine,
-            &["exec", &partner, "sh", "-c", NAMESPACES],
-        ));
+        start_partner(engine, runtime, &partner);
+        let theirs = text(&docker(engine, &["exec", &partner, "sh", "-c", NAMESPACES]));
         let runtime_arg = format!("--runtime={runtime}");
         let net = format!("--network=container:{partner}");
         let pid = format!("--pid=container:{partner}");
@@ -381,9 +378,9 @@ fn sidecars_share_network_pid_and_ipc_with_an_eci_container_as_with_runc() {
             "{NAMESPACES}; cat /dev/shm/partner; ps | grep -c '[s]leep 1000'; touch /tmp/own && echo ROOTFS-WRITABLE"
         );
         args.extend_from_slice(&[IMAGE, "sh", "-c", &script]);
-        let out = docker(&engine, &args);
+        let out = docker(engine, &args);
         let ours = text(&out);
-        let _ = docker(&engine, &["rm", "-f", &partner]);
+        let _ = docker(engine, &["rm", "-f", &partner]);
         assert!(
             out.status.success(),
             "a sidecar of {partner} with {runtime}: {ours}"
@@ -414,13 +411,13 @@ fn sidecars_share_network_pid_and_ipc_with_an_eci_container_as_with_runc() {
     }
     // An eci container does not join one that runs outside eci.
     let partner = "eci-usual-partner-outside";
-    start_partner(&engine, RUNC, partner);
+    start_partner(engine, RUNC, partner);
     let net = format!("--network=container:{partner}");
     let out = docker(
-        &engine,
+        engine,
         &["run", "--rm", "--runtime=eci", &net, IMAGE, "true"],
     );
-    let _ = docker(&engine, &["rm", "-f", partner]);
+    let _ = docker(engine, &["rm", "-f", partner]);
     assert!(
         !out.status.success() && text(&out).contains("runs outside eci"),
         "an eci container joined one outside eci: {}",
@@ -485,10 +482,10 @@ fn a_project_under_home_binds_by_default_and_plants_no_setid_file_or_device_for_
             .expect("chmod project");
         let bind = format!("{project}:/src");
         // No policy names /home: it is shareable by default.
-        let (ok, t) = run(&engine, runtime, &["--privileged", "-v", &bind], PLANT);
+        let (ok, t) = run(engine, runtime, &["--privileged", "-v", &bind], PLANT);
         assert!(ok, "-v {bind} with {runtime}: {t}");
         let (ok, t1000) = run(
-            &engine,
+            engine,
             runtime,
             &["-u", "1000", "-v", &bind],
             "echo dev > /src/by-1000 && echo WROTE-AS-1000",
@@ -553,7 +550,7 @@ fn a_project_under_home_binds_by_default_and_plants_no_setid_file_or_device_for_
         }
     }
     // A system path stays refused without a policy naming it.
-    let (ok, t) = run(&engine, "eci", &["-v", "/etc:/src"], "true");
+    let (ok, t) = run(engine, "eci", &["-v", "/etc:/src"], "true");
     assert!(!ok && t.contains("VM path"), "{t}");
 }
 
@@ -832,7 +829,7 @@ fn everyday_flags_and_commands_work_with_eci_as_with_runc() {
     for runtime in [RUNC, "eci"] {
         let name = format!("eci-usual-daily-{}", runtime.replace('-', ""));
         detached(
-            &engine,
+            engine,
             runtime,
             &name,
             &[
@@ -849,7 +846,7 @@ fn everyday_flags_and_commands_work_with_eci_as_with_runc() {
         let mut health = String::new();
         for _ in 0..60 {
             health = docker_ok(
-                &engine,
+                engine,
                 &["inspect", "-f", "{{.State.Health.Status}}", &name],
             );
             if health.trim() == "healthy" {
@@ -859,7 +856,7 @@ fn everyday_flags_and_commands_work_with_eci_as_with_runc() {
         }
         assert_eq!(health.trim(), "healthy", "{runtime}: the healthcheck");
         let inside = docker_ok(
-            &engine,
+            engine,
             &[
                 "exec",
                 &name,
@@ -873,10 +870,10 @@ fn everyday_flags_and_commands_work_with_eci_as_with_runc() {
             !inside.contains("ROOT-FS-WRITABLE"),
             "{runtime}: --read-only: {inside}"
         );
-        let top = docker_ok(&engine, &["top", &name]);
+        let top = docker_ok(engine, &["top", &name]);
         assert!(top.contains("sleep 1000"), "{runtime}: docker top: {top}");
         let stats = docker_ok(
-            &engine,
+            engine,
             &[
                 "stats",
                 "--no-stream",
@@ -886,15 +883,15 @@ fn everyday_flags_and_commands_work_with_eci_as_with_runc() {
             ],
         );
         assert!(stats.contains(&name), "{runtime}: docker stats: {stats}");
-        docker_ok(&engine, &["pause", &name]);
-        let state = docker_ok(&engine, &["inspect", "-f", "{{.State.Status}}", &name]);
+        docker_ok(engine, &["pause", &name]);
+        let state = docker_ok(engine, &["inspect", "-f", "{{.State.Status}}", &name]);
         assert_eq!(state.trim(), "paused", "{runtime}: docker pause");
-        docker_ok(&engine, &["unpause", &name]);
-        docker_ok(&engine, &["exec", &name, "true"]);
+        docker_ok(engine, &["unpause", &name]);
+        docker_ok(engine, &["exec", &name, "true"]);
         println!(
             "{test}: {runtime}: healthy, --read-only, --tmpfs, top, stats, pause/unpause as expected"
         );
-        let _ = docker(&engine, &["rm", "-f", &name]);
+        let _ = docker(engine, &["rm", "-f", &name]);
     }
 }
 
@@ -928,13 +925,13 @@ fn published_ports_reach_the_container_with_eci_as_with_runc() {
     };
     // The tests' engine has no default bridge: a network of the test's own.
     let network = "eci-usual-published";
-    let _ = docker(&engine, &["network", "rm", network]);
-    docker_ok(&engine, &["network", "create", network]);
+    let _ = docker(engine, &["network", "rm", network]);
+    docker_ok(engine, &["network", "create", network]);
     for (runtime, port) in [(RUNC, 18080u16), ("eci", 18081)] {
         let name = format!("eci-usual-web-{}", runtime.replace('-', ""));
         let publish = format!("127.0.0.1:{port}:8080");
         detached_on(
-            &engine,
+            engine,
             runtime,
             &name,
             network,
@@ -942,11 +939,11 @@ fn published_ports_reach_the_container_with_eci_as_with_runc() {
             "exec busybox httpd -f -p 8080 -h /etc",
         );
         let answer = http_get(port, "passwd");
-        let _ = docker(&engine, &["rm", "-f", &name]);
+        let _ = docker(engine, &["rm", "-f", &name]);
         assert!(
             answer.contains("root:x:0:0"),
             "{runtime}: -p {publish}: {answer}"
         );
     }
-    let _ = docker(&engine, &["network", "rm", network]);
+    let _ = docker(engine, &["network", "rm", network]);
 }
