@@ -254,7 +254,7 @@ pub fn render_cpuinfo(host_cpuinfo: &str, visible: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CgroupDir, test_cgroup};
+    use crate::{CgroupDir, test_cgroup, test_source};
 
     #[test]
     fn cpu_lists_parse_and_format_as_the_kernel_writes_them() {
@@ -288,16 +288,7 @@ mod tests {
 
     fn source(version: CgroupVersion, files: &[(&str, &str)]) -> (tempfile::TempDir, ViewSource) {
         let (tmp, dir) = test_cgroup(version, files);
-        let source = ViewSource {
-            memory: dir.clone(),
-            cpu_usage: Some(dir.clone()),
-            cpu_limit: Some(dir.clone()),
-            cpuset: Some(dir.clone()),
-            io: Some(dir),
-            cgroup2: None,
-            start_ticks: 0,
-        };
-        (tmp, source)
+        (tmp, test_source(dir, None))
     }
 
     #[test]

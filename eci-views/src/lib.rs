@@ -247,13 +247,13 @@ impl Host {
 /// whose text did not change is not rewritten: no write a reader could
 /// race, and less work; `/proc/cpuinfo` and `online` stay put).
 #[derive(Debug, Clone)]
-pub struct LoadTrack {
+pub struct Carried {
     average: LoadAverage,
     next_sample: Instant,
     written: Vec<String>,
 }
 
-impl LoadTrack {
+impl Carried {
     pub fn new(now: Instant) -> Self {
         Self {
             average: LoadAverage::default(),
@@ -381,8 +381,8 @@ impl ContainerViews {
         })?;
         std::fs::write(&tmp, text).map_err(ViewsError::io("writing", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(ViewsError::io("renaming onto", &path))?;
-        let mut load = LoadTrack::new(Instant::now());
-        self.render(&source, &Host::read()?, &mut load, Instant::now())
+        let mut carried = Carried::new(Instant::now());
+        self.render(&source, &Host::read()?, &mut carried, Instant::now())
             .map(drop)
     }
 
@@ -391,7 +391,7 @@ impl ContainerViews {
     pub fn refresh(
         &self,
         host: &Host,
-        load: &mut LoadTrack,
+        carried: &mut Carried,
         now: Instant,
     ) -> Result<Refreshed, ViewsError> {
         let path = self.description();
@@ -415,7 +415,7 @@ impl ContainerViews {
         if gone() {
             return Ok(Refreshed::Gone);
         }
-        match self.render(&source, host, load, now) {
+        match self.render(&source, host, carried, now) {
             Ok(rendered) => Ok(Refreshed::Written(rendered)),
             Err(e) if gone() || (e.is_not_found() && !self.meminfo().exists()) => {
                 Ok(Refreshed::Gone)
@@ -429,15 +429,15 @@ impl ContainerViews {
         &self,
         source: &ViewSource,
         host: &Host,
-        load: &mut LoadTrack,
+        carried: &mut Carried,
         now: Instant,
     ) -> Result<Rendered, ViewsError> {
-        let texts = render_views(source, host, load, now)?;
+        let texts = render_views(source, host, carried, now)?;
         for (view, text) in &texts {
-            if load.changed(*view, text)
+            if carried.changed(*view, text)
                 && let Err(e) = write_in_place(&self.file(*view), text)
             {
-                load.forget_written();
+                carried.forget_written();
                 return Err(e);
             }
         }
@@ -478,7 +478,7 @@ pub fn write_in_place(path: &Path, content: &str) -> Result<(), ViewsError> {
 pub fn render_views(
     source: &ViewSource,
     host: &Host,
-    load: &mut LoadTrack,
+    carried: &mut Carried,
     now: Instant,
 ) -> Result<Vec<(View, String)>, ViewsError> {
     let memory = meminfo::ContainerMemory::read(&source.memory)?;
@@ -488,7 +488,7 @@ pub fn render_views(
         Some(cgroup) => diskstats::read(cgroup)?,
         None => diskstats::ContainerIo::new(),
     };
-    load.update(tasks.running + tasks.blocked, now);
+    carried.update(tasks.running + tasks.blocked, now);
     let up = uptime::container_seconds(
         host.uptime_seconds,
         source.start_ticks,
@@ -508,7 +508,7 @@ pub fn render_views(
                 View::Uptime => uptime::render(up, &cpu),
                 View::Cpuinfo => cpus::render_cpuinfo(&host.cpuinfo, &cpu.visible),
                 View::Stat => stat::render(&host.stat, &stat_inputs),
-                View::Loadavg => load.average.render(&tasks),
+                View::Loadavg => carried.average.render(&tasks),
                 View::Swaps => meminfo::render_swaps(&host.memory, &memory),
                 View::Diskstats => diskstats::render(&host.diskstats, &io),
                 View::CpuOnline => cpus::format_list(&cpu.visible),
@@ -529,19 +529,19 @@ pub struct Round {
     pub errors: Vec<ViewsError>,
 }
 
-/// Re-renders every container's views under a root; keeps what lives
-/// from one round to the next (the load averages).
+/// Re-renders every container's views under a root; keeps what is
+/// carried from one round to the next ([`Carried`]).
 #[derive(Debug)]
 pub struct Refresher {
     root: PathBuf,
-    loads: HashMap<String, LoadTrack>,
+    carried: HashMap<String, Carried>,
 }
 
 impl Refresher {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
-            loads: HashMap::new(),
+            carried: HashMap::new(),
         }
     }
 
@@ -553,7 +553,7 @@ impl Refresher {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.loads.clear();
+                self.carried.clear();
                 return round;
             }
             Err(e) => {
@@ -576,12 +576,12 @@ impl Refresher {
             let Some(id) = name.to_str().filter(|_| is_dir) else {
                 continue;
             };
-            let load = self
-                .loads
+            let carried = self
+                .carried
                 .entry(id.to_owned())
-                .or_insert_with(|| LoadTrack::new(now));
+                .or_insert_with(|| Carried::new(now));
             let refreshed = ContainerViews::new(&self.root, id)
-                .and_then(|views| views.refresh(&host, load, now));
+                .and_then(|views| views.refresh(&host, carried, now));
             match refreshed {
                 Ok(Refreshed::Written(rendered)) => {
                     seen.push(id.to_owned());
@@ -595,8 +595,22 @@ impl Refresher {
                 }
             }
         }
-        self.loads.retain(|id, _| seen.contains(id));
+        self.carried.retain(|id, _| seen.contains(id));
         round
+    }
+}
+
+/// A source whose every cgroup is `dir`, for tests.
+#[cfg(test)]
+pub(crate) fn test_source(dir: CgroupDir, cgroup2: Option<PathBuf>) -> ViewSource {
+    ViewSource {
+        memory: dir.clone(),
+        cpu_usage: Some(dir.clone()),
+        cpu_limit: Some(dir.clone()),
+        cpuset: Some(dir.clone()),
+        io: Some(dir),
+        cgroup2,
+        start_ticks: 0,
     }
 }
 
@@ -685,7 +699,7 @@ mod tests {
         let now = Instant::now();
         assert_eq!(
             views
-                .refresh(&Host::read().unwrap(), &mut LoadTrack::new(now), now)
+                .refresh(&Host::read().unwrap(), &mut Carried::new(now), now)
                 .unwrap(),
             Refreshed::Gone
         );
@@ -735,7 +749,7 @@ mod tests {
             "{uptime:?}"
         );
         let now = Instant::now();
-        let refreshed = views.refresh(&host, &mut LoadTrack::new(now), now).unwrap();
+        let refreshed = views.refresh(&host, &mut Carried::new(now), now).unwrap();
         let Refreshed::Written(rendered) = refreshed else {
             panic!("{refreshed:?}");
         };
@@ -768,15 +782,7 @@ mod tests {
             version: CgroupVersion::V2,
             dir: cgroup.clone(),
         };
-        let source = ViewSource {
-            memory: dir.clone(),
-            cpu_usage: Some(dir.clone()),
-            cpu_limit: Some(dir.clone()),
-            cpuset: Some(dir.clone()),
-            io: Some(dir),
-            cgroup2: Some(cgroup.clone()),
-            start_ticks: 0,
-        };
+        let source = test_source(dir, Some(cgroup.clone()));
         std::fs::write(views.description(), serde_json::to_string(&source).unwrap()).unwrap();
         let round = Refresher::new(&root).refresh_all();
         assert!(round.errors.is_empty(), "{:?}", round.errors);
