@@ -646,18 +646,7 @@ fn start_agent(dir: &Path) -> Result<Server> {
     std::fs::write(&policy, "{}\n")?;
     let log = dir.join("agent.log");
     let log_file = std::fs::File::create(&log)?;
-    let mut child = Command::new(target.join("eci-agent"))
-        .args([
-            "run",
-            "--no-default-sockets",
-            "--unenforced-for-testing",
-            "--control-socket",
-        ])
-        .arg(&socket)
-        .arg("--audit-log")
-        .arg(dir.join("audit.jsonl"))
-        .arg("--policy")
-        .arg(&policy)
+    let mut child = crate::showcase::unenforced_agent(&target, &socket, dir, &policy)
         .arg("--views-dir")
         .arg(run.join("views"))
         .stdin(Stdio::null())

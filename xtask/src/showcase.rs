@@ -112,6 +112,31 @@ fn bench_in_vm(rounds: u32, iterations: u64, dir: &std::path::Path) -> Result<()
     Ok(())
 }
 
+/// The debug build's agent in its unenforced mode (registration and the
+/// views, no kernel part, for this host that refuses BPF-LSM): its control
+/// `socket`, the audit log in `dir`, the `policy` file.
+pub fn unenforced_agent(
+    target: &std::path::Path,
+    socket: &std::path::Path,
+    dir: &std::path::Path,
+    policy: &std::path::Path,
+) -> std::process::Command {
+    let mut agent = std::process::Command::new(target.join("eci-agent"));
+    agent
+        .args([
+            "run",
+            "--no-default-sockets",
+            "--unenforced-for-testing",
+            "--control-socket",
+        ])
+        .arg(socket)
+        .arg("--audit-log")
+        .arg(dir.join("audit.jsonl"))
+        .arg("--policy")
+        .arg(policy);
+    agent
+}
+
 /// Container start-up with eci-runc against plain runc, on this host's
 /// Docker Engine: the median of `runs` alternating `docker run --rm`s.
 /// The agent runs in its unenforced mode when this kernel refuses BPF-LSM
@@ -124,21 +149,8 @@ pub fn bench_startup(runs: usize) -> Result<serde_json::Value> {
     std::fs::create_dir_all(&dir)?;
     let target = util::repo_root().join("target/debug");
     let socket = dir.join("agent.sock");
-    let mut agent = Command::new(target.join("eci-agent"));
-    agent
-        .args([
-            "run",
-            "--no-default-sockets",
-            "--unenforced-for-testing",
-            "--control-socket",
-        ])
-        .arg(&socket)
-        .arg("--audit-log")
-        .arg(dir.join("audit.jsonl"))
-        .arg("--policy")
-        .arg(dir.join("none.json"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut agent = unenforced_agent(&target, &socket, &dir, &dir.join("none.json"));
+    agent.stdout(Stdio::null()).stderr(Stdio::null());
     let mut agent = agent.spawn().context("starting the agent")?;
     let wrapper = dir.join("eci-runc");
     std::fs::write(
