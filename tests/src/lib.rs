@@ -230,6 +230,24 @@ impl TestAgent {
             .collect()
     }
 
+    /// Wait (bounded) until at least `count` audit lines match `pred`, and
+    /// return the matching lines (denials reach the log through the ring
+    /// buffer and the agent's writer: not at once).
+    pub fn wait_audit_count(
+        &self,
+        count: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines: Vec<_> = self.audit_lines().into_iter().filter(|l| pred(l)).collect();
+            if lines.len() >= count || Instant::now() >= deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Wait (bounded) for an audit line matching `pred`.
     pub fn wait_audit(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(30);

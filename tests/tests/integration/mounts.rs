@@ -341,13 +341,9 @@ fn a_protected_task_in_the_vms_mount_namespace_changes_no_mount_however_spelled(
             }
         }
         if protected {
-            let denials: Vec<_> = agent
-                .audit_lines()
-                .into_iter()
-                .filter(|l| {
-                    l["cgroup_id"] == cgroup.id && l["object"]["kind"] == "shared_namespace"
-                })
-                .collect();
+            let denials = agent.wait_audit_count(names.len(), |l| {
+                l["cgroup_id"] == cgroup.id && l["object"]["kind"] == "shared_namespace"
+            });
             assert!(
                 denials.len() >= names.len(),
                 "every refusal is the kernel rule's, audited: {denials:?}"
