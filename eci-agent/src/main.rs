@@ -78,7 +78,7 @@ enum Command {
         /// kernels that refuse BPF-LSM; refused when the policy is locked.
         #[arg(long)]
         unenforced_for_testing: bool,
-        /// The containers' /proc views (meminfo, uptime), re-rendered every
+        /// The containers' /proc and /sys views (eci-views), re-rendered every
         /// second; eci-runc's `ECI_VIEWS_DIR` must name the same directory.
         #[arg(long, default_value = eci_views::DEFAULT_ROOT)]
         views_dir: PathBuf,

@@ -14,10 +14,12 @@
 //! - `delete`: runc's delete, then unregister, unmount, shift the upper layer
 //!   back and free the range.
 //!
-//! Every container gets views of `/proc/meminfo` and `/proc/uptime`
-//! ([`eci_views`]): empty files bound over them at preparation, described
-//! and rendered once at registration (before anything of the user's runs),
-//! kept current by the agent, removed at release.
+//! Every container gets views of `/proc/meminfo`, `uptime`, `cpuinfo`,
+//! `stat`, `loadavg`, `swaps`, `diskstats` and the online CPUs
+//! ([`eci_views`]): their directory bound at `/dev/.eci` at preparation;
+//! described, rendered once and their symlinks mounted over the files they
+//! stand in for at registration (before anything of the user's runs); kept
+//! current by the agent; removed at release.
 
 use std::{
     os::unix::process::CommandExt,
@@ -27,7 +29,7 @@ use std::{
 
 use eci_control::{Client, ControlError, Request, Response};
 use eci_policy::Policy;
-use eci_views::{ContainerViews, ViewsError};
+use eci_views::{ContainerViews, View, ViewsError};
 use oci_spec::runtime::{HookBuilder, Hooks, Spec, State};
 
 use crate::{
@@ -38,7 +40,7 @@ use crate::{
     report::Reporter,
     rootfs::{self, RootfsError, RootfsView},
     sources,
-    spec::{self, ProcView, Refusal},
+    spec::{self, Refusal},
     trusted,
 };
 
@@ -65,7 +67,7 @@ pub enum LifecycleError {
     Relocate(#[from] RelocateError),
     #[error("preparing the container's root file system: {0}")]
     Rootfs(#[from] RootfsError),
-    #[error("the container's /proc views (meminfo, uptime): {0}")]
+    #[error("the container's /proc and /sys views: {0}")]
     Views(#[from] ViewsError),
     #[error("cannot run {runc}: {source}; set ECI_RUNC_BINARY to runc's path")]
     Runc {
@@ -195,7 +197,8 @@ impl Runtime {
         }
         rollback.runc_created(inv);
         // Registration, before anything of the user's can run: fail closed.
-        let cgroup = init_pid(self, inv, &id).and_then(|pid| self.register(&id, pid))?;
+        let cgroup =
+            init_pid(self, inv, &id).and_then(|pid| self.register(&id, pid, Path::new("/")))?;
         rollback.registered(&cgroup);
         self.ranges.update(&id, |a| a.cgroup = Some(cgroup))?;
         rollback.commit();
@@ -341,7 +344,17 @@ impl Runtime {
             .pid()
             .and_then(|p| u32::try_from(p).ok())
             .ok_or_else(|| LifecycleError::Hook("the container state has no pid".into()))?;
-        let cgroup = self.register(state.id(), pid)?;
+        // Before pivot_root (runc runs createRuntime hooks then): the
+        // container's files are below its root file system's path.
+        let bundle = Path::new(state.bundle());
+        let config = bundle.join("config.json");
+        let rootfs = Spec::load(&config)
+            .ok()
+            .and_then(|spec| spec.root().as_ref().map(|root| bundle.join(root.path())))
+            .ok_or_else(|| {
+                LifecycleError::Hook(format!("no root file system in {}", config.display()))
+            })?;
+        let cgroup = self.register(state.id(), pid, &rootfs)?;
         self.ranges
             .update(state.id(), |a| a.cgroup = Some(cgroup))?;
         Ok(())
@@ -438,8 +451,10 @@ impl Runtime {
             }
             spec::check(&oci, &ctx, &resolve)?;
             let mut notes = spec::rewrite(&mut oci, &ctx)?;
-            let views = self.prepare_views(&id)?;
-            notes.extend(spec::add_proc_views(&mut oci, &views));
+            let views = self.views(&id)?;
+            views.prepare()?;
+            let targets = View::ALL.map(View::target);
+            notes.push(spec::add_proc_views(&mut oci, &views.shown_dir(), &targets));
             for note in notes {
                 report.info(&format!("eci: {note}"));
             }
@@ -644,7 +659,10 @@ impl Runtime {
             // Not below /proc: the proc mount covers it (the views).
             let points: Vec<(PathBuf, bool)> = mounts
                 .iter()
-                .filter(|m| !m.destination().starts_with("/proc"))
+                .filter(|m| {
+                    !m.destination().starts_with("/proc")
+                        && m.destination() != Path::new(eci_views::SHOWN_IN_CONTAINER)
+                })
                 .map(|m| {
                     // A bind of anything but a directory (a file, a socket)
                     // needs a file to mount on.
@@ -740,27 +758,15 @@ impl Runtime {
         ContainerViews::new(&self.views_root, id)
     }
 
-    /// Empty view files, bound read-only over their /proc files (`prepare`
-    /// relocates the binds; a bind keeps the inode, so the agent's in-place
-    /// rewrites show through).
-    fn prepare_views(&self, id: &str) -> Result<Vec<ProcView>, LifecycleError> {
+    /// Describe and render the container's views and mount their symlinks
+    /// over the files they stand in for (below `under`: see
+    /// [`relocate::mount_symlinks_in`]), then protect its cgroup (`pid` is
+    /// its init's; the symlinks' mounts are among those it starts with).
+    /// Views first: a failure there leaves nothing registered with the agent.
+    fn register(&self, id: &str, pid: u32, under: &Path) -> Result<String, LifecycleError> {
         let views = self.views(id)?;
-        views.prepare()?;
-        Ok(views
-            .proc_files()
-            .into_iter()
-            .map(|(destination, source)| ProcView {
-                destination: destination.into(),
-                source,
-            })
-            .collect())
-    }
-
-    /// Describe and render the container's views, then protect its cgroup
-    /// (`pid` is its init's). Views first: a failure there leaves nothing
-    /// registered with the agent.
-    fn register(&self, id: &str, pid: u32) -> Result<String, LifecycleError> {
-        self.views(id)?.start(pid)?;
+        views.start(pid)?;
+        relocate::mount_symlinks_in(pid, under, &views.links())?;
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .map_err(|e| LifecycleError::Agent(format!("reading the container's cgroup: {e}")))?;
         let cgroup = text

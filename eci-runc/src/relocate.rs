@@ -293,6 +293,155 @@ fn clone_tree_to(
     Ok(idmapped)
 }
 
+/// Mount each symlink of `links` — the symlink itself, not what it points
+/// to — over its target in the mount namespace of the container whose init
+/// is `pid`: an open of the target then follows the symlink, resolved in
+/// the container. Targets are taken below `under` in that namespace (`/`
+/// once the init has pivoted into its root, the root's path before). A
+/// target the container does not have (no /sys mounted) is skipped; the
+/// rest fail with the target named.
+pub fn mount_symlinks_in(
+    pid: u32,
+    under: &Path,
+    links: &[(&str, PathBuf)],
+) -> Result<(), RelocateError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |source| RelocateError::Io { what, path, source }
+    };
+    let mut trees = Vec::new();
+    let mut targets = Vec::new();
+    for (target, link) in links {
+        let c_link = cstr(link)?;
+        // SAFETY: a valid C string; the returned fd is owned.
+        let tree = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                c_link.as_ptr(),
+                OPEN_TREE_CLONE
+                    | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint
+                    | libc::O_CLOEXEC as libc::c_uint,
+            )
+        };
+        if tree < 0 {
+            return Err(io("open_tree", link)(std::io::Error::last_os_error()));
+        }
+        // SAFETY: open_tree returned a new fd that nothing else owns.
+        trees.push(unsafe { OwnedFd::from_raw_fd(tree as i32) });
+        let relative = under
+            .join(target.trim_start_matches('/'))
+            .strip_prefix("/")
+            .map(Path::to_owned)
+            .unwrap_or_else(|_| under.join(target.trim_start_matches('/')));
+        targets.push((PathBuf::from(target), cstr(&relative)?));
+    }
+    let open = |path: String, flags: libc::c_int| {
+        let c = cstr(Path::new(&path))?;
+        // SAFETY: a valid C string; the returned fd is owned.
+        let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io("opening", Path::new(&path))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: open returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let namespace = open(format!("/proc/{pid}/ns/mnt"), libc::O_RDONLY)?;
+    let root = open(
+        format!("/proc/{pid}/root"),
+        libc::O_PATH | libc::O_DIRECTORY,
+    )?;
+    let (report_read, report_write) =
+        nix::unistd::pipe().map_err(|e| io("making a pipe", Path::new("pipe"))(e.into()))?;
+    // A child of its own, single-threaded, enters the container's mount
+    // namespace (setns(CLONE_NEWNS) refuses a process that shares its file
+    // system state); it makes only syscalls, reports (index, errno) of a
+    // failure through the pipe, and exits.
+    // SAFETY: the child calls only async-signal-safe syscalls and _exit.
+    let child = unsafe { nix::unistd::fork() }.map_err(|e| {
+        io(
+            "forking to enter the mount namespace of",
+            Path::new(&format!("/proc/{pid}")),
+        )(e.into())
+    })?;
+    match child {
+        nix::unistd::ForkResult::Child => {
+            let fail = |index: i32| -> ! {
+                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                let report = [index, errno];
+                // SAFETY: writes 8 bytes from a live array, then exits.
+                unsafe {
+                    libc::write(
+                        report_write.as_raw_fd(),
+                        report.as_ptr().cast(),
+                        std::mem::size_of_val(&report),
+                    );
+                    libc::_exit(1)
+                }
+            };
+            // SAFETY: plain syscalls on fds this process holds.
+            if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+                fail(-1);
+            }
+            let empty = c"";
+            for (index, (tree, (_, relative))) in trees.iter().zip(&targets).enumerate() {
+                // SAFETY: valid fds and C strings.
+                let rc = unsafe {
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        tree.as_raw_fd(),
+                        empty.as_ptr(),
+                        root.as_raw_fd(),
+                        relative.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    )
+                };
+                // SAFETY: reading errno right after the syscall.
+                if rc != 0 && unsafe { *libc::__errno_location() } != libc::ENOENT {
+                    fail(index as i32);
+                }
+            }
+            // SAFETY: exit without running the parent's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(report_write);
+            let mut report = [0i32; 2];
+            // SAFETY: reads at most 8 bytes into a live array.
+            let got = unsafe {
+                libc::read(
+                    report_read.as_raw_fd(),
+                    report.as_mut_ptr().cast(),
+                    std::mem::size_of_val(&report),
+                )
+            };
+            let status = nix::sys::wait::waitpid(child, None);
+            let failed = !matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0)));
+            if !failed {
+                return Ok(());
+            }
+            let source = std::io::Error::from_raw_os_error(report[1]);
+            if got as usize != std::mem::size_of_val(&report) {
+                return Err(io(
+                    "entering the mount namespace of",
+                    Path::new(&format!("/proc/{pid}")),
+                )(std::io::Error::other(format!(
+                    "the helper ended with {status:?}"
+                ))));
+            }
+            match targets.get(report[0] as usize) {
+                Some((target, _)) => Err(io("mounting the view's symlink over", target)(source)),
+                None => Err(io(
+                    "entering the mount namespace of",
+                    Path::new(&format!("/proc/{pid}")),
+                )(source)),
+            }
+        }
+    }
+}
+
 /// Unmount everything under the container's directory and remove it.
 pub fn cleanup(container_id: &str) {
     let dir = container_dir(container_id);

@@ -641,47 +641,31 @@ pub fn rewrite(spec: &mut Spec, ctx: &Context) -> Result<Vec<String>, Refusal> {
     Ok(notes)
 }
 
-/// A container-accurate view of a `/proc` file (e.g. `/proc/meminfo` from
-/// the container's memory limit, `/proc/uptime` from its start), served by
-/// a file eci provides and bound over the kernel's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcView {
-    /// e.g. `/proc/meminfo`.
-    pub destination: PathBuf,
-    /// The file that serves the view for this container.
-    pub source: PathBuf,
-}
-
-/// Container-accurate /proc views: binds each view's file read-only over
-/// its /proc file (runc allows binds onto /proc/meminfo, uptime and a few
-/// more). eci-runc passes `/proc/meminfo` and `/proc/uptime`, served by
-/// `eci_views`; returns a note per view added.
-pub fn add_proc_views(spec: &mut Spec, views: &[ProcView]) -> Vec<String> {
-    let mut notes = Vec::new();
-    if views.is_empty() {
-        return notes;
-    }
+/// Container-accurate /proc and /sys views (`eci_views`): the container's
+/// `shown` directory bound read-only at [`eci_views::SHOWN_IN_CONTAINER`].
+/// eci-runc mounts the symlinks into it over the files they stand in for
+/// once runc has made the container (a symlink cannot be a spec mount: runc
+/// binds what it points to). Returns the note to report.
+pub fn add_proc_views(spec: &mut Spec, shown: &Path, targets: &[&str]) -> String {
     let mut mounts = spec.mounts().clone().unwrap_or_default();
-    for view in views {
-        let mut mount = Mount::default();
-        mount.set_destination(view.destination.clone());
-        mount.set_typ(Some("bind".into()));
-        mount.set_source(Some(view.source.clone()));
-        mount.set_options(Some(vec![
-            "bind".into(),
-            "ro".into(),
-            "nosuid".into(),
-            "nodev".into(),
-            "noexec".into(),
-        ]));
-        mounts.push(mount);
-        notes.push(format!(
-            "{} is a container view",
-            view.destination.display()
-        ));
-    }
+    let mut mount = Mount::default();
+    mount.set_destination(eci_views::SHOWN_IN_CONTAINER.into());
+    mount.set_typ(Some("bind".into()));
+    mount.set_source(Some(shown.to_owned()));
+    mount.set_options(Some(vec![
+        "bind".into(),
+        "ro".into(),
+        "nosuid".into(),
+        "nodev".into(),
+        "noexec".into(),
+    ]));
+    mounts.push(mount);
     spec.set_mounts(Some(mounts));
-    notes
+    format!(
+        "{} are the container's views (their files are in {})",
+        targets.join(", "),
+        eci_views::SHOWN_IN_CONTAINER
+    )
 }
 
 #[cfg(test)]
@@ -1122,22 +1106,19 @@ mod tests {
     }
 
     #[test]
-    fn proc_views_are_read_only_binds_over_proc_files() {
+    fn proc_views_are_one_read_only_bind_of_the_shown_directory() {
         let mut spec = docker_like(ALL_NS, "");
-        assert!(add_proc_views(&mut spec, &[]).is_empty());
         let before = spec.mounts().as_ref().map(Vec::len);
-        let notes = add_proc_views(
+        let note = add_proc_views(
             &mut spec,
-            &[ProcView {
-                destination: "/proc/meminfo".into(),
-                source: "/run/eci/views/c1/meminfo".into(),
-            }],
+            Path::new("/run/eci/views/c1/shown"),
+            &["/proc/meminfo", "/proc/stat"],
         );
-        assert_eq!(notes.len(), 1);
+        assert!(note.starts_with("/proc/meminfo, /proc/stat are"), "{note}");
         let mounts = spec.mounts().as_ref().unwrap();
         assert_eq!(Some(mounts.len()), before.map(|n| n + 1));
         let view = mounts.last().unwrap();
-        assert_eq!(view.destination(), Path::new("/proc/meminfo"));
+        assert_eq!(view.destination(), Path::new("/dev/.eci"));
         assert!(is_bind(view));
         assert!(view.options().as_ref().unwrap().iter().any(|o| o == "ro"));
     }

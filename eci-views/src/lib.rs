@@ -1,9 +1,20 @@
 //! Container views of `/proc` and `/sys` files, LXCFS-style but with plain
-//! files: eci-runc binds `<root>/<container-id>/<view>` read-only over the
-//! container's `/proc/meminfo`, `uptime`, `cpuinfo`, `stat`, `loadavg`,
-//! `swaps`, `diskstats` and `/sys/devices/system/cpu/online`, and the agent
-//! re-renders them every second from the container's cgroup, tasks and
-//! start time ([`View`] lists them).
+//! files: the container's `/proc/meminfo`, `uptime`, `cpuinfo`, `stat`,
+//! `loadavg`, `swaps`, `diskstats` and `/sys/devices/system/cpu/online`
+//! ([`View`] lists them) show files the agent re-renders every second from
+//! the container's cgroup, tasks and start time.
+//!
+//! Whole reads: each /proc file is a symlink (eci-runc mounts one over it)
+//! into [`SHOWN_IN_CONTAINER`], where eci-runc binds the container's
+//! `shown` directory read-only. A new render is written into the view's
+//! standby file, then exchanged with the shown one in one `renameat2`:
+//! nothing is ever written into a file an open can find, and an open keeps
+//! its one whole render until the second render after it (renders are a
+//! second apart at least: a reader has that long). A descriptor kept open
+//! and read again from offset 0 (procps `top`, `free -s`) sees its file
+//! rewritten when it is the standby: at most one render late, and a read
+//! of it racing that rewrite is the one read that can still mix two renders
+//! (a file of its own per render would leave such a reader a stale one).
 //!
 //! - [`ContainerViews`]: one container's directory (`prepare`, `start`,
 //!   `refresh`, `remove`).
@@ -26,7 +37,7 @@ pub mod uptime;
 use std::{
     collections::{BTreeMap, HashMap},
     io,
-    os::unix::fs::{FileExt, MetadataExt, PermissionsExt},
+    os::unix::fs::{FileExt, PermissionsExt},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -41,6 +52,16 @@ pub const DEFAULT_ROOT: &str = "/run/eci/views";
 pub const ROOT_ENV: &str = "ECI_VIEWS_DIR";
 
 const DESCRIPTION: &str = "view.json";
+
+/// Where a container finds its views' shown files: eci-runc binds the
+/// container's `shown` directory here, read-only; the symlinks it mounts
+/// over the /proc and /sys files point into it. runc makes the directory in
+/// the container's own /dev (a tmpfs): nothing of the image changes.
+pub const SHOWN_IN_CONTAINER: &str = "/dev/.eci";
+
+const SHOWN: &str = "shown";
+const STANDBY: &str = "standby";
+const LINKS: &str = "links";
 
 /// A file a container sees through eci.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -211,8 +232,6 @@ pub enum Refreshed {
 /// One container's views as rendered (and written) in a round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
-    /// The cgroup id of its tasks (cgroup2's inode number), when known.
-    pub cgroup2_id: Option<u64>,
     pub texts: Vec<(View, String)>,
 }
 
@@ -294,7 +313,10 @@ impl Carried {
     }
 }
 
-/// One container's views: `<root>/<id>/{meminfo,uptime,view.json}`.
+/// One container's views: `<root>/<id>/` holds `view.json` (where its
+/// numbers come from), `shown/<view>` (what an open finds), `standby/<view>`
+/// (the render before, the next one's file) and `links/<view>` (a symlink to
+/// `/dev/.eci/<view>`, mounted over the file the view stands in for).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerViews {
     root: PathBuf,
@@ -321,9 +343,23 @@ impl ContainerViews {
         &self.dir
     }
 
-    /// The file of `view`.
+    /// The directory bound at [`SHOWN_IN_CONTAINER`].
+    pub fn shown_dir(&self) -> PathBuf {
+        self.dir.join(SHOWN)
+    }
+
+    /// The file of `view` an open finds now.
     pub fn file(&self, view: View) -> PathBuf {
-        self.dir.join(view.file_name())
+        self.shown_dir().join(view.file_name())
+    }
+
+    fn standby(&self, view: View) -> PathBuf {
+        self.dir.join(STANDBY).join(view.file_name())
+    }
+
+    /// The symlink of `view`, to mount (itself) over its target.
+    pub fn link(&self, view: View) -> PathBuf {
+        self.dir.join(LINKS).join(view.file_name())
     }
 
     pub fn meminfo(&self) -> PathBuf {
@@ -338,19 +374,27 @@ impl ContainerViews {
         self.dir.join(DESCRIPTION)
     }
 
-    /// The file each view stands in for, with its file.
-    pub fn proc_files(&self) -> Vec<(&'static str, PathBuf)> {
+    /// The file each view stands in for, with its symlink.
+    pub fn links(&self) -> Vec<(&'static str, PathBuf)> {
         View::ALL
             .iter()
-            .map(|&view| (view.target(), self.file(view)))
+            .map(|&view| (view.target(), self.link(view)))
             .collect()
     }
 
-    /// Create the directory (0755) with empty view files (0644), ready to
-    /// be bound; a description left by an earlier container of the same id
-    /// is dropped, so nothing renders until [`Self::start`].
+    /// Create the directories (0755) with empty shown and standby files
+    /// (0644) and the symlinks, ready to be bound and mounted; a description
+    /// left by an earlier container of the same id is dropped, so nothing
+    /// renders until [`Self::start`].
     pub fn prepare(&self) -> Result<(), ViewsError> {
-        for dir in [&self.root, &self.dir] {
+        let dirs = [
+            self.root.clone(),
+            self.dir.clone(),
+            self.shown_dir(),
+            self.dir.join(STANDBY),
+            self.dir.join(LINKS),
+        ];
+        for dir in &dirs {
             std::fs::create_dir_all(dir).map_err(ViewsError::io("creating", dir))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
                 .map_err(ViewsError::io("setting the mode of", dir))?;
@@ -361,12 +405,32 @@ impl ContainerViews {
             }
             _ => {}
         }
-        for file in View::ALL.map(|view| self.file(view)) {
-            std::fs::write(&file, b"").map_err(ViewsError::io("creating", &file))?;
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
-                .map_err(ViewsError::io("setting the mode of", &file))?;
+        for view in View::ALL {
+            for file in [self.file(view), self.standby(view)] {
+                std::fs::write(&file, b"").map_err(ViewsError::io("creating", &file))?;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+                    .map_err(ViewsError::io("setting the mode of", &file))?;
+            }
+            let link = self.link(view);
+            match std::fs::remove_file(&link) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(ViewsError::io("removing", &link)(e));
+                }
+                _ => {}
+            }
+            let points_to = Path::new(SHOWN_IN_CONTAINER).join(view.file_name());
+            std::os::unix::fs::symlink(&points_to, &link)
+                .map_err(ViewsError::io("making the symlink", &link))?;
         }
         Ok(())
+    }
+
+    /// Show `text` as `view`: written into the standby file, which is then
+    /// exchanged with the shown one (see the crate's documentation).
+    fn show(&self, view: View, text: &str) -> Result<(), ViewsError> {
+        let standby = self.standby(view);
+        write_in_place(&standby, text)?;
+        exchange(&standby, &self.file(view))
     }
 
     /// Describe where the numbers of the container whose init is `pid`
@@ -435,18 +499,13 @@ impl ContainerViews {
         let texts = render_views(source, host, carried, now)?;
         for (view, text) in &texts {
             if carried.changed(*view, text)
-                && let Err(e) = write_in_place(&self.file(*view), text)
+                && let Err(e) = self.show(*view, text)
             {
                 carried.forget_written();
                 return Err(e);
             }
         }
-        let cgroup2_id = source
-            .cgroup2
-            .as_ref()
-            .and_then(|dir| std::fs::metadata(dir).ok())
-            .map(|meta| meta.ino());
-        Ok(Rendered { cgroup2_id, texts })
+        Ok(Rendered { texts })
     }
 
     /// Remove the directory (nothing to do when it is not there).
@@ -460,9 +519,38 @@ impl ContainerViews {
     }
 }
 
-/// Replace a view's content keeping its inode (it is bind-mounted into the
-/// container): no rename, no `O_TRUNC`; written at offset 0, then cut to
-/// length. The file must exist: a removed container's is never recreated.
+/// Swap two files' names in one step (`renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> Result<(), ViewsError> {
+    let c = |path: &Path| {
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+            ViewsError::io("exchanging", path)(io::Error::from(io::ErrorKind::InvalidInput))
+        })
+    };
+    let (from, to) = (c(a)?, c(b)?);
+    // SAFETY: two valid C strings; a plain syscall.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(ViewsError::io(
+            "exchanging (renameat2 RENAME_EXCHANGE: the views directory needs a file system that has it, such as tmpfs) with its standby",
+            b,
+        )(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Replace a file's content keeping its inode (a standby file a descriptor
+/// kept open may still read): no rename, no `O_TRUNC`; written at offset 0,
+/// then cut to length. The file must exist: a removed container's is never
+/// recreated.
 pub fn write_in_place(path: &Path, content: &str) -> Result<(), ViewsError> {
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -645,7 +733,11 @@ mod tests {
         let views = ContainerViews::new(root, "abc-1.2_x").unwrap();
         assert_eq!(
             views.meminfo(),
-            Path::new("/run/eci/views/abc-1.2_x/meminfo")
+            Path::new("/run/eci/views/abc-1.2_x/shown/meminfo")
+        );
+        assert_eq!(
+            views.link(View::CpuOnline),
+            Path::new("/run/eci/views/abc-1.2_x/links/online")
         );
     }
 
@@ -675,6 +767,42 @@ mod tests {
         views.remove().unwrap();
         // A removed container's file is never recreated.
         assert!(write_in_place(&views.meminfo(), "x").is_err());
+    }
+
+    #[test]
+    fn an_open_keeps_one_whole_render_and_a_kept_descriptor_is_at_most_one_render_late() {
+        use std::io::{Read, Seek};
+        let tmp = tempfile::tempdir().unwrap();
+        let views = ContainerViews::new(&tmp.path().join("views"), "c1").unwrap();
+        views.prepare().unwrap();
+        let link = std::fs::read_link(views.link(View::Stat)).unwrap();
+        assert_eq!(link, Path::new("/dev/.eci/stat"));
+        let read_again = |file: &mut std::fs::File| {
+            let mut text = String::new();
+            file.rewind().unwrap();
+            file.read_to_string(&mut text).unwrap();
+            text
+        };
+        views.show(View::Stat, "render 1, a long one\n").unwrap();
+        let mut kept = std::fs::File::open(views.file(View::Stat)).unwrap();
+        assert_eq!(read_again(&mut kept), "render 1, a long one\n");
+        // A new render goes to another file: what was opened stays whole.
+        views.show(View::Stat, "render 2\n").unwrap();
+        assert_eq!(read_again(&mut kept), "render 1, a long one\n");
+        assert_eq!(
+            std::fs::read_to_string(views.file(View::Stat)).unwrap(),
+            "render 2\n"
+        );
+        // The next lands in the kept file again.
+        views.show(View::Stat, "render 3\n").unwrap();
+        assert_eq!(read_again(&mut kept), "render 3\n");
+        assert_eq!(
+            std::fs::read_to_string(views.file(View::Stat)).unwrap(),
+            "render 3\n"
+        );
+        // An earlier container's directory of the same id is made again.
+        views.prepare().unwrap();
+        assert_eq!(std::fs::read_to_string(views.file(View::Stat)).unwrap(), "");
     }
 
     #[test]
@@ -787,10 +915,6 @@ mod tests {
         let round = Refresher::new(&root).refresh_all();
         assert!(round.errors.is_empty(), "{:?}", round.errors);
         assert_eq!(round.rendered.len(), 1);
-        assert_eq!(
-            round.rendered[0].1.cgroup2_id,
-            Some(std::fs::metadata(&cgroup).unwrap().ino())
-        );
         let meminfo = std::fs::read_to_string(views.meminfo()).unwrap();
         assert!(
             meminfo.starts_with("MemTotal:          65536 kB\nMemFree:           64512 kB\n"),

@@ -785,6 +785,84 @@ impl Resources {
     }
 }
 
+/// Readers of `/proc/stat` in a loop while the agent re-renders it every
+/// second (its idle time follows uptime): slow readers (a line, 0.3 s,
+/// the next line, as a shell loop reads) and whole-file readers. With one
+/// CPU the `cpu` line and the `cpu0` line are the same numbers in every
+/// render, so a read that mixed two renders shows.
+const TORN_READ_SCRIPT: &str = r#"
+for i in $(seq 15); do
+  { read -r a; sleep 0.3; read -r b; } < /proc/stat
+  echo "slow $a|$b"
+done
+for i in $(seq 60); do
+  cat /proc/stat > /tmp/stat
+  echo "fast $(head -n 2 /tmp/stat | tr '\n' '|')$(tail -n 1 /tmp/stat | cut -c1-7)"
+done
+"#;
+
+#[test]
+fn every_read_of_a_view_is_one_whole_render_while_the_agent_re_renders_it() {
+    let Some(f) = fixture("every_read_of_a_view_is_one_whole_render_while_the_agent_re_renders_it")
+    else {
+        return;
+    };
+    let runtime = format!("--runtime={}", f.runtime());
+    let out = f.docker(&[
+        "run",
+        "--rm",
+        &runtime,
+        "--cpuset-cpus=0",
+        IMAGE,
+        "sh",
+        "-c",
+        TORN_READ_SCRIPT,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let numbers = |line: &str, name: &str| -> Vec<u64> {
+        let rest = line
+            .strip_prefix(name)
+            .unwrap_or_else(|| panic!("not a {name:?} line: {line:?}\n{stdout}"));
+        rest.split_whitespace()
+            .map(|n| n.parse().unwrap_or(u64::MAX))
+            .collect()
+    };
+    let mut slow = Vec::new();
+    let mut fast = 0;
+    for line in stdout.lines() {
+        if let Some(read) = line.strip_prefix("slow ") {
+            let (a, b) = read.split_once('|').expect("two lines");
+            assert_eq!(
+                numbers(a, "cpu "),
+                numbers(b, "cpu0 "),
+                "a slow read mixed two renders: {read}\n{stdout}"
+            );
+            slow.push(a.to_owned());
+        } else if let Some(read) = line.strip_prefix("fast ") {
+            let parts: Vec<&str> = read.split('|').collect();
+            assert_eq!(parts.len(), 3, "{read}");
+            assert_eq!(
+                numbers(parts[0], "cpu "),
+                numbers(parts[1], "cpu0 "),
+                "{read}"
+            );
+            assert_eq!(
+                parts[2], "softirq",
+                "a read did not end where a render does: {read}"
+            );
+            fast += 1;
+        }
+    }
+    assert_eq!((slow.len(), fast), (15, 60), "{stdout}");
+    // Not vacuous: the renders changed while they were read.
+    slow.dedup();
+    assert!(
+        slow.len() > 3,
+        "the view was not re-rendered during the reads: {slow:?}"
+    );
+}
+
 #[test]
 fn cpu_memory_swap_load_and_disk_views_are_the_containers_where_runc_shows_the_vms() {
     let Some(f) =
@@ -1027,10 +1105,18 @@ fn the_proc_views_of_a_container_go_with_it() {
         32768
     );
     assert_eq!(
-        std::fs::read_to_string(views.join("meminfo"))
+        std::fs::read_to_string(views.join("shown/meminfo"))
             .map(|t| meminfo_kb(&t, "MemTotal"))
             .ok(),
         Some(32768)
+    );
+    // The container's /proc/meminfo is a symlink into its views' directory.
+    let link = f.docker(&["exec", &id, "readlink", "/proc/meminfo"]);
+    assert_eq!(
+        String::from_utf8_lossy(&link.stdout).trim(),
+        "/dev/.eci/meminfo",
+        "{}",
+        text(&link)
     );
     assert!(f.docker(&["rm", "-f", &id]).status.success());
     assert!(!views.exists(), "{} is left", views.display());
@@ -1290,7 +1376,7 @@ fn a_failure_to_prepare_the_proc_views_fails_the_run_and_leaves_nothing() {
         id: &id,
         original: &original,
     };
-    refused.assert(f, &out, "the container's /proc views");
+    refused.assert(f, &out, "the container's /proc and /sys views");
 }
 
 #[test]
