@@ -2,6 +2,7 @@
 //! run, the demo and the benchmarks.
 
 mod apt;
+mod bench_compare;
 mod bench_views;
 mod docker;
 mod kernels;
@@ -75,6 +76,10 @@ enum Cmd {
         /// Containers per variant in the views figures.
         #[arg(long, default_value_t = 20)]
         views_containers: usize,
+        /// After the run, show each figure against a saved run (a copy of
+        /// build/bench/, or one of its files) with the ratio new / old.
+        #[arg(long, value_name = "SAVED")]
+        compare: Option<std::path::PathBuf>,
     },
     /// Start dockerd/containerd if needed and import the test image.
     DockerUp,
@@ -137,7 +142,14 @@ fn main() -> Result<()> {
             startup_only,
             views,
             views_containers,
-        } => showcase::bench(rounds, iterations, startup_only, views, views_containers),
+            compare,
+        } => {
+            showcase::bench(rounds, iterations, startup_only, views, views_containers)?;
+            match compare {
+                Some(saved) => bench_compare::compare(&saved, &util::build_dir().join("bench")),
+                None => Ok(()),
+            }
+        }
         Cmd::DockerUp => {
             docker::ensure_docker()?;
             docker::ensure_test_image()
