@@ -46,7 +46,8 @@ const KIND_TYPE_TAG: u32 = 18;
 
 #[derive(Debug, Clone)]
 struct Member {
-    name: String,
+    /// Offset of its name in the string section (empty: anonymous).
+    name: u32,
     type_id: u32,
     bit_offset: u32,
     bitfield_size: u32,
@@ -63,8 +64,12 @@ enum Type {
     Other,
 }
 
-/// The parsed type section (type id 0 is `void`).
+/// The parsed type section (type id 0 is `void`). Names stay offsets into
+/// the string section, read when asked: a kernel's BTF has hundreds of
+/// thousands of member and parameter names, and eci asks for a few dozen.
 pub struct Btf {
+    /// The string section.
+    strings: Vec<u8>,
     types: Vec<Type>,
     structs_by_name: HashMap<String, u32>,
     /// Names of the functions and typedefs that tell which attach points
@@ -73,8 +78,17 @@ pub struct Btf {
     attach_points: HashSet<String>,
     /// `bpf_lsm_<hook>` -> the type id of its prototype.
     lsm_protos: HashMap<String, u32>,
-    /// Prototype type id -> its parameters' names.
-    proto_params: HashMap<u32, Vec<String>>,
+    /// Prototype type id -> its parameters' name offsets.
+    proto_params: HashMap<u32, Vec<u32>>,
+}
+
+/// The NUL-terminated name at `off` of a string section ("" when out of it).
+fn name_in(strings: &[u8], off: u32) -> &[u8] {
+    let Some(rest) = strings.get(off as usize..) else {
+        return &[];
+    };
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    &rest[..end]
 }
 
 /// Prefixes of the names kept in `Btf::attach_points`.
@@ -97,9 +111,9 @@ impl Reader<'_> {
     }
 }
 
-fn keep_attach_point(points: &mut HashSet<String>, name: String, prefix: &str) {
-    if name.starts_with(prefix) {
-        points.insert(name);
+fn keep_attach_point(points: &mut HashSet<String>, name: &[u8], prefix: &str) {
+    if name.starts_with(prefix.as_bytes()) {
+        points.insert(String::from_utf8_lossy(name).into_owned());
     }
 }
 
@@ -135,13 +149,7 @@ impl Btf {
         if types_end > data.len() {
             return Err(BtfError::Malformed("type section out of bounds"));
         }
-        let name_at = |off: u32| -> String {
-            let Some(rest) = strings.get(off as usize..) else {
-                return String::new();
-            };
-            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-            String::from_utf8_lossy(&rest[..end]).into_owned()
-        };
+        let name_at = |off: u32| name_in(strings, off);
 
         let mut types = vec![Type::Other];
         let mut structs_by_name = HashMap::new();
@@ -170,7 +178,7 @@ impl Btf {
                             (offset, 0)
                         };
                         members.push(Member {
-                            name: name_at(r.u32_at(m)?),
+                            name: r.u32_at(m)?,
                             type_id: r.u32_at(m + 4)?,
                             bit_offset,
                             bitfield_size,
@@ -179,7 +187,9 @@ impl Btf {
                     at += vlen * 12;
                     let name = name_at(name_off);
                     if kind == KIND_STRUCT && !name.is_empty() {
-                        structs_by_name.entry(name).or_insert(id);
+                        structs_by_name
+                            .entry(String::from_utf8_lossy(name).into_owned())
+                            .or_insert(id);
                     }
                     Type::Composite { members }
                 }
@@ -192,15 +202,16 @@ impl Btf {
                 _ => {
                     if kind == KIND_FUNC {
                         let name = name_at(name_off);
-                        if name.starts_with(LSM_PREFIX) {
-                            lsm_protos.insert(name.clone(), size_or_type);
+                        if name.starts_with(LSM_PREFIX.as_bytes()) {
+                            lsm_protos
+                                .insert(String::from_utf8_lossy(name).into_owned(), size_or_type);
                         }
                         keep_attach_point(&mut attach_points, name, LSM_PREFIX);
                     }
                     if kind == KIND_FUNC_PROTO {
                         let mut names = Vec::with_capacity(vlen);
                         for i in 0..vlen {
-                            names.push(name_at(r.u32_at(at + i * 8)?));
+                            names.push(r.u32_at(at + i * 8)?);
                         }
                         proto_params.insert(id, names);
                     }
@@ -219,6 +230,7 @@ impl Btf {
             types.push(ty);
         }
         Ok(Self {
+            strings: strings.to_vec(),
             types,
             structs_by_name,
             attach_points,
@@ -239,7 +251,10 @@ impl Btf {
     pub fn lsm_hook_param(&self, hook: &str, param: &str) -> Option<u32> {
         let proto = self.lsm_protos.get(&format!("{LSM_PREFIX}{hook}"))?;
         let params = self.proto_params.get(proto)?;
-        params.iter().position(|p| p == param).map(|i| i as u32)
+        params
+            .iter()
+            .position(|&p| name_in(&self.strings, p) == param.as_bytes())
+            .map(|i| i as u32)
     }
 
     /// Whether BTF tracepoint programs can attach to `tracepoint`
@@ -290,12 +305,15 @@ impl Btf {
             return None;
         };
         for m in members {
-            if m.name == member {
+            if name_in(&self.strings, m.name) == member.as_bytes() {
                 return Some((base_bits + m.bit_offset, m.bitfield_size));
             }
         }
         // Anonymous struct/union members are searched after named ones.
-        for m in members.iter().filter(|m| m.name.is_empty()) {
+        for m in members
+            .iter()
+            .filter(|m| name_in(&self.strings, m.name).is_empty())
+        {
             if let Some(inner @ Type::Composite { .. }) = self.resolve(m.type_id)
                 && let Some(found) = self.find_member(inner, member, base_bits + m.bit_offset)
             {

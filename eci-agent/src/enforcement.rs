@@ -77,12 +77,12 @@ fn load_object(
     layout: &PinLayout,
     offsets: KernelOffsets,
     mode: ProtectionMode,
+    btf: &aya::Btf,
 ) -> Result<Ebpf, EnforcementError> {
     let tgid = std::process::id();
     let mode = mode.global();
-    let kernel_btf = aya::Btf::from_sys_fs().ok();
     EbpfLoader::new()
-        .btf(kernel_btf.as_ref())
+        .btf(Some(btf))
         .default_map_pin_directory(layout.maps_dir())
         .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
         .override_global(PROBE_TGID_GLOBAL, &tgid, true)
@@ -97,6 +97,9 @@ pub struct Loaded {
     pub mode: ProtectionMode,
     /// The running kernel's BTF (its attach points).
     pub kernel: btf::Btf,
+    /// The same BTF as aya reads it (relocations, attach targets): parsed
+    /// once at start, not for each load and attach.
+    pub aya_btf: aya::Btf,
 }
 
 fn lsm_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Lsm, EnforcementError> {
@@ -116,20 +119,32 @@ fn lsm_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Lsm, Enforc
 /// elsewhere; the object is loaded for that mode.
 pub fn probe_lsm(layout: &PinLayout, choice: ModeChoice) -> Result<Loaded, EnforcementError> {
     let active = lsm::active_lsms();
+    let parsing = std::time::Instant::now();
     let btf = aya::Btf::from_sys_fs().map_err(|e| lsm::LsmUnavailable::NoBtf(e.to_string()))?;
+    let aya_ms = parsing.elapsed().as_millis() as u64;
     let kernel = btf::Btf::from_sys_fs()?;
+    tracing::info!(
+        aya_ms,
+        own_ms = parsing.elapsed().as_millis() as u64 - aya_ms,
+        "the kernel's BTF parsed (once: aya's for loading and attaching, eci's for offsets and attach points)"
+    );
     let offsets = kernel.kernel_offsets()?;
     let existed = layout.exists();
     layout.create()?;
-    let result = probe_with(layout, offsets, &btf, active).and_then(|mut ebpf| {
+    let result = probe_with(layout, offsets, &btf, active).and_then(move |mut ebpf| {
         let mode = choose_mode(&mut ebpf, &btf, choice)?;
         if mode != ProtectionMode::AncestorWalk {
             // Loaded again with the mode's constant: the verifier then drops
             // the ancestor walk from every hook.
             drop(ebpf);
-            ebpf = load_object(layout, offsets, mode)?;
+            ebpf = load_object(layout, offsets, mode, &btf)?;
         }
-        Ok(Loaded { ebpf, mode, kernel })
+        Ok(Loaded {
+            ebpf,
+            mode,
+            kernel,
+            aya_btf: btf,
+        })
     });
     if result.is_err() && !existed {
         // Leave nothing behind on a kernel that cannot enforce.
@@ -144,7 +159,7 @@ fn probe_with(
     btf: &aya::Btf,
     active: Option<String>,
 ) -> Result<Ebpf, EnforcementError> {
-    let mut ebpf = load_object(layout, offsets, ProtectionMode::AncestorWalk)?;
+    let mut ebpf = load_object(layout, offsets, ProtectionMode::AncestorWalk, btf)?;
     let program = lsm_program(&mut ebpf, PROBE_PROGRAM)?;
     if let Err(err) = program.load("socket_create", btf) {
         return Err(lsm::LsmUnavailable::LoadRefused {
@@ -233,8 +248,8 @@ pub fn attach_all(loaded: Loaded, layout: &PinLayout) -> Result<Enforcement, Enf
         mut ebpf,
         mode,
         kernel,
+        aya_btf: btf,
     } = loaded;
-    let btf = aya::Btf::from_sys_fs().map_err(|e| lsm::LsmUnavailable::NoBtf(e.to_string()))?;
     let mut attached = BTreeSet::new();
     for program in coverage::programs(mode) {
         if !program.available(&kernel) {
