@@ -28,4 +28,5 @@ pub mod report;
 pub mod rootfs;
 pub mod sources;
 pub mod spec;
+pub mod timing;
 pub mod trusted;

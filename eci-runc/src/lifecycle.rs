@@ -41,7 +41,7 @@ use crate::{
     rootfs::{self, RootfsError, RootfsView},
     sources,
     spec::{self, Refusal},
-    trusted,
+    timing, trusted,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +195,7 @@ impl Runtime {
         if !status.success() {
             return Err(LifecycleError::RuncFailed(status.code().unwrap_or(1)));
         }
+        timing::mark("runc create");
         rollback.runc_created(inv);
         // Registration, before anything of the user's can run: fail closed.
         let cgroup =
@@ -250,6 +251,7 @@ impl Runtime {
             if !status.success() {
                 return Err(LifecycleError::RuncFailed(status.code().unwrap_or(1)));
             }
+            timing::mark("runc start");
             Ok(pid)
         });
         let pid = match started {
@@ -397,6 +399,7 @@ impl Runtime {
         let policy = Client::new(&self.agent_socket)
             .policy()
             .map_err(LifecycleError::Policy)?;
+        timing::mark("policy from the agent");
         let config = bundle.join("config.json");
         // The caller's spec is kept, and put back at release: a bundle stays
         // usable for the next `run` (engines write a fresh one each time).
@@ -431,6 +434,7 @@ impl Runtime {
         }
         let rollback = Rollback::new(self, report, allocated.allocation);
         let allocation = &rollback.allocation;
+        timing::mark("spec read, range allocated");
         // From here on, any failure drops `rollback`, which releases.
         {
             let mut ctx =
@@ -451,15 +455,19 @@ impl Runtime {
             }
             spec::check(&oci, &ctx, &resolve)?;
             let mut notes = spec::rewrite(&mut oci, &ctx)?;
+            timing::mark("spec checked and rewritten");
             let views = self.views(&id)?;
             views.prepare()?;
+            timing::mark("views prepared");
             let targets = View::ALL.map(View::target);
             notes.push(spec::add_proc_views(&mut oci, &views.shown_dir(), &targets));
             for note in notes {
                 report.info(&format!("eci: {note}"));
             }
             let vetted = sources::vet(&oci, &ctx, &[self.views(&id)?.dir().to_owned()])?;
+            timing::mark("bind sources vetted");
             self.relocate_files(&mut oci, &bundle, &id, &vetted, &ctx, report)?;
+            timing::mark("root and binds relocated (ID-mapped)");
             let container_dir = relocate::container_dir(&id);
             let mut joined =
                 relocate::kernel_mounts_for_joined_namespaces(&mut oci, &container_dir)?;
@@ -494,6 +502,7 @@ impl Runtime {
                 path: config.display().to_string(),
                 source,
             })?;
+            timing::mark("spec saved");
         }
         Ok((id, rollback))
     }
@@ -766,7 +775,9 @@ impl Runtime {
     fn register(&self, id: &str, pid: u32, under: &Path) -> Result<String, LifecycleError> {
         let views = self.views(id)?;
         views.start(pid)?;
+        timing::mark("views described and rendered");
         relocate::mount_symlinks_in(pid, under, &views.links())?;
+        timing::mark("views mounted");
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .map_err(|e| LifecycleError::Agent(format!("reading the container's cgroup: {e}")))?;
         let cgroup = text
@@ -790,6 +801,7 @@ impl Runtime {
                 cgroup: cgroup.clone(),
             })
             .map_err(|e| LifecycleError::Agent(e.to_string()))?;
+        timing::mark("registered with the agent");
         Ok(cgroup)
     }
 

@@ -31,6 +31,7 @@ fn hook_state() -> Result<State, LifecycleError> {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    eci_runc::timing::start_from_env();
     let inv = args::parse(&argv);
     let report = Reporter::new(&inv);
     let runtime = match Runtime::from_env() {
@@ -50,5 +51,6 @@ fn main() -> ExitCode {
             .map(|()| 0),
         _ => Err(runtime.pass_through(&inv)),
     };
+    eci_runc::timing::finish(inv.command.as_deref().unwrap_or("-"));
     exit(&report, result)
 }

@@ -153,7 +153,7 @@ echo "began $began"
 /// What a `--cpus=1 -m 256m` container sees.
 const SEEN_SCRIPT: &str = "grep '^MemTotal:' /proc/meminfo; echo processors $(grep -c '^processor' /proc/cpuinfo); echo online $(cat /sys/devices/system/cpu/online)";
 
-pub fn bench_views(containers: usize) -> Result<Value> {
+pub fn bench_views(containers: usize, binaries: &Path) -> Result<Value> {
     if containers == 0 {
         bail!("--views-containers must be at least 1");
     }
@@ -164,11 +164,12 @@ pub fn bench_views(containers: usize) -> Result<Value> {
     remove_labelled(LABEL);
     let clk_tck = clock_ticks();
     println!(
-        "bench views: {containers} containers of {TEST_IMAGE} per variant, {WINDOW_SECS} s windows; runc, then eci, then lxcfs"
+        "bench views: {containers} containers of {TEST_IMAGE} per variant, {WINDOW_SECS} s windows; runc, then eci (from {}), then lxcfs",
+        binaries.display()
     );
     let mut results = Vec::new();
     for variant in Variant::ALL {
-        let result = measure_variant(variant, containers, clk_tck, &dir)
+        let result = measure_variant(variant, containers, clk_tck, &dir, binaries)
             .with_context(|| format!("the {} variant", variant.name()))?;
         results.push(result);
     }
@@ -180,7 +181,9 @@ pub fn bench_views(containers: usize) -> Result<Value> {
         baseline,
     };
     report.print();
-    Ok(report.json())
+    let mut json = report.json();
+    json["eci_binaries"] = json!(binaries.display().to_string());
+    Ok(json)
 }
 
 struct Load {
@@ -224,10 +227,11 @@ fn measure_variant(
     containers: usize,
     clk_tck: f64,
     dir: &Path,
+    binaries: &Path,
 ) -> Result<VariantResult> {
     let server = match variant {
         Variant::Runc => None,
-        Variant::Eci => Some(start_agent(dir)?),
+        Variant::Eci => Some(start_agent(dir, binaries)?),
         Variant::Lxcfs => Some(lxcfs(dir, &[])?),
     };
     let label = format!("{LABEL}={}", std::process::id());
@@ -631,8 +635,8 @@ fn wait_ready(child: &mut Child, what: &str, log: &Path, ready: impl Fn() -> boo
 
 /// The agent (unenforced, as the start-up bench runs it: registration and
 /// the views, no kernel part) and the runtime `eci-bench-views` using it.
-fn start_agent(dir: &Path) -> Result<Server> {
-    let target = util::repo_root().join("target/debug");
+fn start_agent(dir: &Path, binaries: &Path) -> Result<Server> {
+    let target = binaries.to_owned();
     let run = PathBuf::from(RUN_DIR);
     let _ = std::fs::remove_dir_all(&run);
     // Traversable by the containers' roots; what is inside is made by the

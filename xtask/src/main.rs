@@ -80,6 +80,11 @@ enum Cmd {
         /// build/bench/, or one of its files) with the ratio new / old.
         #[arg(long, value_name = "SAVED")]
         compare: Option<std::path::PathBuf>,
+        /// The start-up and views figures with the release build of the
+        /// agent and eci-runc (built first), as installed; else the debug
+        /// build. The hook-cost figures in the VM stay the debug build's.
+        #[arg(long)]
+        release: bool,
     },
     /// Start dockerd/containerd if needed and import the test image.
     DockerUp,
@@ -143,8 +148,16 @@ fn main() -> Result<()> {
             views,
             views_containers,
             compare,
+            release,
         } => {
-            showcase::bench(rounds, iterations, startup_only, views, views_containers)?;
+            showcase::bench(
+                rounds,
+                iterations,
+                startup_only,
+                views,
+                views_containers,
+                release,
+            )?;
             match compare {
                 Some(saved) => bench_compare::compare(&saved, &util::build_dir().join("bench")),
                 None => Ok(()),

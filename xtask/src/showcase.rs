@@ -59,28 +59,30 @@ pub fn bench(
     startup_only: bool,
     views_only: bool,
     views_containers: usize,
+    release: bool,
 ) -> Result<()> {
     build()?;
+    let binaries = util::bench_binaries(release)?;
     let dir = util::build_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     if views_only {
-        return bench_views(views_containers, &dir);
+        return bench_views(views_containers, &dir, &binaries);
     }
     if !startup_only {
         bench_in_vm(rounds, iterations, &dir)?;
     }
-    let startup = bench_startup(10)?;
+    let startup = bench_startup(10, &binaries)?;
     let path = dir.join("startup.json");
     std::fs::write(&path, serde_json::to_string_pretty(&startup)? + "\n")?;
     println!("bench: wrote {}", path.display());
     if !startup_only {
-        bench_views(views_containers, &dir)?;
+        bench_views(views_containers, &dir, &binaries)?;
     }
     Ok(())
 }
 
-fn bench_views(containers: usize, dir: &std::path::Path) -> Result<()> {
-    let views = crate::bench_views::bench_views(containers)?;
+fn bench_views(containers: usize, dir: &std::path::Path, binaries: &std::path::Path) -> Result<()> {
+    let views = crate::bench_views::bench_views(containers, binaries)?;
     let path = dir.join("views.json");
     std::fs::write(&path, serde_json::to_string_pretty(&views)? + "\n")?;
     println!("bench: wrote {}", path.display());
@@ -141,13 +143,17 @@ pub fn unenforced_agent(
 /// Docker Engine: the median of `runs` alternating `docker run --rm`s.
 /// The agent runs in its unenforced mode when this kernel refuses BPF-LSM
 /// (registration still happens; the kernel part is measured in the VM).
-pub fn bench_startup(runs: usize) -> Result<serde_json::Value> {
+pub fn bench_startup(runs: usize, binaries: &std::path::Path) -> Result<serde_json::Value> {
     use std::process::{Command, Stdio};
     crate::docker::ensure_docker()?;
     crate::docker::ensure_test_image()?;
     let dir = util::build_dir().join("bench/startup");
     std::fs::create_dir_all(&dir)?;
-    let target = util::repo_root().join("target/debug");
+    let target = binaries.to_owned();
+    println!(
+        "bench: start-up with eci-runc and the agent from {}",
+        target.display()
+    );
     let socket = dir.join("agent.sock");
     let mut agent = unenforced_agent(&target, &socket, &dir, &dir.join("none.json"));
     agent.stdout(Stdio::null()).stderr(Stdio::null());

@@ -165,3 +165,13 @@ pub fn line_channel(reader: impl Read + Send + 'static) -> mpsc::Receiver<Line> 
 pub fn build_binaries() -> Result<()> {
     run(Command::new("cargo").args(["build", "--workspace", "--bins"]))
 }
+
+/// Where the agent and eci-runc a bench runs are: the debug build, or with
+/// `release` the release build of both (built here), as a user installs them.
+pub fn bench_binaries(release: bool) -> Result<PathBuf> {
+    if !release {
+        return Ok(repo_root().join("target/debug"));
+    }
+    run(Command::new("cargo").args(["build", "--release", "-p", "eci-agent", "-p", "eci-runc"]))?;
+    Ok(repo_root().join("target/release"))
+}

@@ -1236,6 +1236,64 @@ fn eci_runc(f: &Fixture, socket: &Path) -> Command {
     f.engine.eci_runc(socket)
 }
 
+/// `eci-runc run` of a bundle that wants a terminal, given none to pass on
+/// (as from an interactive shell): runc relays the terminal itself, and
+/// eci-runc registers from runc's createRuntime hook, before pivot_root — the
+/// views' symlinks are mounted below the root file system's path then.
+#[test]
+fn a_run_with_a_terminal_runc_relays_gets_the_containers_views() {
+    let Some(f) = fixture("a_run_with_a_terminal_runc_relays_gets_the_containers_views") else {
+        return;
+    };
+    if !f.engine.is_machine() {
+        // README, limits: under kernel enforcement the registered container
+        // may not unmount what it started with, and runc's init unmounts
+        // its old root after the hook.
+        println!(
+            "SKIP: a_run_with_a_terminal_runc_relays_gets_the_containers_views: a relayed-terminal run registers before pivot_root, which kernel enforcement refuses (README)"
+        );
+        return;
+    }
+    let dir = bundle(
+        f,
+        "terminal",
+        "head -1 /proc/meminfo; readlink /proc/meminfo",
+    );
+    limit_memory(&dir, 48 << 20);
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+    config["process"]["terminal"] = serde_json::json!(true);
+    std::fs::write(&path, config.to_string()).expect("config");
+    let root = f.dir().join("runc-root");
+    let id = format!("eci-tty-{}", std::process::id());
+    let eci = eci_runc(f, f.engine.agent_socket());
+    let command = format!(
+        "{} --root {} run --bundle {} {id}",
+        eci.get_program().to_string_lossy(),
+        root.display(),
+        dir.display()
+    );
+    // `script` gives the run a terminal of its own.
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .envs(
+            eci.get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let shown = text(&out).replace('\r', "");
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("MemTotal:          49152 kB"),
+        "not the container's meminfo: {shown}"
+    );
+    assert!(shown.contains("/dev/.eci/meminfo"), "{shown}");
+    assert!(!leftovers(f, &id), "{id} left state behind");
+}
+
 #[test]
 fn eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was() {
     let Some(f) = fixture("eci_runc_run_registers_releases_and_leaves_the_bundle_as_it_was") else {
