@@ -24,7 +24,8 @@ impl Change {
     }
 }
 
-/// Every number of `old` that `new` has at the same place, in document order.
+/// Every number of `old` that `new` has at the same place (objects in key
+/// order, arrays in theirs).
 pub fn changes(file: &str, old: &Value, new: &Value) -> Vec<Change> {
     let mut out = Vec::new();
     walk(file.to_owned(), old, new, &mut out);
@@ -47,12 +48,28 @@ fn walk(place: String, old: &Value, new: &Value, out: &mut Vec<Change>) {
             }
         }
         (Value::Array(a), Value::Array(b)) => {
-            for (index, (value, other)) in a.iter().zip(b).enumerate() {
-                walk(format!("{place}[{index}]"), value, other, out);
+            for (index, value) in a.iter().enumerate() {
+                // Entries that name themselves pair by name, the rest by place.
+                let name = label(value);
+                let other = match name {
+                    Some(name) => b.iter().find(|o| label(o) == Some(name)),
+                    None => b.get(index),
+                };
+                if let Some(other) = other {
+                    let at = name.map_or_else(|| index.to_string(), str::to_owned);
+                    walk(format!("{place}[{at}]"), value, other, out);
+                }
             }
         }
         _ => {}
     }
+}
+
+/// What an array entry calls itself (`benchmark`, `name` or `variant`).
+fn label(value: &Value) -> Option<&str> {
+    ["benchmark", "name", "variant"]
+        .iter()
+        .find_map(|key| value.get(key).and_then(Value::as_str))
 }
 
 /// The JSON files to compare: `saved` itself, or each `*.json` in it.
@@ -122,10 +139,12 @@ mod tests {
     fn numbers_at_the_same_place_are_paired_and_the_rest_skipped() {
         let old = serde_json::json!({
             "ratio": 1.5, "name": "x", "runs": [10, 20], "only_old": 3,
-            "views": {"eci": {"cpu": 2.0}}
+            "views": {"eci": {"cpu": 2.0}},
+            "startup": [{"benchmark": "a", "ms": 4}, {"benchmark": "b", "ms": 8}]
         });
         let new = serde_json::json!({
-            "ratio": 1.2, "name": "y", "runs": [11], "views": {"eci": {"cpu": 0.0}}
+            "ratio": 1.2, "name": "y", "runs": [11], "views": {"eci": {"cpu": 0.0}},
+            "startup": [{"benchmark": "b", "ms": 6}]
         });
         let got = changes("startup:", &old, &new);
         let places: Vec<&str> = got.iter().map(|c| c.place.as_str()).collect();
@@ -134,11 +153,13 @@ mod tests {
             [
                 "startup: ratio",
                 "startup: runs[0]",
+                "startup: startup[b].ms",
                 "startup: views.eci.cpu"
             ]
         );
         assert_eq!(got[0].ratio().map(|r| (r * 100.0).round()), Some(80.0));
-        assert_eq!(got[2].ratio(), Some(0.0));
+        assert_eq!(got[2].ratio(), Some(0.75));
+        assert_eq!(got[3].ratio(), Some(0.0));
         let zero = Change {
             place: String::new(),
             old: 0.0,
