@@ -35,12 +35,31 @@ pub enum CgroupError {
 
 /// Where cgroup2 is mounted (the last cgroup2 mount in our mount namespace).
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    // Asked every second (policy parents, the registry), and the VM's
+    // mountinfo grows with every container (its overlay, its binds): read
+    // once and kept while the place still holds a cgroup2 (one statfs).
+    static FOUND: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut found = FOUND
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(mount) = found.as_ref().filter(|m| is_cgroup2(m)) {
+        return Ok(mount.clone());
+    }
     let text =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| CgroupError::Read {
             path: "/proc/self/mountinfo".into(),
             source,
         })?;
-    parse_cgroup2_mount(&text).ok_or(CgroupError::NoCgroup2)
+    let mount = parse_cgroup2_mount(&text).ok_or(CgroupError::NoCgroup2)?;
+    *found = Some(mount.clone());
+    Ok(mount)
+}
+
+/// `statfs` magic of cgroup2.
+const CGROUP2_MAGIC: i64 = 0x6367_7270;
+
+fn is_cgroup2(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == CGROUP2_MAGIC)
 }
 
 fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
@@ -259,6 +278,19 @@ pub fn is_same_or_below(inner: &str, outer: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_is_read_once_and_kept_while_it_is_one() {
+        let Ok(first) = cgroup2_mount() else {
+            println!(
+                "SKIP: the_cgroup2_mount_is_read_once_and_kept_while_it_is_one: no cgroup2 here"
+            );
+            return;
+        };
+        assert!(is_cgroup2(&first), "{}", first.display());
+        assert_eq!(cgroup2_mount().unwrap(), first);
+        assert!(!is_cgroup2(Path::new("/proc")));
+    }
 
     #[test]
     fn finds_cgroup2_in_mountinfo() {
