@@ -464,7 +464,7 @@ impl Runtime {
             for note in notes {
                 report.info(&format!("eci: {note}"));
             }
-            let vetted = sources::vet(&oci, &ctx, &[self.views(&id)?.dir().to_owned()])?;
+            let vetted = sources::vet(&oci, &ctx, &[views.dir().to_owned()])?;
             timing::mark("bind sources vetted");
             self.relocate_files(&mut oci, &bundle, &id, &vetted, &ctx, report)?;
             timing::mark("root and binds relocated (ID-mapped)");

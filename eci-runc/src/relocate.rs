@@ -82,6 +82,24 @@ fn cstr(path: &Path) -> Result<CString, RelocateError> {
     })
 }
 
+/// The error of `what` on `path`, for `map_err`.
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RelocateError {
+    let path = path.display().to_string();
+    move |source| RelocateError::Io { what, path, source }
+}
+
+/// `open(2)` of `path` with `flags` (and `O_CLOEXEC`); `what` names a failure.
+fn open_fd(path: &Path, flags: libc::c_int, what: &'static str) -> Result<OwnedFd, RelocateError> {
+    let c = cstr(path)?;
+    // SAFETY: a valid C string; the returned fd is owned below.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io_error(what, path)(std::io::Error::last_os_error()));
+    }
+    // SAFETY: open returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// A user namespace with `0 <base> 65536` for uids and gids, held by an fd.
 pub fn user_namespace(base: u32) -> Result<OwnedFd, RelocateError> {
     user_namespace_mapping(&format!("0 {base} 65536\n"))
@@ -134,18 +152,7 @@ pub fn bind(
     userns: Option<&OwnedFd>,
     recursive: bool,
 ) -> Result<bool, RelocateError> {
-    let src = cstr(source)?;
-    // SAFETY: a valid C string; the returned fd is owned below.
-    let fd = unsafe { libc::open(src.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(RelocateError::Io {
-            what: "open",
-            path: source.display().to_string(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: open returned a new fd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = open_fd(source, libc::O_PATH, "open")?;
     bind_from(&fd, source, target, userns, recursive)
 }
 
@@ -195,19 +202,15 @@ fn clone_tree_to(
     attrs: Attrs<'_>,
     recursive: bool,
 ) -> Result<bool, RelocateError> {
-    let io = |what: &'static str, path: &Path| {
-        let path = path.display().to_string();
-        move |source| RelocateError::Io { what, path, source }
-    };
     let meta = nix::sys::stat::fstat(source_fd.as_raw_fd())
-        .map_err(|e| io("stat", source)(std::io::Error::from(e)))?;
+        .map_err(|e| io_error("stat", source)(std::io::Error::from(e)))?;
     if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        std::fs::create_dir_all(parent).map_err(io_error("creating", parent))?;
     }
     if meta.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        std::fs::create_dir_all(target).map_err(io("creating", target))?;
+        std::fs::create_dir_all(target).map_err(io_error("creating", target))?;
     } else if !target.exists() {
-        std::fs::write(target, b"").map_err(io("creating", target))?;
+        std::fs::write(target, b"").map_err(io_error("creating", target))?;
     }
     let empty = CString::default();
     // SAFETY: plain syscalls with a valid fd and C string; the returned fd
@@ -228,7 +231,9 @@ fn clone_tree_to(
         )
     };
     if tree < 0 {
-        return Err(io("open_tree", source)(std::io::Error::last_os_error()));
+        return Err(io_error("open_tree", source)(
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: open_tree returned a new fd that nothing else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
@@ -266,7 +271,7 @@ fn clone_tree_to(
                 propagation: 0,
                 userns_fd: 0,
             }) {
-                return Err(io("making read-only, nosuid and nodev", source)(
+                return Err(io_error("making read-only, nosuid and nodev", source)(
                     std::io::Error::last_os_error(),
                 ));
             }
@@ -286,7 +291,7 @@ fn clone_tree_to(
         )
     };
     if rc != 0 {
-        return Err(io("move_mount onto", target)(
+        return Err(io_error("move_mount onto", target)(
             std::io::Error::last_os_error(),
         ));
     }
@@ -305,12 +310,7 @@ pub fn mount_symlinks_in(
     under: &Path,
     links: &[(&str, PathBuf)],
 ) -> Result<(), RelocateError> {
-    let io = |what: &'static str, path: &Path| {
-        let path = path.display().to_string();
-        move |source| RelocateError::Io { what, path, source }
-    };
     let mut trees = Vec::new();
-    let mut targets = Vec::new();
     for (target, link) in links {
         let c_link = cstr(link)?;
         // SAFETY: a valid C string; the returned fd is owned.
@@ -325,120 +325,61 @@ pub fn mount_symlinks_in(
             )
         };
         if tree < 0 {
-            return Err(io("open_tree", link)(std::io::Error::last_os_error()));
+            return Err(io_error("open_tree", link)(std::io::Error::last_os_error()));
         }
+        let below = under.join(target.trim_start_matches('/'));
+        let relative = below.strip_prefix("/").unwrap_or(&below);
         // SAFETY: open_tree returned a new fd that nothing else owns.
-        trees.push(unsafe { OwnedFd::from_raw_fd(tree as i32) });
-        let relative = under
-            .join(target.trim_start_matches('/'))
-            .strip_prefix("/")
-            .map(Path::to_owned)
-            .unwrap_or_else(|_| under.join(target.trim_start_matches('/')));
-        targets.push((PathBuf::from(target), cstr(&relative)?));
+        let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+        trees.push((tree, Path::new(*target), cstr(relative)?));
     }
-    let open = |path: String, flags: libc::c_int| {
-        let c = cstr(Path::new(&path))?;
-        // SAFETY: a valid C string; the returned fd is owned.
-        let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(io("opening", Path::new(&path))(
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: open returned a new fd that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    };
-    let namespace = open(format!("/proc/{pid}/ns/mnt"), libc::O_RDONLY)?;
-    let root = open(
-        format!("/proc/{pid}/root"),
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let namespace = open_fd(&proc_dir.join("ns/mnt"), libc::O_RDONLY, "opening")?;
+    let root = open_fd(
+        &proc_dir.join("root"),
         libc::O_PATH | libc::O_DIRECTORY,
+        "opening",
     )?;
-    let (report_read, report_write) =
-        nix::unistd::pipe().map_err(|e| io("making a pipe", Path::new("pipe"))(e.into()))?;
-    // A child of its own, single-threaded, enters the container's mount
-    // namespace (setns(CLONE_NEWNS) refuses a process that shares its file
-    // system state); it makes only syscalls, reports (index, errno) of a
-    // failure through the pipe, and exits.
-    // SAFETY: the child calls only async-signal-safe syscalls and _exit.
-    let child = unsafe { nix::unistd::fork() }.map_err(|e| {
-        io(
-            "forking to enter the mount namespace of",
-            Path::new(&format!("/proc/{pid}")),
-        )(e.into())
-    })?;
-    match child {
-        nix::unistd::ForkResult::Child => {
-            let fail = |index: i32| -> ! {
-                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-                let report = [index, errno];
-                // SAFETY: writes 8 bytes from a live array, then exits.
-                unsafe {
-                    libc::write(
-                        report_write.as_raw_fd(),
-                        report.as_ptr().cast(),
-                        std::mem::size_of_val(&report),
-                    );
-                    libc::_exit(1)
-                }
-            };
-            // SAFETY: plain syscalls on fds this process holds.
-            if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-                fail(-1);
-            }
-            let empty = c"";
-            for (index, (tree, (_, relative))) in trees.iter().zip(&targets).enumerate() {
+    // A thread of its own joins the container's mount namespace (the
+    // process keeps its own), once it no longer shares its file system
+    // state: setns(CLONE_NEWNS) refuses a thread that does.
+    let moved = std::thread::scope(|s| {
+        s.spawn(|| -> Result<(), (Option<&Path>, nix::errno::Errno)> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(|e| (None, e))?;
+            nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(|e| (None, e))?;
+            for (tree, target, relative) in &trees {
                 // SAFETY: valid fds and C strings.
                 let rc = unsafe {
                     libc::syscall(
                         libc::SYS_move_mount,
                         tree.as_raw_fd(),
-                        empty.as_ptr(),
+                        c"".as_ptr(),
                         root.as_raw_fd(),
                         relative.as_ptr(),
                         MOVE_MOUNT_F_EMPTY_PATH,
                     )
                 };
-                // SAFETY: reading errno right after the syscall.
-                if rc != 0 && unsafe { *libc::__errno_location() } != libc::ENOENT {
-                    fail(index as i32);
+                let errno = nix::errno::Errno::last();
+                if rc != 0 && errno != nix::errno::Errno::ENOENT {
+                    return Err((Some(*target), errno));
                 }
             }
-            // SAFETY: exit without running the parent's destructors.
-            unsafe { libc::_exit(0) }
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(report_write);
-            let mut report = [0i32; 2];
-            // SAFETY: reads at most 8 bytes into a live array.
-            let got = unsafe {
-                libc::read(
-                    report_read.as_raw_fd(),
-                    report.as_mut_ptr().cast(),
-                    std::mem::size_of_val(&report),
-                )
-            };
-            let status = nix::sys::wait::waitpid(child, None);
-            let failed = !matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0)));
-            if !failed {
-                return Ok(());
-            }
-            let source = std::io::Error::from_raw_os_error(report[1]);
-            if got as usize != std::mem::size_of_val(&report) {
-                return Err(io(
-                    "entering the mount namespace of",
-                    Path::new(&format!("/proc/{pid}")),
-                )(std::io::Error::other(format!(
-                    "the helper ended with {status:?}"
-                ))));
-            }
-            match targets.get(report[0] as usize) {
-                Some((target, _)) => Err(io("mounting the view's symlink over", target)(source)),
-                None => Err(io(
-                    "entering the mount namespace of",
-                    Path::new(&format!("/proc/{pid}")),
-                )(source)),
-            }
-        }
+            Ok(())
+        })
+        .join()
+    });
+    match moved {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err((Some(target), errno))) => Err(
+            io_error("mounting the view's symlink over", target)(errno.into()),
+        ),
+        Ok(Err((None, errno))) => Err(io_error("entering the mount namespace of", &proc_dir)(
+            errno.into(),
+        )),
+        Err(_) => Err(io_error("entering the mount namespace of", &proc_dir)(
+            std::io::Error::other("the mounting thread panicked"),
+        )),
     }
 }
 
@@ -693,12 +634,9 @@ fn mount_in_namespace(
             _ => MsFlags::empty(),
         };
     }
-    let io = |what: &'static str, path: &Path| {
-        let path = path.display().to_string();
-        move |source| RelocateError::Io { what, path, source }
-    };
-    std::fs::create_dir_all(target).map_err(io("creating", target))?;
-    let file = std::fs::File::open(namespace).map_err(io("opening the namespace", namespace))?;
+    std::fs::create_dir_all(target).map_err(io_error("creating", target))?;
+    let file =
+        std::fs::File::open(namespace).map_err(io_error("opening the namespace", namespace))?;
     let mounted = std::thread::scope(|s| {
         s.spawn(|| {
             // This thread only: the process keeps its own namespaces.
