@@ -250,20 +250,15 @@ impl TestAgent {
 
     /// Wait (bounded) for an audit line matching `pred`.
     pub fn wait_audit(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(line) = self.audit_lines().into_iter().find(|l| pred(l)) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
+        let first = self.wait_audit_count(1, pred).into_iter().next();
+        first.unwrap_or_else(|| {
+            panic!(
                 "no matching audit line in {}:\n{}\nagent log:\n{}",
                 self.audit_log.display(),
                 std::fs::read_to_string(&self.audit_log).unwrap_or_default(),
                 self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            )
+        })
     }
 }
 
