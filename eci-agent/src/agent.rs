@@ -8,6 +8,7 @@ use tokio::{io::unix::AsyncFd, sync::Mutex};
 
 use crate::{
     audit::{self, AuditLog, Names},
+    audit_limit::AuditLimitMaps,
     cgroups, control, enforcement,
     pins::PinLayout,
     policy,
@@ -84,6 +85,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             Box::new(enforcement.rules),
             Some(KernelParts {
                 events: enforcement.events,
+                audit_limit: enforcement.audit_limit,
                 drops,
                 logger,
                 _ebpf: enforcement.ebpf,
@@ -169,11 +171,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if let Some(kernel) = kernel {
         let KernelParts {
             events,
+            audit_limit,
             drops,
             logger,
             _ebpf,
         } = kernel;
         tasks.spawn(read_events(events, shared.clone(), audit.clone()));
+        tasks.spawn(report_not_logged(
+            audit_limit,
+            policy.subscribe(),
+            audit.clone(),
+        ));
         tasks.spawn(watch_drops(drops, audit.clone()));
         if let Some(logger) = logger {
             tasks.spawn(forward_bpf_logs(logger));
@@ -215,6 +223,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
 struct KernelParts {
     events: aya::maps::RingBuf<MapData>,
+    audit_limit: AuditLimitMaps,
     drops: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     _ebpf: aya::Ebpf,
@@ -302,6 +311,57 @@ async fn read_events(
                 cgroup_id = line.cgroup_id,
                 object = ?line.object.path,
                 "denied"
+            );
+        }
+        if let Err(err) = audit.lock().await.write_batch(&lines) {
+            tracing::error!("{err}");
+        }
+    }
+}
+
+/// Keep the policy's audit rate limit in force and write, every second, one
+/// line per cgroup whose decisions were counted instead of logged.
+async fn report_not_logged(
+    mut maps: AuditLimitMaps,
+    mut policy: tokio::sync::watch::Receiver<Arc<eci_policy::Policy>>,
+    audit: Arc<Mutex<AuditLog>>,
+) {
+    let set = |maps: &mut AuditLimitMaps, per_second: u32| {
+        if let Err(err) = maps.set_limit(per_second) {
+            tracing::error!("{err}");
+        }
+    };
+    set(&mut maps, policy.borrow_and_update().audit.lines_per_second);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = policy.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                set(&mut maps, policy.borrow_and_update().audit.lines_per_second);
+                continue;
+            }
+        }
+        let now = audit::wall_clock_of(0) + boot_now_ns();
+        let lines = match maps.collect(now) {
+            Ok(lines) => lines,
+            Err(err) => {
+                tracing::error!("{err}");
+                continue;
+            }
+        };
+        if lines.is_empty() {
+            continue;
+        }
+        for line in &lines {
+            tracing::warn!(
+                cgroup_id = line.cgroup_id,
+                cgroup = ?line.cgroup,
+                count = line.count,
+                "decisions counted, not logged one by one (audit rate limit)"
             );
         }
         if let Err(err) = audit.lock().await.write_batch(&lines) {

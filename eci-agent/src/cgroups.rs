@@ -58,6 +58,52 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
 /// `statfs` magic of cgroup2.
 const CGROUP2_MAGIC: i64 = 0x6367_7270;
 
+/// The path (below the cgroup2 mount, `/docker/ID`) of the live cgroup
+/// with id `id`, found by the kernel (`open_by_handle_at` with cgroupfs'
+/// own handle, the id), not by a walk; `None` once the cgroup is removed
+/// (ids are never reused).
+pub fn live_path_of_id(id: u64) -> Result<Option<String>, CgroupError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mount = cgroup2_mount()?;
+    let read_err = |path: &Path, source| CgroupError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = std::fs::File::open(&mount).map_err(|e| read_err(&mount, e))?;
+    // struct file_handle { u32 handle_bytes; int handle_type; u64 id }:
+    // kernfs's handle type (FILEID_KERNFS) and its node id, the cgroup id.
+    const FILEID_KERNFS: i32 = 0xfe;
+    let mut handle = [0u8; 16];
+    handle[..4].copy_from_slice(&8u32.to_ne_bytes());
+    handle[4..8].copy_from_slice(&FILEID_KERNFS.to_ne_bytes());
+    handle[8..].copy_from_slice(&id.to_ne_bytes());
+    // SAFETY: the handle buffer is a valid struct file_handle of 8 bytes,
+    // the mount fd is open; the returned fd is owned below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            dir.as_raw_fd(),
+            handle.as_mut_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECTORY,
+        )
+    };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ESTALE) | Some(libc::ENOENT) => Ok(None),
+            _ => Err(read_err(&mount, err)),
+        };
+    }
+    // SAFETY: a new fd of ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let link = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let path = std::fs::read_link(&link).map_err(|e| read_err(&link, e))?;
+    Ok(Some(match path.strip_prefix(&mount) {
+        Ok(rel) => format!("/{}", rel.display()),
+        Err(_) => path.display().to_string(),
+    }))
+}
+
 fn is_cgroup2(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_MAGIC)
 }

@@ -18,6 +18,7 @@ use eci_common::{
 };
 
 use crate::{
+    audit_limit::AuditLimitMaps,
     btf,
     coverage::{self, Attach, Program, RuleState},
     lsm,
@@ -231,6 +232,8 @@ fn choose_mode(
 pub struct Enforcement {
     pub rules: KernelRules,
     pub events: RingBuf<MapData>,
+    /// The audit rate limit's maps.
+    pub audit_limit: AuditLimitMaps,
     pub mode: ProtectionMode,
     /// Every rule, enforced or missing (and what it needs).
     pub coverage: Vec<RuleState>,
@@ -274,9 +277,16 @@ pub fn attach_all(loaded: Loaded, layout: &PinLayout) -> Result<Enforcement, Enf
         allowed_devices: take_map(&mut ebpf, map_names::ALLOWED_DEVICES, HashMap::try_from)?,
     };
     let events = take_map(&mut ebpf, map_names::EVENTS, RingBuf::try_from)?;
+    let audit_limit = AuditLimitMaps {
+        limit: take_map(&mut ebpf, map_names::AUDIT_LIMIT, Array::try_from)?,
+        windows: take_map(&mut ebpf, map_names::AUDIT_WINDOWS, HashMap::try_from)?,
+        kept_out: take_map(&mut ebpf, map_names::AUDIT_SUPPRESSED, HashMap::try_from)?,
+        reported: take_map(&mut ebpf, map_names::AUDIT_REPORTED, HashMap::try_from)?,
+    };
     Ok(Enforcement {
         rules,
         events,
+        audit_limit,
         mode,
         coverage,
         ebpf,

@@ -3,6 +3,7 @@
 
 mod agent;
 mod audit;
+mod audit_limit;
 mod btf;
 mod cgroups;
 mod control;

@@ -19,6 +19,10 @@ pub mod map_names {
     pub const IMMUTABLE_MOUNTS: &str = "ECI_IMMUT_MNTS";
     pub const ALLOWED_DEVICES: &str = "ECI_ALLOWED_DEVS";
     pub const UNDECIDED: &str = "ECI_UNDECIDED";
+    pub const AUDIT_WINDOWS: &str = "ECI_AUDIT_WINDOWS";
+    pub const AUDIT_SUPPRESSED: &str = "ECI_AUDIT_SUPPR";
+    pub const AUDIT_REPORTED: &str = "ECI_AUDIT_REPORTED";
+    pub const AUDIT_LIMIT: &str = "ECI_AUDIT_LIMIT";
 }
 
 /// Name of the global that carries the kernel struct offsets into the programs.
@@ -78,6 +82,36 @@ pub const fn device_key(block: bool, major: u32, minor: u32) -> u64 {
 }
 /// The minor that stands for all minors of a major in `device_key`.
 pub const ANY_MINOR: u32 = 0xfffff;
+
+/// Capacity of the audit rate limit's per-cgroup windows. A cgroup that
+/// finds the map full is not limited (its decisions are lines, or counted
+/// as ring-buffer drops): nothing is lost unexplained.
+pub const MAX_AUDIT_CGROUPS: u32 = 8192;
+/// Capacity of the per-cgroup, per-hook counts of decisions the rate limit
+/// kept out of the ring buffer (and of the agent's reported totals).
+pub const MAX_AUDIT_SUPPRESSED: u32 = 4 * MAX_AUDIT_CGROUPS;
+/// The audit rate limit's window: each cgroup may report up to the limit
+/// (`ECI_AUDIT_LIMIT[0]`) decisions per window as events of their own.
+pub const AUDIT_WINDOW_NS: u64 = 1_000_000_000;
+
+/// One cgroup's audit window: when it began and how many events its
+/// decisions have put in the ring buffer since.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuditWindow {
+    pub start_ns: u64,
+    pub events: u64,
+}
+
+/// Key of the counts of decisions the audit rate limit kept out of the ring
+/// buffer: the task's cgroup and the hook (`Hook as u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AuditKey {
+    pub cgroup_id: u64,
+    pub hook: u32,
+    pub _pad: u32,
+}
 
 /// A cached protection verdict: the generation it was computed in and the
 /// `protect_reason` bits of the cgroup and its ancestors (0: not
@@ -450,4 +484,6 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::AuditEvent {}
     unsafe impl aya::Pod for super::CachedVerdict {}
+    unsafe impl aya::Pod for super::AuditWindow {}
+    unsafe impl aya::Pod for super::AuditKey {}
 }

@@ -12,6 +12,10 @@
 //! counts what a hook could not decide.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The one atomic add of the audit counts (BPF_XADD; core's atomics offer no
+// read-modify-write on this target).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 /// The prologue every hook starts with (`protection::enter`): evaluates to
 /// the protected task's cgroup, or returns the hook's answer at once (an

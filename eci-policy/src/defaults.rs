@@ -9,6 +9,12 @@ pub const DEFAULT_AUDIT_PATH: &str = "/var/log/eci/audit.jsonl";
 pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 50 * 1024 * 1024;
 /// How many rotated audit logs are kept by default.
 pub const DEFAULT_AUDIT_KEEP: u32 = 5;
+/// Audit lines per second each container's decisions may take by default;
+/// the rest of a burst is counted and reported as one summary line per
+/// container and second (`eci.audit.linesPerSecond`).
+pub const DEFAULT_AUDIT_LINES_PER_SECOND: u32 = 100;
+/// The largest `eci.audit.linesPerSecond` accepted.
+pub const MAX_AUDIT_LINES_PER_SECOND: u32 = 100_000;
 /// The smallest `eci.audit.maxBytes` accepted.
 pub const MIN_AUDIT_MAX_BYTES: u64 = 4096;
 /// The largest `eci.audit.keep` accepted.

@@ -12,7 +12,8 @@
 //!   "eci": { "protectedCgroupParents": ["/docker"], "protectedSockets": ["/run/docker.sock"],
 //!            "shareableHostPaths": ["/home"], "dockerRuntimeName": "eci",
 //!            "dockerApiSockets": ["/run/docker.sock", "/var/run/docker.sock"],
-//!            "audit": { "path": "/var/log/eci/audit.jsonl", "maxBytes": 52428800, "keep": 5 } } }
+//!            "audit": { "path": "/var/log/eci/audit.jsonl", "maxBytes": 52428800, "keep": 5,
+//!                       "linesPerSecond": 100 } } }
 //! ```
 //!
 //! Every section and key is optional: a missing key keeps its built-in

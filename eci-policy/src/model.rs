@@ -145,6 +145,10 @@ pub struct AuditSettings {
     pub max_bytes: u64,
     /// How many rotated files to keep.
     pub keep: u32,
+    /// Lines per second each container's decisions may take; beyond, they
+    /// are counted per container and hook and reported as one summary line
+    /// a second, so one container cannot crowd out another's events.
+    pub lines_per_second: u32,
 }
 
 impl Default for AuditSettings {
@@ -153,6 +157,7 @@ impl Default for AuditSettings {
             path: PathBuf::from(DEFAULT_AUDIT_PATH),
             max_bytes: DEFAULT_AUDIT_MAX_BYTES,
             keep: DEFAULT_AUDIT_KEEP,
+            lines_per_second: DEFAULT_AUDIT_LINES_PER_SECOND,
         }
     }
 }
@@ -261,7 +266,7 @@ impl Policy {
              shareable host paths: {}\n\
              allowed devices beyond the standard set: {}\n\
              docker socket mount: images {}{}; commands {kind} {}\n\
-             audit log: {} (rotated at {} bytes, {} kept)",
+             audit log: {} (rotated at {} bytes, {} kept; {} lines per container and second, the rest counted)",
             if self.enforcement { "on" } else { "OFF" },
             if self.locked { " (locked)" } else { "" },
             list(&self.protected_cgroup_parents),
@@ -278,6 +283,7 @@ impl Policy {
             self.audit.path.display(),
             self.audit.max_bytes,
             self.audit.keep,
+            self.audit.lines_per_second,
         )
     }
 
@@ -316,6 +322,7 @@ impl Policy {
                     path: &self.audit.path,
                     max_bytes: self.audit.max_bytes,
                     keep: self.audit.keep,
+                    lines_per_second: self.audit.lines_per_second,
                 },
             },
         };
@@ -375,6 +382,7 @@ struct AuditOut<'a> {
     path: &'a Path,
     max_bytes: u64,
     keep: u32,
+    lines_per_second: u32,
 }
 
 #[derive(Serialize)]

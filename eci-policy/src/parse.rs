@@ -128,6 +128,8 @@ struct RawAudit {
     max_bytes: Option<u64>,
     #[serde(default, deserialize_with = "present")]
     keep: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    lines_per_second: Option<u64>,
 }
 
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -251,6 +253,7 @@ impl RawFile {
                 path: None,
                 max_bytes: None,
                 keep: None,
+                lines_per_second: None,
             });
             match (audit.path, own.audit_log) {
                 (Some(_), Some(_)) => {
@@ -289,6 +292,22 @@ impl RawFile {
                             format!(
                                 "expected a number of rotated files from 1 to {MAX_AUDIT_KEEP}, \
                                  found {keep}"
+                            ),
+                        ));
+                    }
+                }
+            }
+            if let Some(rate) = audit.lines_per_second {
+                match u32::try_from(rate) {
+                    Ok(rate) if (1..=MAX_AUDIT_LINES_PER_SECOND).contains(&rate) => {
+                        policy.audit.lines_per_second = rate;
+                    }
+                    _ => {
+                        return Err(bad(
+                            keys(&["eci", "audit", "linesPerSecond"]),
+                            format!(
+                                "expected audit lines per container and second from 1 to \
+                                 {MAX_AUDIT_LINES_PER_SECOND}, found {rate}"
                             ),
                         ));
                     }

@@ -22,7 +22,7 @@ const FULL: &str = r#"{
 "protectedCgroupParents": ["/docker", "/system.slice/docker-*.scope"],
 "protectedSockets": ["/run/docker.sock"],
 "shareableHostPaths": ["/home"],
-"audit": { "path": "/var/log/eci/audit.jsonl", "maxBytes": 52428800, "keep": 5 }
+"audit": { "path": "/var/log/eci/audit.jsonl", "maxBytes": 52428800, "keep": 5, "linesPerSecond": 250 }
   }
 }
 "#;
@@ -73,6 +73,7 @@ fn a_missing_file_means_the_secure_defaults() {
     );
     assert_eq!(policy.audit.path, PathBuf::from("/var/log/eci/audit.jsonl"));
     assert_eq!((policy.audit.max_bytes, policy.audit.keep), (52_428_800, 5));
+    assert_eq!(policy.audit.lines_per_second, 100);
     // The defaults pass their own checks.
     for parent in DEFAULT_PROTECTED_CGROUP_PARENTS {
         check_cgroup_parent(parent).unwrap();
@@ -144,7 +145,13 @@ fn the_full_example_parses() {
     );
     assert_eq!(p.protected_sockets, [PathBuf::from("/run/docker.sock")]);
     assert_eq!(p.shareable_host_paths, [PathBuf::from("/home")]);
-    assert_eq!(p.audit, AuditSettings::default());
+    assert_eq!(
+        p.audit,
+        AuditSettings {
+            lines_per_second: 250,
+            ..AuditSettings::default()
+        }
+    );
     // Written out and read back, a policy stays the same.
     let text = p.to_file_text();
     assert_eq!(parse(&text, FILE).unwrap(), p);
@@ -357,6 +364,14 @@ fn bad_sockets_and_audit_settings() {
             1,
         );
         assert!(e.contains("from 1 to 100"), "{e}");
+    }
+    for rate in [0_u64, 100_001, 1 << 40] {
+        let e = expect(
+            &format!("{{\"eci\": {{\"audit\": {{\"linesPerSecond\": {rate}}}}}}}"),
+            "eci.audit.linesPerSecond",
+            1,
+        );
+        assert!(e.contains("from 1 to 100000"), "{e}");
     }
     expect(
         "{\"eci\": {\"audit\": {\"path\": \"audit.jsonl\"}}}",

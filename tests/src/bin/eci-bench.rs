@@ -7,6 +7,9 @@
 //!
 //! Then the agent: time from start to enforcing, resident memory idle and
 //! under an event storm, and how fast it drains denial events (and drops).
+//! And the audit rate limit: one container storming, one refused once a
+//! second — every quiet denial a line of its own, every storm denial a line
+//! or counted in a summary, and the agent's CPU during the storm.
 //!
 //! `eci-bench [--rounds N] [--iterations N] [--storm N] [--json PATH]
 //! [--protection-mode auto|ancestor-walk|registry]` (the agent's, to compare
@@ -160,6 +163,104 @@ fn agent_figures(dir: &str, storm: u64, mode: &str) -> serde_json::Value {
     })
 }
 
+/// CPU time (utime + stime, clock ticks) of a process.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: state is field 3,
+    // utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    field(14).unwrap_or(0) + field(15).unwrap_or(0)
+}
+
+/// Two protected containers: one storming (as many refused connects as it
+/// can make), one refused once a second. Every denial of the quiet one must
+/// be a line of its own; the storming one's are lines or counted in its
+/// summary lines. The agent's CPU during the storm is reported.
+fn audit_storm_figures(dir: &str, storm: u64, mode: &str) -> serde_json::Value {
+    let socket = format!("{dir}/bench.sock");
+    let agent = TestAgent::start(&["--protect-socket", &socket, "--protection-mode", mode]);
+    let storming = TestCgroup::new("eci-bench-stormer");
+    let quiet = TestCgroup::new("eci-bench-quiet");
+    agent.protect(&storming);
+    agent.protect(&quiet);
+    let exe = std::env::current_exe().expect("current_exe");
+    let pid = agent.child.as_ref().map(|c| c.id()).unwrap_or(0);
+    let hz = 100.0; // USER_HZ
+    let ticks_before = cpu_ticks(pid);
+    let started = Instant::now();
+    let mut stormer = storming
+        .command(&exe)
+        .args(["worker", "connect-denied", &storm.to_string(), dir])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the storm");
+    let mut quiet_denials = 0u64;
+    loop {
+        let ok = quiet
+            .command(&exe)
+            .args(["worker", "connect-denied", "1", dir])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        quiet_denials += u64::from(ok);
+        if stormer.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let storm_time = started.elapsed();
+    let ticks_storm = cpu_ticks(pid).saturating_sub(ticks_before);
+    // Wait (bounded) for the last summary line.
+    let count = |cgroup: &TestCgroup| {
+        let lines = agent.audit_lines();
+        let of = |l: &&serde_json::Value| l["cgroup_id"] == cgroup.id;
+        let own = lines
+            .iter()
+            .filter(of)
+            .filter(|l| l["event"] != "audit_not_logged")
+            .count() as u64;
+        let counted: u64 = lines
+            .iter()
+            .filter(of)
+            .filter(|l| l["event"] == "audit_not_logged")
+            .filter_map(|l| l["count"].as_u64())
+            .sum();
+        (own, counted)
+    };
+    let drops = || {
+        let status = agent.cli(&["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&status.stdout)
+            .ok()
+            .and_then(|v| v["event_drops"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let (storm_lines, storm_counted) = loop {
+        let (own, counted) = count(&storming);
+        if own + counted + drops() >= storm || Instant::now() > deadline {
+            break (own, counted);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let (quiet_lines, quiet_counted) = count(&quiet);
+    let dropped = drops();
+    serde_json::json!({
+        "storm_denials": storm,
+        "storm_seconds": storm_time.as_secs_f64(),
+        "storm_denials_per_s_offered": storm as f64 / storm_time.as_secs_f64(),
+        "storm_lines": storm_lines,
+        "storm_counted_in_summaries": storm_counted,
+        "ring_buffer_drops": dropped,
+        "storm_every_denial_accounted": storm_lines + storm_counted + dropped == storm,
+        "quiet_denials": quiet_denials,
+        "quiet_lines": quiet_lines,
+        "quiet_counted": quiet_counted,
+        "quiet_every_denial_a_line": quiet_lines == quiet_denials && quiet_counted == 0,
+        "agent_cpu_percent_during_storm": ticks_storm as f64 / hz / storm_time.as_secs_f64() * 100.0,
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -258,6 +359,8 @@ fn main() -> ExitCode {
         }));
     }
     let agent = agent_figures(&dir_s, storm, &mode);
+    let audit_storm = audit_storm_figures(&dir_s, storm * 5, &mode);
+    println!("audit under a storm (one run): {audit_storm}");
     println!("agent (one run):");
     for key in [
         "start_to_ready_ms",
@@ -276,6 +379,7 @@ fn main() -> ExitCode {
     let report = serde_json::json!({
         "benchmark": "hook_cost", "kernel": kernel.trim(), "rounds": rounds, "iterations": iterations, "results": rows,
         "agent": agent,
+        "audit_storm": audit_storm,
     });
     if let Some(path) = json_path {
         if let Err(e) = std::fs::write(

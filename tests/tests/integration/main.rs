@@ -6,6 +6,7 @@
 
 mod agent;
 mod as_usual;
+mod audit;
 mod cri;
 mod demo;
 mod deploy;

@@ -1,0 +1,137 @@
+//! The audit rate limit's user side. The kernel lets each cgroup put
+//! `eci.audit.linesPerSecond` events a second in the ring buffer and counts
+//! the rest per cgroup and hook (eci-ebpf's audit.rs); every second this
+//! module writes one summary line per cgroup whose count moved, and records
+//! what it reported in a pinned map of its own, so a restarted agent
+//! reports each kept-out decision once. The entries of removed cgroups go
+//! once their last count is reported.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{Array, HashMap, MapData, MapError};
+use eci_common::{AuditKey, AuditWindow, Hook};
+use serde::Serialize;
+
+use crate::cgroups;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditLimitError {
+    #[error("the audit rate limit's kernel map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+}
+
+/// The kernel maps of the rate limit, owned by the one task that reports.
+pub struct AuditLimitMaps {
+    pub limit: Array<MapData, u64>,
+    pub windows: HashMap<MapData, u64, AuditWindow>,
+    pub kept_out: HashMap<MapData, AuditKey, u64>,
+    pub reported: HashMap<MapData, AuditKey, u64>,
+}
+
+/// One cgroup's decisions the rate limit kept out of the log in the last
+/// interval, as one line.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct SummaryLine {
+    pub time: String,
+    pub event: &'static str,
+    pub cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Decisions counted since the last summary, by hook.
+    pub not_logged: BTreeMap<&'static str, u64>,
+    /// The sum of `not_logged`.
+    pub count: u64,
+    /// Every decision of this cgroup counted this way so far.
+    pub total: u64,
+    pub lines_per_second: u64,
+    pub detail: String,
+}
+
+impl AuditLimitMaps {
+    /// Put the policy's limit in force (events per cgroup and second).
+    pub fn set_limit(&mut self, per_second: u32) -> Result<(), AuditLimitError> {
+        self.limit
+            .set(0, u64::from(per_second), 0)
+            .map_err(|source| AuditLimitError::Map {
+                map: eci_common::map_names::AUDIT_LIMIT,
+                source,
+            })
+    }
+
+    /// The summary lines of every cgroup whose count moved since the last
+    /// call (or since the last agent's), marking them reported; then the
+    /// entries of removed cgroups go.
+    pub fn collect(&mut self, wall_clock_ns: i128) -> Result<Vec<SummaryLine>, AuditLimitError> {
+        let map_err = |map| move |source| AuditLimitError::Map { map, source };
+        let mut counts: BTreeMap<AuditKey, u64> = BTreeMap::new();
+        for entry in self.kept_out.iter() {
+            let (key, count) = entry.map_err(map_err(eci_common::map_names::AUDIT_SUPPRESSED))?;
+            counts.insert(key, count);
+        }
+        let limit = self.limit.get(&0, 0).unwrap_or(0);
+        let mut per_cgroup: BTreeMap<u64, (BTreeMap<&'static str, u64>, u64)> = BTreeMap::new();
+        for (key, &count) in &counts {
+            let reported = self.reported.get(key, 0).unwrap_or(0);
+            let entry = per_cgroup.entry(key.cgroup_id).or_default();
+            entry.1 += count;
+            if count > reported {
+                let hook = Hook::from_u32(key.hook).map_or("unknown", Hook::name);
+                *entry.0.entry(hook).or_default() += count - reported;
+            }
+        }
+        let time = crate::audit::rfc3339(wall_clock_ns);
+        let mut lines = Vec::new();
+        let mut live = BTreeMap::new();
+        for (cgroup_id, (not_logged, total)) in per_cgroup {
+            let path = cgroups::live_path_of_id(cgroup_id).unwrap_or_else(|err| {
+                tracing::warn!(cgroup_id, "audit summary: cannot name the cgroup: {err}");
+                // Unknown is not gone: keep its entries.
+                Some(String::new())
+            });
+            live.insert(cgroup_id, path.is_some());
+            if not_logged.is_empty() {
+                continue;
+            }
+            let count = not_logged.values().sum();
+            lines.push(SummaryLine {
+                time: time.clone(),
+                event: "audit_not_logged",
+                cgroup_id,
+                cgroup: path.filter(|p| !p.is_empty()),
+                not_logged,
+                count,
+                total,
+                lines_per_second: limit,
+                detail: format!(
+                    "{count} more decisions of this cgroup were counted, not logged one by one: it \
+                     made more than {limit} a second (eci.audit.linesPerSecond)"
+                ),
+            });
+        }
+        for (key, count) in &counts {
+            self.reported
+                .insert(key, count, 0)
+                .map_err(map_err(eci_common::map_names::AUDIT_REPORTED))?;
+        }
+        // A removed cgroup makes no more decisions: its counts are final
+        // and reported, its window unused.
+        for (key, _) in counts
+            .iter()
+            .filter(|(k, _)| live.get(&k.cgroup_id) == Some(&false))
+        {
+            let _ = self.kept_out.remove(key);
+            let _ = self.reported.remove(key);
+        }
+        let windows: Vec<u64> = self.windows.keys().filter_map(Result::ok).collect();
+        for cgroup_id in windows {
+            let gone = match live.get(&cgroup_id) {
+                Some(alive) => !alive,
+                None => matches!(cgroups::live_path_of_id(cgroup_id), Ok(None)),
+            };
+            if gone {
+                let _ = self.windows.remove(&cgroup_id);
+            }
+        }
+        Ok(lines)
+    }
+}
