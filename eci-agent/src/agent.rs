@@ -81,6 +81,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             .take_map(eci_common::map_names::EVENT_DROPS)
             .ok_or_else(|| anyhow::anyhow!("the BPF object has no drop counter"))
             .and_then(|m| PerCpuArray::try_from(m).map_err(anyhow::Error::from))?;
+        // The pinned links hold the programs, the programs their maps, and
+        // the maps the agent uses are taken: the object (every program's
+        // instructions, the object's own BTF and relocations) can go.
+        drop(enforcement.ebpf);
         (
             Box::new(enforcement.rules),
             Some(KernelParts {
@@ -88,7 +92,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 audit_limit: enforcement.audit_limit,
                 drops,
                 logger,
-                _ebpf: enforcement.ebpf,
             }),
         )
     };
@@ -137,6 +140,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let listener = control::bind(&config.control_socket)?;
     proxies.remove_stale();
     refresh_sockets(&shared, &policy, &config).await?;
+    release_freed_memory();
     tracing::info!(socket = %config.control_socket.display(), "control socket ready");
     crate::install::notify_ready();
 
@@ -174,7 +178,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             audit_limit,
             drops,
             logger,
-            _ebpf,
         } = kernel;
         tasks.spawn(read_events(events, shared.clone(), audit.clone()));
         tasks.spawn(report_not_logged(
@@ -186,8 +189,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         if let Some(logger) = logger {
             tasks.spawn(forward_bpf_logs(logger));
         }
-        // The object must live as long as the agent.
-        std::mem::forget(_ebpf);
     }
 
     {
@@ -221,12 +222,23 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Give the heap freed since start back to the system: parsing the kernel's
+/// BTF (twice: aya's and eci's) and loading the object take tens of MiB
+/// that are all freed by now, but the allocator keeps freed memory for
+/// reuse, so it would stay resident for the agent's whole life.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no arguments that point anywhere; glibc's own locking.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 struct KernelParts {
     events: aya::maps::RingBuf<MapData>,
     audit_limit: AuditLimitMaps,
     drops: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    _ebpf: aya::Ebpf,
 }
 
 /// Learn the VM's namespaces again and put them in force; returns how
@@ -252,6 +264,9 @@ async fn refresh_vm_namespaces(
     Ok(namespaces.len())
 }
 
+/// Most events read from the ring buffer before they are written.
+const MAX_BATCH: usize = 256;
+
 async fn read_events(
     events: aya::maps::RingBuf<MapData>,
     shared: Arc<Mutex<Shared>>,
@@ -274,13 +289,24 @@ async fn read_events(
             }
         };
         let mut batch = Vec::new();
-        while let Some(record) = guard.get_inner_mut().next() {
+        // Bounded: under a storm the producer may keep up with this loop,
+        // and one batch is held in memory (events, lines, text) at once.
+        // Readiness is cleared only once the ring is empty, so what is
+        // left after a full batch is read at once, not at the next event.
+        let mut drained = false;
+        while batch.len() < MAX_BATCH {
+            let Some(record) = guard.get_inner_mut().next() else {
+                drained = true;
+                break;
+            };
             match audit::decode(&record) {
                 Ok(event) => batch.push(event),
                 Err(err) => tracing::error!("{err}"),
             }
         }
-        guard.clear_ready();
+        if drained {
+            guard.clear_ready();
+        }
         if batch.is_empty() {
             continue;
         }

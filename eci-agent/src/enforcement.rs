@@ -293,6 +293,30 @@ pub fn attach_all(loaded: Loaded, layout: &PinLayout) -> Result<Enforcement, Enf
     })
 }
 
+/// The bench's reference for start-up: the same object loaded and every
+/// program of `mode` this kernel has an attach point for attached, with
+/// nothing else (no probe, no mode choice, no pinned links, no policy or
+/// rules). The BTF is parsed as the agent parses it (aya's for loading,
+/// eci's for the offsets the object needs and the attach points); maps are
+/// created under `layout`. The links are returned unpinned: they detach
+/// when dropped.
+pub fn bare_load_and_attach(
+    layout: &PinLayout,
+    mode: ProtectionMode,
+) -> Result<(Ebpf, Vec<FdLink>), EnforcementError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| lsm::LsmUnavailable::NoBtf(e.to_string()))?;
+    let kernel = btf::Btf::from_sys_fs()?;
+    layout.create()?;
+    let mut ebpf = load_object(layout, kernel.kernel_offsets()?, mode, &btf)?;
+    let mut links = Vec::new();
+    for program in coverage::programs(mode) {
+        if program.available(&kernel) {
+            links.push(attach(&mut ebpf, &btf, program, program.function(&kernel))?);
+        }
+    }
+    Ok((ebpf, links))
+}
+
 /// Load and attach one program; its link, to pin.
 /// `function` is the program in the object that implements it here
 /// ([`Program::function`]).

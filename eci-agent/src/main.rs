@@ -124,6 +124,17 @@ enum Command {
         #[arg(long, value_enum, default_value_t = registry::ModeChoice::Auto)]
         protection_mode: registry::ModeChoice,
     },
+    /// (Benchmarks only) Load this build's object and attach its programs
+    /// with nothing else, print the time that took, detach and remove the
+    /// maps again: the reference `eci-bench` sets the agent's start against.
+    #[command(hide = true)]
+    BareLoad {
+        /// A pin directory of its own (removed afterwards).
+        #[arg(long)]
+        pin_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = registry::ModeChoice::Auto)]
+        protection_mode: registry::ModeChoice,
+    },
     /// Remove every pinned program and map: enforcement ends. Refused when
     /// the policy is locked.
     Unload {
@@ -263,6 +274,30 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 "BPF-LSM programs load, attach and run on this kernel; protection: {}",
                 loaded.mode.describe()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BareLoad {
+            pin_dir,
+            protection_mode,
+        } => {
+            let started = std::time::Instant::now();
+            let mode = match protection_mode {
+                registry::ModeChoice::Registry => registry::ProtectionMode::Registry,
+                _ => registry::ProtectionMode::AncestorWalk,
+            };
+            let layout = pins::PinLayout::new(&pin_dir);
+            let attached = enforcement::bare_load_and_attach(&layout, mode);
+            let elapsed = started.elapsed();
+            if let Ok((_, links)) = &attached {
+                println!(
+                    "attached {} programs in {:.1} ms",
+                    links.len(),
+                    elapsed.as_secs_f64() * 1e3
+                );
+            }
+            let done = attached.map(drop);
+            enforcement::unload(&layout)?;
+            done?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Unload { at } => {

@@ -70,6 +70,9 @@ enum Cmd {
         /// Only the start-up figures (no VM).
         #[arg(long)]
         startup_only: bool,
+        /// Only the hook-cost and agent figures (the VM part).
+        #[arg(long, conflicts_with_all = ["startup_only", "views"])]
+        hook_cost_only: bool,
         /// Only the /proc views figures: runc, eci and LXCFS (no VM).
         #[arg(long)]
         views: bool,
@@ -145,6 +148,7 @@ fn main() -> Result<()> {
             rounds,
             iterations,
             startup_only,
+            hook_cost_only,
             views,
             views_containers,
             compare,
@@ -154,6 +158,7 @@ fn main() -> Result<()> {
                 rounds,
                 iterations,
                 startup_only,
+                hook_cost_only,
                 views,
                 views_containers,
                 release,

@@ -57,14 +57,18 @@ pub fn bench(
     rounds: u32,
     iterations: u64,
     startup_only: bool,
+    hook_cost_only: bool,
     views_only: bool,
     views_containers: usize,
     release: bool,
 ) -> Result<()> {
     build()?;
-    let binaries = util::bench_binaries(release)?;
     let dir = util::build_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
+    if hook_cost_only {
+        return bench_in_vm(rounds, iterations, &dir);
+    }
+    let binaries = util::bench_binaries(release)?;
     if views_only {
         return bench_views(views_containers, &dir, &binaries);
     }

@@ -5,6 +5,13 @@
 //! and reports medians and ratios. Absolute numbers under emulation mean
 //! little; the ratios measured in one run are the result.
 //!
+//! Per hook, the kernel's own accounting (`kernel.bpf_stats_enabled`: each
+//! program's run time and run count, read by the worker just before and
+//! after its loop) gives ns per call and the share of the operation's time,
+//! for an unprotected and a protected task. Those runs are separate (with
+//! the accounting on, every program run also reads the clock twice), so
+//! the ratio table stays without it.
+//!
 //! Then the agent: time from start to enforcing, resident memory idle and
 //! under an event storm, and how fast it drains denial events (and drops).
 //! And the audit rate limit: one container storming, one refused once a
@@ -17,19 +24,109 @@
 //! `eci-bench worker OP ITERATIONS` (internal: one measurement)
 
 use std::{
+    collections::BTreeMap,
     os::unix::net::{UnixListener, UnixStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::Instant,
 };
 
-use eci_integration_tests::{TestAgent, TestCgroup};
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    loaded_programs,
+};
+
+use eci_integration_tests::{TestAgent, TestCgroup, agent_bin};
 
 const OPS: [&str; 3] = ["connect", "open", "getppid"];
+
+/// Set for a worker whose run the kernel accounts: the agent's pin
+/// directory, whose `links/` names every attached program.
+const STATS_ENV: &str = "ECI_BENCH_STATS_PIN_DIR";
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Run time (ns) and run count of one program, as the kernel counts them
+/// while `kernel.bpf_stats_enabled` is 1.
+#[derive(Clone, Copy, Default)]
+struct ProgramStats {
+    run_ns: u64,
+    runs: u64,
+}
+
+/// The kernel's accounting of each program attached through a link pinned
+/// under `pin_dir/links`, by the link's (the program's) name.
+fn program_stats(pin_dir: &Path) -> Result<BTreeMap<String, ProgramStats>, String> {
+    let links = pin_dir.join("links");
+    let mut names = BTreeMap::new();
+    for entry in std::fs::read_dir(&links).map_err(|e| format!("{}: {e}", links.display()))? {
+        let entry = entry.map_err(|e| format!("{}: {e}", links.display()))?;
+        let link: FdLink = PinnedLink::from_pin(entry.path())
+            .map_err(|e| format!("{}: {e}", entry.path().display()))?
+            .into();
+        let id = link
+            .info()
+            .map_err(|e| format!("{}: {e}", entry.path().display()))?
+            .program_id();
+        names.insert(id, entry.file_name().to_string_lossy().into_owned());
+    }
+    let mut stats = BTreeMap::new();
+    // A program unloaded while listing (not one of these) is skipped.
+    for info in loaded_programs().flatten() {
+        if let Some(name) = names.get(&info.id()) {
+            stats.insert(
+                name.clone(),
+                ProgramStats {
+                    run_ns: info.run_time().as_nanos() as u64,
+                    runs: info.run_count(),
+                },
+            );
+        }
+    }
+    Ok(stats)
+}
+
+/// `kernel.bpf_stats_enabled` set to 1 while this lives; its previous value
+/// afterwards.
+struct BpfStatsOn {
+    previous: String,
+}
+
+impl BpfStatsOn {
+    fn enable() -> Self {
+        let previous = std::fs::read_to_string(BPF_STATS_SYSCTL)
+            .unwrap_or_else(|e| panic!("{BPF_STATS_SYSCTL}: {e}"));
+        std::fs::write(BPF_STATS_SYSCTL, "1")
+            .unwrap_or_else(|e| panic!("enabling {BPF_STATS_SYSCTL}: {e}"));
+        Self {
+            previous: previous.trim().to_owned(),
+        }
+    }
+}
+
+impl Drop for BpfStatsOn {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(BPF_STATS_SYSCTL, &self.previous) {
+            eprintln!("restoring {BPF_STATS_SYSCTL} to {}: {e}", self.previous);
+        }
+    }
+}
+
+/// One measured worker run: ns per operation, and what each program that
+/// ran meanwhile cost (when the kernel accounted).
+#[derive(Default)]
+struct Run {
+    ns_per_op: f64,
+    hooks: BTreeMap<String, ProgramStats>,
+}
 
 fn worker(op: &str, iterations: u64, dir: &str) -> Result<f64, String> {
     let socket = PathBuf::from(dir).join("bench.sock");
     let file = PathBuf::from(dir).join("bench.file");
+    let pin_dir = std::env::var_os(STATS_ENV).map(PathBuf::from);
+    let before = match &pin_dir {
+        Some(p) => program_stats(p)?,
+        None => BTreeMap::new(),
+    };
     let start = Instant::now();
     for _ in 0..iterations {
         match op {
@@ -46,41 +143,160 @@ fn worker(op: &str, iterations: u64, dir: &str) -> Result<f64, String> {
             other => return Err(format!("unknown op {other}")),
         }
     }
-    Ok(start.elapsed().as_nanos() as f64 / iterations as f64)
+    let ns = start.elapsed().as_nanos() as f64 / iterations as f64;
+    if let Some(p) = &pin_dir {
+        for (name, after) in program_stats(p)? {
+            let was = before.get(&name).copied().unwrap_or_default();
+            let runs = after.runs.saturating_sub(was.runs);
+            if runs > 0 {
+                let run_ns = after.run_ns.saturating_sub(was.run_ns);
+                println!("hook={name} run_ns={run_ns} runs={runs}");
+            }
+        }
+    }
+    Ok(ns)
 }
 
 fn measure(cgroup: &TestCgroup, op: &str, iterations: u64, dir: &str) -> f64 {
+    run_worker(cgroup, op, iterations, dir, None).ns_per_op
+}
+
+/// A worker run with the kernel's accounting on, read for the programs
+/// pinned under `pin_dir`.
+fn measure_hooks(cgroup: &TestCgroup, op: &str, iterations: u64, dir: &str, pin_dir: &Path) -> Run {
+    let _on = BpfStatsOn::enable();
+    run_worker(cgroup, op, iterations, dir, Some(pin_dir))
+}
+
+fn run_worker(
+    cgroup: &TestCgroup,
+    op: &str,
+    iterations: u64,
+    dir: &str,
+    pin_dir: Option<&Path>,
+) -> Run {
     let exe = std::env::current_exe().expect("current_exe");
-    let out = cgroup
-        .command(exe)
-        .args(["worker", op, &iterations.to_string(), dir])
-        .output()
-        .expect("run worker");
+    let mut command = cgroup.command(exe);
+    command.args(["worker", op, &iterations.to_string(), dir]);
+    if let Some(p) = pin_dir {
+        command.env(STATS_ENV, p);
+    }
+    let out = command.output().expect("run worker");
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("ns_per_op="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "worker {op} failed: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
+    let failed = || -> ! {
+        panic!(
+            "worker {op} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let mut run = Run::default();
+    let mut ns = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("ns_per_op=") {
+            ns = v.trim().parse::<f64>().ok();
+        } else if let Some(rest) = line.strip_prefix("hook=") {
+            let mut fields = rest.split_whitespace();
+            let name = fields.next().unwrap_or_else(|| failed());
+            let mut value = |key: &str| -> u64 {
+                fields
+                    .next()
+                    .and_then(|f| f.strip_prefix(key))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or_else(|| failed())
+            };
+            let run_ns = value("run_ns=");
+            let runs = value("runs=");
+            run.hooks
+                .insert(name.to_owned(), ProgramStats { run_ns, runs });
+        }
+    }
+    run.ns_per_op = ns.unwrap_or_else(|| failed());
+    run
+}
+
+/// Per hook that ran in `runs` (one per round): medians of ns per call
+/// (run time / run count), calls per operation, and the share of the
+/// operation's time (run time / iterations / ns per op, in that run).
+fn hook_rows(runs: &[Run], iterations: u64) -> Vec<serde_json::Value> {
+    let mut names: Vec<&String> = runs.iter().flat_map(|r| r.hooks.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let of = |f: &dyn Fn(&Run, ProgramStats) -> f64| {
+                median(
+                    runs.iter()
+                        .map(|r| f(r, r.hooks.get(name).copied().unwrap_or_default()))
+                        .collect(),
+                )
+            };
+            let ns_per_call = of(&|_, s| s.run_ns as f64 / s.runs.max(1) as f64);
+            let calls_per_op = of(&|_, s| s.runs as f64 / iterations as f64);
+            let share = of(&|r, s| s.run_ns as f64 / iterations as f64 / r.ns_per_op);
+            serde_json::json!({
+                "hook": name, "ns_per_call": ns_per_call, "calls_per_op": calls_per_op,
+                "share_of_op": share,
+            })
         })
+        .collect()
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` figure of /proc/PID/status (0 when missing).
+fn status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The reference for the agent's start: `eci-agent bare-load` loads the
+/// same object and attaches its programs with nothing else; ms from
+/// spawning it to its line saying they are attached (exec included, as in
+/// the agent's start to enforcing).
+fn bare_load_ms(mode: &str) -> f64 {
+    use std::io::BufRead as _;
+    let pin_dir = format!("/sys/fs/bpf/eci-bench-bare-{}", std::process::id());
+    let started = Instant::now();
+    let mut child = std::process::Command::new(agent_bin())
+        .args([
+            "bare-load",
+            "--pin-dir",
+            &pin_dir,
+            "--protection-mode",
+            mode,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn eci-agent bare-load");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut attached = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.expect("bare-load output");
+        if line.starts_with("attached ") {
+            attached = Some(started.elapsed());
+            eprintln!("bare load: {line}");
+        }
+    }
+    let status = child.wait().expect("wait for bare-load");
+    match attached {
+        Some(t) if status.success() => t.as_secs_f64() * 1e3,
+        _ => panic!("eci-agent bare-load failed ({status})"),
+    }
 }
 
 /// The agent's own figures: start to enforcing, memory, audit throughput.
 fn agent_figures(dir: &str, storm: u64, mode: &str) -> serde_json::Value {
     let prot = TestCgroup::new("eci-bench-storm");
     let socket = format!("{dir}/bench.sock");
+    let bare: Vec<f64> = (0..3).map(|_| bare_load_ms(mode)).collect();
+    let bare_ms = median(bare.clone());
     let started = Instant::now();
     let agent = TestAgent::start(&["--protect-socket", &socket, "--protection-mode", mode]);
     let ready = started.elapsed();
@@ -102,7 +318,26 @@ fn agent_figures(dir: &str, storm: u64, mode: &str) -> serde_json::Value {
     let pid = agent.child.as_ref().map(|c| c.id()).unwrap_or(0);
     std::thread::sleep(std::time::Duration::from_secs(1));
     let rss_idle = rss_kib(pid);
-    let before = agent.audit_lines().len();
+    let rss_idle_parts = serde_json::json!({
+        "anon_kib": status_kib(pid, "RssAnon:"),
+        "file_kib": status_kib(pid, "RssFile:"),
+        "shmem_kib": status_kib(pid, "RssShmem:"),
+        "threads": status_kib(pid, "Threads:"),
+    });
+    // Every denial is a line of its own or counted in an audit_not_logged
+    // summary line (the audit rate limit).
+    let accounted = || -> u64 {
+        agent
+            .audit_lines()
+            .iter()
+            .map(|l| match l["event"].as_str() {
+                Some("audit_not_logged") => l["count"].as_u64().unwrap_or(0),
+                Some(_) => 0,
+                None => 1,
+            })
+            .sum()
+    };
+    let before = accounted();
     let storm_started = Instant::now();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampling = stop.clone();
@@ -129,7 +364,7 @@ fn agent_figures(dir: &str, storm: u64, mode: &str) -> serde_json::Value {
     let mut seen = (0u64, 0u64);
     let mut last_change = Instant::now();
     loop {
-        let audited = agent.audit_lines().len().saturating_sub(before) as u64;
+        let audited = accounted().saturating_sub(before);
         let dropped = drops_now();
         if (audited, dropped) != seen {
             seen = (audited, dropped);
@@ -150,7 +385,11 @@ fn agent_figures(dir: &str, storm: u64, mode: &str) -> serde_json::Value {
     serde_json::json!({
         "start_to_ready_ms": ready.as_secs_f64() * 1e3,
         "start_to_enforcing_ms": enforcing.as_secs_f64() * 1e3,
+        "bare_load_and_attach_ms": bare_ms,
+        "bare_load_and_attach_runs_ms": bare,
+        "ratio_enforcing_to_bare": enforcing.as_secs_f64() * 1e3 / bare_ms,
         "rss_idle_kib": rss_idle,
+        "rss_idle_parts": rss_idle_parts,
         "rss_storm_peak_kib": rss_peak,
         "rss_ratio_storm_to_idle": rss_peak as f64 / rss_idle.max(1) as f64,
         "storm_denials": storm,
@@ -318,6 +557,8 @@ fn main() -> ExitCode {
     let mut without = vec![Vec::new(); OPS.len()];
     let mut unprotected = vec![Vec::new(); OPS.len()];
     let mut protected = vec![Vec::new(); OPS.len()];
+    let mut unprotected_hooks: Vec<Vec<Run>> = OPS.iter().map(|_| Vec::new()).collect();
+    let mut protected_hooks: Vec<Vec<Run>> = OPS.iter().map(|_| Vec::new()).collect();
     let started = Instant::now();
     for round in 0..rounds {
         for (i, op) in OPS.iter().enumerate() {
@@ -328,6 +569,9 @@ fn main() -> ExitCode {
         for (i, op) in OPS.iter().enumerate() {
             unprotected[i].push(measure(&free, op, iterations, &dir_s));
             protected[i].push(measure(&prot, op, iterations, &dir_s));
+            let pins = &agent.pin_dir;
+            unprotected_hooks[i].push(measure_hooks(&free, op, iterations, &dir_s, pins));
+            protected_hooks[i].push(measure_hooks(&prot, op, iterations, &dir_s, pins));
         }
         drop(agent);
         eprintln!(
@@ -358,6 +602,41 @@ fn main() -> ExitCode {
             "ratio_unprotected": unp / base, "ratio_protected": pro / base,
         }));
     }
+    println!(
+        "per hook, the kernel's accounting (kernel.bpf_stats_enabled; median of {rounds} rounds; ns/op of those runs, which pay for the accounting too)"
+    );
+    println!(
+        "{:<10} {:<12} {:>10} {:<20} {:>9} {:>9} {:>9}",
+        "op", "task", "ns/op", "hook", "calls/op", "ns/call", "share"
+    );
+    let mut hook_cost = Vec::new();
+    for (i, op) in OPS.iter().enumerate() {
+        for (task, runs) in [
+            ("unprotected", &unprotected_hooks[i]),
+            ("protected", &protected_hooks[i]),
+        ] {
+            let ns_per_op = median(runs.iter().map(|r| r.ns_per_op).collect());
+            let hooks = hook_rows(runs, iterations);
+            if hooks.is_empty() {
+                println!(
+                    "{op:<10} {task:<12} {ns_per_op:>10.0} {:<20}",
+                    "(no program ran)"
+                );
+            }
+            for h in &hooks {
+                println!(
+                    "{op:<10} {task:<12} {ns_per_op:>10.0} {:<20} {:>9.2} {:>9.0} {:>8.2}%",
+                    h["hook"].as_str().unwrap_or("?"),
+                    h["calls_per_op"].as_f64().unwrap_or(0.0),
+                    h["ns_per_call"].as_f64().unwrap_or(0.0),
+                    h["share_of_op"].as_f64().unwrap_or(0.0) * 100.0
+                );
+            }
+            hook_cost.push(serde_json::json!({
+                "op": op, "task": task, "ns_per_op_with_accounting": ns_per_op, "hooks": hooks,
+            }));
+        }
+    }
     let agent = agent_figures(&dir_s, storm, &mode);
     let audit_storm = audit_storm_figures(&dir_s, storm * 5, &mode);
     println!("audit under a storm (one run): {audit_storm}");
@@ -365,7 +644,10 @@ fn main() -> ExitCode {
     for key in [
         "start_to_ready_ms",
         "start_to_enforcing_ms",
+        "bare_load_and_attach_ms",
+        "ratio_enforcing_to_bare",
         "rss_idle_kib",
+        "rss_idle_parts",
         "rss_storm_peak_kib",
         "rss_ratio_storm_to_idle",
         "denials_per_s_produced",
@@ -378,8 +660,7 @@ fn main() -> ExitCode {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let report = serde_json::json!({
         "benchmark": "hook_cost", "kernel": kernel.trim(), "rounds": rounds, "iterations": iterations, "results": rows,
-        "agent": agent,
-        "audit_storm": audit_storm,
+        "per_hook": hook_cost, "agent": agent, "audit_storm": audit_storm,
     });
     if let Some(path) = json_path {
         if let Err(e) = std::fs::write(
@@ -393,4 +674,46 @@ fn main() -> ExitCode {
         println!("{report}");
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(ns_per_op: f64, hooks: &[(&str, u64, u64)]) -> Run {
+        Run {
+            ns_per_op,
+            hooks: hooks
+                .iter()
+                .map(|(name, run_ns, runs)| {
+                    (
+                        name.to_string(),
+                        ProgramStats {
+                            run_ns: *run_ns,
+                            runs: *runs,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn hook_rows_give_ns_per_call_calls_per_op_and_share_of_the_op() {
+        // 1000 operations of 2000 ns; file_open ran once per op for 100 ns.
+        let runs = [
+            run(2000.0, &[("file_open", 100_000, 1000)]),
+            run(2000.0, &[("file_open", 100_000, 1000), ("sb_mount", 50, 1)]),
+            run(2000.0, &[("file_open", 100_000, 1000)]),
+        ];
+        let rows = hook_rows(&runs, 1000);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["hook"], "file_open");
+        assert_eq!(rows[0]["ns_per_call"], 100.0);
+        assert_eq!(rows[0]["calls_per_op"], 1.0);
+        assert_eq!(rows[0]["share_of_op"], 0.05);
+        // A hook that ran in one round only: the median round saw none.
+        assert_eq!(rows[1]["hook"], "sb_mount");
+        assert_eq!(rows[1]["calls_per_op"], 0.0);
+    }
 }
