@@ -79,6 +79,13 @@ enum Cmd {
         /// Containers per variant in the views figures.
         #[arg(long, default_value_t = 20)]
         views_containers: usize,
+        /// Alternating runs per start-up figure (medians of these).
+        #[arg(long, default_value_t = 20)]
+        startup_runs: usize,
+        /// Containers started at once (`docker run -d`) in the concurrent
+        /// start-up figure.
+        #[arg(long, default_value_t = 20)]
+        concurrent: usize,
         /// After the run, show each figure against a saved run (a copy of
         /// build/bench/, or one of its files) with the ratio new / old.
         #[arg(long, value_name = "SAVED")]
@@ -151,16 +158,22 @@ fn main() -> Result<()> {
             hook_cost_only,
             views,
             views_containers,
+            startup_runs,
+            concurrent,
             compare,
             release,
         } => {
             showcase::bench(
                 rounds,
                 iterations,
-                startup_only,
-                hook_cost_only,
-                views,
-                views_containers,
+                showcase::BenchSelection {
+                    startup_only,
+                    hook_cost_only,
+                    views_only: views,
+                    views_containers,
+                    startup_runs,
+                    concurrent,
+                },
                 release,
             )?;
             match compare {

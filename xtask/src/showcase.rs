@@ -53,34 +53,43 @@ pub fn demo() -> Result<()> {
 const JSON_BEGIN: &str = "ECI-BENCH-JSON-BEGIN";
 const JSON_END: &str = "ECI-BENCH-JSON-END";
 
-pub fn bench(
-    rounds: u32,
-    iterations: u64,
-    startup_only: bool,
-    hook_cost_only: bool,
-    views_only: bool,
-    views_containers: usize,
-    release: bool,
-) -> Result<()> {
-    build()?;
+/// What `cargo xtask bench` runs, and how many of each.
+pub struct BenchSelection {
+    pub startup_only: bool,
+    /// Only the hook cost and the agent's figures, in the VM.
+    pub hook_cost_only: bool,
+    pub views_only: bool,
+    pub views_containers: usize,
+    /// Alternating runs per start-up figure.
+    pub startup_runs: usize,
+    /// Containers started at once in the concurrent figure.
+    pub concurrent: usize,
+}
+
+pub fn bench(rounds: u32, iterations: u64, what: BenchSelection, release: bool) -> Result<()> {
+    // The debug build is the VM's (hook cost) and, without `--release`, the
+    // host figures'.
+    if !release || !(what.startup_only || what.views_only) {
+        build()?;
+    }
     let dir = util::build_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
-    if hook_cost_only {
+    if what.hook_cost_only {
         return bench_in_vm(rounds, iterations, &dir);
     }
     let binaries = util::bench_binaries(release)?;
-    if views_only {
-        return bench_views(views_containers, &dir, &binaries);
+    if what.views_only {
+        return bench_views(what.views_containers, &dir, &binaries);
     }
-    if !startup_only {
+    if !what.startup_only {
         bench_in_vm(rounds, iterations, &dir)?;
     }
-    let startup = bench_startup(10, &binaries)?;
+    let startup = bench_startup(what.startup_runs, what.concurrent, &binaries)?;
     let path = dir.join("startup.json");
     std::fs::write(&path, serde_json::to_string_pretty(&startup)? + "\n")?;
     println!("bench: wrote {}", path.display());
-    if !startup_only {
-        bench_views(views_containers, &dir, &binaries)?;
+    if !what.startup_only {
+        bench_views(what.views_containers, &dir, &binaries)?;
     }
     Ok(())
 }
@@ -144,10 +153,19 @@ pub fn unenforced_agent(
 }
 
 /// Container start-up with eci-runc against plain runc, on this host's
-/// Docker Engine: the median of `runs` alternating `docker run --rm`s.
-/// The agent runs in its unenforced mode when this kernel refuses BPF-LSM
-/// (registration still happens; the kernel part is measured in the VM).
-pub fn bench_startup(runs: usize, binaries: &std::path::Path) -> Result<serde_json::Value> {
+/// Docker Engine: the median of `runs` alternating `docker run --rm`s, the
+/// same of an image with 10,000 more files, `concurrent` containers started
+/// at once (`docker run -d`, [`CONCURRENT_ROUNDS`] alternating batches),
+/// and `run` of one bundle with eci, with runc, and with runc of the spec as
+/// eci rewrites it (the floor: what runc itself takes for a user namespace
+/// and ID-mapped mounts). The agent runs in its unenforced mode when this
+/// kernel refuses BPF-LSM (registration still happens; the kernel part is
+/// measured in the VM).
+pub fn bench_startup(
+    runs: usize,
+    concurrent: usize,
+    binaries: &std::path::Path,
+) -> Result<serde_json::Value> {
     use std::process::{Command, Stdio};
     crate::docker::ensure_docker()?;
     crate::docker::ensure_test_image()?;
@@ -218,14 +236,20 @@ pub fn bench_startup(runs: usize, binaries: &std::path::Path) -> Result<serde_js
             |eci| time_image(runtime(eci), &image),
         )
     });
-    let run = |runtime: &std::path::Path, bundle: &std::path::Path| -> Result<f64> {
+    let concurrent_start = compare(
+        "docker_run_concurrent",
+        &format!("{concurrent} `docker run -d` at once, until all run"),
+        CONCURRENT_ROUNDS,
+        |eci| start_at_once(runtime(eci), concurrent),
+    );
+    let run_in = |runtime: &std::path::Path, bundle: &std::path::Path, id: &str| -> Result<f64> {
         let started = std::time::Instant::now();
         let out = Command::new(runtime)
             .arg("--root")
             .arg(dir.join("runc-root"))
             .args(["run", "--bundle"])
             .arg(bundle)
-            .arg("eci-bench-run")
+            .arg(id)
             .env("ECI_AGENT_SOCKET", &socket)
             .env("ECI_STATE_DIR", dir.join("state"))
             .output()?;
@@ -240,14 +264,169 @@ pub fn bench_startup(runs: usize, binaries: &std::path::Path) -> Result<serde_js
     };
     let runc_binary = std::path::PathBuf::from("runc");
     let eci_binary = target.join("eci-runc");
+    let eci_env = [
+        ("ECI_AGENT_SOCKET", socket.clone()),
+        ("ECI_STATE_DIR", dir.join("state")),
+    ];
     let bundle_run = startup_bundle(&dir).and_then(|bundle| {
-        compare("bundle_run_startup", "`run` of one bundle", runs, |eci| {
-            run(if eci { &eci_binary } else { &runc_binary }, &bundle)
-        })
+        let floor = FloorBundle::create(&dir, &bundle, &eci_binary, &eci_env)?;
+        let (mut eci, mut runc, mut rewritten) = (Vec::new(), Vec::new(), Vec::new());
+        let mut round = |record: bool| -> Result<()> {
+            let r = run_in(&runc_binary, &bundle, "eci-bench-run")?;
+            let e = run_in(&eci_binary, &bundle, "eci-bench-run")?;
+            let f = run_in(&runc_binary, &floor.bundle, "eci-bench-floor-run")?;
+            if record {
+                runc.push(r);
+                eci.push(e);
+                rewritten.push(f);
+            }
+            Ok(())
+        };
+        let measured = round(false).and_then(|()| (0..runs).try_for_each(|_| round(true)));
+        floor.delete();
+        measured?;
+        let (e, r, f) = (median(eci), median(runc), median(rewritten));
+        println!(
+            "start-up, `run` of one bundle (median of {runs}): runc {r:.0} ms, eci {e:.0} ms, ratio {:.2}; \
+             floor (runc of eci's rewritten spec) {f:.0} ms, {:.2}x runc; eci / floor {:.2}",
+            e / r,
+            f / r,
+            e / f
+        );
+        Ok(serde_json::json!({
+            "benchmark": "bundle_run_startup", "runs": runs,
+            "ms_runc": r, "ms_eci": e, "ratio": e / r,
+            "ms_runc_of_eci_spec": f, "floor_ratio": f / r, "ratio_to_floor": e / f,
+        }))
     });
     let _ = agent.kill();
     let _ = agent.wait();
-    Ok(serde_json::json!([docker_run?, many_files?, bundle_run?]))
+    Ok(serde_json::json!([
+        docker_run?,
+        many_files?,
+        concurrent_start?,
+        bundle_run?
+    ]))
+}
+
+/// Alternating batches (eci, runc) in the concurrent start-up figure.
+const CONCURRENT_ROUNDS: usize = 5;
+
+/// Start `n` containers at once with `docker run -d` (each returns once its
+/// container runs) and give the wall time until the last returned; then
+/// check all run and remove them (not timed).
+fn start_at_once(runtime: &str, n: usize) -> Result<f64> {
+    use std::process::{Command, Stdio};
+    let names: Vec<String> = (0..n).map(|i| format!("eci-bench-at-once-{i}")).collect();
+    let remove = || {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&names)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    };
+    remove();
+    let started = std::time::Instant::now();
+    let children = names
+        .iter()
+        .map(|name| {
+            Command::new("docker")
+                .args(["run", "-d", "--name", name, "--runtime", runtime])
+                .args([crate::docker::TEST_IMAGE, "sleep", "600"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .collect::<std::io::Result<Vec<_>>>();
+    let mut failures = Vec::new();
+    for child in children.into_iter().flatten() {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            failures.push(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    let running = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}"])
+        .args(&names)
+        .output();
+    remove();
+    if !failures.is_empty() {
+        bail!(
+            "docker run -d --runtime {runtime} failed: {}",
+            failures.join("; ")
+        );
+    }
+    let running = running?;
+    let all = String::from_utf8_lossy(&running.stdout);
+    if !running.status.success() || all.lines().filter(|l| *l == "true").count() != n {
+        bail!("not all {n} containers of runtime {runtime} were running: {all}");
+    }
+    Ok(elapsed)
+}
+
+/// A container eci-runc created (and keeps created) from a copy of the
+/// bench bundle, and a bundle with the spec eci rewrote for it: runc runs of
+/// that spec use eci's ID-mapped root and binds while the container exists.
+struct FloorBundle {
+    bundle: std::path::PathBuf,
+    holder: std::process::Command,
+}
+
+impl FloorBundle {
+    fn create(
+        dir: &std::path::Path,
+        bundle: &std::path::Path,
+        eci: &std::path::Path,
+        env: &[(&str, std::path::PathBuf)],
+    ) -> Result<Self> {
+        use std::process::Command;
+        let source = dir.join("floor-source");
+        let floor = dir.join("floor");
+        for d in [&source, &floor] {
+            let _ = std::fs::remove_dir_all(d);
+            std::fs::create_dir_all(d)?;
+        }
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json"))?)?;
+        spec["root"]["path"] = serde_json::json!(bundle.join("rootfs").display().to_string());
+        std::fs::write(
+            source.join("config.json"),
+            serde_json::to_string_pretty(&spec)?,
+        )?;
+        let eci_runc = |args: &[&str]| {
+            let mut cmd = Command::new(eci);
+            cmd.arg("--root").arg(dir.join("runc-root")).args(args);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            cmd
+        };
+        let _ = eci_runc(&["delete", "--force", "eci-bench-floor"]).output();
+        let bundle_arg = source.display().to_string();
+        util::run(&mut eci_runc(&[
+            "create",
+            "--bundle",
+            &bundle_arg,
+            "eci-bench-floor",
+        ]))?;
+        let holder = eci_runc(&["delete", "--force", "eci-bench-floor"]);
+        std::fs::copy(source.join("config.json"), floor.join("config.json"))?;
+        Ok(Self {
+            bundle: floor,
+            holder,
+        })
+    }
+
+    fn delete(mut self) {
+        let _ = self.holder.output();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// The test image with 10,000 more small files (`/many/<n>`), imported
@@ -292,10 +471,6 @@ fn compare(
         runc.push(measure(false)?);
         eci.push(measure(true)?);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (e, r) = (median(eci), median(runc));
     println!(
         "start-up, {what} (median of {runs}): runc {r:.0} ms, eci {e:.0} ms, ratio {:.2}",
