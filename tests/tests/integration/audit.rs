@@ -34,6 +34,19 @@ fn accounted(agent: &TestAgent, cgroup: &TestCgroup) -> (u64, u64, Vec<serde_jso
     (own.len() as u64, counted, summaries)
 }
 
+/// A directory with a listening `bench.sock` (where eci-bench's worker
+/// connects), accepting for as long as the test runs.
+fn listening_socket(prefix: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(tmp_dir())
+        .expect("tempdir");
+    let socket = dir.path().join("bench.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    (dir, socket)
+}
+
 fn ring_buffer_drops(agent: &TestAgent) -> u64 {
     let out = agent.cli(&["status", "--json"]);
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -49,13 +62,7 @@ fn a_storming_container_is_summarised_and_a_quiet_ones_every_denial_is_a_line() 
     ) {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("eci-audit-storm")
-        .tempdir_in(tmp_dir())
-        .expect("tempdir");
-    let socket = dir.path().join("bench.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
-    std::thread::spawn(move || for _ in listener.incoming() {});
+    let (dir, socket) = listening_socket("eci-audit-storm");
     let mut agent = TestAgent::start(&["--protect-socket", &socket.display().to_string()]);
     let storming = TestCgroup::new("eci-storm");
     let quiet = TestCgroup::new("eci-quiet");
@@ -166,13 +173,7 @@ fn the_policy_sets_the_audit_lines_per_container_and_second() {
     if !bpf_lsm_or_skip("the_policy_sets_the_audit_lines_per_container_and_second") {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("eci-audit-rate")
-        .tempdir_in(tmp_dir())
-        .expect("tempdir");
-    let socket = dir.path().join("bench.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
-    std::thread::spawn(move || for _ in listener.incoming() {});
+    let (dir, socket) = listening_socket("eci-audit-rate");
     let agent = TestAgent::start(&["--protect-socket", &socket.display().to_string()]);
     let cgroup = TestCgroup::new("eci-rate");
     agent.protect(&cgroup);
