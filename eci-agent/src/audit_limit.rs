@@ -70,11 +70,13 @@ impl AuditLimitMaps {
         }
         let limit = self.limit.get(&0, 0).unwrap_or(0);
         let mut per_cgroup: BTreeMap<u64, (BTreeMap<&'static str, u64>, u64)> = BTreeMap::new();
+        let mut moved = Vec::new();
         for (key, &count) in &counts {
             let reported = self.reported.get(key, 0).unwrap_or(0);
             let entry = per_cgroup.entry(key.cgroup_id).or_default();
             entry.1 += count;
             if count > reported {
+                moved.push((*key, count));
                 let hook = Hook::from_u32(key.hook).map_or("unknown", Hook::name);
                 *entry.0.entry(hook).or_default() += count - reported;
             }
@@ -108,7 +110,9 @@ impl AuditLimitMaps {
                 ),
             });
         }
-        for (key, count) in &counts {
+        // Only what moved is written back: an unchanged count costs no
+        // update every second.
+        for (key, count) in &moved {
             self.reported
                 .insert(key, count, 0)
                 .map_err(map_err(eci_common::map_names::AUDIT_REPORTED))?;

@@ -168,34 +168,11 @@ pub fn resolve_under(mount: &Path, spec: &str) -> Result<Cgroup, CgroupError> {
     })
 }
 
-/// The path of the cgroup with this id, found by walking the cgroup2 tree
-/// (ids are inode numbers; the tree is small).
+/// The path of the live cgroup with this id ([`live_path_of_id`]: the
+/// kernel's lookup, not a walk of the tree); `None` when it is gone or
+/// cannot be looked up.
 pub fn path_of_id(id: u64) -> Option<String> {
-    let mount = cgroup2_mount().ok()?;
-    let mut stack = vec![mount.clone()];
-    let mut visited = 0usize;
-    while let Some(dir) = stack.pop() {
-        visited += 1;
-        if visited > 100_000 {
-            return None;
-        }
-        let Ok(meta) = std::fs::metadata(&dir) else {
-            continue;
-        };
-        if meta.ino() == id {
-            let rel = dir.strip_prefix(&mount).ok()?;
-            return Some(format!("/{}", rel.display()));
-        }
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(entry.path());
-            }
-        }
-    }
-    None
+    live_path_of_id(id).ok().flatten()
 }
 
 /// The cgroups a policy pattern names: an exact path, or a path whose last

@@ -82,8 +82,7 @@ pub struct Synced {
     pub released: usize,
 }
 
-/// Cgroup directories visited at most (the walk of `cgroups::path_of_id`
-/// has the same bound).
+/// Cgroup directories visited at most.
 const MAX_WALK: usize = 100_000;
 
 /// Make the inherited half of every entry match the tree below `mount`
