@@ -222,6 +222,16 @@ impl TestAgent {
     }
 
     /// Audit lines written so far, parsed.
+    /// Events the ring buffer could not take (`status`'s `event_drops`; 0
+    /// when the status cannot be read).
+    pub fn event_drops(&self) -> u64 {
+        let out = self.cli(&["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["event_drops"].as_u64())
+            .unwrap_or(0)
+    }
+
     pub fn audit_lines(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.audit_log)
             .unwrap_or_default()

@@ -354,7 +354,7 @@ fn agent_figures(dir: &str, storm: u64, mode: &str) -> serde_json::Value {
     // Drained: every denial is either in the audit log or counted as
     // dropped (or nothing has moved for 15 s). The agent writes a whole
     // ring-buffer batch at once, so the log grows in steps.
-    let drops_now = || event_drops(&agent);
+    let drops_now = || agent.event_drops();
     let mut seen = (0u64, 0u64);
     let mut last_change = Instant::now();
     loop {
@@ -394,15 +394,6 @@ fn agent_figures(dir: &str, storm: u64, mode: &str) -> serde_json::Value {
         "events_audited_per_s": drained as f64 / drain_time.as_secs_f64(),
         "audited_plus_dropped_equals_denials": drained + drops == storm,
     })
-}
-
-/// Events the ring buffer could not take, from the agent's status.
-fn event_drops(agent: &TestAgent) -> u64 {
-    let status = agent.cli(&["status", "--json"]);
-    serde_json::from_slice::<serde_json::Value>(&status.stdout)
-        .ok()
-        .and_then(|v| v["event_drops"].as_u64())
-        .unwrap_or(0)
 }
 
 /// CPU time (utime + stime, clock ticks) of a process.
@@ -470,7 +461,7 @@ fn audit_storm_figures(dir: &str, storm: u64, mode: &str) -> serde_json::Value {
             .sum();
         (own, counted)
     };
-    let drops = || event_drops(&agent);
+    let drops = || agent.event_drops();
     let deadline = Instant::now() + std::time::Duration::from_secs(30);
     let (storm_lines, storm_counted) = loop {
         let (own, counted) = count(&storming);

@@ -47,14 +47,6 @@ fn listening_socket(prefix: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, socket)
 }
 
-fn ring_buffer_drops(agent: &TestAgent) -> u64 {
-    let out = agent.cli(&["status", "--json"]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v["event_drops"].as_u64())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_storming_container_is_summarised_and_a_quiet_ones_every_denial_is_a_line() {
     if !bpf_lsm_or_skip(
@@ -128,12 +120,12 @@ fn a_storming_container_is_summarised_and_a_quiet_ones_every_denial_is_a_line() 
     let deadline = Instant::now() + Duration::from_secs(30);
     let (logged, counted, summaries) = loop {
         let (logged, counted, summaries) = accounted(&agent, &storming);
-        if logged + counted + ring_buffer_drops(&agent) >= STORM || Instant::now() > deadline {
+        if logged + counted + agent.event_drops() >= STORM || Instant::now() > deadline {
             break (logged, counted, summaries);
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let drops = ring_buffer_drops(&agent);
+    let drops = agent.event_drops();
     assert_eq!(
         logged + counted + drops,
         STORM,
