@@ -7,11 +7,18 @@
 //! agent reports the counts as one summary line per cgroup. So a container
 //! that storms cannot crowd another's events out of the ring buffer, and
 //! every decision is a line of its own or counted under its cgroup.
+//!
+//! The limit alone does not protect the ring buffer when the agent drains
+//! it slower than the limits admit (many cgroups at their limit, or an
+//! agent starved of CPU). So half the ring is kept for first events: while
+//! more than half of it is unread, a cgroup's event after its first of the
+//! window is counted, not put in. A container that denies now and then
+//! still gets each denial as a line of its own.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::bpf_ktime_get_boot_ns,
@@ -70,6 +77,13 @@ static ECI_AUDIT_SUPPR: HashMap<AuditKey, u64> = HashMap::pinned(MAX_AUDIT_SUPPR
 #[map]
 static ECI_AUDIT_REPORTED: HashMap<AuditKey, u64> = HashMap::pinned(MAX_AUDIT_SUPPRESSED, 0);
 
+/// Whether more than half the ring buffer is unread: then only a cgroup's
+/// first event of a window goes in.
+#[inline(always)]
+fn ring_crowded() -> bool {
+    ECI_EVENTS.query(BPF_RB_AVAIL_DATA as u64) > (EVENTS_RING_BYTES / 2) as u64
+}
+
 /// Whether this decision of `cgroup_id` may still be an event of its own in
 /// the cgroup's current window. The window's fields are updated without
 /// atomics: racing CPUs may let a few events more through, never fewer
@@ -88,7 +102,7 @@ fn within_limit(cgroup_id: u64, now: u64) -> bool {
                 window.start_ns = now;
                 window.events = 1;
                 true
-            } else if window.events < limit {
+            } else if window.events < limit && !ring_crowded() {
                 window.events += 1;
                 true
             } else {

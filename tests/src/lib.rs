@@ -107,6 +107,12 @@ impl TestAgent {
     /// Start with `--no-default-sockets` plus the given extra arguments, and
     /// wait until the control socket answers.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with_policy(None, extra)
+    }
+
+    /// As `start`, with `policy` (admin-settings.json's text) in force from
+    /// the start.
+    pub fn start_with_policy(policy: Option<&str>, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("eci-agent-test")
             .tempdir_in(tmp_dir())
@@ -123,6 +129,10 @@ impl TestAgent {
             audit_log,
             stderr_log,
         };
+        if let Some(policy) = policy {
+            std::fs::write(agent.dir.path().join("admin-settings.json"), policy)
+                .expect("write the test's policy");
+        }
         agent.spawn(extra);
         agent
     }
@@ -221,7 +231,6 @@ impl TestAgent {
         }
     }
 
-    /// Audit lines written so far, parsed.
     /// Events the ring buffer could not take (`status`'s `event_drops`; 0
     /// when the status cannot be read).
     pub fn event_drops(&self) -> u64 {
@@ -232,6 +241,7 @@ impl TestAgent {
             .unwrap_or(0)
     }
 
+    /// Audit lines written so far, parsed.
     pub fn audit_lines(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.audit_log)
             .unwrap_or_default()
