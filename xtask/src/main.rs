@@ -90,9 +90,8 @@ enum Cmd {
         /// build/bench/, or one of its files) with the ratio new / old.
         #[arg(long, value_name = "SAVED")]
         compare: Option<std::path::PathBuf>,
-        /// The start-up and views figures with the release build of the
-        /// agent and eci-runc (built first), as installed; else the debug
-        /// build. The hook-cost figures in the VM stay the debug build's.
+        /// Every figure with the release build of the agent, eci-runc and
+        /// eci-bench (built first), as installed; else the debug build's.
         #[arg(long)]
         release: bool,
     },

@@ -67,22 +67,22 @@ pub struct BenchSelection {
 }
 
 pub fn bench(rounds: u32, iterations: u64, what: BenchSelection, release: bool) -> Result<()> {
-    // The debug build is the VM's (hook cost) and, without `--release`, the
-    // host figures'.
-    if !release || !(what.startup_only || what.views_only) {
+    // The debug build is the tests' (and, without `--release`, every
+    // figure's); with `--release` the release build is measured.
+    if !release {
         build()?;
     }
     let dir = util::build_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
-    if what.hook_cost_only {
-        return bench_in_vm(rounds, iterations, &dir);
-    }
     let binaries = util::bench_binaries(release)?;
+    if what.hook_cost_only {
+        return bench_in_vm(rounds, iterations, &dir, &binaries);
+    }
     if what.views_only {
         return bench_views(what.views_containers, &dir, &binaries);
     }
     if !what.startup_only {
-        bench_in_vm(rounds, iterations, &dir)?;
+        bench_in_vm(rounds, iterations, &dir, &binaries)?;
     }
     let startup = bench_startup(what.startup_runs, what.concurrent, &binaries)?;
     let path = dir.join("startup.json");
@@ -102,10 +102,22 @@ fn bench_views(containers: usize, dir: &std::path::Path, binaries: &std::path::P
     Ok(())
 }
 
-fn bench_in_vm(rounds: u32, iterations: u64, dir: &std::path::Path) -> Result<()> {
+/// eci-bench in the VM, from `binaries` (target/debug or target/release:
+/// the agent it starts is the one beside it).
+fn bench_in_vm(
+    rounds: u32,
+    iterations: u64,
+    dir: &std::path::Path,
+    binaries: &std::path::Path,
+) -> Result<()> {
     let kernel = demo_kernel()?;
+    let bench = binaries
+        .strip_prefix(util::repo_root())
+        .unwrap_or(binaries)
+        .join("eci-bench");
+    let bench = bench.display();
     let script = format!(
-        "target/debug/eci-bench --rounds {rounds} --iterations {iterations} --json /tmp/hook-cost.json || exit 1\n\
+        "{bench} --rounds {rounds} --iterations {iterations} --json /tmp/hook-cost.json || exit 1\n\
          echo {JSON_BEGIN}; cat /tmp/hook-cost.json; echo; echo {JSON_END}\n"
     );
     let opts = vm::VmOptions {

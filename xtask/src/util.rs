@@ -172,6 +172,17 @@ pub fn bench_binaries(release: bool) -> Result<PathBuf> {
     if !release {
         return Ok(repo_root().join("target/debug"));
     }
-    run(Command::new("cargo").args(["build", "--release", "-p", "eci-agent", "-p", "eci-runc"]))?;
+    run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "eci-agent",
+        "-p",
+        "eci-runc",
+        "-p",
+        "eci-integration-tests",
+        "--bin",
+        "eci-bench",
+    ]))?;
     Ok(repo_root().join("target/release"))
 }
