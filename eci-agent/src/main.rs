@@ -10,8 +10,10 @@ mod control;
 mod coverage;
 mod docker_api;
 mod docker_body;
+mod doctor;
 mod enforcement;
 mod engine_json;
+mod idmap;
 mod install;
 mod lsm;
 mod pins;
@@ -123,6 +125,17 @@ enum Command {
         at: Locations,
         #[arg(long, value_enum, default_value_t = registry::ModeChoice::Auto)]
         protection_mode: registry::ModeChoice,
+    },
+    /// Can this host run eci, and what to change: one line per check (ok,
+    /// warning, fail) with the fix. Exit 0 when no check failed.
+    Doctor {
+        /// Machine-readable output: {"ok": bool, "checks": [...]}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: Locations,
+        #[arg(long, default_value = install::DEFAULT_DAEMON_JSON)]
+        daemon_json: PathBuf,
     },
     /// (Benchmarks only) Load this build's object and attach its programs
     /// with nothing else, print the time that took, detach and remove the
@@ -275,6 +288,27 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 loaded.mode.describe()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor {
+            json,
+            at,
+            daemon_json,
+        } => {
+            let report = doctor::run(&doctor::Inputs {
+                pin_dir: at.pin_dir,
+                policy: at.policy,
+                daemon_json,
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", doctor::render(&report));
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::BareLoad {
             pin_dir,
