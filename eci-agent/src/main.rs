@@ -3,6 +3,7 @@
 
 mod agent;
 mod audit;
+mod audit_feed;
 mod audit_limit;
 mod btf;
 mod cgroups;
@@ -13,6 +14,7 @@ mod docker_body;
 mod doctor;
 mod enforcement;
 mod engine_json;
+mod events;
 mod idmap;
 mod install;
 mod lsm;
@@ -125,6 +127,21 @@ enum Command {
         at: Locations,
         #[arg(long, value_enum, default_value_t = registry::ModeChoice::Auto)]
         protection_mode: registry::ModeChoice,
+    },
+    /// The audit stream through the agent: the recent lines (the last 256),
+    /// or with --follow every new one until interrupted.
+    Events {
+        /// Keep streaming new lines.
+        #[arg(long)]
+        follow: bool,
+        /// The audit lines as the agent writes them to the audit log.
+        #[arg(long)]
+        json: bool,
+        /// Only this container's lines (a prefix of its id).
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
+        #[command(flatten)]
+        at: Locations,
     },
     /// Can this host run eci, and what to change: one line per check (ok,
     /// warning, fail) with the fix. Exit 0 when no check failed.
@@ -287,6 +304,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 "BPF-LSM programs load, attach and run on this kernel; protection: {}",
                 loaded.mode.describe()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events {
+            follow,
+            json,
+            container,
+            at,
+        } => {
+            events::print(&Client::new(&at.control_socket), follow, json, container)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor {
