@@ -130,6 +130,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         policy.audit.keep,
     )?));
 
+    let feed = audit.lock().await.feed();
     let policy = PolicyInForce::new(policy);
     let proxies = Arc::new(Proxies::new(
         run_dir(&config.control_socket).join("proxy"),
@@ -151,6 +152,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         policy.clone(),
         proxies,
         config.clone(),
+        feed,
     ));
     {
         let shared = shared.clone();

@@ -4,6 +4,7 @@ use std::{
     collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use eci_common::{AuditEvent, FileId, Hook, ObjectKind, shared_ns_name, undecided};
@@ -179,9 +180,10 @@ pub fn wall_clock_of(boot_time_ns: u64) -> i128 {
 
 pub use eci_control::rfc3339;
 
-/// Append-only JSON-lines writer.
+/// Append-only JSON-lines writer; every line goes to the live feed too.
 pub struct AuditLog {
     path: PathBuf,
+    feed: Arc<crate::audit_feed::AuditFeed>,
     file: std::fs::File,
     /// Rotate when the file grows past this many bytes (0: never).
     max_bytes: u64,
@@ -205,10 +207,16 @@ impl AuditLog {
             .map_err(open_err)?;
         Ok(Self {
             path: path.to_owned(),
+            feed: Arc::default(),
             file,
             max_bytes,
             keep,
         })
+    }
+
+    /// The live feed of the lines written (`eci-agent events`).
+    pub fn feed(&self) -> Arc<crate::audit_feed::AuditFeed> {
+        self.feed.clone()
     }
 
     fn rotate_if_full(&mut self) -> std::io::Result<()> {
@@ -237,12 +245,22 @@ impl AuditLog {
             source,
         };
         let mut text = String::new();
+        let mut each = Vec::with_capacity(lines.len());
         for line in lines {
-            text.push_str(&serde_json::to_string(line).map_err(|e| err(std::io::Error::other(e)))?);
+            let json = serde_json::to_string(line).map_err(|e| err(std::io::Error::other(e)))?;
+            text.push_str(&json);
             text.push('\n');
+            each.push(json);
         }
-        self.rotate_if_full().map_err(err)?;
-        self.file.write_all(text.as_bytes()).map_err(err)
+        let written = self
+            .rotate_if_full()
+            .and_then(|()| self.file.write_all(text.as_bytes()))
+            .map_err(err);
+        // A reader watching learns of each line even when the file failed.
+        for json in each {
+            self.feed.publish(Arc::from(json));
+        }
+        written
     }
 
     pub fn write<T: Serialize>(&mut self, line: &T) -> Result<(), AuditError> {
@@ -325,6 +343,20 @@ mod tests {
         assert!(!dir.path().join("audit.jsonl.3").exists());
         let newest = std::fs::read_to_string(&path).unwrap();
         assert!(newest.contains("\"n\":19"), "{newest}");
+    }
+
+    #[test]
+    fn every_line_written_is_published_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path, 0, 1).unwrap();
+        let feed = log.feed();
+        log.write_batch(&[serde_json::json!({"a": 1}), serde_json::json!({"b": 2})])
+            .unwrap();
+        let (recent, _) = feed.subscribe();
+        let file = std::fs::read_to_string(&path).unwrap();
+        let published: Vec<&str> = recent.iter().map(|l| &**l).collect();
+        assert_eq!(published, file.lines().collect::<Vec<_>>());
     }
 
     #[test]

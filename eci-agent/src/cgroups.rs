@@ -109,17 +109,38 @@ fn is_cgroup2(path: &Path) -> bool {
 }
 
 fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            // `<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> ...`
-            let (left, right) = line.split_once(" - ")?;
-            let fstype = right.split_whitespace().next()?;
-            let root = left.split_whitespace().nth(3)?;
-            (fstype == "cgroup2" && root == "/")
-                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-        })
+    mounts_of_type(mountinfo, "cgroup2")
+        .filter(|(root, _)| *root == "/")
+        .map(|(_, point)| PathBuf::from(point))
         .next_back()
+}
+
+/// (root, mount point) of each mount of file system `fstype` in `mountinfo`.
+fn mounts_of_type<'a>(
+    mountinfo: &'a str,
+    fstype: &'a str,
+) -> impl DoubleEndedIterator<Item = (&'a str, &'a str)> + 'a {
+    mountinfo.lines().filter_map(move |line| {
+        // `<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> ...`
+        let (left, right) = line.split_once(" - ")?;
+        let mut fields = left.split_whitespace();
+        let root = fields.nth(3)?;
+        let point = fields.next()?;
+        (right.split_whitespace().next()? == fstype).then_some((root, point))
+    })
+}
+
+/// The mount points of cgroup v1 hierarchies in our mount namespace (none
+/// on a unified, cgroup2-only host).
+pub fn v1_hierarchies() -> Result<Vec<String>, CgroupError> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| CgroupError::Read {
+            path: "/proc/self/mountinfo".into(),
+            source,
+        })?;
+    Ok(mounts_of_type(&text, "cgroup")
+        .map(|(_, point)| point.to_owned())
+        .collect())
 }
 
 /// A resolved cgroup: its directory and its id.

@@ -1,4 +1,5 @@
-//! The control socket: root-only, one JSON request per connection.
+//! The control socket: root-only, one JSON request per connection, one
+//! answer — or, for `Events`, the audit stream (`audit_feed::stream`).
 
 use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
 
@@ -12,6 +13,7 @@ use tokio::{
 };
 
 use crate::{
+    audit_feed::{self, AuditFeed},
     cgroups::{self, CgroupError},
     proxy::Proxies,
     rules::RuleError,
@@ -69,6 +71,7 @@ pub async fn serve(
     policy: PolicyInForce,
     proxies: Arc<Proxies>,
     config: AgentConfig,
+    feed: Arc<AuditFeed>,
 ) {
     loop {
         match listener.accept().await {
@@ -77,8 +80,15 @@ pub async fn serve(
                 let policy = policy.clone();
                 let proxies = proxies.clone();
                 let config = config.clone();
+                let feed = feed.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = handle(stream, shared, &policy, &proxies, &config).await {
+                    let context = Context {
+                        policy: &policy,
+                        proxies: &proxies,
+                        config: &config,
+                        feed: &feed,
+                    };
+                    if let Err(err) = handle(stream, shared, context).await {
                         tracing::warn!("control connection: {err}");
                     }
                 });
@@ -91,12 +101,19 @@ pub async fn serve(
     }
 }
 
+/// What a connection's answer may need besides the rules.
+#[derive(Clone, Copy)]
+struct Context<'a> {
+    policy: &'a PolicyInForce,
+    proxies: &'a Arc<Proxies>,
+    config: &'a AgentConfig,
+    feed: &'a AuditFeed,
+}
+
 async fn handle(
     stream: UnixStream,
     shared: Arc<Mutex<Shared>>,
-    policy: &PolicyInForce,
-    proxies: &Arc<Proxies>,
-    config: &AgentConfig,
+    context: Context<'_>,
 ) -> std::io::Result<()> {
     let peer = stream.peer_cred()?;
     let (read, mut write) = stream.into_split();
@@ -110,9 +127,33 @@ async fn handle(
         let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES));
         reader.read_line(&mut line).await?;
         match serde_json::from_str::<Request>(line.trim()) {
+            Ok(Request::Events { follow, container }) => {
+                tracing::debug!(follow, ?container, pid = ?peer.pid(), "audit stream opened");
+                let streamed = audit_feed::stream(
+                    context.feed,
+                    reader,
+                    &mut write,
+                    follow,
+                    container.as_deref(),
+                )
+                .await;
+                return match streamed {
+                    // A reader that hung up mid-line is no error of ours.
+                    Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                    Err(err) => Err(err),
+                    Ok(()) => write.shutdown().await,
+                };
+            }
             Ok(request) => {
                 tracing::debug!(?request, pid = ?peer.pid(), "control request");
-                answer(request, &shared, policy, proxies, config).await
+                answer(
+                    request,
+                    &shared,
+                    context.policy,
+                    context.proxies,
+                    context.config,
+                )
+                .await
             }
             Err(err) => Response::Error {
                 message: format!("malformed request: {err}"),
@@ -212,7 +253,8 @@ async fn answer(
         Request::Reload
         | Request::Policy
         | Request::OpenProxy { .. }
-        | Request::CloseProxy { .. } => Response::Error {
+        | Request::CloseProxy { .. }
+        | Request::Events { .. } => Response::Error {
             message: "answered above".into(),
         },
     }

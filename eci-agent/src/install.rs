@@ -26,6 +26,8 @@ pub const RUNTIME_NAME: &str = "eci";
 /// eci's isolation too. eci-runc itself runs the real runc from /usr/sbin
 /// or /usr/bin.
 pub const DEFAULT_RUNC_STAND_IN: &str = "/usr/local/sbin/runc";
+/// Docker's `data-root` when daemon.json names none.
+pub const DEFAULT_DOCKER_DATA_ROOT: &str = "/var/lib/docker";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -142,6 +144,56 @@ pub fn unmerge_daemon_json(existing: &str, path: &Path) -> Result<String, Instal
     ))
 }
 
+/// The text of daemon.json; `None` when there is no such file. The one
+/// reader of it: install, uninstall and the doctor.
+pub fn read_daemon_json(path: &Path) -> Result<Option<String>, InstallError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("reading", path)(e)),
+    }
+}
+
+/// What eci needs to know of the engine's daemon.json.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSettings {
+    /// The path registered for eci's runtime (`runtimes.eci.path`).
+    pub eci_runtime: Option<PathBuf>,
+    /// `default-runtime` (Docker's own default, `runc`, when absent).
+    pub default_runtime: Option<String>,
+    /// `data-root`: the image layers (overlay lower directories) and volumes.
+    pub data_root: PathBuf,
+}
+
+impl DaemonSettings {
+    /// Whether eci's runtime is what a plain `docker run` gets.
+    pub fn eci_is_default(&self) -> bool {
+        self.default_runtime.as_deref() == Some(RUNTIME_NAME)
+    }
+}
+
+/// daemon.json's settings for eci; `None` text is no file (Docker's defaults).
+pub fn daemon_settings(text: Option<&str>, path: &Path) -> Result<DaemonSettings, InstallError> {
+    let root = parse_object(text, path)?;
+    let eci_runtime = root
+        .get("runtimes")
+        .and_then(|r| r.get(RUNTIME_NAME))
+        .and_then(|r| r.get("path"))
+        .and_then(Value::as_str)
+        .map(PathBuf::from);
+    Ok(DaemonSettings {
+        eci_runtime,
+        default_runtime: root
+            .get("default-runtime")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        data_root: root
+            .get("data-root")
+            .and_then(Value::as_str)
+            .map_or_else(|| PathBuf::from(DEFAULT_DOCKER_DATA_ROOT), PathBuf::from),
+    })
+}
+
 fn parse_object(text: Option<&str>, path: &Path) -> Result<Map<String, Value>, InstallError> {
     let Some(text) = text.filter(|t| !t.trim().is_empty()) else {
         return Ok(Map::new());
@@ -212,11 +264,7 @@ pub struct InstallPlan {
 /// every input was checked (a malformed daemon.json stops it first).
 pub fn install(plan: &InstallPlan) -> Result<Vec<String>, InstallError> {
     let mut done = Vec::new();
-    let existing = match std::fs::read_to_string(&plan.daemon_json) {
-        Ok(text) => Some(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io("reading", &plan.daemon_json)(e)),
-    };
+    let existing = read_daemon_json(&plan.daemon_json)?;
     let merged = merge_daemon_json(
         existing.as_deref(),
         &plan.daemon_json,
@@ -326,7 +374,7 @@ pub fn uninstall(plan: &InstallPlan) -> Result<Vec<String>, InstallError> {
         std::fs::remove_file(path).map_err(io("removing", path))?;
         done.push(format!("removed the runc stand-in {}", path.display()));
     }
-    if let Ok(text) = std::fs::read_to_string(&plan.daemon_json) {
+    if let Some(text) = read_daemon_json(&plan.daemon_json)? {
         let unmerged = unmerge_daemon_json(&text, &plan.daemon_json)?;
         replace_with_backup(&plan.daemon_json, &unmerged)?;
         done.push(format!(
@@ -408,6 +456,26 @@ mod tests {
         let u: Value = serde_json::from_str(&undone).unwrap();
         assert_eq!(u["runtimes"]["kata"]["path"], "/k");
         assert!(u["runtimes"].get("eci").is_none());
+    }
+
+    #[test]
+    fn the_settings_eci_needs_are_read_from_what_install_writes() {
+        let none = daemon_settings(None, Path::new("d.json")).unwrap();
+        assert_eq!(none.eci_runtime, None);
+        assert_eq!(none.data_root, PathBuf::from(DEFAULT_DOCKER_DATA_ROOT));
+        assert!(!none.eci_is_default());
+        let merged = merge_daemon_json(
+            Some(r#"{"data-root": "/srv/docker"}"#),
+            Path::new("d.json"),
+            Path::new("/x/eci-runc"),
+            true,
+        )
+        .unwrap();
+        let read = daemon_settings(Some(&merged), Path::new("d.json")).unwrap();
+        assert_eq!(read.eci_runtime, Some(PathBuf::from("/x/eci-runc")));
+        assert!(read.eci_is_default());
+        assert_eq!(read.data_root, PathBuf::from("/srv/docker"));
+        assert!(daemon_settings(Some("{oops"), Path::new("d.json")).is_err());
     }
 
     #[test]

@@ -4,44 +4,80 @@
 
 use std::path::Path;
 
-const LSM_FILE: &str = "/sys/kernel/security/lsm";
+pub const LSM_FILE: &str = "/sys/kernel/security/lsm";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LsmUnavailable {
-    #[error(
-        "BPF-LSM is not available: the kernel refused to load a BPF-LSM program ({error}). {}",
-        advice(active.as_deref())
-    )]
+    #[error("BPF-LSM is not available: {}. {}", self.reason(), self.fix())]
     LoadRefused {
         error: String,
         active: Option<String>,
     },
-    #[error(
-        "BPF-LSM is not available: the kernel refused to attach a BPF-LSM program ({error}). {}",
-        advice(active.as_deref())
-    )]
+    #[error("BPF-LSM is not available: {}. {}", self.reason(), self.fix())]
     AttachRefused {
         error: String,
         active: Option<String>,
     },
-    #[error(
-        "BPF-LSM is not active: a BPF-LSM probe program attached but never ran, so eci's rules would never be enforced. {}",
-        advice(active.as_deref())
-    )]
+    #[error("BPF-LSM is not active: {}. {}", self.reason(), self.fix())]
     NeverRuns { active: Option<String> },
-    #[error(
-        "BPF-LSM is not available: the kernel has no BTF ({0}); eci needs a kernel built with CONFIG_DEBUG_INFO_BTF=y and CONFIG_BPF_LSM=y"
-    )]
+    #[error("BPF-LSM is not available: {}; {}", self.reason(), self.fix())]
     NoBtf(String),
 }
 
+impl LsmUnavailable {
+    /// What went wrong, without what to do about it.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::LoadRefused { error, .. } => {
+                format!("the kernel refused to load a BPF-LSM program ({error})")
+            }
+            Self::AttachRefused { error, .. } => {
+                format!("the kernel refused to attach a BPF-LSM program ({error})")
+            }
+            Self::NeverRuns { .. } => "a BPF-LSM probe program attached but never ran, so eci's rules would never be enforced".into(),
+            Self::NoBtf(error) => format!("the kernel has no BTF ({error})"),
+        }
+    }
+
+    /// What to do about it.
+    pub fn fix(&self) -> String {
+        match self {
+            Self::LoadRefused { active, .. }
+            | Self::AttachRefused { active, .. }
+            | Self::NeverRuns { active } => advice(active.as_deref()),
+            Self::NoBtf(_) => {
+                "eci needs a kernel built with CONFIG_DEBUG_INFO_BTF=y and CONFIG_BPF_LSM=y".into()
+            }
+        }
+    }
+}
+
+/// The `lsm=` kernel parameter that keeps the active LSMs, in their order,
+/// and adds `bpf` at the end (unchanged when bpf is listed already).
+pub fn boot_parameter(active: &str) -> String {
+    let mut list: Vec<&str> = active
+        .split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !list.contains(&"bpf") {
+        list.push("bpf");
+    }
+    format!("lsm={}", list.join(","))
+}
+
+/// Where the boot parameter goes, said once for every message.
+pub const BOOT_PARAMETER_HOWTO: &str =
+    "e.g. in GRUB_CMDLINE_LINUX of /etc/default/grub, then `update-grub`, and reboot";
+
 fn advice(active: Option<&str>) -> String {
     match active {
-        Some(list) if list.split(',').any(|l| l == "bpf") => format!(
+        Some(list) if bpf_listed(Some(list)) => format!(
             "The active LSMs ({LSM_FILE}: {list}) include bpf, so this kernel forbids BPF-LSM programs by other means (some virtualized kernels, e.g. PVM guests, refuse BPF trampolines; a lockdown or a seccomp filter can too). Run eci on a kernel that allows them: a stock distribution kernel with CONFIG_BPF_LSM=y (e.g. in a VM: `cargo xtask vm-test` and `cargo xtask demo` do this)."
         ),
         Some(list) => format!(
-            "The active LSMs are \"{list}\" ({LSM_FILE}) and bpf is not among them. Add it on the kernel command line and reboot: `lsm={list},bpf` (e.g. in GRUB_CMDLINE_LINUX of /etc/default/grub, then `update-grub`). The kernel also needs CONFIG_BPF_LSM=y."
+            "The active LSMs are \"{list}\" ({LSM_FILE}) and bpf is not among them. Add it on the kernel command line: `{}` ({BOOT_PARAMETER_HOWTO}). The kernel also needs CONFIG_BPF_LSM=y.",
+            boot_parameter(list)
         ),
         None => format!(
             "{LSM_FILE} could not be read (is securityfs mounted? `mount -t securityfs securityfs /sys/kernel/security`). Boot with bpf in the `lsm=` kernel parameter (e.g. `lsm=lockdown,capability,landlock,yama,bpf`) on a kernel with CONFIG_BPF_LSM=y."
@@ -110,6 +146,33 @@ mod tests {
     fn advice_explains_a_refusing_kernel_when_bpf_is_listed() {
         let text = advice(Some("capability,bpf"));
         assert!(text.contains("forbids BPF-LSM programs"), "{text}");
+    }
+
+    #[test]
+    fn the_boot_parameter_keeps_the_order_and_adds_bpf_once() {
+        assert_eq!(
+            boot_parameter("lockdown,capability,yama,apparmor"),
+            "lsm=lockdown,capability,yama,apparmor,bpf"
+        );
+        assert_eq!(boot_parameter("capability,bpf\n"), "lsm=capability,bpf");
+        assert_eq!(boot_parameter(""), "lsm=bpf");
+    }
+
+    #[test]
+    fn the_message_is_the_reason_and_the_fix() {
+        let err = LsmUnavailable::LoadRefused {
+            error: "EPERM".into(),
+            active: Some("capability,yama".into()),
+        };
+        assert_eq!(
+            err.to_string(),
+            format!("BPF-LSM is not available: {}. {}", err.reason(), err.fix())
+        );
+        assert!(
+            err.fix().contains("lsm=capability,yama,bpf"),
+            "{}",
+            err.fix()
+        );
     }
 
     #[test]

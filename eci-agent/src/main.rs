@@ -3,6 +3,7 @@
 
 mod agent;
 mod audit;
+mod audit_feed;
 mod audit_limit;
 mod btf;
 mod cgroups;
@@ -10,8 +11,11 @@ mod control;
 mod coverage;
 mod docker_api;
 mod docker_body;
+mod doctor;
 mod enforcement;
 mod engine_json;
+mod events;
+mod idmap;
 mod install;
 mod lsm;
 mod pins;
@@ -123,6 +127,32 @@ enum Command {
         at: Locations,
         #[arg(long, value_enum, default_value_t = registry::ModeChoice::Auto)]
         protection_mode: registry::ModeChoice,
+    },
+    /// The audit stream through the agent: the recent lines (the last 256),
+    /// or with --follow every new one until interrupted.
+    Events {
+        /// Keep streaming new lines.
+        #[arg(long)]
+        follow: bool,
+        /// The audit lines as the agent writes them to the audit log.
+        #[arg(long)]
+        json: bool,
+        /// Only this container's lines (a prefix of its id).
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
+        #[command(flatten)]
+        at: Locations,
+    },
+    /// Can this host run eci, and what to change: one line per check (ok,
+    /// warning, fail) with the fix. Exit 0 when no check failed.
+    Doctor {
+        /// Machine-readable output: {"ok": bool, "checks": [...]}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: Locations,
+        #[arg(long, default_value = install::DEFAULT_DAEMON_JSON)]
+        daemon_json: PathBuf,
     },
     /// (Benchmarks only) Load this build's object and attach its programs
     /// with nothing else, print the time that took, detach and remove the
@@ -275,6 +305,36 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 loaded.mode.describe()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Events {
+            follow,
+            json,
+            container,
+            at,
+        } => {
+            events::print(&Client::new(&at.control_socket), follow, json, container)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor {
+            json,
+            at,
+            daemon_json,
+        } => {
+            let report = doctor::run(&doctor::Inputs {
+                pin_dir: at.pin_dir,
+                policy: at.policy,
+                daemon_json,
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", doctor::render(&report));
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::BareLoad {
             pin_dir,

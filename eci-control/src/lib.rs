@@ -1,7 +1,8 @@
 //! The agent's control protocol.
 //!
 //! One request per connection: the client writes one JSON line, the agent
-//! answers with one JSON line and closes. The socket is root-only (mode 0600
+//! answers with one JSON line and closes — except `Events`, answered with
+//! a stream of `Event` and `Missed` lines (see [`Client::events`]). The socket is root-only (mode 0600
 //! in a 0700 directory) and the agent also checks the peer's credentials.
 
 use std::{
@@ -41,6 +42,16 @@ pub enum Request {
     /// The policy in force (the last good one the agent read). Answered
     /// with `Policy`. eci-runc reads no policy file: it asks this.
     Policy,
+    /// The audit stream: the recent lines the agent keeps, then (with
+    /// `follow`) every new one until the client hangs up. `container`
+    /// keeps the lines of containers whose id starts with it. Answered
+    /// with a stream of `Event` and `Missed`.
+    Events {
+        #[serde(default)]
+        follow: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
+    },
 }
 
 /// The agent's answer.
@@ -66,6 +77,15 @@ pub enum Response {
     /// The policy in force.
     Policy {
         policy: Box<eci_policy::Policy>,
+    },
+    /// One audit line, the JSON text as the agent wrote it to the audit log.
+    Event {
+        line: String,
+    },
+    /// This many lines were missed: the client read more slowly than the
+    /// agent wrote (the agent never waits for a reader).
+    Missed {
+        count: u64,
     },
     Error {
         message: String,
@@ -103,6 +123,51 @@ pub enum ControlError {
     },
 }
 
+/// One item of the audit stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamItem {
+    /// An audit line's JSON text.
+    Line(String),
+    /// Lines missed by a reader too slow.
+    Missed(u64),
+}
+
+/// The audit stream an `Events` request opened: its items until the agent
+/// closes it (at once without `follow`).
+pub struct EventStream {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+}
+
+impl Iterator for EventStream {
+    type Item = Result<StreamItem, ControlError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Err(source) => Some(Err(ControlError::Io {
+                path: self.path.clone(),
+                source,
+            })),
+            Ok(_) => Some(match serde_json::from_str(line.trim()) {
+                Ok(Response::Event { line }) => Ok(StreamItem::Line(line)),
+                Ok(Response::Missed { count }) => Ok(StreamItem::Missed(count)),
+                Ok(Response::Error { message }) => Err(ControlError::Refused(message)),
+                Ok(other) => Err(ControlError::Unexpected {
+                    path: self.path.clone(),
+                    request: "events",
+                    answer: format!("{other:?}"),
+                }),
+                Err(source) => Err(ControlError::BadAnswer {
+                    path: self.path.clone(),
+                    source,
+                }),
+            }),
+        }
+    }
+}
+
 /// A blocking client for the control socket.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -122,9 +187,12 @@ impl Client {
         &self.path
     }
 
-    /// Send one request and read the answer. An `Error` answer is returned
-    /// as `Ok(Response::Error)`; use [`Client::call_ok`] to turn it into an error.
-    pub fn call(&self, request: &Request) -> Result<Response, ControlError> {
+    /// Connect and send `request`; the stream reads with `read_timeout`.
+    fn send(
+        &self,
+        request: &Request,
+        read_timeout: Option<Duration>,
+    ) -> Result<UnixStream, ControlError> {
         let io = |source| ControlError::Io {
             path: self.path.clone(),
             source,
@@ -134,7 +202,7 @@ impl Client {
                 path: self.path.clone(),
                 source,
             })?;
-        stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
+        stream.set_read_timeout(read_timeout).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let mut line =
             serde_json::to_string(request).map_err(|source| ControlError::BadAnswer {
@@ -143,6 +211,32 @@ impl Client {
             })?;
         line.push('\n');
         stream.write_all(line.as_bytes()).map_err(io)?;
+        Ok(stream)
+    }
+
+    /// The audit stream (`Request::Events`). With `follow` it waits for
+    /// new lines as long as the agent runs (no read timeout).
+    pub fn events(
+        &self,
+        follow: bool,
+        container: Option<String>,
+    ) -> Result<EventStream, ControlError> {
+        let timeout = (!follow).then_some(self.timeout);
+        let stream = self.send(&Request::Events { follow, container }, timeout)?;
+        Ok(EventStream {
+            path: self.path.clone(),
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Send one request and read the answer. An `Error` answer is returned
+    /// as `Ok(Response::Error)`; use [`Client::call_ok`] to turn it into an error.
+    pub fn call(&self, request: &Request) -> Result<Response, ControlError> {
+        let io = |source| ControlError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let stream = self.send(request, Some(self.timeout))?;
         let mut answer = String::new();
         BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
         if answer.trim().is_empty() {
@@ -203,6 +297,30 @@ pub fn rfc3339(ns: i128) -> String {
     )
 }
 
+/// Seconds since the epoch of a time [`rfc3339`] wrote
+/// (`YYYY-MM-DDTHH:MM:SS[.fraction]Z`); `None` for anything else.
+pub fn rfc3339_seconds(text: &str) -> Option<i64> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
+    let time = time.split('.').next()?;
+    let mut time = time.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (time.next()??, time.next()??, time.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    // Days since 1970-01-01 from the civil date (the inverse of rfc3339's).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
 /// Now, as RFC 3339.
 pub fn rfc3339_now() -> String {
     let ns = std::time::SystemTime::now()
@@ -230,6 +348,30 @@ mod tests {
                 cgroup: "/docker/abc".into()
             }
         );
+    }
+
+    #[test]
+    fn an_events_request_defaults_to_the_recent_lines_of_every_container() {
+        let back: Request = serde_json::from_str(r#"{"request":"events"}"#).unwrap();
+        assert_eq!(
+            back,
+            Request::Events {
+                follow: false,
+                container: None
+            }
+        );
+        let text = serde_json::to_string(&Response::Missed { count: 3 }).unwrap();
+        assert_eq!(text, r#"{"result":"missed","count":3}"#);
+    }
+
+    #[test]
+    fn rfc3339_times_read_back_to_their_seconds() {
+        for secs in [0i64, 951_782_400, 1_795_824_000, 1_700_000_123] {
+            let text = rfc3339(i128::from(secs) * 1_000_000_000 + 5);
+            assert_eq!(rfc3339_seconds(&text), Some(secs), "{text}");
+        }
+        assert_eq!(rfc3339_seconds("2026-13-01T00:00:00Z"), None);
+        assert_eq!(rfc3339_seconds("yesterday"), None);
     }
 
     #[test]

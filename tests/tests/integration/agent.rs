@@ -132,19 +132,30 @@ fn control_requests_without_an_agent_fail_with_what_to_do() {
     assert!(text.contains("is it running?"), "{text}");
 }
 
+/// Whether BPF-LSM is usable in this run: as the run says
+/// (`ECI_LSM_EXPECTED`), else as `eci-agent probe` (pinning at `pin_dir`)
+/// finds. A probe that passes where BPF-LSM is expected absent panics.
+fn bpf_lsm_expected_at(pin_dir: &str) -> bool {
+    let expected = std::env::var("ECI_LSM_EXPECTED").unwrap_or_default();
+    let probe = Command::new(agent_bin())
+        .args(["probe", "--pin-dir", pin_dir])
+        .output()
+        .expect("probe");
+    assert!(
+        !(expected == "absent" && probe.status.success()),
+        "the probe claims BPF-LSM works where it was expected absent"
+    );
+    expected == "present" || (expected != "absent" && probe.status.success())
+}
+
 /// On a kernel where BPF-LSM programs cannot run, `eci-agent run` must refuse
 /// with a message that says why and what to do, and leave nothing pinned.
 /// Runs on the host kernel here (which refuses BPF-LSM) and in a VM booted
 /// without `bpf` in `lsm=`.
 #[test]
 fn lsm_unavailable_agent_refuses_to_run_and_says_what_to_do() {
-    let expected = std::env::var("ECI_LSM_EXPECTED").unwrap_or_default();
     let pin_dir = format!("/sys/fs/bpf/{}", unique("eci-unavail"));
-    let probe = Command::new(agent_bin())
-        .args(["probe", "--pin-dir", &pin_dir])
-        .output()
-        .expect("probe");
-    if expected == "present" || (expected != "absent" && probe.status.success()) {
+    if bpf_lsm_expected_at(&pin_dir) {
         let _ = Command::new(agent_bin())
             .args(["unload", "--pin-dir", &pin_dir])
             .output();
@@ -153,10 +164,6 @@ fn lsm_unavailable_agent_refuses_to_run_and_says_what_to_do() {
         );
         return;
     }
-    assert!(
-        !probe.status.success(),
-        "the probe claims BPF-LSM works where it was expected absent"
-    );
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(agent_bin())
         .args(["run", "--pin-dir", &pin_dir, "--control-socket"])
@@ -232,4 +239,92 @@ fn unenforced_mode_says_so_loudly_and_registers() {
     let out = child.wait_with_output().expect("wait");
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("WITHOUT KERNEL ENFORCEMENT"), "{text}");
+}
+
+/// `eci-agent doctor --json`: one check per line with status, what was
+/// found and the fix; its BPF-LSM probe agrees with `eci-agent probe`, it
+/// exits non-zero exactly when a check failed, and a bad policy file is a
+/// failed check naming the error. Runs everywhere (the host here refuses
+/// BPF-LSM: the probe check fails with what to do).
+#[test]
+fn doctor_says_whether_eci_can_enforce_here_and_what_to_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("admin-settings.json");
+    let pin_dir = format!("/sys/fs/bpf/{}", unique("eci-doctor"));
+    let doctor = || {
+        let out = Command::new(agent_bin())
+            .args([
+                "doctor",
+                "--json",
+                "--pin-dir",
+                &pin_dir,
+                "--control-socket",
+            ])
+            .arg(dir.path().join("agent.sock"))
+            .arg("--policy")
+            .arg(&policy)
+            // No daemon.json: eci is not registered (a warning, not a failure).
+            .arg("--daemon-json")
+            .arg(dir.path().join("daemon.json"))
+            .output()
+            .expect("run eci-agent doctor");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor --json is not JSON ({e}):\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status, report)
+    };
+    let check = |report: &serde_json::Value, name: &str| {
+        report["checks"]
+            .as_array()
+            .and_then(|checks| checks.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no {name} check: {report:#}"))
+    };
+
+    let (status, report) = doctor();
+    let checks = report["checks"].as_array().expect("checks");
+    for c in checks {
+        assert!(c["found"].as_str().is_some_and(|f| !f.is_empty()), "{c}");
+        match c["status"].as_str() {
+            Some("ok") => assert!(c["fix"].is_null(), "{c}"),
+            Some("warning" | "fail") => assert!(c["fix"].as_str().is_some(), "{c}"),
+            other => panic!("status {other:?}: {c}"),
+        }
+    }
+    let failed = checks.iter().any(|c| c["status"] == "fail");
+    assert_eq!(report["ok"], !failed, "{report:#}");
+    assert_eq!(status.success(), !failed, "exit {status}: {report:#}");
+    assert_eq!(check(&report, "docker-runtime")["status"], "warning");
+
+    let probe = check(&report, "bpf-lsm-probe");
+    if bpf_lsm_expected_at(&pin_dir) {
+        assert_eq!(probe["status"], "ok", "{report:#}");
+    } else {
+        assert!(!status.success(), "{report:#}");
+        assert_eq!(probe["status"], "fail", "{report:#}");
+        let fix = probe["fix"].as_str().unwrap_or_default();
+        assert!(
+            fix.contains("lsm=") || fix.contains("kernel that allows"),
+            "the fix must say what to do: {probe}"
+        );
+    }
+    let _ = Command::new(agent_bin())
+        .args(["unload", "--pin-dir", &pin_dir])
+        .output();
+    assert_eq!(check(&report, "policy")["status"], "ok", "{report:#}");
+
+    std::fs::write(&policy, r#"{"eci": {"protectedCgroupParents": 7}}"#).expect("policy");
+    let (status, report) = doctor();
+    assert!(!status.success(), "{report:#}");
+    let bad = check(&report, "policy");
+    assert_eq!(bad["status"], "fail", "{report:#}");
+    assert!(
+        bad["found"]
+            .as_str()
+            .is_some_and(|f| f.contains("protectedCgroupParents")),
+        "the line names the policy error: {bad}"
+    );
 }

@@ -13,6 +13,7 @@ mod deploy;
 mod dind;
 mod docker;
 mod escape;
+mod events;
 mod full_stack;
 mod mounts;
 mod namespaces;
