@@ -59,7 +59,8 @@ fn a_storming_container_is_summarised_and_a_quiet_ones_every_denial_is_a_line() 
         return;
     }
     let (dir, socket) = listening_socket("eci-audit-storm");
-    let policy = format!(r#"{{"eci": {{"audit": {{"linesPerSecond": {STORM_LINES_PER_SECOND}}}}}}}"#);
+    let policy =
+        format!(r#"{{"eci": {{"audit": {{"linesPerSecond": {STORM_LINES_PER_SECOND}}}}}}}"#);
     let mut agent = TestAgent::start_with_policy(
         Some(&policy),
         &["--protect-socket", &socket.display().to_string()],
@@ -148,7 +149,10 @@ fn a_storming_container_is_summarised_and_a_quiet_ones_every_denial_is_a_line() 
     );
     let summary = &summaries[0];
     assert_eq!(summary["cgroup"], storming.path.as_str(), "{summary}");
-    assert_eq!(summary["lines_per_second"], STORM_LINES_PER_SECOND, "{summary}");
+    assert_eq!(
+        summary["lines_per_second"], STORM_LINES_PER_SECOND,
+        "{summary}"
+    );
     assert!(
         summary["not_logged"]["unix_stream_connect"].as_u64() > Some(0),
         "{summary}"
