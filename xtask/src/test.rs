@@ -122,7 +122,7 @@ fn guest_script(bins: &[PathBuf], args: &[String]) -> String {
 const VMS_AT_ONCE: usize = 2;
 
 /// A VM that runs longer than this is killed and counted as failed.
-const VM_TIMEOUT: Duration = Duration::from_secs(35 * 60);
+const VM_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// Run the integration tests in the VM matrix (see `matrix.rs`): with a
 /// filter, that filter on each kernel asked for; without, every kernel's
