@@ -42,6 +42,7 @@ use crate::{
     audit::AuditLog,
     docker_api::{self, JudgedBody, Verdict},
     docker_body::{self, BodyPolicy},
+    metrics::{Counters, ProxyVerdict},
     policy::CommandList,
 };
 
@@ -76,6 +77,7 @@ pub struct Proxies {
     policy_path: PathBuf,
     policy: watch::Receiver<Arc<eci_policy::Policy>>,
     audit: Arc<Mutex<AuditLog>>,
+    counters: Counters,
     open: std::sync::Mutex<HashMap<String, OpenProxy>>,
 }
 
@@ -87,12 +89,14 @@ impl Proxies {
         policy_path: PathBuf,
         policy: watch::Receiver<Arc<eci_policy::Policy>>,
         audit: Arc<Mutex<AuditLog>>,
+        counters: Counters,
     ) -> Self {
         Self {
             dir,
             policy_path,
             policy,
             audit,
+            counters,
             open: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -321,6 +325,7 @@ impl Proxies {
                 );
             }
         }
+        self.counters.proxy_request(ProxyVerdict::Allowed, command);
         let upstream = &route.upstream;
         let mut engine = match UnixStream::connect(upstream).await {
             Ok(engine) => engine,
@@ -375,6 +380,7 @@ impl Proxies {
             rule,
         } = denial;
         tracing::warn!(container, method = %request.method, target = %request.target, command, rule, "docker API call denied");
+        self.counters.proxy_request(ProxyVerdict::Denied, command);
         let line = serde_json::json!({
             "time": eci_control::rfc3339_now(),
             "event": "docker_api_denied",
@@ -400,7 +406,7 @@ impl Proxies {
 struct Denial<'a> {
     container: &'a str,
     request: &'a RequestHead,
-    command: &'a str,
+    command: &'static str,
     rule: &'a str,
 }
 
