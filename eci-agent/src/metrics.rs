@@ -36,9 +36,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error(
-        "--metrics-listen {addr}: cannot listen there: {source} (is another process using the port?)"
-    )]
+    /// The cause follows as the error's source (`{err:#}` prints it).
+    #[error("cannot serve metrics at --metrics-listen {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -98,12 +97,33 @@ pub enum ProxyVerdict {
 
 /// The counters the agent increments: cheap to clone (every clone counts
 /// into the same atomics).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Counters {
     audit_lines: Family<AuditLineLabels, Counter>,
     not_logged: Counter,
     proxy_requests: Family<ProxyLabels, Counter>,
     registrations: Family<ResultLabels, Counter>,
+}
+
+impl Default for Counters {
+    /// Zero, with both registration results served from the start (a
+    /// family with no series is not in the text at all).
+    fn default() -> Self {
+        let counters = Self {
+            audit_lines: Family::default(),
+            not_logged: Counter::default(),
+            proxy_requests: Family::default(),
+            registrations: Family::default(),
+        };
+        for result in ["ok", "refused"] {
+            drop(
+                counters
+                    .registrations
+                    .get_or_create(&ResultLabels { result }),
+            );
+        }
+        counters
+    }
 }
 
 impl Counters {
@@ -500,6 +520,13 @@ mod tests {
             text.lines().any(|l| l == "eci_programs_attached 0"),
             "{text}"
         );
+        for line in [
+            "eci_audit_not_logged_total 0",
+            r#"eci_registrations_total{result="ok"} 0"#,
+            r#"eci_registrations_total{result="refused"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
     }
 
     #[test]
