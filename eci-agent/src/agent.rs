@@ -10,6 +10,7 @@ use crate::{
     audit::{self, AuditLog, Names},
     audit_limit::AuditLimitMaps,
     cgroups, control, enforcement,
+    metrics::{self, Counters},
     pins::PinLayout,
     policy,
     proxy::Proxies,
@@ -42,6 +43,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             config.policy_path.display()
         );
     }
+    // Before anything is loaded or replaced: a metrics address that cannot
+    // be had stops the start with nothing changed.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    let counters = Counters::default();
     let layout = PinLayout::new(&config.pin_dir);
     let own_cgroup = cgroups::own_cgroup("self")?;
 
@@ -137,6 +145,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.policy_path.clone(),
         policy.subscribe(),
         audit.clone(),
+        counters.clone(),
     ));
     let listener = control::bind(&config.control_socket)?;
     proxies.remove_stale();
@@ -153,6 +162,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         proxies,
         config.clone(),
         feed,
+        counters.clone(),
     ));
     {
         let shared = shared.clone();
@@ -174,6 +184,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         });
     }
     tasks.spawn(views::keep_current(config.views_dir.clone()));
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "metrics served at http://{addr}/metrics");
+        }
+        tasks.spawn(metrics::serve(
+            listener,
+            metrics::Source {
+                counters: counters.clone(),
+                shared: shared.clone(),
+                layout: layout.clone(),
+            },
+        ));
+    }
     if let Some(kernel) = kernel {
         let KernelParts {
             events,
@@ -181,11 +204,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             drops,
             logger,
         } = kernel;
-        tasks.spawn(read_events(events, shared.clone(), audit.clone()));
+        tasks.spawn(read_events(
+            events,
+            shared.clone(),
+            audit.clone(),
+            counters.clone(),
+        ));
         tasks.spawn(report_not_logged(
             audit_limit,
             policy.subscribe(),
             audit.clone(),
+            counters.clone(),
         ));
         tasks.spawn(watch_drops(drops, audit.clone()));
         if let Some(logger) = logger {
@@ -273,6 +302,7 @@ async fn read_events(
     events: aya::maps::RingBuf<MapData>,
     shared: Arc<Mutex<Shared>>,
     audit: Arc<Mutex<AuditLog>>,
+    counters: Counters,
 ) {
     // SAFETY: the ring buffer owns its fd, which stays open while registered.
     let mut ring = match unsafe { AsyncFd::register(events) } {
@@ -341,8 +371,20 @@ async fn read_events(
                 "denied"
             );
         }
-        if let Err(err) = audit.lock().await.write_batch(&lines) {
-            tracing::error!("{err}");
+        match audit.lock().await.write_batch(&lines) {
+            Ok(()) => {
+                for line in &lines {
+                    let container = line.cgroup.as_deref().map_or_else(
+                        || line.cgroup_id.to_string(),
+                        |cgroup| {
+                            crate::audit_feed::container_of_cgroup(cgroup)
+                                .unwrap_or_else(|| cgroup.to_owned())
+                        },
+                    );
+                    counters.audit_line(line.hook, container);
+                }
+            }
+            Err(err) => tracing::error!("{err}"),
         }
     }
 }
@@ -353,6 +395,7 @@ async fn report_not_logged(
     mut maps: AuditLimitMaps,
     mut policy: tokio::sync::watch::Receiver<Arc<eci_policy::Policy>>,
     audit: Arc<Mutex<AuditLog>>,
+    counters: Counters,
 ) {
     let set = |maps: &mut AuditLimitMaps, per_second: u32| {
         if let Err(err) = maps.set_limit(per_second) {
@@ -385,6 +428,7 @@ async fn report_not_logged(
             continue;
         }
         for line in &lines {
+            counters.not_logged(line.count);
             tracing::warn!(
                 cgroup_id = line.cgroup_id,
                 cgroup = ?line.cgroup,

@@ -64,7 +64,13 @@ pub fn container_of(line: &serde_json::Value) -> Option<String> {
     if let Some(id) = line["container"].as_str() {
         return Some(id.to_owned());
     }
-    let last = line["cgroup"].as_str()?.rsplit('/').next()?;
+    container_of_cgroup(line["cgroup"].as_str()?)
+}
+
+/// The container id a cgroup path's last segment names (`/docker/ID`,
+/// `/system.slice/docker-ID.scope`, `.../cri-containerd-ID.scope`).
+pub fn container_of_cgroup(cgroup: &str) -> Option<String> {
+    let last = cgroup.rsplit('/').next()?;
     let last = last.strip_suffix(".scope").unwrap_or(last);
     let id = ["docker-", "cri-containerd-", "crio-", "libpod-"]
         .iter()

@@ -15,6 +15,7 @@ use tokio::{
 use crate::{
     audit_feed::{self, AuditFeed},
     cgroups::{self, CgroupError},
+    metrics::Counters,
     proxy::Proxies,
     rules::RuleError,
     state::{AgentConfig, PolicyInForce, Shared, reload},
@@ -72,6 +73,7 @@ pub async fn serve(
     proxies: Arc<Proxies>,
     config: AgentConfig,
     feed: Arc<AuditFeed>,
+    counters: Counters,
 ) {
     loop {
         match listener.accept().await {
@@ -81,12 +83,14 @@ pub async fn serve(
                 let proxies = proxies.clone();
                 let config = config.clone();
                 let feed = feed.clone();
+                let counters = counters.clone();
                 tokio::spawn(async move {
                     let context = Context {
                         policy: &policy,
                         proxies: &proxies,
                         config: &config,
                         feed: &feed,
+                        counters: &counters,
                     };
                     if let Err(err) = handle(stream, shared, context).await {
                         tracing::warn!("control connection: {err}");
@@ -108,6 +112,7 @@ struct Context<'a> {
     proxies: &'a Arc<Proxies>,
     config: &'a AgentConfig,
     feed: &'a AuditFeed,
+    counters: &'a Counters,
 }
 
 async fn handle(
@@ -146,14 +151,21 @@ async fn handle(
             }
             Ok(request) => {
                 tracing::debug!(?request, pid = ?peer.pid(), "control request");
-                answer(
+                let registration = matches!(request, Request::Protect { .. });
+                let response = answer(
                     request,
                     &shared,
                     context.policy,
                     context.proxies,
                     context.config,
                 )
-                .await
+                .await;
+                if registration {
+                    context
+                        .counters
+                        .registration(matches!(response, Response::Ok { .. }));
+                }
+                response
             }
             Err(err) => Response::Error {
                 message: format!("malformed request: {err}"),
@@ -354,6 +366,7 @@ mod tests {
             config.policy_path.clone(),
             policy.subscribe(),
             audit,
+            Counters::default(),
         ));
         let answer = answer(Request::Policy, &shared, &policy, &proxies, &config).await;
         // As it goes over the wire.

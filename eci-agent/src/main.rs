@@ -18,6 +18,7 @@ mod events;
 mod idmap;
 mod install;
 mod lsm;
+mod metrics;
 mod pins;
 mod proxy;
 mod registry;
@@ -93,6 +94,10 @@ enum Command {
         /// tracepoint. `registry` forces that on any kernel.
         #[arg(long, value_enum, default_value_t = registry::ModeChoice::Auto)]
         protection_mode: registry::ModeChoice,
+        /// Serve Prometheus metrics (OpenMetrics text) at
+        /// http://ADDR/metrics, e.g. 127.0.0.1:9464. Off when not given.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Protect a cgroup (path relative to the cgroup2 root, or absolute).
     Protect {
@@ -259,6 +264,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             unenforced_for_testing,
             views_dir,
             protection_mode,
+            metrics_listen,
         } => {
             let config = state::AgentConfig {
                 pin_dir: at.pin_dir,
@@ -271,6 +277,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 unenforced_for_testing,
                 views_dir,
                 protection_mode,
+                metrics_listen,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -42,6 +42,7 @@ use crate::{
     audit::AuditLog,
     docker_api::{self, JudgedBody, Verdict},
     docker_body::{self, BodyPolicy},
+    metrics::{Counters, ProxyVerdict},
     policy::CommandList,
 };
 
@@ -76,6 +77,7 @@ pub struct Proxies {
     policy_path: PathBuf,
     policy: watch::Receiver<Arc<eci_policy::Policy>>,
     audit: Arc<Mutex<AuditLog>>,
+    counters: Counters,
     open: std::sync::Mutex<HashMap<String, OpenProxy>>,
 }
 
@@ -87,12 +89,14 @@ impl Proxies {
         policy_path: PathBuf,
         policy: watch::Receiver<Arc<eci_policy::Policy>>,
         audit: Arc<Mutex<AuditLog>>,
+        counters: Counters,
     ) -> Self {
         Self {
             dir,
             policy_path,
             policy,
             audit,
+            counters,
             open: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -321,6 +325,7 @@ impl Proxies {
                 );
             }
         }
+        self.counters.proxy_request(ProxyVerdict::Allowed, command);
         let upstream = &route.upstream;
         let mut engine = match UnixStream::connect(upstream).await {
             Ok(engine) => engine,
@@ -375,6 +380,7 @@ impl Proxies {
             rule,
         } = denial;
         tracing::warn!(container, method = %request.method, target = %request.target, command, rule, "docker API call denied");
+        self.counters.proxy_request(ProxyVerdict::Denied, command);
         let line = serde_json::json!({
             "time": eci_control::rfc3339_now(),
             "event": "docker_api_denied",
@@ -400,7 +406,7 @@ impl Proxies {
 struct Denial<'a> {
     container: &'a str,
     request: &'a RequestHead,
-    command: &'a str,
+    command: &'static str,
     rule: &'a str,
 }
 
@@ -640,6 +646,64 @@ mod tests {
             "GET / HTTP/1.1\r\nno colon\r\n\r\n",
         ] {
             assert!(RequestHead::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn each_decided_call_is_counted_by_verdict_and_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine_path = dir.path().join("engine.sock");
+        let engine = UnixListener::bind(&engine_path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut call, _)) = engine.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = call.read(&mut buf).await;
+                let _ = call
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                let _ = call.shutdown().await;
+            }
+        });
+        let policy_text = format!(
+            r#"{{"enhancedContainerIsolation": {{"dockerSocketMount": {{"commandList": {{"type": "deny", "commands": ["push"]}}}}}}, "eci": {{"dockerApiSockets": ["{}"]}}}}"#,
+            engine_path.display()
+        );
+        let (_, policy, config) = crate::state::for_tests(dir.path(), &policy_text);
+        let audit = Arc::new(Mutex::new(
+            AuditLog::open(&dir.path().join("audit.jsonl"), 1 << 20, 1).unwrap(),
+        ));
+        let counters = Counters::default();
+        let proxies = Arc::new(Proxies::new(
+            dir.path().join("proxy"),
+            config.policy_path.clone(),
+            policy.subscribe(),
+            audit,
+            counters.clone(),
+        ));
+        let socket = proxies
+            .open("c1", &engine_path.display().to_string())
+            .await
+            .unwrap();
+        for (target, status) in [
+            ("POST /v1.41/images/x/push", "403"),
+            ("GET /v1.41/containers/json", "200"),
+            ("GET /v1.41/containers/json", "200"),
+        ] {
+            let mut client = UnixStream::connect(&socket).await.unwrap();
+            client
+                .write_all(format!("{target} HTTP/1.1\r\nHost: docker\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut reply = String::new();
+            client.read_to_string(&mut reply).await.unwrap();
+            assert!(reply.starts_with(&format!("HTTP/1.1 {status} ")), "{reply}");
+        }
+        let text = crate::metrics::render(&counters, &Default::default()).unwrap();
+        for line in [
+            r#"eci_proxy_requests_total{verdict="denied",command="push"} 1"#,
+            r#"eci_proxy_requests_total{verdict="allowed",command="ps"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
     }
 }

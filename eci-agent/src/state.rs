@@ -48,6 +48,8 @@ pub struct AgentConfig {
     pub views_dir: PathBuf,
     /// How the kernel is to tell a protected task (auto: by the kernel).
     pub protection_mode: ModeChoice,
+    /// Serve Prometheus metrics here (`None`: no metrics).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -384,6 +386,7 @@ pub fn for_tests(
         unenforced_for_testing: true,
         views_dir: dir.join("views"),
         protection_mode: ModeChoice::Auto,
+        metrics_listen: None,
     };
     std::fs::create_dir_all(dir.join("run")).expect("run dir");
     std::fs::write(&config.policy_path, policy_text).expect("policy file");

@@ -91,6 +91,99 @@ pub struct SocketStatus {
     pub path: Option<String>,
 }
 
+/// The kernel's counters, from the pinned maps: what `status` shows and
+/// the agent's metrics serve (one reader of these maps).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Denials by hook name; empty when the map could not be read.
+    pub denials: BTreeMap<String, u64>,
+    /// Undecided decisions by hook name; empty when unreadable.
+    pub undecided: BTreeMap<String, u64>,
+    /// Events the ring buffer could not take; `None` when unreadable.
+    pub event_drops: Option<u64>,
+    /// Maps that could not be read, with why.
+    pub problems: Vec<String>,
+}
+
+/// Read the per-hook denial and undecided counters and the ring buffer's
+/// drop counter (per-CPU arrays, summed over the CPUs).
+pub fn read_counters(layout: &PinLayout) -> Counters {
+    let mut counters = Counters::default();
+    for (name, counts) in [
+        (map_names::DENIALS, &mut counters.denials),
+        (map_names::UNDECIDED, &mut counters.undecided),
+    ] {
+        match open_map(layout, name)
+            .and_then(|m| PerCpuArray::<MapData, u64>::try_from(m).map_err(|e| e.to_string()))
+        {
+            Ok(map) => {
+                for hook in Hook::ALL {
+                    let count = map
+                        .get(&(hook as u32), 0)
+                        .map(|v| v.iter().sum())
+                        .unwrap_or(0);
+                    counts.insert(hook.name().to_owned(), count);
+                }
+            }
+            Err(e) => counters.problems.push(e),
+        }
+    }
+    match open_map(layout, map_names::EVENT_DROPS)
+        .and_then(|m| PerCpuArray::<MapData, u64>::try_from(m).map_err(|e| e.to_string()))
+    {
+        Ok(map) => counters.event_drops = Some(map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)),
+        Err(e) => counters.problems.push(e),
+    }
+    counters
+}
+
+/// The programs of `mode` and whether each one's link is pinned and live
+/// (`kernel`: to tell which ones this kernel has no attach point for;
+/// without it every program counts as available).
+pub fn programs(
+    layout: &PinLayout,
+    mode: ProtectionMode,
+    kernel: Option<&btf::Btf>,
+) -> Vec<ProgramStatus> {
+    coverage::programs(mode)
+        .iter()
+        .map(|program| {
+            let path = layout.link(program.name);
+            let info = PinnedLink::from_pin(&path)
+                .ok()
+                .and_then(|p| FdLink::from(p).info().ok());
+            ProgramStatus {
+                hook: program.name.into(),
+                attached: info.is_some(),
+                available: kernel.is_none_or(|k| program.available(k)),
+                link_id: info.as_ref().map(|i| i.id()),
+                program_id: info.as_ref().map(|i| i.program_id()),
+            }
+        })
+        .collect()
+}
+
+/// Protected-map entries, counted as `status` shows them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ProtectedCount {
+    /// Cgroups with reasons of their own (registered, protected parents).
+    pub cgroups: usize,
+    /// Entries only inherited (registry mode's descendants).
+    pub registered_descendants: usize,
+}
+
+pub fn count_protected(entries: impl IntoIterator<Item = (u64, u32)>) -> ProtectedCount {
+    let mut count = ProtectedCount::default();
+    for (_, reasons) in entries {
+        if protect_reason::own(reasons) == 0 {
+            count.registered_descendants += 1;
+        } else {
+            count.cgroups += 1;
+        }
+    }
+    count
+}
+
 fn open_map(layout: &PinLayout, name: &str) -> Result<Map, String> {
     let path = layout.map(name);
     let data = MapData::from_pin(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -139,22 +232,7 @@ pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
         });
     let kernel = btf::Btf::from_sys_fs().ok();
     let kernel_has = |p: &coverage::Program| kernel.as_ref().map(|k| p.available(k));
-    let programs: Vec<ProgramStatus> = coverage::programs(protection_mode)
-        .iter()
-        .map(|program| {
-            let path = layout.link(program.name);
-            let info = PinnedLink::from_pin(&path)
-                .ok()
-                .and_then(|p| FdLink::from(p).info().ok());
-            ProgramStatus {
-                hook: program.name.into(),
-                attached: info.is_some(),
-                available: kernel_has(program).unwrap_or(true),
-                link_id: info.as_ref().map(|i| i.id()),
-                program_id: info.as_ref().map(|i| i.program_id()),
-            }
-        })
-        .collect();
+    let programs = programs(layout, protection_mode, kernel.as_ref());
     let rules = coverage::rule_states(
         protection_mode,
         &|name| programs.iter().any(|p| p.hook == name && p.attached),
@@ -164,24 +242,23 @@ pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
     let mut protected_cgroups = Vec::new();
     let mut registered_descendants = 0;
     let mut protected_sockets = Vec::new();
-    let mut denials = BTreeMap::new();
-    let mut undecided = BTreeMap::new();
-    let mut event_drops = 0;
+    let mut counters = Counters::default();
     if layout.exists() {
         match open_map(layout, map_names::PROTECTED_CGROUPS)
             .and_then(|m| HashMap::<MapData, u64, u32>::try_from(m).map_err(|e| e.to_string()))
         {
             Ok(map) => {
-                for (id, reasons) in map.iter().filter_map(Result::ok) {
-                    if protect_reason::own(reasons) == 0 {
-                        registered_descendants += 1;
-                        continue;
+                let entries: Vec<(u64, u32)> = map.iter().filter_map(Result::ok).collect();
+                let counted = count_protected(entries.iter().copied());
+                registered_descendants = counted.registered_descendants;
+                for (id, reasons) in entries {
+                    if protect_reason::own(reasons) != 0 {
+                        protected_cgroups.push(CgroupStatus {
+                            id,
+                            reasons,
+                            path: cgroups::path_of_id(id),
+                        });
                     }
-                    protected_cgroups.push(CgroupStatus {
-                        id,
-                        reasons,
-                        path: cgroups::path_of_id(id),
-                    });
                 }
             }
             Err(e) => problems.push(e),
@@ -208,31 +285,8 @@ pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
             }
             Err(e) => problems.push(e),
         }
-        for (name, counts) in [
-            (map_names::DENIALS, &mut denials),
-            (map_names::UNDECIDED, &mut undecided),
-        ] {
-            match open_map(layout, name)
-                .and_then(|m| PerCpuArray::<MapData, u64>::try_from(m).map_err(|e| e.to_string()))
-            {
-                Ok(map) => {
-                    for hook in Hook::ALL {
-                        let count = map
-                            .get(&(hook as u32), 0)
-                            .map(|v| v.iter().sum())
-                            .unwrap_or(0);
-                        counts.insert(hook.name().to_owned(), count);
-                    }
-                }
-                Err(e) => problems.push(e),
-            }
-        }
-        match open_map(layout, map_names::EVENT_DROPS)
-            .and_then(|m| PerCpuArray::<MapData, u64>::try_from(m).map_err(|e| e.to_string()))
-        {
-            Ok(map) => event_drops = map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0),
-            Err(e) => problems.push(e),
-        }
+        counters = read_counters(layout);
+        problems.append(&mut counters.problems);
     }
     let bpf_lsm_active = lsm::bpf_listed(active_lsms.as_deref());
     Status {
@@ -249,9 +303,9 @@ pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
         protected_cgroups,
         registered_descendants,
         protected_sockets,
-        denials,
-        undecided,
-        event_drops,
+        denials: counters.denials,
+        undecided: counters.undecided,
+        event_drops: counters.event_drops.unwrap_or(0),
         problems,
     }
 }

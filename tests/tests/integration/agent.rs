@@ -328,3 +328,226 @@ fn doctor_says_whether_eci_can_enforce_here_and_what_to_change() {
         "the line names the policy error: {bad}"
     );
 }
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `GET /metrics` over a plain TCP connection: the body, after checking
+/// the status line and the content type.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: eci\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read the reply");
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{reply}");
+    assert!(
+        head.lines().any(|l| l.eq_ignore_ascii_case(
+            "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+        )),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    body.to_owned()
+}
+
+/// The value of the sample `series` (name and labels as written), if any.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn metrics_count_a_denial_exactly_once() {
+    if !bpf_lsm_or_skip("metrics_count_a_denial_exactly_once") {
+        return;
+    }
+    let sockets = TestSockets::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let agent = TestAgent::start(&[
+        "--protect-socket",
+        &sockets.stream.display().to_string(),
+        "--metrics-listen",
+        &addr,
+    ]);
+    let protected = TestCgroup::new("eci-prot");
+    let free = TestCgroup::new("eci-free");
+    agent.protect(&protected);
+    let series = r#"eci_denials_total{hook="unix_stream_connect"}"#;
+    let before = scrape(&addr);
+    let denials_before =
+        sample(&before, series).unwrap_or_else(|| panic!("no {series}:\n{before}"));
+    assert!(
+        sample(&before, "eci_programs_attached").is_some_and(|n| n > 0.0),
+        "{before}"
+    );
+    assert!(
+        sample(&before, "eci_protected_cgroups").is_some_and(|n| n >= 1.0),
+        "{before}"
+    );
+    assert_eq!(
+        sample(&before, r#"eci_registrations_total{result="ok"}"#),
+        Some(1.0),
+        "{before}"
+    );
+
+    let client = std::path::PathBuf::from(env!("CARGO_BIN_EXE_eci-test-client"));
+    let (result, _, text) =
+        eci_integration_tests::attempt(&client, &protected, "stream", &sockets.stream);
+    assert_eq!(result, eci_integration_tests::Attempt::Denied, "{text}");
+    let after = scrape(&addr);
+    assert_eq!(
+        sample(&after, series),
+        Some(denials_before + 1.0),
+        "one denied connect moves the counter by one:\n{after}"
+    );
+
+    // The must-work side: an unprotected cgroup connects, nothing counted.
+    let (result, _, text) =
+        eci_integration_tests::attempt(&client, &free, "stream", &sockets.stream);
+    assert_eq!(result, eci_integration_tests::Attempt::Allowed, "{text}");
+    let again = scrape(&addr);
+    assert_eq!(
+        sample(&again, series),
+        Some(denials_before + 1.0),
+        "{again}"
+    );
+
+    // The agent's own count of the audit line, once it is written.
+    agent.wait_audit(|l| l["hook"] == "unix_stream_connect");
+    let line = format!(
+        r#"eci_audit_lines_total{{hook="unix_stream_connect",container="{}"}}"#,
+        protected.path
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let body = scrape(&addr);
+        match sample(&body, &line) {
+            Some(n) => {
+                assert_eq!(n, 1.0, "{body}");
+                break;
+            }
+            None => assert!(std::time::Instant::now() < deadline, "no {line}:\n{body}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Host-side (no BPF-LSM needed): the unenforced agent serves its metrics.
+#[test]
+fn metrics_are_served_without_kernel_enforcement() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let agent = TestAgent::start(&["--unenforced-for-testing", "--metrics-listen", &addr]);
+    let body = scrape(&addr);
+    let out = Command::new(agent_bin())
+        .arg("--version")
+        .output()
+        .expect("eci-agent --version");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let version = printed.trim().rsplit(' ').next().unwrap_or_default();
+    assert_eq!(
+        sample(&body, &format!(r#"eci_build_info{{version="{version}"}}"#)),
+        Some(1.0),
+        "{body}"
+    );
+    // Whatever the policy's protected parents match on this machine.
+    assert!(sample(&body, "eci_protected_cgroups").is_some(), "{body}");
+    assert_eq!(sample(&body, "eci_programs_attached"), Some(0.0), "{body}");
+    // No kernel counters without enforcement; the agent's own from 0.
+    assert!(!body.contains("eci_denials_total{"), "{body}");
+    assert_eq!(
+        sample(&body, "eci_audit_not_logged_total"),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, r#"eci_registrations_total{result="refused"}"#),
+        Some(0.0),
+        "{body}"
+    );
+
+    // A refused registration is counted as one.
+    let missing = agent.client().call(&eci_control::Request::Protect {
+        cgroup: "/eci-no-such-cgroup".into(),
+    });
+    assert!(
+        matches!(missing, Ok(eci_control::Response::Error { .. })),
+        "{missing:?}"
+    );
+    let body = scrape(&addr);
+    assert_eq!(
+        sample(&body, r#"eci_registrations_total{result="refused"}"#),
+        Some(1.0),
+        "{body}"
+    );
+
+    // Anything but GET /metrics is a 404.
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: eci\r\n\r\n")
+        .expect("send");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.1 404 "), "{reply}");
+}
+
+/// Host-side: a metrics address already in use stops the start with an
+/// error naming the flag and the address, and nothing is set up.
+#[test]
+fn metrics_on_a_busy_port_is_a_clear_error_and_changes_nothing() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("address").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("agent.sock");
+    let pin_dir = format!("/sys/fs/bpf/{}", unique("eci-metrics-busy"));
+    let mut child = Command::new(agent_bin())
+        .args(["run", "--unenforced-for-testing", "--no-default-sockets"])
+        .args(["--pin-dir", &pin_dir, "--metrics-listen", &addr])
+        .arg("--control-socket")
+        .arg(&sock)
+        .arg("--audit-log")
+        .arg(dir.path().join("audit.jsonl"))
+        .arg("--policy")
+        .arg(dir.path().join("admin-settings.json"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent kept running with its metrics address taken");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+    }
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("--metrics-listen"), "{stderr}");
+    assert!(stderr.contains(&addr), "{stderr}");
+    assert!(!sock.exists(), "a refused start left a control socket");
+    assert!(
+        !std::path::Path::new(&pin_dir).exists(),
+        "a refused start left pins behind"
+    );
+    drop(busy);
+}
