@@ -43,6 +43,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             config.policy_path.display()
         );
     }
+    // Containers are judged by their cgroup2 cgroup: with no cgroup2 mount
+    // in view no container could be registered, and an agent that served
+    // anyway would pass its readiness probe while protecting nothing.
+    if !config.unenforced_for_testing {
+        cgroups::cgroup2_mount().map_err(|err| {
+            anyhow::anyhow!(
+                "eci-agent run refuses to start: containers are registered by their cgroup2 cgroup, and {err}. Nothing was loaded or changed"
+            )
+        })?;
+    }
     // Before anything is loaded or replaced: a metrics address that cannot
     // be had stops the start with nothing changed.
     let metrics_listener = match config.metrics_listen {
@@ -194,6 +204,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 counters: counters.clone(),
                 shared: shared.clone(),
                 layout: layout.clone(),
+                names: Default::default(),
             },
         ));
     }
@@ -374,14 +385,7 @@ async fn read_events(
         match audit.lock().await.write_batch(&lines) {
             Ok(()) => {
                 for line in &lines {
-                    let container = line.cgroup.as_deref().map_or_else(
-                        || line.cgroup_id.to_string(),
-                        |cgroup| {
-                            crate::audit_feed::container_of_cgroup(cgroup)
-                                .unwrap_or_else(|| cgroup.to_owned())
-                        },
-                    );
-                    counters.audit_line(line.hook, container);
+                    counters.audit_line(line.hook);
                 }
             }
             Err(err) => tracing::error!("{err}"),

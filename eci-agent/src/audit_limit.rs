@@ -26,7 +26,17 @@ pub struct AuditLimitMaps {
     pub windows: HashMap<MapData, u64, AuditWindow>,
     pub kept_out: HashMap<MapData, AuditKey, u64>,
     pub reported: HashMap<MapData, AuditKey, u64>,
+    /// Denials per (cgroup, hook) (the metrics' per-container counts):
+    /// this task deletes a removed cgroup's entries [`DENIALS_KEPT_NS`]
+    /// after it finds it gone.
+    pub denials: HashMap<MapData, AuditKey, u64>,
+    /// When each cgroup with denial counts was first found gone.
+    pub gone_since_ns: BTreeMap<u64, i128>,
 }
+
+/// How long a removed cgroup's denial counts stay readable (a scrape or
+/// two sees their last value) before they are deleted.
+pub const DENIALS_KEPT_NS: i128 = 5 * 60 * 1_000_000_000;
 
 /// One cgroup's decisions the rate limit kept out of the log in the last
 /// interval, as one line.
@@ -126,16 +136,44 @@ impl AuditLimitMaps {
             let _ = self.kept_out.remove(key);
             let _ = self.reported.remove(key);
         }
+        self.forget_denials_of_removed(&live, wall_clock_ns);
         let windows: Vec<u64> = self.windows.keys().filter_map(Result::ok).collect();
         for cgroup_id in windows {
-            let gone = match live.get(&cgroup_id) {
-                Some(alive) => !alive,
-                None => matches!(cgroups::live_path_of_id(cgroup_id), Ok(None)),
-            };
-            if gone {
+            if removed(&live, cgroup_id) {
                 let _ = self.windows.remove(&cgroup_id);
             }
         }
         Ok(lines)
+    }
+
+    /// Deletes the per-cgroup denial counts of cgroups removed more than
+    /// [`DENIALS_KEPT_NS`] ago. `live`: what `collect` already knows.
+    fn forget_denials_of_removed(&mut self, live: &BTreeMap<u64, bool>, now_ns: i128) {
+        let keys: Vec<AuditKey> = self.denials.keys().filter_map(Result::ok).collect();
+        let mut gone: BTreeMap<u64, bool> = BTreeMap::new();
+        for key in &keys {
+            let is_gone = *gone
+                .entry(key.cgroup_id)
+                .or_insert_with(|| removed(live, key.cgroup_id));
+            if !is_gone {
+                continue;
+            }
+            let since = *self.gone_since_ns.entry(key.cgroup_id).or_insert(now_ns);
+            if now_ns - since >= DENIALS_KEPT_NS {
+                let _ = self.denials.remove(key);
+            }
+        }
+        self.gone_since_ns
+            .retain(|id, _| gone.get(id) == Some(&true));
+    }
+}
+
+/// Whether `cgroup_id` is removed: from `live` (what `collect` read this
+/// round), else asked of the kernel. A cgroup that cannot be named is not
+/// taken for removed.
+fn removed(live: &BTreeMap<u64, bool>, cgroup_id: u64) -> bool {
+    match live.get(&cgroup_id) {
+        Some(alive) => !alive,
+        None => matches!(cgroups::live_path_of_id(cgroup_id), Ok(None)),
     }
 }

@@ -282,6 +282,8 @@ pub fn attach_all(loaded: Loaded, layout: &PinLayout) -> Result<Enforcement, Enf
         windows: take_map(&mut ebpf, map_names::AUDIT_WINDOWS, HashMap::try_from)?,
         kept_out: take_map(&mut ebpf, map_names::AUDIT_SUPPRESSED, HashMap::try_from)?,
         reported: take_map(&mut ebpf, map_names::AUDIT_REPORTED, HashMap::try_from)?,
+        denials: take_map(&mut ebpf, map_names::CGROUP_DENIALS, HashMap::try_from)?,
+        gone_since_ns: Default::default(),
     };
     Ok(Enforcement {
         rules,

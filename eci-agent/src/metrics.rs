@@ -1,15 +1,18 @@
 //! Prometheus metrics (`eci-agent run --metrics-listen ADDR`): the OpenMetrics
 //! text at `GET /metrics`, from a minimal HTTP/1.1 responder.
 //!
-//! Two kinds of numbers. The kernel's counters (denials by hook, ring-buffer
-//! drops) and the programs attached are read from the pinned maps and links
-//! at each scrape, by `status`'s readers: they survive agent restarts. What
-//! only the agent sees (audit lines written, decisions the rate limit
-//! counted, proxy verdicts, registrations) is counted in [`Counters`], a
-//! cloneable handle of atomic counters the agent's tasks increment: these
-//! start at zero with each agent.
+//! Two kinds of numbers. The kernel's counters (denials by hook and by
+//! container, ring-buffer drops) and the programs attached are read from the
+//! pinned maps and links at each scrape, by `status`'s readers: they survive
+//! agent restarts. What only the agent sees (audit lines written, decisions
+//! the rate limit counted, proxy verdicts, registrations) is counted in
+//! [`Counters`], a cloneable handle of atomic counters the agent's tasks
+//! increment: these start at zero with each agent. Every label set is
+//! bounded: hooks, verdicts and commands are fixed lists, and a container's
+//! series go when the kernel's entry of its cgroup does (removed cgroups'
+//! counts are deleted a few minutes after they are gone).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -67,7 +70,7 @@ struct HookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AuditLineLabels {
+struct ContainerLabels {
     hook: &'static str,
     container: String,
 }
@@ -99,7 +102,7 @@ pub enum ProxyVerdict {
 /// into the same atomics).
 #[derive(Clone)]
 pub struct Counters {
-    audit_lines: Family<AuditLineLabels, Counter>,
+    audit_lines: Family<HookLabels, Counter>,
     not_logged: Counter,
     proxy_requests: Family<ProxyLabels, Counter>,
     registrations: Family<ResultLabels, Counter>,
@@ -127,12 +130,9 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// One denial written to the audit log, for `container` (its id, or
-    /// the cgroup's path when it names no container).
-    pub fn audit_line(&self, hook: &'static str, container: String) {
-        self.audit_lines
-            .get_or_create(&AuditLineLabels { hook, container })
-            .inc();
+    /// One denial written to the audit log.
+    pub fn audit_line(&self, hook: &'static str) {
+        self.audit_lines.get_or_create(&HookLabels { hook }).inc();
     }
 
     /// Decisions the audit rate limit counted instead of logging.
@@ -166,6 +166,9 @@ impl Counters {
 pub struct Snapshot {
     /// Denials by hook (ECI_DENIALS); `None`: the map could not be read.
     pub denials: Option<Vec<(&'static str, u64)>>,
+    /// Denials by hook and container (ECI_CG_DENIALS, the container named
+    /// by its id, else its cgroup's path); `None`: unreadable.
+    pub container_denials: Option<Vec<(&'static str, String, u64)>>,
     /// ECI_EVENT_DROPS; `None`: unreadable or nothing loaded.
     pub event_drops: Option<u64>,
     pub programs_attached: usize,
@@ -175,18 +178,34 @@ pub struct Snapshot {
 /// The OpenMetrics text of `counters` and `snapshot` (ends with `# EOF`).
 pub fn render(counters: &Counters, snapshot: &Snapshot) -> Result<String, MetricsError> {
     let mut registry = Registry::default();
-    let denials = Family::<HookLabels, Counter>::default();
-    for (hook, count) in snapshot.denials.iter().flatten() {
-        denials.get_or_create(&HookLabels { hook }).inc_by(*count);
+    let denials = Family::<ContainerLabels, Counter>::default();
+    for (hook, container, count) in snapshot.container_denials.iter().flatten() {
+        denials
+            .get_or_create(&ContainerLabels {
+                hook,
+                container: container.clone(),
+            })
+            .inc_by(*count);
     }
     registry.register(
         "eci_denials",
-        "Decisions the BPF-LSM programs denied, by hook (the pinned kernel counter: survives agent restarts)",
+        "Decisions the BPF-LSM programs denied, by hook and container (container id, else the cgroup's path; pinned kernel counters: survive agent restarts; a removed container's series goes a few minutes after it)",
         denials,
+    );
+    let hook_denials = Family::<HookLabels, Counter>::default();
+    for (hook, count) in snapshot.denials.iter().flatten() {
+        hook_denials
+            .get_or_create(&HookLabels { hook })
+            .inc_by(*count);
+    }
+    registry.register(
+        "eci_hook_denials",
+        "Decisions the BPF-LSM programs denied, by hook, removed containers' included (the pinned kernel counter: survives agent restarts)",
+        hook_denials,
     );
     registry.register(
         "eci_audit_lines",
-        "Denials written to the audit log since this agent started, by hook and container (container id, else the cgroup's path)",
+        "Denials written to the audit log since this agent started, by hook",
         counters.audit_lines.clone(),
     );
     if let Some(drops) = snapshot.event_drops {
@@ -245,6 +264,10 @@ pub struct Source {
     pub counters: Counters,
     pub shared: Arc<Mutex<Shared>>,
     pub layout: PinLayout,
+    /// The container label of each cgroup id with denials, kept while the
+    /// kernel keeps its counts: a removed cgroup has no path to read, and
+    /// its series must keep its label.
+    pub names: Arc<std::sync::Mutex<BTreeMap<u64, String>>>,
 }
 
 impl Source {
@@ -265,6 +288,7 @@ impl Source {
             return snapshot;
         };
         let layout = self.layout.clone();
+        let names = self.names.clone();
         // A few map and link reads (system calls): off the agent's thread.
         let read = tokio::task::spawn_blocking(move || {
             let counters = status::read_counters(&layout);
@@ -272,11 +296,17 @@ impl Source {
                 .iter()
                 .filter(|p| p.attached)
                 .count();
-            (counters, attached)
+            let by_container =
+                status::read_cgroup_denials(&layout).map(|counts| label_containers(counts, &names));
+            (counters, attached, by_container)
         })
         .await;
         match read {
-            Ok((counters, attached)) => {
+            Ok((counters, attached, by_container)) => {
+                match by_container {
+                    Ok(counts) => snapshot.container_denials = Some(counts),
+                    Err(problem) => tracing::warn!("metrics: {problem}"),
+                }
                 for problem in &counters.problems {
                     tracing::warn!("metrics: {problem}");
                 }
@@ -295,6 +325,32 @@ impl Source {
         }
         snapshot
     }
+}
+
+/// Names the cgroups of `counts` (container id, else the cgroup's path;
+/// a cgroup removed before it was ever named: `cgroup id N`), remembering
+/// each name while the kernel keeps its counts.
+fn label_containers(
+    counts: Vec<(u64, eci_common::Hook, u64)>,
+    names: &std::sync::Mutex<BTreeMap<u64, String>>,
+) -> Vec<(&'static str, String, u64)> {
+    let mut names = names
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut labelled = Vec::with_capacity(counts.len());
+    for (cgroup_id, hook, count) in counts {
+        seen.insert(cgroup_id);
+        let name = names
+            .entry(cgroup_id)
+            .or_insert_with(|| match crate::cgroups::live_path_of_id(cgroup_id) {
+                Ok(Some(path)) => crate::audit_feed::container_of_cgroup(&path).unwrap_or(path),
+                _ => format!("cgroup id {cgroup_id}"),
+            });
+        labelled.push((hook.name(), name.clone(), count));
+    }
+    names.retain(|id, _| seen.contains(id));
+    labelled
 }
 
 /// Listen on `addr` (before anything else is served, so a bad address
@@ -465,6 +521,10 @@ mod tests {
     fn sample() -> Snapshot {
         Snapshot {
             denials: Some(vec![("unix_stream_connect", 3), ("file_open", 0)]),
+            container_denials: Some(vec![
+                ("unix_stream_connect", "abc123".into(), 2),
+                ("unix_stream_connect", "/odd\"cgroup\\\n".into(), 1),
+            ]),
             event_drops: Some(2),
             programs_attached: 11,
             protected_cgroups: 4,
@@ -474,8 +534,8 @@ mod tests {
     #[test]
     fn the_text_names_every_metric_with_its_labels_and_ends_with_eof() {
         let counters = Counters::default();
-        counters.audit_line("unix_stream_connect", "abc123".into());
-        counters.audit_line("unix_stream_connect", "abc123".into());
+        counters.audit_line("unix_stream_connect");
+        counters.audit_line("unix_stream_connect");
         counters.not_logged(5);
         counters.proxy_request(ProxyVerdict::Denied, "push");
         counters.proxy_request(ProxyVerdict::Allowed, "ps");
@@ -484,9 +544,11 @@ mod tests {
         let text = render(&counters, &sample()).unwrap();
         for line in [
             "# TYPE eci_denials counter",
-            r#"eci_denials_total{hook="unix_stream_connect"} 3"#,
-            r#"eci_denials_total{hook="file_open"} 0"#,
-            r#"eci_audit_lines_total{hook="unix_stream_connect",container="abc123"} 2"#,
+            r#"eci_denials_total{hook="unix_stream_connect",container="abc123"} 2"#,
+            "# TYPE eci_hook_denials counter",
+            r#"eci_hook_denials_total{hook="unix_stream_connect"} 3"#,
+            r#"eci_hook_denials_total{hook="file_open"} 0"#,
+            r#"eci_audit_lines_total{hook="unix_stream_connect"} 2"#,
             "eci_audit_events_dropped_total 2",
             "eci_audit_not_logged_total 5",
             "# TYPE eci_programs_attached gauge",
@@ -511,6 +573,7 @@ mod tests {
     fn unreadable_kernel_counters_are_left_out_not_zero() {
         let text = render(&Counters::default(), &Snapshot::default()).unwrap();
         assert!(!text.contains("eci_denials_total{"), "{text}");
+        assert!(!text.contains("eci_hook_denials_total{"), "{text}");
         assert!(!text.contains("eci_audit_events_dropped"), "{text}");
         assert!(
             text.lines().any(|l| l == "eci_protected_cgroups 0"),
@@ -531,9 +594,7 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        let counters = Counters::default();
-        counters.audit_line("file_open", "/odd\"cgroup\\\n".into());
-        let text = render(&counters, &Snapshot::default()).unwrap();
+        let text = render(&Counters::default(), &sample()).unwrap();
         assert!(
             text.contains(r#"container="/odd\"cgroup\\\n"} 1"#),
             "{text}"
@@ -602,6 +663,7 @@ mod tests {
             counters: Counters::default(),
             shared,
             layout: PinLayout::new(dir.join("no-pins")),
+            names: Default::default(),
         }
     }
 

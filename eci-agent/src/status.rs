@@ -184,6 +184,22 @@ pub fn count_protected(entries: impl IntoIterator<Item = (u64, u32)>) -> Protect
     count
 }
 
+/// Denials per (cgroup id, hook) from the pinned `ECI_CG_DENIALS`.
+pub fn read_cgroup_denials(layout: &PinLayout) -> Result<Vec<(u64, Hook, u64)>, String> {
+    let map = open_map(layout, map_names::CGROUP_DENIALS).and_then(|m| {
+        HashMap::<MapData, eci_common::AuditKey, u64>::try_from(m).map_err(|e| e.to_string())
+    })?;
+    let mut counts = Vec::new();
+    for entry in map.iter() {
+        let (key, count) =
+            entry.map_err(|e| format!("reading {}: {e}", map_names::CGROUP_DENIALS))?;
+        if let Some(hook) = Hook::from_u32(key.hook) {
+            counts.push((key.cgroup_id, hook, count));
+        }
+    }
+    Ok(counts)
+}
+
 fn open_map(layout: &PinLayout, name: &str) -> Result<Map, String> {
     let path = layout.map(name);
     let data = MapData::from_pin(&path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -23,6 +23,7 @@ pub mod map_names {
     pub const AUDIT_SUPPRESSED: &str = "ECI_AUDIT_SUPPR";
     pub const AUDIT_REPORTED: &str = "ECI_AUDIT_REPORTED";
     pub const AUDIT_LIMIT: &str = "ECI_AUDIT_LIMIT";
+    pub const CGROUP_DENIALS: &str = "ECI_CG_DENIALS";
 }
 
 /// Name of the global that carries the kernel struct offsets into the programs.

@@ -1,5 +1,6 @@
-//! Reporting: one ring-buffer event per decision, per-hook denial counters,
-//! and a counter of events the ring buffer could not take.
+//! Reporting: one ring-buffer event per decision, denial counters per hook
+//! and per (cgroup, hook), and a counter of events the ring buffer could
+//! not take.
 //!
 //! Each cgroup may put up to `ECI_AUDIT_LIMIT[0]` events a second (a
 //! window of `AUDIT_WINDOW_NS`) in the ring buffer; its further decisions in
@@ -71,6 +72,13 @@ static ECI_AUDIT_WINDOWS: HashMap<u64, AuditWindow> = HashMap::pinned(MAX_AUDIT_
 #[map]
 static ECI_AUDIT_SUPPR: HashMap<AuditKey, u64> = HashMap::pinned(MAX_AUDIT_SUPPRESSED, 0);
 
+/// (cgroup id, hook) -> denials, ever (monotonic; the agent deletes the
+/// entries of cgroups removed a while ago): the metrics' per-container
+/// denial counts, which survive agent restarts. A full map leaves a
+/// denial out of these (never out of `ECI_DENIALS`).
+#[map]
+static ECI_CG_DENIALS: HashMap<AuditKey, u64> = HashMap::pinned(MAX_AUDIT_SUPPRESSED, 0);
+
 /// (cgroup id, hook) -> the count of `ECI_AUDIT_SUPPR` the agent has
 /// reported: written by the agent only, pinned so a restarted agent reports
 /// each suppressed decision once.
@@ -122,24 +130,24 @@ fn within_limit(cgroup_id: u64, now: u64) -> bool {
     }
 }
 
-/// Count a decision kept out of the ring buffer; false when it cannot be
-/// counted (the map is full), so it must be reported after all.
+/// Add one to the (cgroup, hook) count in `counts`; false when it cannot
+/// be counted (the map is full).
 #[inline(always)]
-fn count_kept_out(hook: Hook, cgroup_id: u64) -> bool {
+fn count_in(counts: &HashMap<AuditKey, u64>, hook: Hook, cgroup_id: u64) -> bool {
     let key = AuditKey {
         cgroup_id,
         hook: hook as u32,
         _pad: 0,
     };
     for _ in 0..2 {
-        if let Some(count) = ECI_AUDIT_SUPPR.get_ptr_mut(&key) {
+        if let Some(count) = counts.get_ptr_mut(&key) {
             // SAFETY: a map value, valid for the program's run; shared with
             // other CPUs, so the add is atomic (BPF_XADD: its result unused).
             let _ = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(count, 1) };
             return true;
         }
         // Another CPU may insert it first: then the second look finds it.
-        if ECI_AUDIT_SUPPR.insert(&key, &1, BPF_NOEXIST as u64).is_ok() {
+        if counts.insert(&key, &1, BPF_NOEXIST as u64).is_ok() {
             return true;
         }
     }
@@ -159,10 +167,13 @@ fn bump(counters: &PerCpuArray<u64>, index: u32) {
 pub fn report(hook: Hook, cgroup_id: u64, kind: ObjectKind, object: FileId, verdict: i32) -> i32 {
     if verdict != 0 {
         bump(&ECI_DENIALS, hook as u32);
+        let _ = count_in(&ECI_CG_DENIALS, hook, cgroup_id);
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    if !within_limit(cgroup_id, now) && count_kept_out(hook, cgroup_id) {
+    // A decision kept out of the ring buffer is counted instead; one that
+    // cannot be counted (full map) is reported after all.
+    if !within_limit(cgroup_id, now) && count_in(&ECI_AUDIT_SUPPR, hook, cgroup_id) {
         return verdict;
     }
     match ECI_EVENTS.reserve::<AuditEvent>(0) {

@@ -150,6 +150,15 @@ fn bpf_lsm_expected_at(pin_dir: &str) -> bool {
 
 /// On a kernel where BPF-LSM programs cannot run, `eci-agent run` must refuse
 /// with a message that says why and what to do, and leave nothing pinned.
+/// A start the agent refused left neither pins nor a control socket.
+fn assert_a_refused_start_left_nothing(pin_dir: &str, socket: &std::path::Path) {
+    assert!(
+        !std::path::Path::new(pin_dir).exists(),
+        "a refused start left pins behind"
+    );
+    assert!(!socket.exists(), "a refused start left a control socket");
+}
+
 /// Runs on the host kernel here (which refuses BPF-LSM) and in a VM booted
 /// without `bpf` in `lsm=`.
 #[test]
@@ -182,14 +191,73 @@ fn lsm_unavailable_agent_refuses_to_run_and_says_what_to_do() {
         text.contains("lsm=") || text.contains("kernel that allows"),
         "the message must say what to do: {text}"
     );
+    assert_a_refused_start_left_nothing(&pin_dir, &dir.path().join("agent.sock"));
+}
+
+/// With no cgroup2 mount in view the agent could register no container:
+/// it must not start (and pass a readiness probe) protecting nothing.
+/// The refusal comes before the BPF-LSM probe, so this runs on any kernel:
+/// in a mount namespace of its own without the cgroup2 mounts; the same
+/// start with them in view goes on to the probe (the must-work side).
+#[test]
+fn without_a_cgroup2_mount_in_view_the_agent_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pin_dir = format!("/sys/fs/bpf/{}", unique("eci-nocg2"));
+    let run = format!(
+        "{} run --pin-dir {pin_dir} --control-socket {} --audit-log {} --policy {}",
+        agent_bin().display(),
+        dir.path().join("agent.sock").display(),
+        dir.path().join("audit.jsonl").display(),
+        dir.path().join("admin-settings.json").display(),
+    );
+    let without = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "for m in $(findmnt -rn -t cgroup2 -o TARGET | sort -r); do umount -l \"$m\" || exit 99; done; \
+             ! findmnt -rn -t cgroup2 >/dev/null || exit 98; exec {run}"
+        ))
+        .output()
+        .expect("unshare");
+    let text = String::from_utf8_lossy(&without.stderr);
     assert!(
-        !std::path::Path::new(&pin_dir).exists(),
-        "a refused start left pins behind"
+        !without.status.success()
+            && without.status.code() != Some(99)
+            && without.status.code() != Some(98),
+        "the agent must refuse to start (exit {:?}): {text}",
+        without.status.code()
     );
     assert!(
-        !dir.path().join("agent.sock").exists(),
-        "a refused start left a control socket"
+        text.contains("refuses to start")
+            && text.contains("no cgroup2 file system is mounted")
+            && text.contains("mount -t cgroup2"),
+        "the refusal names the rule and the fix: {text}"
     );
+    assert_a_refused_start_left_nothing(&pin_dir, &dir.path().join("agent.sock"));
+    // With cgroup2 in view the same start gets past this check (it may then
+    // fail on a kernel without BPF-LSM, for that reason only).
+    let mut with = Command::new("sh")
+        .args(["-c", &format!("exec {run}")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("eci-agent run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !dir.path().join("agent.sock").exists() {
+        if let Ok(Some(_)) = with.try_wait() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent neither served nor stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = with.kill();
+    let out = with.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("no cgroup2 file system"), "{text}");
+    let _ = Command::new(agent_bin())
+        .args(["unload", "--pin-dir", &pin_dir])
+        .output();
 }
 
 #[test]
@@ -376,19 +444,23 @@ fn metrics_count_a_denial_exactly_once() {
     }
     let sockets = TestSockets::new();
     let addr = format!("127.0.0.1:{}", free_port());
-    let agent = TestAgent::start(&[
-        "--protect-socket",
-        &sockets.stream.display().to_string(),
-        "--metrics-listen",
-        &addr,
-    ]);
+    let socket = sockets.stream.display().to_string();
+    let args = ["--protect-socket", &socket, "--metrics-listen", &addr];
+    let mut agent = TestAgent::start(&args);
     let protected = TestCgroup::new("eci-prot");
     let free = TestCgroup::new("eci-free");
     agent.protect(&protected);
-    let series = r#"eci_denials_total{hook="unix_stream_connect"}"#;
+    let series = r#"eci_hook_denials_total{hook="unix_stream_connect"}"#;
+    // The container's own series: its cgroup names no container id here,
+    // so the label is the cgroup's path.
+    let container = format!(
+        r#"eci_denials_total{{hook="unix_stream_connect",container="{}"}}"#,
+        protected.path
+    );
     let before = scrape(&addr);
     let denials_before =
         sample(&before, series).unwrap_or_else(|| panic!("no {series}:\n{before}"));
+    assert_eq!(sample(&before, &container), None, "{before}");
     assert!(
         sample(&before, "eci_programs_attached").is_some_and(|n| n > 0.0),
         "{before}"
@@ -411,7 +483,12 @@ fn metrics_count_a_denial_exactly_once() {
     assert_eq!(
         sample(&after, series),
         Some(denials_before + 1.0),
-        "one denied connect moves the counter by one:\n{after}"
+        "one denied connect moves the hook's counter by one:\n{after}"
+    );
+    assert_eq!(
+        sample(&after, &container),
+        Some(1.0),
+        "and the container's by one:\n{after}"
     );
 
     // The must-work side: an unprotected cgroup connects, nothing counted.
@@ -424,17 +501,19 @@ fn metrics_count_a_denial_exactly_once() {
         Some(denials_before + 1.0),
         "{again}"
     );
+    assert_eq!(sample(&again, &container), Some(1.0), "{again}");
+    assert!(
+        !again.contains(&format!("container=\"{}\"", free.path)),
+        "{again}"
+    );
 
     // The agent's own count of the audit line, once it is written.
     agent.wait_audit(|l| l["hook"] == "unix_stream_connect");
-    let line = format!(
-        r#"eci_audit_lines_total{{hook="unix_stream_connect",container="{}"}}"#,
-        protected.path
-    );
+    let line = r#"eci_audit_lines_total{hook="unix_stream_connect"}"#;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let body = scrape(&addr);
-        match sample(&body, &line) {
+        match sample(&body, line) {
             Some(n) => {
                 assert_eq!(n, 1.0, "{body}");
                 break;
@@ -443,6 +522,18 @@ fn metrics_count_a_denial_exactly_once() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+
+    // The kernel's counters survive the agent: a new one serves them as
+    // they were (the agent's own count starts again at zero).
+    agent.kill_hard();
+    agent.spawn(&args);
+    let restarted = scrape(&addr);
+    assert_eq!(
+        sample(&restarted, series),
+        Some(denials_before + 1.0),
+        "{restarted}"
+    );
+    assert_eq!(sample(&restarted, &container), Some(1.0), "{restarted}");
 }
 
 /// Host-side (no BPF-LSM needed): the unenforced agent serves its metrics.
@@ -467,6 +558,7 @@ fn metrics_are_served_without_kernel_enforcement() {
     assert_eq!(sample(&body, "eci_programs_attached"), Some(0.0), "{body}");
     // No kernel counters without enforcement; the agent's own from 0.
     assert!(!body.contains("eci_denials_total{"), "{body}");
+    assert!(!body.contains("eci_hook_denials_total{"), "{body}");
     assert_eq!(
         sample(&body, "eci_audit_not_logged_total"),
         Some(0.0),
