@@ -309,6 +309,39 @@ pub fn own_cgroup(pid: &str) -> Result<String, OwnCgroupUnknown> {
     cgroup_of(pid).map_err(OwnCgroupUnknown)
 }
 
+/// The agent runs in a cgroup namespace of its own and cannot join the
+/// node's.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "eci-agent runs in a cgroup namespace of its own (a container's: Docker's and Kubernetes' default on cgroup v2), where neither its own cgroup nor the containers' are the node's paths, and it cannot join the node's (that of pid 1, /proc/1/ns/cgroup): {0}. Run it privileged with the node's pids (`hostPID: true` and `privileged: true`, as deploy/kubernetes/daemonset.yaml does; `docker run --privileged --pid=host`) or in the node's cgroup namespace (`docker run --cgroupns=host`)"
+)]
+pub struct NodeCgroupNamespace(#[source] std::io::Error);
+
+/// In a container with a cgroup namespace of its own, the agent sees its
+/// cgroup as `/` and the node's cgroup2 (bound in) as a mount of another
+/// namespace's root: it would find no cgroup2 mount, and could not keep
+/// itself out of the protected cgroups. Where pid 1 is in another cgroup
+/// namespace (the node's init, with the node's pids in view), the agent
+/// joins that one; call it before any thread starts (a namespace is a
+/// thread's, and threads inherit it). Returns whether it joined; nothing
+/// changes where the namespaces are the same or pid 1's cannot be seen.
+pub fn join_node_cgroup_namespace() -> Result<bool, NodeCgroupNamespace> {
+    let identity = |path: &str| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
+    let (Ok(own), Ok(node)) = (
+        identity("/proc/self/ns/cgroup"),
+        identity("/proc/1/ns/cgroup"),
+    ) else {
+        return Ok(false);
+    };
+    if own == node {
+        return Ok(false);
+    }
+    let file = std::fs::File::open("/proc/1/ns/cgroup").map_err(NodeCgroupNamespace)?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| NodeCgroupNamespace(e.into()))?;
+    Ok(true)
+}
+
 /// True when `inner` is `outer` or below it (cgroup2 paths relative to the root).
 pub fn is_same_or_below(inner: &str, outer: &str) -> bool {
     let outer = outer.trim_end_matches('/');
@@ -407,6 +440,22 @@ mod tests {
         // A live process: its mounts.
         std::fs::write(cg.join("cgroup.procs"), format!("{}\n", std::process::id())).unwrap();
         assert!(!initial_mount_ids(&cgroup).unwrap().is_empty());
+    }
+
+    #[test]
+    fn in_the_node_s_cgroup_namespace_nothing_is_joined() {
+        let same = std::fs::metadata("/proc/self/ns/cgroup")
+            .and_then(|own| {
+                std::fs::metadata("/proc/1/ns/cgroup").map(|one| own.ino() == one.ino())
+            })
+            .unwrap_or(false);
+        if !same {
+            println!(
+                "SKIP: in_the_node_s_cgroup_namespace_nothing_is_joined: this test runs in a cgroup namespace of its own"
+            );
+            return;
+        }
+        assert!(!join_node_cgroup_namespace().unwrap());
     }
 
     #[test]

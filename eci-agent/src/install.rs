@@ -377,10 +377,21 @@ pub fn uninstall(plan: &InstallPlan) -> Result<Vec<String>, InstallError> {
     if let Some(text) = read_daemon_json(&plan.daemon_json)? {
         let unmerged = unmerge_daemon_json(&text, &plan.daemon_json)?;
         replace_with_backup(&plan.daemon_json, &unmerged)?;
-        done.push(format!(
-            "removed runtime \"{RUNTIME_NAME}\" from {}",
-            plan.daemon_json.display()
-        ));
+        // Nothing but eci's own settings were in it (install made it):
+        // no file at all is what Docker had before.
+        if parse_object(Some(&unmerged), &plan.daemon_json)?.is_empty() {
+            std::fs::remove_file(&plan.daemon_json).map_err(io("removing", &plan.daemon_json))?;
+            done.push(format!(
+                "removed {}: only eci's runtime was in it (previous version kept as {}.eci-backup)",
+                plan.daemon_json.display(),
+                plan.daemon_json.display()
+            ));
+        } else {
+            done.push(format!(
+                "removed runtime \"{RUNTIME_NAME}\" from {}",
+                plan.daemon_json.display()
+            ));
+        }
     }
     if plan.run_systemctl {
         let _ = std::process::Command::new("systemctl")
@@ -496,6 +507,26 @@ mod tests {
     }
 
     #[test]
+    fn uninstall_removes_a_daemon_json_that_only_eci_filled_and_keeps_the_admins() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(dir.path());
+        install(&p).unwrap();
+        assert!(p.daemon_json.exists());
+        uninstall(&p).unwrap();
+        assert!(
+            !p.daemon_json.exists(),
+            "install made it: uninstall removes it"
+        );
+
+        std::fs::write(&p.daemon_json, r#"{"log-level": "warn"}"#).unwrap();
+        install(&p).unwrap();
+        uninstall(&p).unwrap();
+        let left: Value =
+            serde_json::from_str(&std::fs::read_to_string(&p.daemon_json).unwrap()).unwrap();
+        assert_eq!(left, serde_json::json!({"log-level": "warn"}));
+    }
+
+    #[test]
     fn eci_runc_stands_in_for_runc_and_never_replaces_a_real_one() {
         let dir = tempfile::tempdir().unwrap();
         let p = plan(dir.path());
@@ -507,13 +538,13 @@ mod tests {
         assert!(std::fs::symlink_metadata(&stand_in).is_err());
         // A real runc there is the administrator's: refused, nothing written.
         std::fs::write(&stand_in, "#!/bin/sh\n").unwrap();
-        let before = std::fs::read_to_string(&p.daemon_json).unwrap();
+        let before = std::fs::read_to_string(&p.daemon_json).ok();
         let err = install(&p).unwrap_err().to_string();
         assert!(
             err.contains("stands in for `runc`") && err.contains("nothing was changed"),
             "{err}"
         );
-        assert_eq!(std::fs::read_to_string(&p.daemon_json).unwrap(), before);
+        assert_eq!(std::fs::read_to_string(&p.daemon_json).ok(), before);
         assert_eq!(std::fs::read_to_string(&stand_in).unwrap(), "#!/bin/sh\n");
     }
 

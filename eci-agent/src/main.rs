@@ -279,6 +279,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 protection_mode,
                 metrics_listen,
             };
+            // Before the runtime's threads: they inherit the namespace.
+            if cgroups::join_node_cgroup_namespace()? {
+                tracing::info!(
+                    "joined the node's cgroup namespace (pid 1's): this agent's container has one of its own"
+                );
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -289,6 +295,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Unprotect { cgroup, at } => control_call(&at, Request::Unprotect { cgroup }),
         Command::Reload { at } => control_call(&at, Request::Reload),
         Command::Status { json, at } => {
+            // The cgroups' names as the node sees them, where it can.
+            let _ = cgroups::join_node_cgroup_namespace();
             let status = status::collect(&pins::PinLayout::new(&at.pin_dir), &at.control_socket);
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);

@@ -204,23 +204,7 @@ fn start_private(dir: tempfile::TempDir, agent: &TestAgent, private: &Private) -
     );
     std::fs::create_dir_all(dir.path().join("share")).expect("share");
     let log = |name: &str| std::fs::File::create(dir.path().join(name)).expect("log");
-    let containerd = Command::new("containerd")
-        .env("PATH", &path)
-        .args([
-            "--root",
-            "/var/lib/containerd",
-            "--state",
-            "/run/containerd",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log("containerd.log"))
-        .spawn()
-        .expect("containerd");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !Path::new("/run/containerd/containerd.sock").exists() {
-        assert!(Instant::now() < deadline, "containerd did not start");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let containerd = start_containerd(Some(&path), log("containerd.log"));
     // Its own configuration: nothing from the machine's daemon.json.
     std::fs::write(dir.path().join("daemon.json"), "{}").expect("daemon.json");
     let dockerd = Command::new("dockerd")
@@ -304,6 +288,33 @@ fn start_private(dir: tempfile::TempDir, agent: &TestAgent, private: &Private) -
     let root = image_rootfs(engine.dir.path());
     engine.import(&root, IMAGE);
     engine
+}
+
+/// containerd at the machine's default root and state (its socket
+/// `/run/containerd/containerd.sock`), its log in `log`, with `path` as its
+/// PATH (else ours); returns once the socket takes connections.
+pub fn start_containerd(path: Option<&str>, log: std::fs::File) -> Child {
+    let mut cmd = Command::new("containerd");
+    if let Some(path) = path {
+        cmd.env("PATH", path);
+    }
+    let containerd = cmd
+        .args([
+            "--root",
+            "/var/lib/containerd",
+            "--state",
+            "/run/containerd",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("containerd");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect("/run/containerd/containerd.sock").is_err() {
+        assert!(Instant::now() < deadline, "containerd did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    containerd
 }
 
 /// Whether this test can start an engine here: in the test VM it must

@@ -13,7 +13,8 @@ use crate::util;
 
 pub const TEST_IMAGE: &str = "eci-test-busybox:latest";
 
-fn docker_answers() -> bool {
+/// Whether this machine's Docker answers.
+pub fn docker_answers() -> bool {
     Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
         .stdout(Stdio::null())

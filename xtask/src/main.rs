@@ -5,8 +5,10 @@ mod apt;
 mod bench_compare;
 mod bench_views;
 mod docker;
+mod image;
 mod kernels;
 mod matrix;
+mod package;
 mod setup;
 mod showcase;
 mod stacks;
@@ -97,6 +99,26 @@ enum Cmd {
     },
     /// Start dockerd/containerd if needed and import the test image.
     DockerUp,
+    /// The Debian package (build/package/eci_<version>_<arch>.deb): the
+    /// release binaries, the default policy as a conffile, and maintainer
+    /// scripts that run `eci-agent install` / `uninstall`.
+    Package {
+        /// Package the debug build instead (build/package/debug/; the VM
+        /// test `package::` installs it).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// The agent's container image (deploy/kubernetes/daemonset.yaml's):
+    /// an archive in build/image/ (`docker load`, `ctr images import`),
+    /// loaded into this machine's Docker.
+    Image {
+        /// The debug build of the binaries (else the release build).
+        #[arg(long)]
+        debug: bool,
+        /// Only write the archive; do not load it into Docker.
+        #[arg(long)]
+        no_load: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -184,5 +206,19 @@ fn main() -> Result<()> {
             docker::ensure_docker()?;
             docker::ensure_test_image()
         }
+        Cmd::Package { debug } => {
+            if debug {
+                util::build_binaries()?;
+            }
+            package::package(!debug).map(drop)
+        }
+        Cmd::Image { debug, no_load } => image::image(
+            if debug {
+                image::Profile::Debug
+            } else {
+                image::Profile::Release
+            },
+            !no_load,
+        ),
     }
 }

@@ -166,6 +166,25 @@ pub fn build_binaries() -> Result<()> {
     run(Command::new("cargo").args(["build", "--workspace", "--bins"]))
 }
 
+/// The version `eci-agent --version` of `bins` prints: what the package
+/// and the image are labelled with.
+pub fn agent_version(bins: &Path) -> Result<String> {
+    let agent = bins.join("eci-agent");
+    let out = output(Command::new(&agent).arg("--version"))
+        .with_context(|| format!("{} is not built", agent.display()))?;
+    out.split_whitespace()
+        .nth(1)
+        .map(str::to_string)
+        .with_context(|| format!("`{} --version` printed no version: {out}", agent.display()))
+}
+
+/// Builds the release eci-agent and eci-runc (what the package and the
+/// image hold); returns their directory.
+pub fn release_binaries() -> Result<PathBuf> {
+    run(Command::new("cargo").args(["build", "--release", "-p", "eci-agent", "-p", "eci-runc"]))?;
+    Ok(repo_root().join("target/release"))
+}
+
 /// Where the agent and eci-runc a bench runs are: the debug build, or with
 /// `release` the release build of both (built here), as a user installs them.
 pub fn bench_binaries(release: bool) -> Result<PathBuf> {
@@ -181,6 +200,11 @@ pub fn bench_binaries(release: bool) -> Result<PathBuf> {
         "eci-runc",
         "-p",
         "eci-integration-tests",
+        // `--bin` selects among every package named: all three binaries.
+        "--bin",
+        "eci-agent",
+        "--bin",
+        "eci-runc",
         "--bin",
         "eci-bench",
     ]))?;
