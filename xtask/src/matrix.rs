@@ -10,7 +10,8 @@
 //! engine is 2-3 times slower than bookworm's): the everyday workflows
 //! (`as_usual::`) and CRI on sid, what users run; `docker::` (eci-runc's
 //! Docker tests, which the host's Docker 20.10 also runs without the
-//! kernel part), the full stack and the demo on bookworm. The other pairs
+//! kernel part), the full stack and the demo (with the agent's image
+//! after it, in its VM) on bookworm. The other pairs
 //! pass too and are one `vm-test --kernel K -- SUITE` away (README), as is
 //! Docker-in-Docker (`--kernel 7.2 -- dind::`). The engine suites are the
 //! slowest tests under emulation, so they run in VMs of their own beside
@@ -36,7 +37,20 @@ pub const ENGINE_SUITES: &[&str] = &[
     "demo::",
     "docker::",
     "dind::",
+    "image::",
+    "package::",
 ];
+
+/// Engine suites that run in another's VM, after it (libtest's order is
+/// the names'): the agent's image (`image::`, two minutes) and the Debian
+/// package (`package::`, three) with the demo, on the same kernel and
+/// stack, two boots fewer.
+fn rides_with(suite: &str) -> Option<&'static str> {
+    match suite {
+        "image::" | "package::" => Some("demo::"),
+        _ => None,
+    }
+}
 
 /// One VM run of the matrix.
 #[derive(Clone, Debug)]
@@ -122,7 +136,7 @@ pub fn plan(kernels: &[Kernel], filter: &[String]) -> Vec<Job> {
             env: enforcing_env(),
         });
     }
-    for suite in ENGINE_SUITES {
+    for suite in ENGINE_SUITES.iter().filter(|s| rides_with(s).is_none()) {
         for stack in ["bookworm", "sid"] {
             let on_stack: Vec<&Kernel> = kernels.iter().filter(|k| k.stack == stack).collect();
             let mut homes: Vec<&Kernel> = on_stack
@@ -133,11 +147,18 @@ pub fn plan(kernels: &[Kernel], filter: &[String]) -> Vec<Job> {
             if homes.is_empty() {
                 homes.extend(on_stack.first().filter(|_| stack_runs(suite, stack)));
             }
+            let mut args = vec![suite.to_string()];
+            args.extend(
+                ENGINE_SUITES
+                    .iter()
+                    .filter(|s| rides_with(s) == Some(suite))
+                    .map(|s| s.to_string()),
+            );
             for k in homes {
                 jobs.push(Job {
                     kernel: k.clone(),
                     part: suite.trim_end_matches("::").to_string(),
-                    args: vec![suite.to_string()],
+                    args: args.clone(),
                     lsm: None,
                     env: enforcing_env(),
                 });
@@ -255,7 +276,7 @@ fn guess(job: &Job) -> f64 {
         "escape_suite" => 500.0,
         "kernel suites" => 400.0,
         "full_stack" => 250.0,
-        "demo" => 150.0,
+        "demo" => 450.0,
         "dind" => 500.0,
         "cri" => 200.0,
         _ => 30.0,
@@ -484,6 +505,12 @@ mod tests {
         assert!(keys.contains(&"6.12 / bookworm / docker".to_string()));
         assert!(keys.contains(&"6.12 / bookworm / without bpf in lsm=".to_string()));
         assert_eq!(jobs.len(), 12, "{keys:?}");
+        let demo = jobs.iter().find(|j| j.part == "demo").expect("demo job");
+        assert_eq!(
+            demo.args,
+            ["demo::", "image::", "package::"],
+            "the image's and the package's tests ride with the demo"
+        );
         let kernel_job = jobs
             .iter()
             .find(|j| j.part == "kernel suites")

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{docker, kernels, matrix, util};
+use crate::{docker, kernels, matrix, package, util};
 
 /// Totals parsed from libtest's `test result:` lines.
 #[derive(Default, Debug, Clone, Copy)]
@@ -66,6 +66,9 @@ fn strip_ansi(s: &str) -> String {
 /// executables (absolute paths).
 pub fn build_test_binaries() -> Result<Vec<PathBuf>> {
     util::build_binaries()?;
+    // What `package::` installs in the VM.
+    package::package(false)?;
+    crate::image::test_archive()?;
     let text = util::output(Command::new("cargo").args([
         "test",
         "-p",
