@@ -14,9 +14,9 @@
 //! or never created; the init gone) is left to runc's `start`, which says
 //! why in its own words.
 //!
-//! Registration is untouched: it happened at create, before this. One
-//! difference from runc: a created container that was paused (runc's
-//! `start` refuses it) is started here and runs its process once thawed.
+//! Registration is untouched: it happened at create, before this. A
+//! created container that was paused, or whose freezer cannot be read, is
+//! left to runc's `start` too (runc refuses to start a paused one).
 
 use std::{
     io::{ErrorKind, Read},
@@ -27,6 +27,7 @@ use std::{
     path::Path,
 };
 
+use eci_views::source::CgroupVersion;
 use serde::{Deserialize, Serialize};
 
 /// The fifo runc's init waits on, in runc's state directory of the
@@ -106,6 +107,9 @@ pub fn start(state_dir: &Path, init: &InitProcess) -> Result<Started, StartError
     let Some(pidfd) = init.pidfd() else {
         return Ok(Started::ByRunc);
     };
+    if may_be_paused(init.pid) {
+        return Ok(Started::ByRunc);
+    }
     let path = state_dir.join(EXEC_FIFO);
     let error = |what| {
         let path = path.display().to_string();
@@ -195,6 +199,28 @@ pub fn start(state_dir: &Path, init: &InitProcess) -> Result<Started, StartError
     }
 }
 
+/// Whether the cgroup of process `pid` may be frozen (`runc pause`): its
+/// freezer says so, or cannot be found or read (runc's `start` then judges).
+/// A freezer file that does not exist (a root cgroup; cgroup2 before Linux
+/// 5.2) cannot be frozen.
+fn may_be_paused(pid: u32) -> bool {
+    let read = |path: &Path| std::fs::read_to_string(path).ok();
+    let Some(dir) = read(Path::new(&format!("/proc/{pid}/cgroup")))
+        .zip(read(Path::new("/proc/self/mountinfo")))
+        .and_then(|(cgroups, mounts)| eci_views::source::freezer_dir(&cgroups, &mounts))
+    else {
+        return true;
+    };
+    let (file, thawed) = match dir.version {
+        CgroupVersion::V1 => ("freezer.state", "THAWED"),
+        CgroupVersion::V2 => ("cgroup.freeze", "0"),
+    };
+    match std::fs::read_to_string(dir.dir.join(file)) {
+        Ok(state) => state.trim() != thawed,
+        Err(e) => e.kind() != ErrorKind::NotFound,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +296,56 @@ mod tests {
             .write_all(b"0")
             .unwrap();
         assert_eq!(start(dir.path(), &me).unwrap(), Started::ByRunc);
+    }
+
+    #[test]
+    fn a_paused_container_is_left_to_runc_and_started_here_once_thawed() {
+        let text = |path: &str| std::fs::read_to_string(path).unwrap();
+        let Some(parent) = eci_views::source::freezer_dir(
+            &text("/proc/self/cgroup"),
+            &text("/proc/self/mountinfo"),
+        ) else {
+            println!("SKIP: a_paused_container_is_left_to_runc: no freezer is mounted here");
+            return;
+        };
+        let cgroup = parent
+            .dir
+            .join(format!("eci-start-test-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&cgroup) {
+            println!(
+                "SKIP: a_paused_container_is_left_to_runc: cannot make {}: {e}",
+                cgroup.display()
+            );
+            return;
+        }
+        let (file, frozen, thawed) = match parent.version {
+            CgroupVersion::V1 => ("freezer.state", "FROZEN", "THAWED"),
+            CgroupVersion::V2 => ("cgroup.freeze", "1", "0"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join(EXEC_FIFO);
+        mkfifo(&fifo);
+        let mut child = fake_init(&fifo, Some(b'0'), std::time::Duration::ZERO);
+        std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string()).unwrap();
+        std::fs::write(cgroup.join(file), frozen).unwrap();
+        let init = InitProcess::of(child.id()).unwrap();
+        assert_eq!(start(dir.path(), &init).unwrap(), Started::ByRunc);
+        assert!(fifo.exists());
+        std::fs::write(cgroup.join(file), thawed).unwrap();
+        assert_eq!(start(dir.path(), &init).unwrap(), Started::Here);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The init's `sleep`, then the cgroup.
+        for pid in text(&cgroup.join("cgroup.procs").display().to_string()).lines() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid])
+                .status();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::remove_dir(&cgroup).is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(!cgroup.exists(), "{} is left", cgroup.display());
     }
 
     #[test]
