@@ -16,6 +16,8 @@
 //!   trusts it with a (filtered) Docker socket.
 //! - [`rootfs`]: the root file system, owned by the container's root (ID-mapped
 //!   layers, shifted upper layer).
+//! - [`start`]: runc's `start` of a created container, done here when that
+//!   is all runc would do.
 //! - [`relocate`]: binds that make the container's files reachable (and
 //!   ID-mapped) from inside its user namespace.
 
@@ -28,5 +30,6 @@ pub mod report;
 pub mod rootfs;
 pub mod sources;
 pub mod spec;
+pub mod start;
 pub mod timing;
 pub mod trusted;

@@ -5,12 +5,15 @@
 //!   spec, make the container's files reachable and owned by its root, run
 //!   `runc create`, then register the container's cgroup with the agent.
 //!   Anything failing undoes all of it (fail closed).
-//! - `run`: the same preparation, with registration and release done by
-//!   runc itself through a `createRuntime` and a `poststop` hook that call
-//!   back into eci-runc, so `runc run`'s own terminal and signal handling
-//!   stay untouched (eci-runc execs it).
+//! - `run`: `create` and `start` as below, eci-runc the init's subreaper;
+//!   with a terminal only `runc run` can relay, the same preparation with
+//!   registration and release done by runc itself through a `createRuntime`
+//!   and a `poststop` hook that call back into eci-runc (eci-runc execs
+//!   `runc run`).
 //! - `start`: only a container eci-runc registered may start; the
-//!   registration is asserted again with the agent.
+//!   registration is asserted again with the agent, then the container is
+//!   started as runc's `start` would ([`crate::start`]: eci-runc opens the
+//!   exec fifo itself when that is all runc would do).
 //! - `delete`: runc's delete, then unregister, unmount, shift the upper layer
 //!   back and free the range.
 //!
@@ -41,6 +44,7 @@ use crate::{
     rootfs::{self, RootfsError, RootfsView},
     sources,
     spec::{self, Refusal},
+    start::{self, InitProcess, StartError, Started},
     timing, trusted,
 };
 
@@ -91,6 +95,8 @@ pub enum LifecycleError {
     NotRegistered(String),
     #[error("eci-runc hook: {0}")]
     Hook(String),
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error(
         "delegating cgroup {cgroup} to the container's root (it mounts its cgroups writable, as --privileged does): {path}: {source}"
     )]
@@ -103,6 +109,10 @@ pub enum LifecycleError {
 
 /// The caller's config.json, kept while eci-runc's rewrite is in place.
 pub const ORIGINAL_CONFIG: &str = "config.json.eci-original";
+
+/// The file `run` has runc write the init's pid to (in the container's
+/// directory), when its caller asked for none.
+const INIT_PID_FILE: &str = "init.pid";
 
 /// The command the hooks call back into eci-runc with.
 pub const HOOK_REGISTER: &str = "eci-hook-register";
@@ -187,6 +197,15 @@ impl Runtime {
     }
 
     pub fn create(&self, inv: &Invocation, report: &Reporter) -> Result<(), LifecycleError> {
+        self.create_container(inv, report).map(drop)
+    }
+
+    /// `create`; returns the container's init.
+    fn create_container(
+        &self,
+        inv: &Invocation,
+        report: &Reporter,
+    ) -> Result<InitProcess, LifecycleError> {
         let (id, mut rollback) = self.prepare(inv, report, Mode::Create)?;
         let status = Command::new(&self.runc)
             .args(&inv.argv)
@@ -198,11 +217,43 @@ impl Runtime {
         timing::mark("runc create");
         rollback.runc_created(inv);
         // Registration, before anything of the user's can run: fail closed.
-        let cgroup =
-            init_pid(self, inv, &id).and_then(|pid| self.register(&id, pid, Path::new("/")))?;
+        let init = InitProcess::of(init_pid(self, inv, &id)?)?;
+        let cgroup = self.register(&id, init.pid, Path::new("/"))?;
         rollback.registered(&cgroup);
-        self.ranges.update(&id, |a| a.cgroup = Some(cgroup))?;
+        self.ranges.update(&id, |a| {
+            a.cgroup = Some(cgroup);
+            a.init = Some(init);
+        })?;
         rollback.commit();
+        Ok(init)
+    }
+
+    /// Start the created, registered container `id` (`globals`: runc's
+    /// global flags): by opening its exec fifo here when that is all runc's
+    /// `start` would do ([`start`]), else with runc's `start`.
+    fn start_registered(
+        &self,
+        globals: &[String],
+        id: &str,
+        allocation: &Allocation,
+    ) -> Result<(), LifecycleError> {
+        if let Some(init) = &allocation.init
+            && !start::needs_runc(allocation.poststart_hooks)
+            && start::start(&allocation.runc_root.join(id), init)? == Started::Here
+        {
+            timing::mark("started (exec fifo)");
+            return Ok(());
+        }
+        let mut argv = globals.to_vec();
+        argv.extend(["start".to_owned(), id.to_owned()]);
+        let status = Command::new(&self.runc)
+            .args(&argv)
+            .status()
+            .map_err(|e| self.runc_error(e))?;
+        if !status.success() {
+            return Err(LifecycleError::RuncFailed(status.code().unwrap_or(1)));
+        }
+        timing::mark("runc start");
         Ok(())
     }
 
@@ -230,9 +281,20 @@ impl Runtime {
                 std::io::Error::last_os_error()
             )));
         }
-        let create = args::parse(&plan.create_argv);
-        self.create(&create, report)?;
+        let mut create = args::parse(&plan.create_argv);
         let id = create.container_id.clone().unwrap_or_default();
+        if create.pid_file.is_none() {
+            // runc writes the init's pid there: no `runc state` to ask.
+            let pid_file = relocate::container_dir(&id).join(INIT_PID_FILE);
+            let mut argv = plan.create_argv.clone();
+            let at = argv.len().saturating_sub(1);
+            argv.splice(
+                at..at,
+                ["--pid-file".to_owned(), pid_file.display().to_string()],
+            );
+            create = args::parse(&argv);
+        }
+        let init = self.create_container(&create, report)?;
         let with_globals = |command: &[&str]| {
             let mut argv = plan.globals.clone();
             argv.extend(command.iter().map(|s| s.to_string()));
@@ -242,25 +304,18 @@ impl Runtime {
             let _ = self.delete(&with_globals(&["delete", "--force", &id]), report);
         };
         // Created and registered: from here a failure deletes it again.
-        let started = init_pid(self, &create, &id).and_then(|pid| {
-            forward_signals(pid);
-            let status = Command::new(&self.runc)
-                .args(&with_globals(&["start", &id]).argv)
-                .status()
-                .map_err(|e| self.runc_error(e))?;
-            if !status.success() {
-                return Err(LifecycleError::RuncFailed(status.code().unwrap_or(1)));
-            }
-            timing::mark("runc start");
-            Ok(pid)
-        });
-        let pid = match started {
-            Ok(pid) => pid,
-            Err(e) => {
-                delete();
-                return Err(e);
-            }
-        };
+        forward_signals(init.pid);
+        let started = self
+            .ranges
+            .get(&id)
+            .map_err(LifecycleError::from)
+            .and_then(|a| a.ok_or_else(|| LifecycleError::NotRegistered(id.clone())))
+            .and_then(|allocation| self.start_registered(&plan.globals, &id, &allocation));
+        if let Err(e) = started {
+            delete();
+            return Err(e);
+        }
+        let pid = init.pid;
         if plan.detach {
             return Ok(0);
         }
@@ -271,21 +326,38 @@ impl Runtime {
         Ok(code)
     }
 
-    pub fn start(&self, inv: &Invocation) -> Result<LifecycleError, LifecycleError> {
+    /// Only a container eci-runc registered starts, once the agent has
+    /// asserted its registration again; then as [`Self::start_registered`]
+    /// does (runc's `start` itself is given the invocation as it came).
+    pub fn start(&self, inv: &Invocation) -> Result<i32, LifecycleError> {
         let id = inv
             .container_id
             .clone()
             .ok_or_else(|| LifecycleError::NoContainerId("start".into()))?;
-        let cgroup = self
+        let allocation = self
             .ranges
             .get(&id)?
-            .and_then(|a| a.cgroup)
+            .filter(|a| a.cgroup.is_some())
             .ok_or_else(|| LifecycleError::NotRegistered(id.clone()))?;
+        let cgroup = allocation.cgroup.clone().unwrap_or_default();
         // Assert it again: the agent may have been restarted without state.
         Client::new(&self.agent_socket)
             .call_ok(&Request::Protect { cgroup })
             .map_err(|e| LifecycleError::Agent(e.to_string()))?;
-        Ok(self.pass_through(inv))
+        timing::mark("registration asserted");
+        let here = match &allocation.init {
+            Some(init) if !start::needs_runc(allocation.poststart_hooks) => {
+                start::start(&runc_root(inv).join(&id), init)?
+            }
+            _ => Started::ByRunc,
+        };
+        match here {
+            Started::Here => {
+                timing::mark("started (exec fifo)");
+                Ok(0)
+            }
+            Started::ByRunc => Err(self.pass_through(inv)),
+        }
     }
 
     /// runc's delete, then release what `create` took (also when runc no
@@ -494,9 +566,15 @@ impl Runtime {
                 })?;
             }
             let delegate = spec::mounts_cgroup_writable(&oci);
+            let poststart = oci
+                .hooks()
+                .as_ref()
+                .and_then(|h| h.poststart().as_ref())
+                .is_some_and(|hooks| !hooks.is_empty());
             self.ranges.update(&id, |a| {
                 a.bundle = Some(bundle.clone());
                 a.delegate_cgroup = delegate;
+                a.poststart_hooks = poststart;
             })?;
             oci.save(&config).map_err(|source| LifecycleError::Spec {
                 path: config.display().to_string(),

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     let result = match inv.command.as_deref() {
         Some("create") => runtime.create(&inv, &report).map(|()| 0),
         Some("run") => runtime.run(&inv, &report),
-        Some("start") => runtime.start(&inv).and_then(Err),
+        Some("start") => runtime.start(&inv),
         Some("delete") => runtime.delete(&inv, &report),
         Some(lifecycle::HOOK_REGISTER) => hook_state()
             .and_then(|s| runtime.hook_register(&s))

@@ -145,6 +145,14 @@ pub struct Allocation {
     /// cgroup is delegated to its root at registration.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delegate_cgroup: bool,
+    /// The container's init, once runc created it (`start` opens its exec
+    /// fifo itself for this process only; see [`crate::start`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<crate::start::InitProcess>,
+    /// Its spec has poststart hooks: `start` is runc's (runc 1.4 on runs
+    /// them there).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub poststart_hooks: bool,
 }
 
 /// Where the engine had mounted the container's overlay, and how.
@@ -153,6 +161,13 @@ pub struct EngineRootfs {
     pub root: PathBuf,
     /// The overlay's mount options as the kernel showed them.
     pub options: String,
+}
+
+/// Whether a locked step changes the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
 }
 
 /// A new allocation, and the stale ones it reclaimed: their mounts, agent
@@ -208,6 +223,17 @@ impl Ranges {
         &self,
         f: impl FnOnce(&mut State) -> Result<T, RangeError>,
     ) -> Result<T, RangeError> {
+        self.locked_as(Access::Write, f)
+    }
+
+    /// Under the lock, `f` on the state; written back only for
+    /// [`Access::Write`] (a read leaves the file as it is: one write and
+    /// rename less per look-up, and the lock held that much shorter).
+    fn locked_as<T>(
+        &self,
+        access: Access,
+        f: impl FnOnce(&mut State) -> Result<T, RangeError>,
+    ) -> Result<T, RangeError> {
         let dir_err = |source| RangeError::StateDir {
             dir: self.dir.display().to_string(),
             source,
@@ -236,6 +262,9 @@ impl Ranges {
             Err(e) => return Err(dir_err(e)),
         };
         let result = f(&mut state)?;
+        if access == Access::Read {
+            return Ok(result);
+        }
         let tmp = self.dir.join("ranges.json.tmp");
         let text = serde_json::to_string_pretty(&state).unwrap_or_default();
         std::fs::write(&tmp, text).map_err(dir_err)?;
@@ -308,6 +337,8 @@ impl Ranges {
                 bundle: None,
                 docker_api_proxy: false,
                 delegate_cgroup: false,
+                init: None,
+                poststart_hooks: false,
             };
             state.allocations.push(allocation.clone());
             Ok(Allocated {
@@ -336,7 +367,7 @@ impl Ranges {
     }
 
     pub fn get(&self, container_id: &str) -> Result<Option<Allocation>, RangeError> {
-        self.locked(|state| {
+        self.locked_as(Access::Read, |state| {
             Ok(state
                 .allocations
                 .iter()
@@ -357,7 +388,7 @@ impl Ranges {
     }
 
     pub fn all(&self) -> Result<Vec<Allocation>, RangeError> {
-        self.locked(|state| Ok(state.allocations.clone()))
+        self.locked_as(Access::Read, |state| Ok(state.allocations.clone()))
     }
 }
 

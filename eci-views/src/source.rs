@@ -94,6 +94,15 @@ pub fn cgroup2_dir(cgroups: &str, mountinfo: &str) -> Option<PathBuf> {
     find_v2(&cgroup_mounts(mountinfo), &memberships(cgroups)).map(|d| d.dir)
 }
 
+/// The freezer of the process whose `/proc/<pid>/cgroup` is `cgroups`
+/// (`mountinfo`: this process's): the v1 `freezer` controller's directory
+/// where one is mounted (a hybrid host: runc pauses there), else the
+/// cgroup2 directory (`cgroup.freeze`).
+pub fn freezer_dir(cgroups: &str, mountinfo: &str) -> Option<CgroupDir> {
+    let (mounts, memberships) = (cgroup_mounts(mountinfo), memberships(cgroups));
+    find_v1(&mounts, &memberships, "freezer").or_else(|| find_v2(&mounts, &memberships))
+}
+
 /// Field 22 of `/proc/<pid>/stat`; counted after the command name, which
 /// is in parentheses and may hold spaces and parentheses itself.
 pub fn start_ticks(stat: &str) -> Option<u64> {
