@@ -200,12 +200,13 @@ impl Runtime {
         self.create_container(inv, report).map(drop)
     }
 
-    /// `create`; returns the container's init.
+    /// `create`; returns the container's allocation as registered (its
+    /// init recorded; `None`: it has none any more).
     fn create_container(
         &self,
         inv: &Invocation,
         report: &Reporter,
-    ) -> Result<InitProcess, LifecycleError> {
+    ) -> Result<Option<Allocation>, LifecycleError> {
         let (id, mut rollback) = self.prepare(inv, report, Mode::Create)?;
         let status = Command::new(&self.runc)
             .args(&inv.argv)
@@ -220,28 +221,40 @@ impl Runtime {
         let init = InitProcess::of(init_pid(self, inv, &id)?)?;
         let cgroup = self.register(&id, init.pid, Path::new("/"))?;
         rollback.registered(&cgroup);
-        self.ranges.update(&id, |a| {
+        let allocation = self.ranges.update(&id, |a| {
             a.cgroup = Some(cgroup);
             a.init = Some(init);
         })?;
         rollback.commit();
-        Ok(init)
+        Ok(allocation)
+    }
+
+    /// Start the created, registered container whose runc state directory
+    /// is `state_dir` by opening its exec fifo here, when that is all runc's
+    /// `start` would do ([`start`]); [`Started::ByRunc`]: runc's `start`
+    /// must.
+    fn start_here(allocation: &Allocation, state_dir: &Path) -> Result<Started, LifecycleError> {
+        let started = match &allocation.init {
+            Some(init) if !start::needs_runc(allocation.poststart_hooks) => {
+                start::start(state_dir, init)?
+            }
+            _ => Started::ByRunc,
+        };
+        if started == Started::Here {
+            timing::mark("started (exec fifo)");
+        }
+        Ok(started)
     }
 
     /// Start the created, registered container `id` (`globals`: runc's
-    /// global flags): by opening its exec fifo here when that is all runc's
-    /// `start` would do ([`start`]), else with runc's `start`.
+    /// global flags): [`Self::start_here`], else with runc's `start`.
     fn start_registered(
         &self,
         globals: &[String],
         id: &str,
         allocation: &Allocation,
     ) -> Result<(), LifecycleError> {
-        if let Some(init) = &allocation.init
-            && !start::needs_runc(allocation.poststart_hooks)
-            && start::start(&allocation.runc_root.join(id), init)? == Started::Here
-        {
-            timing::mark("started (exec fifo)");
+        if Self::start_here(allocation, &allocation.runc_root.join(id))? == Started::Here {
             return Ok(());
         }
         let mut argv = globals.to_vec();
@@ -294,7 +307,7 @@ impl Runtime {
             );
             create = args::parse(&argv);
         }
-        let init = self.create_container(&create, report)?;
+        let allocation = self.create_container(&create, report)?;
         let with_globals = |command: &[&str]| {
             let mut argv = plan.globals.clone();
             argv.extend(command.iter().map(|s| s.to_string()));
@@ -304,18 +317,21 @@ impl Runtime {
             let _ = self.delete(&with_globals(&["delete", "--force", &id]), report);
         };
         // Created and registered: from here a failure deletes it again.
-        forward_signals(init.pid);
-        let started = self
-            .ranges
-            .get(&id)
-            .map_err(LifecycleError::from)
-            .and_then(|a| a.ok_or_else(|| LifecycleError::NotRegistered(id.clone())))
-            .and_then(|allocation| self.start_registered(&plan.globals, &id, &allocation));
-        if let Err(e) = started {
-            delete();
-            return Err(e);
-        }
-        let pid = init.pid;
+        let registered = allocation
+            .and_then(|a| Some((a.init?.pid, a)))
+            .ok_or_else(|| LifecycleError::NotRegistered(id.clone()));
+        let started = registered.and_then(|(pid, allocation)| {
+            forward_signals(pid);
+            self.start_registered(&plan.globals, &id, &allocation)
+                .map(|()| pid)
+        });
+        let pid = match started {
+            Ok(pid) => pid,
+            Err(e) => {
+                delete();
+                return Err(e);
+            }
+        };
         if plan.detach {
             return Ok(0);
         }
@@ -345,17 +361,8 @@ impl Runtime {
             .call_ok(&Request::Protect { cgroup })
             .map_err(|e| LifecycleError::Agent(e.to_string()))?;
         timing::mark("registration asserted");
-        let here = match &allocation.init {
-            Some(init) if !start::needs_runc(allocation.poststart_hooks) => {
-                start::start(&runc_root(inv).join(&id), init)?
-            }
-            _ => Started::ByRunc,
-        };
-        match here {
-            Started::Here => {
-                timing::mark("started (exec fifo)");
-                Ok(0)
-            }
+        match Self::start_here(&allocation, &runc_root(inv).join(&id))? {
+            Started::Here => Ok(0),
             Started::ByRunc => Err(self.pass_through(inv)),
         }
     }

@@ -349,20 +349,22 @@ impl Ranges {
     }
 
     /// Change the container's allocation (if it has one) under the lock.
+    /// Changes the allocation of `container_id`; returns it as changed
+    /// (`None`: there is none).
     pub fn update(
         &self,
         container_id: &str,
         change: impl FnOnce(&mut Allocation),
-    ) -> Result<(), RangeError> {
+    ) -> Result<Option<Allocation>, RangeError> {
         self.locked(|state| {
-            if let Some(a) = state
+            Ok(state
                 .allocations
                 .iter_mut()
                 .find(|a| a.container_id == container_id)
-            {
-                change(a);
-            }
-            Ok(())
+                .map(|a| {
+                    change(a);
+                    a.clone()
+                }))
         })
     }
 
