@@ -64,6 +64,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let own_cgroup = cgroups::own_cgroup("self")?;
 
     let mut mode = None;
+    let mut verdict_cache = None;
     let mut coverage = Vec::new();
     let (rules, kernel): (Box<dyn RuleStore>, Option<KernelParts>) = if config
         .unenforced_for_testing
@@ -74,7 +75,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         (Box::new(UnenforcedRules::default()), None)
     } else {
         let started = std::time::Instant::now();
-        let loaded = enforcement::probe_lsm(&layout, config.protection_mode)?;
+        let loaded = enforcement::probe_lsm(&layout, config.protection)?;
         let mut enforcement = enforcement::attach_all(loaded, &layout)?;
         tracing::info!(
             mode = enforcement.mode.name(),
@@ -84,7 +85,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         for rule in enforcement.coverage.iter().filter(|r| !r.is_enforced()) {
             tracing::warn!(rule = %rule.rule, "rule {} is NOT enforced on this kernel: {}", rule.rule, rule.status);
         }
+        if let Some(cache) = enforcement.cache {
+            tracing::info!("verdicts cached in: {}", cache.describe());
+        }
         mode = Some(enforcement.mode);
+        verdict_cache = enforcement.cache;
         coverage = enforcement.coverage.clone();
         let logger = match aya_log::EbpfLogger::init(&mut enforcement.ebpf) {
             Ok(logger) => Some(logger),
@@ -128,6 +133,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         parents,
         sockets,
         mode,
+        verdict_cache,
         coverage,
     }));
     let mut vm_namespaces = vm::VmNamespaces::default();

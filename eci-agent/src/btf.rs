@@ -323,6 +323,13 @@ impl Btf {
         None
     }
 
+    /// Whether this kernel has cgroup local storage for BPF (Linux 6.2+:
+    /// `struct cgroup` carries `bpf_cgrp_storage`), so a map of that type
+    /// can be made here.
+    pub fn has_cgroup_storage(&self) -> bool {
+        self.member_offset("cgroup", "bpf_cgrp_storage").is_ok()
+    }
+
     /// The offsets the BPF programs need, from this kernel's layouts.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         Ok(KernelOffsets {
@@ -373,6 +380,8 @@ impl Btf {
             cgroup_root: self.member_offset("cgroup", "root")?,
             cgroup_root_hierarchy_id: self.member_offset("cgroup_root", "hierarchy_id")?,
             kernfs_node_id: self.member_offset("kernfs_node", "id")?,
+            task_cgroups: self.member_offset("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: self.member_offset("css_set", "dfl_cgrp")?,
             valid: 1,
         })
     }

@@ -6,7 +6,10 @@
 //! attaches a fresh set of programs while the old set still holds, and only
 //! then drops the old links: no gap, and no duplicate attachment afterwards.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,7 +17,8 @@ use aya::{
     programs::{BtfTracePoint, Lsm, links::FdLink},
 };
 use eci_common::{
-    KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROBE_TGID_GLOBAL, PROTECTION_MODE_GLOBAL, map_names,
+    KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROBE_TGID_GLOBAL, PROTECTION_MODE_GLOBAL,
+    VERDICT_CACHE_GLOBAL, map_names,
 };
 
 use crate::{
@@ -23,13 +27,15 @@ use crate::{
     coverage::{self, Attach, Program, RuleState},
     lsm,
     pins::PinLayout,
-    registry::{ModeChoice, ProtectionMode},
+    registry::{CacheChoice, Choice, ModeChoice, ProtectionMode, VerdictCache},
     rules::KernelRules,
 };
 
 const PROBE_PROGRAM: &str = "eci_probe";
 /// Loads where LSM programs may walk cgroup ancestors (Linux 5.14+).
 const PROBE_ANCESTOR_PROGRAM: &str = "eci_probe_ancestor";
+/// Loads where LSM programs may keep verdicts in cgroup local storage (6.2+).
+const PROBE_STORE_PROGRAM: &str = "eci_probe_verdict_store";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforcementError {
@@ -67,6 +73,10 @@ pub enum EnforcementError {
         "--protection-mode ancestor-walk: this kernel does not let LSM programs call bpf_get_current_ancestor_cgroup_id (Linux 5.14+; {0}); use auto or registry"
     )]
     NoAncestorWalk(String),
+    #[error(
+        "--verdict-cache cgroup-storage: this kernel does not let LSM programs keep verdicts in cgroup local storage (Linux 6.2+; {0}); use auto or lru-hash"
+    )]
+    NoVerdictStore(String),
 }
 
 /// The BPF object, built for the BPF target by build.rs.
@@ -74,28 +84,118 @@ fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eci-ebpf"))
 }
 
+/// What one load of the object is built for: two constants the verifier
+/// prunes the hooks by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Build {
+    mode: ProtectionMode,
+    cache: VerdictCache,
+}
+
+impl Build {
+    /// What `choice` asks for, before any probe: the ancestor walk unless
+    /// the registry is asked for, and the verdict store where the kernel has
+    /// cgroup local storage, unless the LRU hash is asked for.
+    fn first(choice: Choice, kernel: &btf::Btf) -> Result<Self, EnforcementError> {
+        let has_store = kernel.has_cgroup_storage();
+        if choice.verdict_cache == CacheChoice::CgroupStorage && !has_store {
+            return Err(EnforcementError::NoVerdictStore(
+                "the kernel's BTF has no cgroup.bpf_cgrp_storage".into(),
+            ));
+        }
+        let mode = match choice.protection_mode {
+            ModeChoice::Registry => ProtectionMode::Registry,
+            ModeChoice::Auto | ModeChoice::AncestorWalk => ProtectionMode::AncestorWalk,
+        };
+        let store = mode == ProtectionMode::AncestorWalk
+            && has_store
+            && choice.verdict_cache != CacheChoice::LruHash;
+        Ok(Build {
+            mode,
+            cache: if store {
+                VerdictCache::CgroupStorage
+            } else {
+                VerdictCache::LruHash
+            },
+        })
+    }
+
+    /// The verdict cache the hooks use (none in registry mode).
+    fn cache_in_use(self) -> Option<VerdictCache> {
+        (self.mode == ProtectionMode::AncestorWalk).then_some(self.cache)
+    }
+}
+
+/// A one-slot array pinned in the verdict store's place on a kernel without
+/// cgroup local storage, where a map of that type cannot be made: the
+/// loader takes it instead, and no program reaches the code that would use
+/// it (the cache constant prunes it). Unpinned when dropped; the loaded
+/// object holds its own reference.
+struct StandIn {
+    path: PathBuf,
+}
+
+impl StandIn {
+    fn pin(layout: &PinLayout) -> Result<Self, EnforcementError> {
+        // (bpffs refuses names with a dot.)
+        let path = layout
+            .maps_dir()
+            .join(format!("{}_STAND_IN", map_names::VERDICT_STORE));
+        // One left by an agent killed while loading.
+        let _ = std::fs::remove_file(&path);
+        let map = Array::<MapData, u32>::create(1, 0).map_err(|source| EnforcementError::Map {
+            name: map_names::VERDICT_STORE.into(),
+            source,
+        })?;
+        map.pin(&path).map_err(|source| EnforcementError::Pin {
+            what: path.display().to_string(),
+            source,
+        })?;
+        Ok(StandIn { path })
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 fn load_object(
     layout: &PinLayout,
     offsets: KernelOffsets,
-    mode: ProtectionMode,
+    build: Build,
+    kernel: &btf::Btf,
     btf: &aya::Btf,
 ) -> Result<Ebpf, EnforcementError> {
     let tgid = std::process::id();
-    let mode = mode.global();
-    EbpfLoader::new()
+    let mode = build.mode.global();
+    let cache = build.cache.global();
+    let stand_in = if kernel.has_cgroup_storage() {
+        None
+    } else {
+        Some(StandIn::pin(layout)?)
+    };
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(btf))
         .default_map_pin_directory(layout.maps_dir())
         .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
         .override_global(PROBE_TGID_GLOBAL, &tgid, true)
         .override_global(PROTECTION_MODE_GLOBAL, &mode, true)
-        .load(object())
-        .map_err(EnforcementError::Load)
+        .override_global(VERDICT_CACHE_GLOBAL, &cache, true);
+    if let Some(stand_in) = &stand_in {
+        loader.map_pin_path(map_names::VERDICT_STORE, stand_in.path.clone());
+    }
+    loader.load(object()).map_err(EnforcementError::Load)
 }
 
 /// The loaded object and the protection mode its programs were built for.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub mode: ProtectionMode,
+    /// Where the ancestor walk caches verdicts (none in registry mode).
+    pub cache: Option<VerdictCache>,
     /// The running kernel's BTF (its attach points).
     pub kernel: btf::Btf,
     /// The same BTF as aya reads it (relocations, attach targets): parsed
@@ -117,8 +217,10 @@ fn lsm_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Lsm, Enforc
 /// attach it, trigger its hook from this process, and check it counted.
 /// Then choose the protection mode: the ancestor walk where the kernel lets
 /// LSM programs call its helper (`choice` permitting), the registry
-/// elsewhere; the object is loaded for that mode.
-pub fn probe_lsm(layout: &PinLayout, choice: ModeChoice) -> Result<Loaded, EnforcementError> {
+/// elsewhere; and for the walk, the verdict cache: cgroup local storage
+/// where LSM programs may use it, the LRU hash elsewhere. The object is
+/// loaded for what was chosen.
+pub fn probe_lsm(layout: &PinLayout, choice: Choice) -> Result<Loaded, EnforcementError> {
     let active = lsm::active_lsms();
     let parsing = std::time::Instant::now();
     let btf = aya::Btf::from_sys_fs().map_err(|e| lsm::LsmUnavailable::NoBtf(e.to_string()))?;
@@ -130,22 +232,25 @@ pub fn probe_lsm(layout: &PinLayout, choice: ModeChoice) -> Result<Loaded, Enfor
         "the kernel's BTF parsed (once: aya's for loading and attaching, eci's for offsets and attach points)"
     );
     let offsets = kernel.kernel_offsets()?;
+    let first = Build::first(choice, &kernel)?;
     let existed = layout.exists();
     layout.create()?;
-    let result = probe_with(layout, offsets, &btf, active).and_then(move |mut ebpf| {
-        let mode = choose_mode(&mut ebpf, &btf, choice)?;
-        if mode != ProtectionMode::AncestorWalk {
-            // Loaded again with the mode's constant: the verifier then drops
-            // the ancestor walk from every hook.
+    let result = probe_with(layout, offsets, first, &kernel, &btf, active).and_then(|mut ebpf| {
+        let build = choose(&mut ebpf, &btf, choice, first)?;
+        if build != first {
+            // Loaded again with the chosen constants: the verifier then
+            // drops the other ways from every hook.
             drop(ebpf);
-            ebpf = load_object(layout, offsets, mode, &btf)?;
+            ebpf = load_object(layout, offsets, build, &kernel, &btf)?;
         }
-        Ok(Loaded {
-            ebpf,
-            mode,
-            kernel,
-            aya_btf: btf,
-        })
+        Ok((ebpf, build))
+    });
+    let result = result.map(|(ebpf, build)| Loaded {
+        ebpf,
+        mode: build.mode,
+        cache: build.cache_in_use(),
+        kernel,
+        aya_btf: btf,
     });
     if result.is_err() && !existed {
         // Leave nothing behind on a kernel that cannot enforce.
@@ -157,10 +262,12 @@ pub fn probe_lsm(layout: &PinLayout, choice: ModeChoice) -> Result<Loaded, Enfor
 fn probe_with(
     layout: &PinLayout,
     offsets: KernelOffsets,
+    build: Build,
+    kernel: &btf::Btf,
     btf: &aya::Btf,
     active: Option<String>,
 ) -> Result<Ebpf, EnforcementError> {
-    let mut ebpf = load_object(layout, offsets, ProtectionMode::AncestorWalk, btf)?;
+    let mut ebpf = load_object(layout, offsets, build, kernel, btf)?;
     let program = lsm_program(&mut ebpf, PROBE_PROGRAM)?;
     if let Err(err) = program.load("socket_create", btf) {
         return Err(lsm::LsmUnavailable::LoadRefused {
@@ -201,6 +308,55 @@ fn probe_with(
     Ok(ebpf)
 }
 
+/// Why the kernel refuses the probe program `name` (loaded, never
+/// attached, and unloaded again); `None` when it accepts it.
+fn refusal(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    name: &str,
+) -> Result<Option<String>, EnforcementError> {
+    let program = lsm_program(ebpf, name)?;
+    Ok(match program.load("socket_create", btf) {
+        Ok(()) => {
+            let _ = program.unload();
+            None
+        }
+        Err(err) => Some(lsm::describe_program_error(&err)),
+    })
+}
+
+/// What `choice` asks for on this kernel, the object being loaded as
+/// `loaded`: the mode ([`choose_mode`]), then for the ancestor walk the
+/// verdict store if the kernel accepts a program that uses it.
+fn choose(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    choice: Choice,
+    loaded: Build,
+) -> Result<Build, EnforcementError> {
+    let mode = choose_mode(ebpf, btf, choice.protection_mode)?;
+    if mode == ProtectionMode::Registry {
+        return Ok(Build {
+            mode,
+            cache: VerdictCache::LruHash,
+        });
+    }
+    let cache = match loaded.cache {
+        VerdictCache::LruHash => VerdictCache::LruHash,
+        VerdictCache::CgroupStorage => match refusal(ebpf, btf, PROBE_STORE_PROGRAM)? {
+            None => VerdictCache::CgroupStorage,
+            Some(why) if choice.verdict_cache == CacheChoice::CgroupStorage => {
+                return Err(EnforcementError::NoVerdictStore(why));
+            }
+            Some(why) => {
+                tracing::info!("no verdict store in cgroup local storage on this kernel: {why}");
+                VerdictCache::LruHash
+            }
+        },
+    };
+    Ok(Build { mode, cache })
+}
+
 /// The mode `choice` asks for on this kernel: whether it lets LSM programs
 /// call `bpf_get_current_ancestor_cgroup_id` is tried by loading (never
 /// attaching) a program that does.
@@ -209,14 +365,7 @@ fn choose_mode(
     btf: &aya::Btf,
     choice: ModeChoice,
 ) -> Result<ProtectionMode, EnforcementError> {
-    let program = lsm_program(ebpf, PROBE_ANCESTOR_PROGRAM)?;
-    let refused = match program.load("socket_create", btf) {
-        Ok(()) => {
-            let _ = program.unload();
-            None
-        }
-        Err(err) => Some(lsm::describe_program_error(&err)),
-    };
+    let refused = refusal(ebpf, btf, PROBE_ANCESTOR_PROGRAM)?;
     if let Some(why) = &refused {
         tracing::info!("no ancestor walk on this kernel: {why}");
     }
@@ -235,6 +384,8 @@ pub struct Enforcement {
     /// The audit rate limit's maps.
     pub audit_limit: AuditLimitMaps,
     pub mode: ProtectionMode,
+    /// Where the ancestor walk caches verdicts (none in registry mode).
+    pub cache: Option<VerdictCache>,
     /// Every rule, enforced or missing (and what it needs).
     pub coverage: Vec<RuleState>,
     /// Keeps the object (and its aya-log buffer) alive.
@@ -250,6 +401,7 @@ pub fn attach_all(loaded: Loaded, layout: &PinLayout) -> Result<Enforcement, Enf
     let Loaded {
         mut ebpf,
         mode,
+        cache,
         kernel,
         aya_btf: btf,
     } = loaded;
@@ -290,6 +442,7 @@ pub fn attach_all(loaded: Loaded, layout: &PinLayout) -> Result<Enforcement, Enf
         events,
         audit_limit,
         mode,
+        cache,
         coverage,
         ebpf,
     })
@@ -304,14 +457,15 @@ pub fn attach_all(loaded: Loaded, layout: &PinLayout) -> Result<Enforcement, Enf
 /// when dropped.
 pub fn bare_load_and_attach(
     layout: &PinLayout,
-    mode: ProtectionMode,
+    choice: Choice,
 ) -> Result<(Ebpf, Vec<FdLink>), EnforcementError> {
     let btf = aya::Btf::from_sys_fs().map_err(|e| lsm::LsmUnavailable::NoBtf(e.to_string()))?;
     let kernel = btf::Btf::from_sys_fs()?;
+    let build = Build::first(choice, &kernel)?;
     layout.create()?;
-    let mut ebpf = load_object(layout, kernel.kernel_offsets()?, mode, &btf)?;
+    let mut ebpf = load_object(layout, kernel.kernel_offsets()?, build, &kernel, &btf)?;
     let mut links = Vec::new();
-    for program in coverage::programs(mode) {
+    for program in coverage::programs(build.mode) {
         if program.available(&kernel) {
             links.push(attach(&mut ebpf, &btf, program, program.function(&kernel))?);
         }

@@ -88,12 +88,8 @@ enum Command {
         /// second; eci-runc's `ECI_VIEWS_DIR` must name the same directory.
         #[arg(long, default_value = eci_views::DEFAULT_ROOT)]
         views_dir: PathBuf,
-        /// How the kernel tells a protected task: the ancestor walk where
-        /// LSM programs may call bpf_get_current_ancestor_cgroup_id (Linux
-        /// 5.14+), else a registry of descendants kept by the cgroup_mkdir
-        /// tracepoint. `registry` forces that on any kernel.
-        #[arg(long, value_enum, default_value_t = registry::ModeChoice::Auto)]
-        protection_mode: registry::ModeChoice,
+        #[command(flatten)]
+        protection: registry::Choice,
         /// Serve Prometheus metrics (OpenMetrics text) at
         /// http://ADDR/metrics, e.g. 127.0.0.1:9464. Off when not given.
         #[arg(long, value_name = "ADDR")]
@@ -130,8 +126,8 @@ enum Command {
     Probe {
         #[command(flatten)]
         at: Locations,
-        #[arg(long, value_enum, default_value_t = registry::ModeChoice::Auto)]
-        protection_mode: registry::ModeChoice,
+        #[command(flatten)]
+        protection: registry::Choice,
     },
     /// The audit stream through the agent: the recent lines (the last 256),
     /// or with --follow every new one until interrupted.
@@ -167,8 +163,8 @@ enum Command {
         /// A pin directory of its own (removed afterwards).
         #[arg(long)]
         pin_dir: PathBuf,
-        #[arg(long, value_enum, default_value_t = registry::ModeChoice::Auto)]
-        protection_mode: registry::ModeChoice,
+        #[command(flatten)]
+        protection: registry::Choice,
     },
     /// Remove every pinned program and map: enforcement ends. Refused when
     /// the policy is locked.
@@ -263,7 +259,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             protected_parents,
             unenforced_for_testing,
             views_dir,
-            protection_mode,
+            protection,
             metrics_listen,
         } => {
             let config = state::AgentConfig {
@@ -276,7 +272,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 parents: (!protected_parents.is_empty()).then_some(protected_parents),
                 unenforced_for_testing,
                 views_dir,
-                protection_mode,
+                protection,
                 metrics_listen,
             };
             // Before the runtime's threads: they inherit the namespace.
@@ -309,15 +305,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
-        Command::Probe {
-            at,
-            protection_mode,
-        } => {
+        Command::Probe { at, protection } => {
             let layout = pins::PinLayout::new(&at.pin_dir);
-            let loaded = enforcement::probe_lsm(&layout, protection_mode)?;
+            let loaded = enforcement::probe_lsm(&layout, protection)?;
             println!(
-                "BPF-LSM programs load, attach and run on this kernel; protection: {}",
-                loaded.mode.describe()
+                "BPF-LSM programs load, attach and run on this kernel; protection: {}{}",
+                loaded.mode.describe(),
+                loaded
+                    .cache
+                    .map(|c| format!(", verdicts in {}", c.describe()))
+                    .unwrap_or_default()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -353,15 +350,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::BareLoad {
             pin_dir,
-            protection_mode,
+            protection,
         } => {
             let started = std::time::Instant::now();
-            let mode = match protection_mode {
-                registry::ModeChoice::Registry => registry::ProtectionMode::Registry,
-                _ => registry::ProtectionMode::AncestorWalk,
-            };
             let layout = pins::PinLayout::new(&pin_dir);
-            let attached = enforcement::bare_load_and_attach(&layout, mode);
+            let attached = enforcement::bare_load_and_attach(&layout, protection);
             let elapsed = started.elapsed();
             if let Ok((_, links)) = &attached {
                 println!(

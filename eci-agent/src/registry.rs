@@ -73,6 +73,63 @@ pub enum ModeChoice {
     Registry,
 }
 
+/// Where the ancestor walk keeps a cgroup's verdict between hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictCache {
+    /// An LRU hash keyed by cgroup id: every kernel.
+    LruHash,
+    /// The cgroup's own local storage (Linux 6.2+): no hashing, and the
+    /// entry goes with the cgroup.
+    CgroupStorage,
+}
+
+impl VerdictCache {
+    /// The value of `ECI_VERDICT_CACHE` in the BPF object.
+    pub const fn global(self) -> u32 {
+        match self {
+            VerdictCache::LruHash => eci_common::verdict_cache::LRU_HASH,
+            VerdictCache::CgroupStorage => eci_common::verdict_cache::CGROUP_STORAGE,
+        }
+    }
+
+    /// What `status` and the start-up log say.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            VerdictCache::LruHash => "LRU hash by cgroup id",
+            VerdictCache::CgroupStorage => "cgroup local storage",
+        }
+    }
+}
+
+/// `--verdict-cache`: where the ancestor walk keeps its verdicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CacheChoice {
+    /// Cgroup local storage where the kernel offers it to LSM programs
+    /// (Linux 6.2+), the LRU hash elsewhere.
+    #[default]
+    Auto,
+    /// The LRU hash on any kernel (to measure one against the other).
+    LruHash,
+    /// Cgroup local storage; refused on a kernel without it.
+    CgroupStorage,
+}
+
+/// What the agent is asked to use: `--protection-mode` and `--verdict-cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::Args)]
+pub struct Choice {
+    /// How the kernel tells a protected task: the ancestor walk where
+    /// LSM programs may call bpf_get_current_ancestor_cgroup_id (Linux
+    /// 5.14+), else a registry of descendants kept by the cgroup_mkdir
+    /// tracepoint. `registry` forces that on any kernel.
+    #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
+    pub protection_mode: ModeChoice,
+    /// Where the ancestor walk caches each cgroup's verdict: cgroup local
+    /// storage where the kernel offers it (Linux 6.2+), else an LRU hash.
+    #[arg(long, value_enum, default_value_t = CacheChoice::Auto)]
+    pub verdict_cache: CacheChoice,
+}
+
 /// What one [`sync`] changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Synced {

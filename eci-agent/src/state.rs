@@ -24,7 +24,7 @@ use crate::{
     cgroups,
     coverage::RuleState,
     policy::{self, Policy, PolicyError},
-    registry::{self, ModeChoice, ProtectionMode},
+    registry::{self, ProtectionMode, VerdictCache},
     rules::{RuleError, RuleStore},
     sockets::SocketSet,
 };
@@ -47,7 +47,7 @@ pub struct AgentConfig {
     /// The containers' /proc views, kept current every second.
     pub views_dir: PathBuf,
     /// How the kernel is to tell a protected task (auto: by the kernel).
-    pub protection_mode: ModeChoice,
+    pub protection: registry::Choice,
     /// Serve Prometheus metrics here (`None`: no metrics).
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
@@ -90,6 +90,8 @@ pub struct Shared {
     pub sockets: SocketSet,
     /// How the kernel tells a protected task (`None`: nothing is enforced).
     pub mode: Option<ProtectionMode>,
+    /// Where the ancestor walk caches verdicts (`None`: no walk).
+    pub verdict_cache: Option<VerdictCache>,
     /// Every rule, enforced or missing.
     pub coverage: Vec<RuleState>,
 }
@@ -209,6 +211,9 @@ pub struct AgentState {
     /// How the kernel tells a protected task (absent: nothing enforced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protection: Option<ProtectionMode>,
+    /// Where the ancestor walk caches verdicts (absent: no walk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict_cache: Option<VerdictCache>,
     /// Every rule, enforced or missing, as the agent attached them.
     #[serde(default)]
     pub rules: Vec<RuleState>,
@@ -313,7 +318,8 @@ pub async fn refresh_sockets(
 ) -> Result<(), StateError> {
     let audit_log = config.audit_log(&policy.current());
     let mut guard = shared.lock().await;
-    let (protection, rules) = (guard.mode, guard.coverage.clone());
+    let (protection, verdict_cache, rules) =
+        (guard.mode, guard.verdict_cache, guard.coverage.clone());
     let found = guard.sockets.scan();
     let wanted: BTreeSet<_> = found.keys().copied().collect();
     if guard.names.sockets != found {
@@ -336,6 +342,7 @@ pub async fn refresh_sockets(
         pin_dir: config.pin_dir.clone(),
         audit_log,
         protection,
+        verdict_cache,
         rules,
         sockets: found
             .iter()
@@ -385,7 +392,7 @@ pub fn for_tests(
         parents: Some(Vec::new()),
         unenforced_for_testing: true,
         views_dir: dir.join("views"),
-        protection_mode: ModeChoice::Auto,
+        protection: registry::Choice::default(),
         metrics_listen: None,
     };
     std::fs::create_dir_all(dir.join("run")).expect("run dir");
@@ -399,6 +406,7 @@ pub fn for_tests(
         parents,
         sockets,
         mode: None,
+        verdict_cache: None,
         coverage: Vec::new(),
     }));
     (shared, PolicyInForce::new(policy), config)

@@ -16,7 +16,7 @@ use crate::{
     coverage::{self, CGROUP_MKDIR, RuleState},
     lsm,
     pins::PinLayout,
-    registry::ProtectionMode,
+    registry::{ProtectionMode, VerdictCache},
     state,
 };
 
@@ -34,6 +34,11 @@ pub struct Status {
     pub protection_mode: ProtectionMode,
     /// The same, in words.
     pub protection: String,
+    /// Where the ancestor walk caches verdicts, as the running agent loaded
+    /// it (`cgroup_storage`, `lru_hash`; absent in registry mode or when
+    /// no agent says).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict_cache: Option<VerdictCache>,
     /// Every rule: `enforced` or `missing: <what it needs>`.
     pub rules: Vec<RuleState>,
     /// Some rule is missing.
@@ -314,6 +319,7 @@ pub fn collect(layout: &PinLayout, control_socket: &Path) -> Status {
         programs,
         protection_mode,
         protection: protection_mode.describe().to_owned(),
+        verdict_cache: state.as_ref().and_then(|s| s.verdict_cache),
         degraded: rules.iter().any(|r| !r.is_enforced()),
         rules,
         protected_cgroups,
@@ -359,7 +365,15 @@ pub fn render(status: &Status) -> String {
             "NO"
         }
     );
-    let _ = writeln!(out, "protection:       {}", status.protection);
+    let _ = match status.verdict_cache {
+        Some(cache) => writeln!(
+            out,
+            "protection:       {} (verdicts cached in {})",
+            status.protection,
+            cache.describe()
+        ),
+        None => writeln!(out, "protection:       {}", status.protection),
+    };
     let enforced = status.rules.iter().filter(|r| r.is_enforced()).count();
     let _ = writeln!(
         out,

@@ -13,6 +13,7 @@ pub mod map_names {
     pub const EVENT_DROPS: &str = "ECI_EVENT_DROPS";
     pub const PROBE_HITS: &str = "ECI_PROBE_HITS";
     pub const VERDICT_CACHE: &str = "ECI_VERDICTS";
+    pub const VERDICT_STORE: &str = "ECI_VERDICT_STORE";
     pub const PROTECTION_GENERATION: &str = "ECI_PROT_GEN";
     pub const VM_NAMESPACES: &str = "ECI_VM_NS";
     pub const DENIED_FS_MAGIC: &str = "ECI_DENIED_FS";
@@ -44,6 +45,19 @@ pub mod protection_mode {
     /// cgroup is in the map, registered as it is made (`cgroup_mkdir`
     /// tracepoint) or by the agent's walk of cgroupfs.
     pub const REGISTRY: u32 = 1;
+}
+
+/// Name of the global that selects where the ancestor walk caches its
+/// verdicts (a [`verdict_cache`] value, set at load).
+pub const VERDICT_CACHE_GLOBAL: &str = "ECI_VERDICT_CACHE";
+
+/// Where the ancestor walk keeps a cgroup's verdict between hooks.
+pub mod verdict_cache {
+    /// An LRU hash keyed by cgroup id (`ECI_VERDICTS`): every kernel.
+    pub const LRU_HASH: u32 = 0;
+    /// Cgroup local storage (`ECI_VERDICT_STORE`, Linux 6.2+): the verdict
+    /// lives in the cgroup itself, found without hashing, and goes with it.
+    pub const CGROUP_STORAGE: u32 = 1;
 }
 
 /// Capacity of the protected-cgroup map (in registry mode it holds every
@@ -122,6 +136,43 @@ pub struct AuditKey {
 pub struct CachedVerdict {
     pub generation: u64,
     pub protected: u64,
+}
+
+/// A verdict in cgroup local storage: one 64-bit word, read and written
+/// whole, so a reader on another CPU sees one verdict, never the halves of
+/// two. High half: a tag of the policy generation it was computed in (never
+/// 0: the kernel creates the entry zeroed, which means "never computed");
+/// low half: the `protect_reason` bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredVerdict {
+    pub word: u64,
+}
+
+impl StoredVerdict {
+    /// The tag of `generation`: its low 31 bits plus one.
+    #[inline(always)]
+    pub const fn tag(generation: u64) -> u64 {
+        (generation & 0x7fff_ffff) + 1
+    }
+
+    /// `reasons`, computed in `generation`.
+    #[inline(always)]
+    pub const fn new(generation: u64, reasons: u32) -> Self {
+        StoredVerdict {
+            word: (Self::tag(generation) << 32) | reasons as u64,
+        }
+    }
+
+    /// The reasons, if this verdict was computed in `generation`.
+    #[inline(always)]
+    pub const fn reasons_in(self, generation: u64) -> Option<u32> {
+        if self.word >> 32 == Self::tag(generation) {
+            Some(self.word as u32)
+        } else {
+            None
+        }
+    }
 }
 
 /// An LSM hook eci attaches to. The value indexes the per-hook counters.
@@ -343,6 +394,11 @@ pub struct KernelOffsets {
     pub cgroup_root_hierarchy_id: u32,
     /// `struct kernfs_node.id` (u64 since Linux 5.5: the cgroup id)
     pub kernfs_node_id: u32,
+    /// `struct task_struct.cgroups` (read directly, not probed: the verdict
+    /// store needs the cgroup as a pointer the verifier knows)
+    pub task_cgroups: u32,
+    /// `struct css_set.dfl_cgrp` (the task's cgroup in the unified hierarchy)
+    pub css_set_dfl_cgrp: u32,
     /// Non-zero once filled in by the agent; the programs deny nothing
     /// on objects they cannot identify without it.
     pub valid: u32,
@@ -487,4 +543,22 @@ mod pod {
     unsafe impl aya::Pod for super::CachedVerdict {}
     unsafe impl aya::Pod for super::AuditWindow {}
     unsafe impl aya::Pod for super::AuditKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_verdict_answers_only_for_its_own_generation_and_a_fresh_entry_never() {
+        let fresh = StoredVerdict::default();
+        for generation in [0, 1, 0x7fff_ffff, 0x8000_0000, u64::MAX] {
+            assert_eq!(fresh.reasons_in(generation), None, "{generation}");
+            let stored = StoredVerdict::new(generation, 0);
+            assert_eq!(stored.reasons_in(generation), Some(0));
+            assert_eq!(stored.reasons_in(generation.wrapping_add(1)), None);
+            let stored = StoredVerdict::new(generation, u32::MAX);
+            assert_eq!(stored.reasons_in(generation), Some(u32::MAX));
+        }
+    }
 }

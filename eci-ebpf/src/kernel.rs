@@ -3,9 +3,17 @@
 //! Offsets are not compiled in: the agent takes them from the running
 //! kernel's BTF and writes them into `ECI_KERNEL_OFFSETS` before load, so one
 //! object serves every kernel. Reads go through `bpf_probe_read_kernel`, which
-//! the verifier accepts whatever the layout.
+//! the verifier accepts whatever the layout — except the one walk to the
+//! current task's cgroup for the verdict store ([`current_cgroup`]), which
+//! must hand a helper a pointer the verifier has typed from BTF.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task};
+use aya_ebpf::{
+    bindings::cgroup,
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_task, bpf_get_current_task_btf},
+    },
+};
 use eci_common::{FileId, KernelOffsets, NS_KINDS};
 
 #[unsafe(no_mangle)]
@@ -45,6 +53,8 @@ static ECI_KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     cgroup_root: 0,
     cgroup_root_hierarchy_id: 0,
     kernfs_node_id: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
     valid: 0,
 };
 
@@ -422,5 +432,40 @@ pub unsafe fn cgroup(cgrp: *const u8) -> Option<CgroupFacts> {
             parent_id,
             unified: hierarchy_id == 0,
         })
+    }
+}
+
+/// The current task's cgroup in the unified hierarchy
+/// (`current->cgroups->dfl_cgrp`) as a BTF-typed pointer, for the
+/// cgroup-local-storage helpers: direct loads from
+/// `bpf_get_current_task_btf()` at offsets that are constants of the
+/// frozen offsets global, so the verifier follows each field by its BTF
+/// type (Linux 6.2+; the hooks reach this only where the agent chose the
+/// verdict store). `None` when a pointer on the way is null.
+#[inline(always)]
+pub fn current_cgroup() -> Option<*mut cgroup> {
+    // SAFETY: single fields of a global; volatile so the loader's values
+    // are used (each a known constant to the verifier).
+    let (task_cgroups, dfl_cgrp) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const ECI_KERNEL_OFFSETS.task_cgroups),
+            core::ptr::read_volatile(&raw const ECI_KERNEL_OFFSETS.css_set_dfl_cgrp),
+        )
+    };
+    // SAFETY: helper without arguments; the verifier checks each load below
+    // against the kernel's BTF (a wrong offset fails the load, not a read).
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        if task.is_null() {
+            return None;
+        }
+        let css_set: *const u8 =
+            core::ptr::read_volatile(task.add(task_cgroups as usize) as *const *const u8);
+        if css_set.is_null() {
+            return None;
+        }
+        let cgrp: *mut cgroup =
+            core::ptr::read_volatile(css_set.add(dfl_cgrp as usize) as *const *mut cgroup);
+        if cgrp.is_null() { None } else { Some(cgrp) }
     }
 }

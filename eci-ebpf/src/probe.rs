@@ -2,8 +2,11 @@
 //! in this kernel (`lsm=` without `bpf` lets programs attach and then never
 //! calls them, so the agent triggers this hook from its own process and
 //! checks the counter moved); `eci_probe_ancestor`, loaded and never
-//! attached, tells whether LSM programs may walk cgroup ancestors here.
+//! attached, tells whether LSM programs may walk cgroup ancestors here, and
+//! `eci_probe_verdict_store` whether they may keep verdicts in cgroup local
+//! storage.
 
+use crate::{kernel, protection::ECI_VERDICT_STORE};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_ancestor_cgroup_id},
     macros::{lsm, map},
@@ -41,5 +44,19 @@ pub fn eci_probe_ancestor(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(4);
     // SAFETY: helper with a scalar argument.
     core::hint::black_box(unsafe { bpf_get_current_ancestor_cgroup_id(1) });
+    previous
+}
+
+/// Loaded, never attached, and only where the kernel's BTF has cgroup local
+/// storage: the kernel accepts it when LSM programs may reach the current
+/// task's cgroup as a typed pointer and call `bpf_cgrp_storage_get` (Linux
+/// 6.2+), and the agent picks the verdict cache by that.
+#[lsm(hook = "socket_create")]
+pub fn eci_probe_verdict_store(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    if let Some(cgrp) = kernel::current_cgroup() {
+        // SAFETY: a BTF-typed cgroup; only the pointer's nullness is used.
+        core::hint::black_box(unsafe { ECI_VERDICT_STORE.get_ptr_mut(cgrp) });
+    }
     previous
 }

@@ -17,16 +17,17 @@
 //!   answers.
 
 use aya_ebpf::{
+    btf_maps::CgrpStorage,
     helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
-    macros::map,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap},
 };
 use eci_common::{
-    CachedVerdict, Hook, MAX_CGROUP_DEPTH, MAX_PROTECTED_CGROUPS, VERDICT_CACHE_ENTRIES,
-    protect_reason, protection_mode, undecided, verdict,
+    CachedVerdict, Hook, MAX_CGROUP_DEPTH, MAX_PROTECTED_CGROUPS, StoredVerdict,
+    VERDICT_CACHE_ENTRIES, protect_reason, protection_mode, undecided, verdict, verdict_cache,
 };
 
-use crate::audit;
+use crate::{audit, kernel};
 
 /// Set by the agent at load: a `protection_mode` value.
 #[unsafe(no_mangle)]
@@ -36,9 +37,19 @@ static ECI_PROTECTION_MODE: u32 = protection_mode::ANCESTOR_WALK;
 #[map]
 pub static ECI_PROT_CGROUPS: HashMap<u64, u32> = HashMap::pinned(MAX_PROTECTED_CGROUPS, 0);
 
+/// Set by the agent at load: a `verdict_cache` value.
+#[unsafe(no_mangle)]
+static ECI_VERDICT_CACHE: u32 = verdict_cache::LRU_HASH;
+
 /// cgroup v2 id -> verdict computed in some generation.
 #[map]
 static ECI_VERDICTS: LruHashMap<u64, CachedVerdict> = LruHashMap::pinned(VERDICT_CACHE_ENTRIES, 0);
+
+/// The verdict in the cgroup's own local storage (Linux 6.2+). On older
+/// kernels the agent gives the loader a stand-in map for it, and the
+/// verifier never reaches the code that uses it.
+#[btf_map]
+pub static ECI_VERDICT_STORE: CgrpStorage<StoredVerdict> = CgrpStorage::new();
 
 /// Index 0: the policy generation. The agent bumps it after every change
 /// of `ECI_PROT_CGROUPS`, which retires every cached verdict at once.
@@ -105,11 +116,20 @@ pub fn protected_cgroup(hook: Hook) -> Option<Protected> {
     (reasons != 0).then_some(Protected { cgroup_id, reasons })
 }
 
+#[inline(always)]
+fn verdict_store() -> bool {
+    // SAFETY: as in registry_mode.
+    unsafe { core::ptr::read_volatile(&ECI_VERDICT_CACHE) == verdict_cache::CGROUP_STORAGE }
+}
+
 /// Ancestor walk: the reasons of `cgroup_id` from the verdict cache, or
 /// walked and cached.
 #[inline(always)]
 fn walked_reasons(hook: Hook, cgroup_id: u64) -> u32 {
     let generation = ECI_PROT_GEN.get(0).copied().unwrap_or(0);
+    if verdict_store() {
+        return stored_reasons(hook, cgroup_id, generation);
+    }
     // SAFETY: the value is copied out at once.
     let cached = unsafe { ECI_VERDICTS.get(&cgroup_id) }.copied();
     match cached {
@@ -123,6 +143,33 @@ fn walked_reasons(hook: Hook, cgroup_id: u64) -> u32 {
             let _ = ECI_VERDICTS.insert(&cgroup_id, &verdict, 0);
             reasons
         }
+    }
+}
+
+/// The verdict store's half of [`walked_reasons`]: the entry of the current
+/// task's cgroup (made zeroed on first use). When the kernel offers no entry
+/// (no memory, or the storage busy on this CPU) the walk answers uncached.
+#[inline(always)]
+fn stored_reasons(hook: Hook, cgroup_id: u64, generation: u64) -> u32 {
+    let entry = match kernel::current_cgroup() {
+        // SAFETY: a BTF-typed cgroup of the current task; the helper checks
+        // the rest and returns null when it has no entry to give.
+        Some(cgrp) => unsafe { ECI_VERDICT_STORE.get_or_insert_ptr_mut(cgrp, None) },
+        None => core::ptr::null_mut(),
+    };
+    if entry.is_null() {
+        return protection_reasons(hook, cgroup_id);
+    }
+    // SAFETY: the kernel's entry for this cgroup, valid for this program
+    // run; one aligned 64-bit load and store (a race with another CPU
+    // writes a verdict of its own, whole).
+    unsafe {
+        if let Some(reasons) = core::ptr::read_volatile(entry).reasons_in(generation) {
+            return reasons;
+        }
+        let reasons = protection_reasons(hook, cgroup_id);
+        core::ptr::write_volatile(entry, StoredVerdict::new(generation, reasons));
+        reasons
     }
 }
 

@@ -4,9 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::Check;
-use crate::{
-    cgroups, enforcement, idmap, install, lsm, pins::PinLayout, policy, registry::ModeChoice,
-};
+use crate::{cgroups, enforcement, idmap, install, lsm, pins::PinLayout, policy, registry::Choice};
 
 const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -146,7 +144,7 @@ pub fn active_lsms() -> Check {
 pub fn bpf_lsm_probe(pin_dir: &Path) -> Check {
     let parent = pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf"));
     let layout = PinLayout::new(parent.join(format!("eci-doctor-{}", std::process::id())));
-    let result = enforcement::probe_lsm(&layout, ModeChoice::Auto).map(|loaded| loaded.mode);
+    let result = enforcement::probe_lsm(&layout, Choice::default()).map(|loaded| loaded.mode);
     let cleaned = match enforcement::unload(&layout) {
         Ok(_) => String::new(),
         Err(err) => format!(

@@ -18,6 +18,11 @@
 //! second — every quiet denial a line of its own, every storm denial a line
 //! or counted in a summary, and the agent's CPU during the storm.
 //!
+//! Where the kernel lets the ancestor walk keep its verdicts in cgroup local
+//! storage (Linux 6.2+), the per-hook runs are made again with the LRU hash
+//! (`--verdict-cache lru-hash`) in the same rounds, so the two caches are
+//! measured side by side on one kernel.
+//!
 //! `eci-bench [--rounds N] [--iterations N] [--storm N] [--json PATH]
 //! [--protection-mode auto|ancestor-walk|registry]` (the agent's, to compare
 //! the ancestor walk with the registry on one kernel)
@@ -547,6 +552,26 @@ fn main() -> ExitCode {
     let mut protected = vec![Vec::new(); OPS.len()];
     let mut unprotected_hooks: Vec<Vec<Run>> = OPS.iter().map(|_| Vec::new()).collect();
     let mut protected_hooks: Vec<Vec<Run>> = OPS.iter().map(|_| Vec::new()).collect();
+    let mut lru_unprotected_hooks: Vec<Vec<Run>> = OPS.iter().map(|_| Vec::new()).collect();
+    let mut lru_protected_hooks: Vec<Vec<Run>> = OPS.iter().map(|_| Vec::new()).collect();
+    let verdict_cache = {
+        let agent = TestAgent::start(&["--protection-mode", &mode]);
+        let status: serde_json::Value =
+            serde_json::from_slice(&agent.cli(&["status", "--json"]).stdout).unwrap_or_default();
+        status["verdict_cache"]
+            .as_str()
+            .unwrap_or("none")
+            .to_owned()
+    };
+    let compare_caches = verdict_cache == "cgroup_storage";
+    eprintln!(
+        "verdict cache: {verdict_cache}{}",
+        if compare_caches {
+            " (the LRU hash is measured beside it)"
+        } else {
+            ""
+        }
+    );
     let started = Instant::now();
     for round in 0..rounds {
         for (i, op) in OPS.iter().enumerate() {
@@ -562,6 +587,16 @@ fn main() -> ExitCode {
             protected_hooks[i].push(measure_hooks(&prot, op, iterations, &dir_s, pins));
         }
         drop(agent);
+        if compare_caches {
+            let agent =
+                TestAgent::start(&["--protection-mode", &mode, "--verdict-cache", "lru-hash"]);
+            agent.protect(&prot);
+            for (i, op) in OPS.iter().enumerate() {
+                let pins = &agent.pin_dir;
+                lru_unprotected_hooks[i].push(measure_hooks(&free, op, iterations, &dir_s, pins));
+                lru_protected_hooks[i].push(measure_hooks(&prot, op, iterations, &dir_s, pins));
+            }
+        }
         eprintln!(
             "round {}/{rounds} done ({:.0?})",
             round + 1,
@@ -591,7 +626,7 @@ fn main() -> ExitCode {
         }));
     }
     println!(
-        "per hook, the kernel's accounting (kernel.bpf_stats_enabled; median of {rounds} rounds; ns/op of those runs, which pay for the accounting too)"
+        "per hook, the kernel's accounting (kernel.bpf_stats_enabled; median of {rounds} rounds; ns/op of those runs, which pay for the accounting too); verdict cache: {verdict_cache}"
     );
     println!(
         "{:<10} {:<12} {:>10} {:<20} {:>9} {:>9} {:>9}",
@@ -599,10 +634,15 @@ fn main() -> ExitCode {
     );
     let mut hook_cost = Vec::new();
     for (i, op) in OPS.iter().enumerate() {
-        for (task, runs) in [
+        let mut tasks = vec![
             ("unprotected", &unprotected_hooks[i]),
             ("protected", &protected_hooks[i]),
-        ] {
+        ];
+        if compare_caches {
+            tasks.push(("unprot/lru", &lru_unprotected_hooks[i]));
+            tasks.push(("prot/lru", &lru_protected_hooks[i]));
+        }
+        for (task, runs) in tasks {
             let ns_per_op = median(runs.iter().map(|r| r.ns_per_op).collect());
             let hooks = hook_rows(runs, iterations);
             if hooks.is_empty() {
@@ -648,7 +688,7 @@ fn main() -> ExitCode {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let report = serde_json::json!({
         "benchmark": "hook_cost", "kernel": kernel.trim(), "rounds": rounds, "iterations": iterations, "results": rows,
-        "per_hook": hook_cost, "agent": agent, "audit_storm": audit_storm,
+        "per_hook": hook_cost, "verdict_cache": verdict_cache, "agent": agent, "audit_storm": audit_storm,
     });
     if let Some(path) = json_path {
         if let Err(e) = std::fs::write(

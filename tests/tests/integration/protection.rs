@@ -303,6 +303,16 @@ fn expected_mode() -> &'static str {
     }
 }
 
+/// Where the ancestor walk must cache verdicts here: cgroup local storage
+/// from Linux 6.2, the LRU hash before; none in registry mode.
+fn expected_verdict_cache() -> serde_json::Value {
+    match kernel_version() {
+        v if v >= (6, 2) => "cgroup_storage".into(),
+        v if v >= (5, 14) => "lru_hash".into(),
+        _ => serde_json::Value::Null,
+    }
+}
+
 /// Every rule and its state, per kernel of the matrix: Debian 11's 5.10
 /// has every hook eci attaches (only the ancestor walk's helper is
 /// missing, which the registry replaces), and so have 6.1, 6.12 and 7.2.
@@ -356,6 +366,11 @@ fn the_protection_mode_is_chosen_by_the_kernel_and_every_rule_is_listed() {
     ]);
     let status = status(&agent);
     assert_eq!(status["protection_mode"], expected_mode(), "{status}");
+    assert_eq!(
+        status["verdict_cache"],
+        expected_verdict_cache(),
+        "{status}"
+    );
     let wanted: Vec<(String, String)> = expected_rules()
         .into_iter()
         .map(|(r, s)| (r.to_owned(), s.to_owned()))
@@ -451,4 +466,104 @@ fn the_registry_protects_descendants_made_before_and_after_at_any_depth() {
     drop(agent);
     drop(outside_chain);
     drop(before_chain);
+}
+
+/// A task's verdict is cached per cgroup and policy generation; wherever it
+/// is kept (the cgroup's local storage where the kernel has it, the LRU
+/// hash on every kernel), a cgroup protected after its tasks were judged
+/// unprotected is refused at once, and allowed again once unprotected.
+#[test]
+fn a_cached_verdict_follows_protect_and_unprotect_in_either_verdict_cache() {
+    if !bpf_lsm_or_skip("a_cached_verdict_follows_protect_and_unprotect_in_either_verdict_cache") {
+        return;
+    }
+    if expected_mode() == "registry" {
+        println!(
+            "SKIP: a_cached_verdict_follows_protect_and_unprotect_in_either_verdict_cache: no ancestor walk before Linux 5.14, so no verdict cache"
+        );
+        return;
+    }
+    let sockets = TestSockets::new();
+    let mut caches = vec![("lru-hash", serde_json::Value::from("lru_hash"))];
+    if expected_verdict_cache() == "cgroup_storage" {
+        caches.push(("cgroup-storage", "cgroup_storage".into()));
+    }
+    for (choice, said) in caches {
+        let agent = TestAgent::start(&[
+            "--protect-socket",
+            &sockets.stream.display().to_string(),
+            "--verdict-cache",
+            choice,
+        ]);
+        let status = status(&agent);
+        assert_eq!(status["verdict_cache"], said, "{status}");
+        let cgroup = TestCgroup::new("eci-cached");
+        let connect = || attempt(&client(), &cgroup, "stream", &sockets.stream);
+        // Judged (and cached) unprotected, twice.
+        for _ in 0..2 {
+            let (result, _, text) = connect();
+            assert_eq!(result, Attempt::Allowed, "{choice}: {text}");
+        }
+        agent.protect(&cgroup);
+        for _ in 0..2 {
+            let (result, _, text) = connect();
+            assert_eq!(result, Attempt::Denied, "{choice}: protected now: {text}");
+        }
+        let out = agent.cli(&["unprotect", "--cgroup", &cgroup.path]);
+        assert!(out.status.success(), "{choice}: unprotect: {out:?}");
+        let (result, _, text) = connect();
+        assert_eq!(
+            result,
+            Attempt::Allowed,
+            "{choice}: unprotected again: {text}"
+        );
+    }
+}
+
+/// `--verdict-cache cgroup-storage` where the kernel has none (before Linux
+/// 6.2) stops with the rule and the fix; where it has, the probe says so.
+#[test]
+fn asking_for_the_cgroup_storage_verdict_cache_names_the_kernel_it_needs() {
+    if !bpf_lsm_or_skip("asking_for_the_cgroup_storage_verdict_cache_names_the_kernel_it_needs") {
+        return;
+    }
+    if expected_mode() == "registry" {
+        println!(
+            "SKIP: asking_for_the_cgroup_storage_verdict_cache_names_the_kernel_it_needs: the probe chooses the registry before Linux 5.14"
+        );
+        return;
+    }
+    let pin_dir = format!("/sys/fs/bpf/{}", unique("eci-probe-store"));
+    let out = std::process::Command::new(eci_integration_tests::agent_bin())
+        .args([
+            "probe",
+            "--pin-dir",
+            &pin_dir,
+            "--verdict-cache",
+            "cgroup-storage",
+        ])
+        .output()
+        .expect("run eci-agent probe");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if kernel_version() >= (6, 2) {
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(
+            stdout.contains("verdicts in cgroup local storage"),
+            "{stdout}"
+        );
+    } else {
+        assert!(!out.status.success(), "{stdout}{stderr}");
+        assert!(
+            stderr.contains("Linux 6.2+") && stderr.contains("use auto or lru-hash"),
+            "{stderr}"
+        );
+        assert!(
+            !std::path::Path::new(&pin_dir).exists(),
+            "a refused probe leaves nothing pinned"
+        );
+    }
+    let _ = std::process::Command::new(eci_integration_tests::agent_bin())
+        .args(["unload", "--pin-dir", &pin_dir])
+        .output();
 }
