@@ -106,14 +106,22 @@ fn registry_mode() -> bool {
 /// The current task's cgroup when that cgroup is protected.
 #[inline(always)]
 pub fn protected_cgroup(hook: Hook) -> Option<Protected> {
-    // SAFETY: helper without arguments, allowed in LSM programs.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !registry_mode() && verdict_store() {
+        return stored_protection(hook);
+    }
+    let cgroup_id = current_cgroup_id();
     let reasons = if registry_mode() {
         registered_reasons(cgroup_id)
     } else {
-        walked_reasons(hook, cgroup_id)
+        cached_reasons(hook, cgroup_id)
     };
     (reasons != 0).then_some(Protected { cgroup_id, reasons })
+}
+
+#[inline(always)]
+fn current_cgroup_id() -> u64 {
+    // SAFETY: helper without arguments, allowed in LSM programs.
+    unsafe { bpf_get_current_cgroup_id() }
 }
 
 #[inline(always)]
@@ -122,14 +130,16 @@ fn verdict_store() -> bool {
     unsafe { core::ptr::read_volatile(&ECI_VERDICT_CACHE) == verdict_cache::CGROUP_STORAGE }
 }
 
-/// Ancestor walk: the reasons of `cgroup_id` from the verdict cache, or
-/// walked and cached.
 #[inline(always)]
-fn walked_reasons(hook: Hook, cgroup_id: u64) -> u32 {
-    let generation = ECI_PROT_GEN.get(0).copied().unwrap_or(0);
-    if verdict_store() {
-        return stored_reasons(hook, cgroup_id, generation);
-    }
+fn generation() -> u64 {
+    ECI_PROT_GEN.get(0).copied().unwrap_or(0)
+}
+
+/// Ancestor walk with the LRU hash: the reasons of `cgroup_id` from the
+/// cache, or walked and cached.
+#[inline(always)]
+fn cached_reasons(hook: Hook, cgroup_id: u64) -> u32 {
+    let generation = generation();
     // SAFETY: the value is copied out at once.
     let cached = unsafe { ECI_VERDICTS.get(&cgroup_id) }.copied();
     match cached {
@@ -146,31 +156,45 @@ fn walked_reasons(hook: Hook, cgroup_id: u64) -> u32 {
     }
 }
 
-/// The verdict store's half of [`walked_reasons`]: the entry of the current
-/// task's cgroup (made zeroed on first use). When the kernel offers no entry
-/// (no memory, or the storage busy on this CPU) the walk answers uncached.
+/// Ancestor walk with the verdict store: the entry of the current task's
+/// cgroup (made zeroed on first use) answers; an unprotected task leaves
+/// without its cgroup's id even being read. When the kernel offers no
+/// entry (no memory, or the storage busy on this CPU) the walk answers
+/// uncached.
 #[inline(always)]
-fn stored_reasons(hook: Hook, cgroup_id: u64, generation: u64) -> u32 {
+fn stored_protection(hook: Hook) -> Option<Protected> {
+    let generation = generation();
     let entry = match kernel::current_cgroup() {
         // SAFETY: a BTF-typed cgroup of the current task; the helper checks
         // the rest and returns null when it has no entry to give.
         Some(cgrp) => unsafe { ECI_VERDICT_STORE.get_or_insert_ptr_mut(cgrp, None) },
         None => core::ptr::null_mut(),
     };
-    if entry.is_null() {
-        return protection_reasons(hook, cgroup_id);
-    }
     // SAFETY: the kernel's entry for this cgroup, valid for this program
-    // run; one aligned 64-bit load and store (a race with another CPU
-    // writes a verdict of its own, whole).
-    unsafe {
-        if let Some(reasons) = core::ptr::read_volatile(entry).reasons_in(generation) {
-            return reasons;
+    // run; one aligned 64-bit load (another CPU writes whole words).
+    let stored = (!entry.is_null())
+        .then(|| unsafe { core::ptr::read_volatile(entry) }.reasons_in(generation))
+        .flatten();
+    let cgroup_id;
+    let reasons = match stored {
+        Some(0) => return None,
+        Some(reasons) => {
+            cgroup_id = current_cgroup_id();
+            reasons
         }
-        let reasons = protection_reasons(hook, cgroup_id);
-        core::ptr::write_volatile(entry, StoredVerdict::new(generation, reasons));
-        reasons
-    }
+        None => {
+            cgroup_id = current_cgroup_id();
+            let reasons = protection_reasons(hook, cgroup_id);
+            if !entry.is_null() {
+                // SAFETY: as above; one aligned 64-bit store.
+                unsafe {
+                    core::ptr::write_volatile(entry, StoredVerdict::new(generation, reasons))
+                };
+            }
+            reasons
+        }
+    };
+    (reasons != 0).then_some(Protected { cgroup_id, reasons })
 }
 
 /// The prologue every hook starts with: a denial by an earlier LSM stands,
