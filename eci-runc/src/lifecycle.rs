@@ -110,10 +110,6 @@ pub enum LifecycleError {
 /// The caller's config.json, kept while eci-runc's rewrite is in place.
 pub const ORIGINAL_CONFIG: &str = "config.json.eci-original";
 
-/// The file `run` has runc write the init's pid to (in the container's
-/// directory), when its caller asked for none.
-const INIT_PID_FILE: &str = "init.pid";
-
 /// The command the hooks call back into eci-runc with.
 pub const HOOK_REGISTER: &str = "eci-hook-register";
 pub const HOOK_RELEASE: &str = "eci-hook-release";
@@ -294,19 +290,10 @@ impl Runtime {
                 std::io::Error::last_os_error()
             )));
         }
-        let mut create = args::parse(&plan.create_argv);
+        // The init's pid comes from runc's state.json (`init_pid`): no
+        // `--pid-file` of eci's own, which runc writes with O_SYNC.
+        let create = args::parse(&plan.create_argv);
         let id = create.container_id.clone().unwrap_or_default();
-        if create.pid_file.is_none() {
-            // runc writes the init's pid there: no `runc state` to ask.
-            let pid_file = relocate::container_dir(&id).join(INIT_PID_FILE);
-            let mut argv = plan.create_argv.clone();
-            let at = argv.len().saturating_sub(1);
-            argv.splice(
-                at..at,
-                ["--pid-file".to_owned(), pid_file.display().to_string()],
-            );
-            create = args::parse(&argv);
-        }
         let allocation = self.create_container(&create, report)?;
         let with_globals = |command: &[&str]| {
             let mut argv = plan.globals.clone();
@@ -336,6 +323,7 @@ impl Runtime {
             return Ok(0);
         }
         let code = wait_exit(pid);
+        timing::mark("container ran");
         if !plan.keep {
             delete();
         }
@@ -375,11 +363,13 @@ impl Runtime {
             .args(&inv.argv)
             .status()
             .map_err(|e| self.runc_error(e))?;
+        timing::mark("runc delete");
         let gone = !runc_root(inv).join(&id).exists();
         if (status.success() || gone)
             && let Some(allocation) = self.ranges.get(&id)?
         {
             self.release(&allocation, report);
+            timing::mark("released");
         }
         Ok(status.code().unwrap_or(1))
     }
@@ -1049,11 +1039,18 @@ fn runc_root(inv: &Invocation) -> PathBuf {
     inv.root.clone().unwrap_or_else(|| "/run/runc".into())
 }
 
+/// The pid of the created container `id`'s init: from the caller's
+/// `--pid-file`, else from runc's own record of the container
+/// (`init_process_pid` in `state.json` of its state directory, as runc
+/// 1.0–1.3 write it before `create` returns), else from `runc state`.
 fn init_pid(runtime: &Runtime, inv: &Invocation, id: &str) -> Result<u32, LifecycleError> {
     if let Some(file) = &inv.pid_file
         && let Ok(text) = std::fs::read_to_string(file)
         && let Ok(pid) = text.trim().parse()
     {
+        return Ok(pid);
+    }
+    if let Some(pid) = recorded_init_pid(&runc_root(inv).join(id)) {
         return Ok(pid);
     }
     let out = runtime
@@ -1067,6 +1064,18 @@ fn init_pid(runtime: &Runtime, inv: &Invocation, id: &str) -> Result<u32, Lifecy
         .pid()
         .and_then(|p| u32::try_from(p).ok())
         .ok_or_else(|| LifecycleError::Agent(format!("`runc state {id}` has no pid")))
+}
+
+/// `init_process_pid` of runc's `state.json` in `state_dir`; `None` when
+/// it cannot be read (the caller asks runc).
+fn recorded_init_pid(state_dir: &Path) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        init_process_pid: u32,
+    }
+    let text = std::fs::read(state_dir.join("state.json")).ok()?;
+    let recorded: Recorded = serde_json::from_slice(&text).ok()?;
+    (recorded.init_process_pid > 0).then_some(recorded.init_process_pid)
 }
 
 /// The spec asks for a terminal and no console socket is given: `runc run`
@@ -1172,6 +1181,24 @@ fn add_hooks(oci: &mut Spec) -> Result<(), LifecycleError> {
 mod tests {
     use super::*;
     use crate::ranges::Geometry;
+
+    #[test]
+    fn the_init_pid_is_read_from_runcs_state_json_and_a_missing_or_odd_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(recorded_init_pid(dir.path()), None);
+        let state = dir.path().join("state.json");
+        // As runc 1.1–1.3 write it (abridged; other fields are ignored).
+        std::fs::write(
+            &state,
+            r#"{"id":"abc","init_process_pid":4242,"init_process_start":123,"created":"2026-12-05T07:00:00Z","config":{"rootfs":"/b/rootfs"}}"#,
+        )
+        .unwrap();
+        assert_eq!(recorded_init_pid(dir.path()), Some(4242));
+        std::fs::write(&state, r#"{"id":"abc","init_process_pid":0}"#).unwrap();
+        assert_eq!(recorded_init_pid(dir.path()), None);
+        std::fs::write(&state, "not json").unwrap();
+        assert_eq!(recorded_init_pid(dir.path()), None);
+    }
 
     fn runtime(dir: &Path) -> Runtime {
         Runtime {

@@ -14,9 +14,8 @@
 use std::{
     ffi::CString,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    os::unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
+    os::unix::{ffi::OsStrExt, fs::PermissionsExt},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
 };
 
 use eci_views::source::mountinfo_unescape;
@@ -115,32 +114,79 @@ pub fn upper_user_namespace(base: u32) -> Result<OwnedFd, RelocateError> {
 }
 
 /// A user namespace with `map` (uid_map and gid_map lines), held by an fd.
+/// A forked child (no exec) makes it and waits to be killed; its maps are
+/// written from here, then the namespace is held by its fd alone.
 fn user_namespace_mapping(map: &str) -> Result<OwnedFd, RelocateError> {
-    let mut cmd = Command::new("sleep");
-    cmd.arg("60")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: unshare is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(RelocateError::UserNamespace)?;
-    let pid = child.id();
-    let result = (|| {
+    let holder = NamespaceHolder::fork()?;
+    let pid = holder.pid;
+    (|| {
         std::fs::write(format!("/proc/{pid}/uid_map"), map)?;
         std::fs::write(format!("/proc/{pid}/gid_map"), map)?;
         let file = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
         Ok::<OwnedFd, std::io::Error>(file.into())
-    })();
-    let _ = child.kill();
-    let _ = child.wait();
-    result.map_err(RelocateError::UserNamespace)
+    })()
+    .map_err(RelocateError::UserNamespace)
+}
+
+/// A child in a user namespace of its own, killed and reaped on drop.
+struct NamespaceHolder {
+    pid: libc::pid_t,
+}
+
+impl NamespaceHolder {
+    /// Fork; the child unshares its user namespace, says whether that
+    /// worked through a pipe and waits. Returns once it has said so.
+    fn fork() -> Result<Self, RelocateError> {
+        let error = |e| RelocateError::UserNamespace(e);
+        let mut fds = [0; 2];
+        // SAFETY: a two-int array for pipe2.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(error(std::io::Error::last_os_error()));
+        }
+        // SAFETY: pipe2 returned two new fds that nothing else owns.
+        let (ready_r, ready_w) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: the child calls only async-signal-safe functions (prctl,
+        // unshare, write, pause) until it is killed, so forking a process
+        // with other threads is sound.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(error(std::io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // SAFETY: async-signal-safe calls only; the child never returns.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                let ok: u8 = u8::from(libc::unshare(libc::CLONE_NEWUSER) == 0);
+                libc::write(ready_w.as_raw_fd(), (&raw const ok).cast(), 1);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        let holder = NamespaceHolder { pid };
+        drop(ready_w);
+        let mut ok = 0u8;
+        // SAFETY: reading one byte into a local.
+        let n = unsafe { libc::read(ready_r.as_raw_fd(), (&raw mut ok).cast(), 1) };
+        match (n, ok) {
+            (1, 1) => Ok(holder),
+            (1, _) => Err(error(std::io::Error::other(
+                "the kernel refused a new user namespace (unshare(CLONE_NEWUSER))",
+            ))),
+            _ => Err(error(std::io::Error::last_os_error())),
+        }
+    }
+}
+
+impl Drop for NamespaceHolder {
+    fn drop(&mut self) {
+        // SAFETY: our own child, reaped here once.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
 }
 
 /// Bind `source` onto `target` (created as a file or directory to match),

@@ -45,18 +45,23 @@ pub fn mark(label: &'static str) {
     });
 }
 
-/// The line `finish` prints, without printing it.
-fn line(steps: &Steps, command: &str) -> String {
+/// The line `finish` prints at `end`, without printing it: every mark, the
+/// time after the last one (if any), and the total.
+fn line(steps: &Steps, command: &str, end: Instant) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let parts: Vec<String> = steps
+    let mut parts: Vec<String> = steps
         .marks
         .iter()
         .map(|(label, d)| format!("{label} {:.1}", ms(*d)))
         .collect();
+    let rest = end.saturating_duration_since(steps.last);
+    if !rest.is_zero() {
+        parts.push(format!("the rest {:.1}", ms(rest)));
+    }
     format!(
         "eci-runc timing ({command}, ms): {}; total {:.1}",
         parts.join(", "),
-        ms(steps.last - steps.start)
+        ms(end.saturating_duration_since(steps.start))
     )
 }
 
@@ -64,7 +69,7 @@ fn line(steps: &Steps, command: &str) -> String {
 pub fn finish(command: &str) {
     STEPS.with(|s| {
         if let Some(steps) = s.borrow_mut().take() {
-            eprintln!("{}", line(&steps, command));
+            eprintln!("{}", line(&steps, command, Instant::now()));
         }
     });
 }
@@ -85,8 +90,13 @@ mod tests {
             ],
         };
         assert_eq!(
-            line(&steps, "create"),
+            line(&steps, "create", steps.last),
             "eci-runc timing (create, ms): policy 2.0, runc create 3.0; total 5.0"
+        );
+        // Time after the last mark is shown, and counted in the total.
+        assert_eq!(
+            line(&steps, "create", start + Duration::from_millis(6)),
+            "eci-runc timing (create, ms): policy 2.0, runc create 3.0, the rest 1.0; total 6.0"
         );
         // Off: marks do nothing.
         mark("nothing");
