@@ -468,19 +468,29 @@ fn the_registry_protects_descendants_made_before_and_after_at_any_depth() {
     drop(before_chain);
 }
 
+/// True where BPF-LSM is usable and the kernel has the ancestor walk (the
+/// verdict caches exist only there); otherwise prints why `test` skips.
+fn ancestor_walk_or_skip(test: &str, without_it: &str) -> bool {
+    if !bpf_lsm_or_skip(test) {
+        return false;
+    }
+    if expected_mode() == "registry" {
+        println!("SKIP: {test}: no ancestor walk before Linux 5.14, so {without_it}");
+        return false;
+    }
+    true
+}
+
 /// A task's verdict is cached per cgroup and policy generation; wherever it
 /// is kept (the cgroup's local storage where the kernel has it, the LRU
 /// hash on every kernel), a cgroup protected after its tasks were judged
 /// unprotected is refused at once, and allowed again once unprotected.
 #[test]
 fn a_cached_verdict_follows_protect_and_unprotect_in_either_verdict_cache() {
-    if !bpf_lsm_or_skip("a_cached_verdict_follows_protect_and_unprotect_in_either_verdict_cache") {
-        return;
-    }
-    if expected_mode() == "registry" {
-        println!(
-            "SKIP: a_cached_verdict_follows_protect_and_unprotect_in_either_verdict_cache: no ancestor walk before Linux 5.14, so no verdict cache"
-        );
+    if !ancestor_walk_or_skip(
+        "a_cached_verdict_follows_protect_and_unprotect_in_either_verdict_cache",
+        "no verdict cache",
+    ) {
         return;
     }
     let sockets = TestSockets::new();
@@ -524,13 +534,10 @@ fn a_cached_verdict_follows_protect_and_unprotect_in_either_verdict_cache() {
 /// 6.2) stops with the rule and the fix; where it has, the probe says so.
 #[test]
 fn asking_for_the_cgroup_storage_verdict_cache_names_the_kernel_it_needs() {
-    if !bpf_lsm_or_skip("asking_for_the_cgroup_storage_verdict_cache_names_the_kernel_it_needs") {
-        return;
-    }
-    if expected_mode() == "registry" {
-        println!(
-            "SKIP: asking_for_the_cgroup_storage_verdict_cache_names_the_kernel_it_needs: the probe chooses the registry before Linux 5.14"
-        );
+    if !ancestor_walk_or_skip(
+        "asking_for_the_cgroup_storage_verdict_cache_names_the_kernel_it_needs",
+        "the probe chooses the registry",
+    ) {
         return;
     }
     let pin_dir = format!("/sys/fs/bpf/{}", unique("eci-probe-store"));
